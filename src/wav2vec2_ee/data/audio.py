@@ -1,0 +1,69 @@
+"""Reading audio: soundfile to decode, soxr to resample to 16 kHz, mixed down to mono."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLING_RATE = 16_000
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def to_mono_16k(array: np.ndarray, sampling_rate: int, source: str = "<array>") -> np.ndarray:
+    """``(samples,)`` float32 mono audio at 16 kHz from ``(samples,)`` or ``(samples, channels)``."""
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 2:
+        array = array.mean(axis=1)
+    elif array.ndim != 1:
+        raise AudioError(source, f"expected 1 or 2 dimensions (samples[, channels]), got shape {array.shape}")
+    if sampling_rate != SAMPLING_RATE:
+        array = soxr.resample(array, sampling_rate, SAMPLING_RATE).astype(np.float32, copy=False)
+    if array.size == 0:
+        raise AudioError(source, "the file holds no audio samples")
+    if not np.isfinite(array).all():
+        raise AudioError(source, "the audio contains NaN or infinite samples")
+    return array
+
+
+def load_audio(path: str | os.PathLike | bytes, source: str | None = None) -> np.ndarray:
+    """Decode an audio file (path or encoded bytes) to ``(samples,)`` float32 mono 16 kHz.
+
+    Raises:
+        AudioError: naming the file and the problem (missing, unreadable, empty, not audio).
+    """
+    if isinstance(path, bytes):
+        source = source or "<bytes>"
+        handle = io.BytesIO(path)
+    else:
+        source = source or str(path)
+        if not os.path.exists(path):
+            raise AudioError(source, "no such file")
+        handle = path
+    try:
+        array, sr = sf.read(handle, dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
+        raise AudioError(source, f"cannot decode audio ({err})") from err
+    return to_mono_16k(array, sr, source)
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Duration in seconds from the file header (no decoding)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(str(path), f"cannot read audio header ({err})") from err
+    if info.frames <= 0 or info.samplerate <= 0:
+        raise AudioError(str(path), "the file holds no audio samples")
+    return info.frames / info.samplerate

@@ -1,0 +1,207 @@
+"""Preparing utterances for CTC training and evaluation, the dataset and the padding collator."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+from ..vocab import TextNormalizer
+from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
+from .sources import Utterance
+
+logger = logging.getLogger(__name__)
+
+
+class BadItemError(ValueError):
+    """Raised in ``strict`` mode for the first unusable item."""
+
+
+@dataclass
+class PreparationReport:
+    """What data preparation kept and skipped, with one reason per skipped item."""
+
+    kept: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_characters: Counter = field(default_factory=Counter)
+
+    def counts(self) -> Counter:
+        return Counter(reason.split(":")[0] for _, reason in self.skipped)
+
+    def summary(self) -> str:
+        parts = [f"{self.kept} utterances kept, {len(self.skipped)} skipped"]
+        parts += [f"{n} {why}" for why, n in self.counts().most_common()]
+        return "; ".join(parts)
+
+
+@dataclass
+class PreparedUtterance:
+    """An utterance ready for the model: normalised text, label ids and duration."""
+
+    id: str
+    audio: str | None
+    text: str
+    labels: list[int]
+    duration: float
+    audio_bytes: bytes | None = None
+
+
+def prepare_utterances(
+    utterances: Sequence[Utterance],
+    tokenizer: Wav2Vec2CTCTokenizer,
+    frames_for_samples: Callable[[int], int] | None = None,
+    max_duration: float | None = None,
+    min_duration: float | None = None,
+    require_text: bool = True,
+    strict: bool = False,
+    progress: bool = True,
+    desc: str = "checking data",
+) -> tuple[list[PreparedUtterance], PreparationReport]:
+    """Normalise transcripts, read durations from the headers and drop unusable items.
+
+    Each skipped item is reported once (logged with its path and the reason) and counted; with
+    ``strict`` the first one raises :class:`BadItemError` instead.
+
+    Args:
+        frames_for_samples: maps a number of samples to CTC frames (the model's CNN length formula);
+            when given, utterances with fewer frames than CTC needs for their labels are skipped.
+        max_duration / min_duration: seconds; longer / shorter utterances are skipped.
+    """
+    normalizer = TextNormalizer(tokenizer)
+    delimiter = tokenizer.word_delimiter_token
+    report = PreparationReport()
+    kept: list[PreparedUtterance] = []
+
+    def skip(utt: Utterance, reason: str) -> None:
+        where = utt.audio or utt.id
+        if strict:
+            raise BadItemError(f"{where}: {reason}")
+        logger.warning("skipping %s: %s", where, reason)
+        report.skipped.append((where, reason))
+
+    for utt in tqdm(utterances, desc=desc, disable=not progress, leave=False):
+        try:
+            if utt.audio_bytes is not None:
+                duration = utt.duration or len(load_audio(utt.audio_bytes, source=utt.id)) / SAMPLING_RATE
+            else:
+                duration = utt.duration if utt.duration is not None else audio_duration(utt.audio)
+        except AudioError as err:
+            skip(utt, f"unreadable audio: {err.reason}")
+            continue
+        text = normalizer(utt.text)
+        if require_text and not text:
+            skip(utt, "empty transcript: nothing left after normalising to the vocabulary")
+            continue
+        if max_duration is not None and duration > max_duration:
+            skip(utt, f"too long: {duration:.2f} s > max_duration {max_duration} s")
+            continue
+        if min_duration is not None and duration < min_duration:
+            skip(utt, f"too short: {duration:.2f} s < min_duration {min_duration} s")
+            continue
+        labels = tokenizer(text.replace(" ", delimiter)).input_ids if text else []
+        if frames_for_samples is not None and labels:
+            frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))
+            needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
+            if frames < needed:
+                skip(utt, f"too short for its transcript: {frames} CTC frames < {needed} needed")
+                continue
+        kept.append(PreparedUtterance(utt.id, utt.audio, text, labels, duration, utt.audio_bytes))
+    report.kept = len(kept)
+    report.dropped_characters = normalizer.dropped
+    if normalizer.report():
+        logger.warning(normalizer.report())
+    return kept, report
+
+
+class SpeechDataset(Dataset):
+    """Audio decoded lazily (memory stays bounded), normalised by the feature extractor.
+
+    Items are dicts with ``input_values`` (float32 array), ``labels`` (list of ids) and
+    ``utt_index`` (position in the dataset, used to cache teacher pseudo-labels).
+    An item whose audio turns out unreadable at training time is replaced by the next good one
+    (and counted in :attr:`bad_items`) so that one bad file never kills a run.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[PreparedUtterance],
+        feature_extractor: Wav2Vec2FeatureExtractor,
+        cache_audio: bool = False,
+    ):
+        self.utterances = list(utterances)
+        self.feature_extractor = feature_extractor
+        self.cache_audio = cache_audio
+        self._cache: dict[int, np.ndarray] = {}
+        self.bad_items: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Lengths in samples, known up front (for ``group_by_length``)."""
+        return [int(u.duration * SAMPLING_RATE) for u in self.utterances]
+
+    def audio(self, index: int) -> np.ndarray:
+        """``(samples,)`` normalised input values of utterance ``index``."""
+        if index in self._cache:
+            return self._cache[index]
+        utt = self.utterances[index]
+        array = load_audio(utt.audio_bytes if utt.audio_bytes is not None else utt.audio, source=utt.audio or utt.id)
+        values = self.feature_extractor(array, sampling_rate=SAMPLING_RATE).input_values[0].astype(np.float32)
+        if self.cache_audio:
+            self._cache[index] = values
+        return values
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(len(self)):
+            i = (index + offset) % len(self)
+            try:
+                values = self.audio(i)
+            except AudioError as err:
+                if err.source not in self.bad_items:
+                    logger.warning("skipping %s at training time: %s", err.source, err.reason)
+                    self.bad_items[err.source] = err.reason
+                continue
+            return {"input_values": values, "labels": self.utterances[i].labels, "utt_index": i}
+        raise AudioError("<dataset>", "no readable audio in the whole dataset")
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """Pads ``input_values`` (with ``attention_mask``) and ``labels`` (with -100).
+
+    Returns ``input_values`` ``(batch, samples)``, ``attention_mask`` ``(batch, samples)``, ``labels``
+    ``(batch, target_len)`` and ``utt_index`` ``(batch,)``.
+    """
+
+    feature_extractor: Wav2Vec2FeatureExtractor
+    pad_to_multiple_of: int | None = None
+    return_attention_mask: bool = True
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.feature_extractor.pad(
+            [{"input_values": f["input_values"]} for f in features],
+            padding=True,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        if not self.return_attention_mask:
+            batch.pop("attention_mask")
+        if "labels" in features[0]:
+            width = max(1, max(len(f["labels"]) for f in features))
+            labels = torch.full((len(features), width), -100, dtype=torch.long)
+            for i, f in enumerate(features):
+                labels[i, : len(f["labels"])] = torch.as_tensor(f["labels"], dtype=torch.long)
+            batch["labels"] = labels
+        if "utt_index" in features[0]:
+            batch["utt_index"] = torch.as_tensor([f["utt_index"] for f in features], dtype=torch.long)
+        return dict(batch)

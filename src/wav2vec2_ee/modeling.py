@@ -1,0 +1,423 @@
+"""The early-exit wav2vec2 CTC model.
+
+:class:`Wav2Vec2EEForCTC` is a ``transformers`` wav2vec2 encoder with a CTC exit head after each
+layer of ``config.exit_layers``. Index conventions: ``hidden_states[0]`` is the encoder input (after
+the positional convolution), ``hidden_states[l]`` the output of layer ``l``. Exit ``k`` reads
+``hidden_states[exit_layers[k]]``; for stable-layer-norm (pre-LN) configs the encoder's final
+LayerNorm is applied at every exit, not only at the top.
+
+The deepest exit's head is the ordinary ``lm_head``, so a checkpoint whose deepest exit is the top
+layer loads in plain :class:`transformers.Wav2Vec2ForCTC` and gives the final-exit output.
+
+The encoder is run by this module layer by layer (:meth:`Wav2Vec2EEForCTC.embed`,
+:meth:`~Wav2Vec2EEForCTC.run_layer`, :meth:`~Wav2Vec2EEForCTC.exit_logits_at`) so that training,
+evaluation and the dynamic-exit inference engine share one definition of every exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import Wav2Vec2Config
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import ModelOutput
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Vec2PreTrainedModel
+
+from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Wav2Vec2EEOutput(ModelOutput):
+    """Output of :class:`Wav2Vec2EEForCTC`.
+
+    Args:
+        loss: the early-exit objective (sum of the active exits' CTC losses) when ``labels`` are given.
+        logits: ``(batch, frames, vocab)`` logits of the deepest computed exit.
+        exit_logits: tuple of K tensors ``(batch, frames, vocab)``, shallow to deep.
+        output_lengths: ``(batch,)`` number of valid frames per utterance.
+        hidden_states: tuple ``hidden_states[0..L]`` when ``output_hidden_states=True``.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    exit_logits: tuple[torch.Tensor, ...] | None = None
+    output_lengths: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass
+class EncoderState:
+    """The running state of a layer-by-layer encoder pass.
+
+    Args:
+        hidden_states: ``(batch, frames, hidden)`` output of the last layer run (or the encoder input).
+        frame_mask: ``(batch, frames)`` bool, True on valid frames; ``None`` when nothing is padded.
+        attention_mask: the mask handed to the attention layers (as built by ``transformers``).
+        output_lengths: ``(batch,)`` valid frames per utterance.
+        layer: number of layers run so far (0 = encoder input).
+    """
+
+    hidden_states: torch.Tensor
+    frame_mask: torch.Tensor | None
+    attention_mask: torch.Tensor | None
+    output_lengths: torch.Tensor
+    layer: int = 0
+
+    def select(self, index: torch.Tensor, config: Wav2Vec2Config) -> EncoderState:
+        """The state of the utterances ``index`` only (their frames keep their padding)."""
+        hidden = self.hidden_states[index]
+        frame_mask = None if self.frame_mask is None else self.frame_mask[index]
+        lengths = self.output_lengths[index]
+        if frame_mask is not None:
+            # Trim padding that no remaining utterance needs, so later layers run on fewer frames.
+            max_len = int(lengths.max())
+            hidden, frame_mask = hidden[:, :max_len], frame_mask[:, :max_len]
+            if bool(frame_mask.all()):
+                frame_mask = None
+        attention_mask = create_bidirectional_mask(
+            config=config, inputs_embeds=hidden, attention_mask=frame_mask
+        )
+        return EncoderState(hidden, frame_mask, attention_mask, lengths, self.layer)
+
+
+class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
+    """Wav2vec2 encoder with CTC exit heads after the layers of ``config.exit_layers``."""
+
+    config_class = Wav2Vec2EEConfig
+
+    def __init__(self, config: Wav2Vec2EEConfig):
+        if not isinstance(config, Wav2Vec2EEConfig):
+            config = Wav2Vec2EEConfig(**config.to_dict())
+        super().__init__(config)
+        if config.vocab_size is None:
+            raise ValueError("config.vocab_size must be set to build the CTC exit heads")
+        if config.add_adapter:
+            raise ValueError("adapters (config.add_adapter=True) are not supported by early-exit models")
+        self.wav2vec2 = Wav2Vec2Model(config)
+        self.dropout = nn.Dropout(config.final_dropout)
+        num_extra = 0 if config.share_exit_heads else config.num_exits - 1
+        self.exit_heads = nn.ModuleList(nn.Linear(config.hidden_size, config.vocab_size) for _ in range(num_extra))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------------
+    # pieces of the encoder, shared by training, evaluation and incremental inference
+    def freeze_feature_encoder(self) -> None:
+        """Stop gradients through the CNN feature encoder (as the seed did when fine-tuning)."""
+        self.wav2vec2.feature_extractor._freeze_parameters()
+
+    @property
+    def encoder_layers(self) -> nn.ModuleList:
+        return self.wav2vec2.encoder.layers
+
+    def head(self, k: int) -> nn.Linear:
+        """The linear head of exit ``k`` (0-based, shallow to deep)."""
+        if self.config.share_exit_heads or k == self.config.num_exits - 1:
+            return self.lm_head
+        return self.exit_heads[k]
+
+    def output_lengths(self, attention_mask: torch.Tensor | None, input_values: torch.Tensor) -> torch.Tensor:
+        """``(batch,)`` number of CTC frames per utterance, from the sample-level attention mask."""
+        if attention_mask is None:
+            lengths = torch.full((input_values.shape[0],), input_values.shape[-1], device=input_values.device)
+        else:
+            lengths = attention_mask.sum(-1)
+        return self._get_feat_extract_output_lengths(lengths).to(torch.long)
+
+    def embed(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        mask_time_indices: torch.Tensor | None = None,
+    ) -> EncoderState:
+        """Run the CNN, the projection and the encoder's input stage (``hidden_states[0]``).
+
+        Args:
+            input_values: ``(batch, samples)`` float waveforms.
+            attention_mask: ``(batch, samples)`` 1 on real samples, 0 on padding.
+        """
+        w2v = self.wav2vec2
+        extract = w2v.feature_extractor(input_values).transpose(1, 2)
+        frames = extract.shape[1]
+        lengths = self.output_lengths(attention_mask, input_values).clamp(max=frames)
+        frame_mask = None
+        if attention_mask is not None:
+            frame_mask = w2v._get_feature_vector_attention_mask(frames, attention_mask, add_adapter=False)
+        hidden, _ = w2v.feature_projection(extract)
+        hidden = w2v._mask_hidden_states(hidden, mask_time_indices=mask_time_indices, attention_mask=frame_mask)
+
+        encoder = w2v.encoder
+        if frame_mask is not None:
+            hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
+        attn = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if not self.config.do_stable_layer_norm:
+            hidden = encoder.layer_norm(hidden)
+        hidden = encoder.dropout(hidden)
+        return EncoderState(hidden, frame_mask, attn, lengths, 0)
+
+    def run_layer(self, state: EncoderState) -> EncoderState:
+        """Run the next encoder layer (LayerDrop applies in training, as in ``transformers``)."""
+        layer = self.encoder_layers[state.layer]
+        skip = self.training and self.config.layerdrop > 0.0 and bool(torch.rand([]) < self.config.layerdrop)
+        hidden = state.hidden_states
+        if not skip:
+            hidden = layer(hidden, attention_mask=state.attention_mask)
+        return EncoderState(hidden, state.frame_mask, state.attention_mask, state.output_lengths, state.layer + 1)
+
+    def exit_logits_at(self, k: int, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``(batch, frames, vocab)`` logits of exit ``k`` from the output of its layer."""
+        if self.config.do_stable_layer_norm:
+            hidden_states = self.wav2vec2.encoder.layer_norm(hidden_states)
+        return self.head(k)(self.dropout(hidden_states))
+
+    # ----------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_exits: int | None = None,
+        output_hidden_states: bool = False,
+        mask_time_indices: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> Wav2Vec2EEOutput:
+        """Run the encoder up to the deepest needed exit and every exit head.
+
+        Args:
+            input_values: ``(batch, samples)`` waveforms.
+            attention_mask: ``(batch, samples)`` 1 on real samples.
+            labels: ``(batch, target_len)`` token ids padded with -100; gives ``loss``, the sum of the
+                active exits' CTC losses (the ``ee`` objective).
+            num_exits: compute only the first ``num_exits`` exits and stop the encoder at the last of
+                them (manual exit activation); default all.
+        """
+        n = self.config.num_exits if num_exits is None else int(num_exits)
+        if not 1 <= n <= self.config.num_exits:
+            raise ValueError(f"num_exits must lie in [1, {self.config.num_exits}], got {num_exits}")
+        if labels is not None and labels.max() >= self.config.vocab_size:
+            raise ValueError(f"label ids must be < vocab_size={self.config.vocab_size}, got {int(labels.max())}")
+        exit_layers = self.config.exit_layers[:n]
+        state = self.embed(input_values, attention_mask, mask_time_indices=mask_time_indices)
+        hidden_states = [state.hidden_states] if output_hidden_states else None
+        exit_logits = []
+        while state.layer < exit_layers[-1]:
+            state = self.run_layer(state)
+            if hidden_states is not None:
+                hidden_states.append(state.hidden_states)
+            if state.layer in exit_layers:
+                exit_logits.append(self.exit_logits_at(len(exit_logits), state.hidden_states))
+        loss = None
+        if labels is not None:
+            from .objectives import ctc_at_exit
+
+            loss = sum(
+                ctc_at_exit(z, state.output_lengths, labels, self.config.pad_token_id, self.config) for z in exit_logits
+            )
+        return Wav2Vec2EEOutput(
+            loss=loss,
+            logits=exit_logits[-1],
+            exit_logits=tuple(exit_logits),
+            output_lengths=state.output_lengths,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    def reinit_encoder(self) -> None:
+        """Re-initialise the transformer layers (and the encoder input stage), keeping the CNN."""
+        modules = [self.wav2vec2.feature_projection, self.wav2vec2.encoder]
+        for module in modules:
+            for sub in module.modules():
+                if hasattr(sub, "reset_parameters"):
+                    sub.reset_parameters()
+                self._init_weights(sub)
+
+    def init_exit_heads_from_lm_head(self) -> None:
+        """Copy ``lm_head`` into every other exit head (the start of fine-tuning from a CTC model)."""
+        for head in self.exit_heads:
+            head.load_state_dict(self.lm_head.state_dict())
+
+
+# --------------------------------------------------------------------------------------------------
+# loading: our checkpoints, plain Wav2Vec2ForCTC / Wav2Vec2Model ones, and the original research code's
+
+_ORIGINAL_HEAD = re.compile(r"^decoders\.(\d+)\.(weight|bias)$")
+
+
+def _checkpoint_keys(path: Path) -> list[str] | None:
+    """Names of the tensors of a local checkpoint folder (``None`` for a hub id or no weights)."""
+    st = path / "model.safetensors"
+    if st.is_file():
+        with safe_open(str(st), framework="pt") as f:
+            return list(f.keys())
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        return list(json.loads(index.read_text())["weight_map"])
+    return None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Weights of a local checkpoint folder: safetensors, else ``pytorch_model.bin`` unpickled safely."""
+    from safetensors.torch import load_file
+
+    st = path / "model.safetensors"
+    if st.is_file():
+        return load_file(str(st))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+            state.update(load_file(str(path / shard)))
+        return state
+    binary = path / "pytorch_model.bin"
+    if binary.is_file():
+        try:
+            return torch.load(str(binary), map_location="cpu", weights_only=True)
+        except Exception as err:  # an unpickling error means the file wants to run code
+            raise ValueError(
+                f"{binary}: refusing to load: the file is not a plain tensor checkpoint "
+                f"(torch.load with weights_only=True failed: {err.__class__.__name__})"
+            ) from err
+    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
+
+
+def is_original_layout(keys: list[str]) -> bool:
+    """Whether tensor names are those of the original research code (``decoders.{i}.*`` heads)."""
+    return any(_ORIGINAL_HEAD.match(k) for k in keys)
+
+
+def convert_original_state_dict(
+    state: dict[str, torch.Tensor], num_exits: int
+) -> tuple[dict[str, torch.Tensor], bool]:
+    """Map the original research code's tensor names onto ours.
+
+    The original kept its exit heads as ``decoders.{i}`` (one module shared by all exits, so
+    safetensors may store only some of them), beside ``lm_head`` and ``wav2vec2``, and sometimes a
+    teacher copy under ``copy_model.*``, which is dropped.
+
+    Returns:
+        the converted state dict and whether the heads are shared (all stored decoders identical).
+    """
+    out = {k: v for k, v in state.items() if not k.startswith("copy_model.") and not _ORIGINAL_HEAD.match(k)}
+    heads: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        m = _ORIGINAL_HEAD.match(key)
+        if m:
+            heads.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    stored = [heads[i] for i in sorted(heads)]
+    shared = len(stored) < num_exits or all(
+        torch.equal(h["weight"], stored[0]["weight"]) and torch.equal(h["bias"], stored[0]["bias"]) for h in stored
+    )
+    if shared:
+        out["lm_head.weight"], out["lm_head.bias"] = stored[0]["weight"], stored[0]["bias"]
+    else:
+        for i in range(num_exits):
+            name = "lm_head" if i == num_exits - 1 else f"exit_heads.{i}"
+            out[f"{name}.weight"], out[f"{name}.bias"] = heads[i]["weight"], heads[i]["bias"]
+    return out, shared
+
+
+def load_config(
+    model_name_or_path: str | os.PathLike | None,
+    *,
+    vocab_size: int | None = None,
+    pad_token_id: int | None = None,
+    num_hidden_layers: int | None = None,
+    exit_layers: list[int] | None = None,
+    share_exit_heads: bool | None = None,
+    **overrides,
+) -> Wav2Vec2EEConfig:
+    """The early-exit config of a checkpoint (hub id or folder), or a fresh one, with overrides.
+
+    ``num_hidden_layers`` truncates a deeper encoder to its first N layers; exit layers beyond it are
+    dropped (and default to every second layer when none remain).
+    """
+    if model_name_or_path is None:
+        config = Wav2Vec2EEConfig(**overrides)
+    else:
+        base = Wav2Vec2Config.from_pretrained(str(model_name_or_path))
+        config = Wav2Vec2EEConfig(
+            **{**base.to_dict(), "exit_layers": None, **overrides},
+        )
+        config.exit_layers = list(getattr(base, "exit_layers", None) or config.exit_layers)
+        config.share_exit_heads = bool(getattr(base, "share_exit_heads", False))
+    if num_hidden_layers is not None:
+        if num_hidden_layers < 1:
+            raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
+        if num_hidden_layers > config.num_hidden_layers and model_name_or_path is not None:
+            raise ValueError(
+                f"num_hidden_layers={num_hidden_layers} exceeds the {config.num_hidden_layers} layers of "
+                f"{model_name_or_path}: a pretrained encoder can only be truncated"
+            )
+        kept = [x for x in config.exit_layers if x <= num_hidden_layers]
+        config.num_hidden_layers = num_hidden_layers
+        config.exit_layers = kept if kept and kept[-1] == num_hidden_layers else default_exit_layers(num_hidden_layers)
+    if exit_layers is not None:
+        config.exit_layers = list(exit_layers)
+    config.exit_layers = validate_exit_layers(config.exit_layers, config.num_hidden_layers)
+    if share_exit_heads is not None:
+        config.share_exit_heads = share_exit_heads
+    if vocab_size is not None:
+        config.vocab_size = vocab_size
+    if pad_token_id is not None:
+        config.pad_token_id = pad_token_id
+    config.architectures = ["Wav2Vec2EEForCTC"]
+    return config
+
+
+def load_model(
+    model_name_or_path: str | os.PathLike | None,
+    config: Wav2Vec2EEConfig | None = None,
+    **config_kwargs,
+) -> Wav2Vec2EEForCTC:
+    """Load any supported checkpoint as an early-exit model.
+
+    Accepts (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` / ``Wav2Vec2Model`` checkpoints by
+    hub id or folder (exit heads start from ``lm_head`` when it was loaded, else fresh), (c) folders
+    written by the original research code (``decoders.{i}`` heads, ``copy_model.*`` teacher dropped).
+    ``model_name_or_path=None`` builds a randomly initialised model from ``config`` / ``config_kwargs``.
+    Extra keyword arguments go to :func:`load_config`.
+    """
+    if config is None:
+        config = load_config(model_name_or_path, **config_kwargs)
+    if model_name_or_path is None:
+        return Wav2Vec2EEForCTC(config)
+
+    path = Path(model_name_or_path)
+    keys = _checkpoint_keys(path) if path.is_dir() else None
+    if keys is not None and is_original_layout(keys):
+        # Rewrite the original layout into ours in a scratch folder, then load it the ordinary way so
+        # that transformers' own key renaming (weight norm, old names) applies.
+        import tempfile
+
+        from safetensors.torch import save_file
+
+        state, shared = convert_original_state_dict(_read_state_dict(path), config.num_exits)
+        config.share_exit_heads = shared
+        with tempfile.TemporaryDirectory() as tmp:
+            config.save_pretrained(tmp)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp, "model.safetensors")))
+            return Wav2Vec2EEForCTC.from_pretrained(tmp, config=config, ignore_mismatched_sizes=True)
+
+    model, info = Wav2Vec2EEForCTC.from_pretrained(
+        str(model_name_or_path), config=config, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    missing = set(info.get("missing_keys", []))
+    mismatched = {k for k, *_ in info.get("mismatched_keys", [])}
+    lm_head_loaded = "lm_head.weight" not in missing and "lm_head.weight" not in mismatched
+    heads_missing = any(k.startswith("exit_heads.") for k in missing)
+    if heads_missing and lm_head_loaded:
+        logger.info("initialising the exit heads from the pretrained lm_head of %s", model_name_or_path)
+        model.init_exit_heads_from_lm_head()
+    return model

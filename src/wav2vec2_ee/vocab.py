@@ -1,0 +1,99 @@
+"""The character vocabulary, tokenizer and feature extractor, built locally (no hub).
+
+The package ships the standard 32-symbol English character vocabulary of wav2vec2 CTC models
+(``facebook/wav2vec2-base-960h``): ``<pad>`` (id 0, the CTC blank), ``<s>``, ``</s>``, ``<unk>``,
+``|`` (the word delimiter) and the upper-case letters plus apostrophe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_RATE = 16_000
+
+
+def default_vocab_file() -> str:
+    """Path of the bundled ``vocab.json``."""
+    return str(resources.files("wav2vec2_ee").joinpath("resources/vocab.json"))
+
+
+def build_tokenizer(model_dir: str | os.PathLike | None = None) -> Wav2Vec2CTCTokenizer:
+    """The tokenizer of ``model_dir`` when it has one, else the bundled 32-symbol vocabulary."""
+    if model_dir is not None and Path(model_dir, "vocab.json").is_file():
+        return Wav2Vec2CTCTokenizer.from_pretrained(str(model_dir))
+    return Wav2Vec2CTCTokenizer(
+        default_vocab_file(),
+        unk_token="<unk>",
+        pad_token="<pad>",
+        word_delimiter_token="|",
+        do_lower_case=False,
+    )
+
+
+def build_feature_extractor(model_dir: str | os.PathLike | None = None) -> Wav2Vec2FeatureExtractor:
+    """The feature extractor of ``model_dir`` when it has one, else wav2vec2's 16 kHz default."""
+    if model_dir is not None and Path(model_dir, "preprocessor_config.json").is_file():
+        return Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir))
+    return Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLING_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    )
+
+
+def build_processor(model_dir: str | os.PathLike | None = None) -> Wav2Vec2Processor:
+    """A ``Wav2Vec2Processor`` from ``model_dir`` when it has its files, else built locally."""
+    return Wav2Vec2Processor(
+        feature_extractor=build_feature_extractor(model_dir), tokenizer=build_tokenizer(model_dir)
+    )
+
+
+@dataclass
+class TextNormalizer:
+    """Maps raw transcripts onto the tokenizer's character set.
+
+    Case follows the tokenizer (upper case for the bundled vocabulary), runs of white space become
+    one space, and characters outside the vocabulary are dropped and counted in
+    :attr:`dropped` so that a run can report them once with their counts.
+    """
+
+    tokenizer: Wav2Vec2CTCTokenizer
+    dropped: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        vocab = self.tokenizer.get_vocab()
+        letters = [t for t in vocab if len(t) == 1 and t != self.tokenizer.word_delimiter_token]
+        self._allowed = set(letters)
+        self._upper = sum(c.isupper() for c in letters) >= sum(c.islower() for c in letters)
+
+    def __call__(self, text: str) -> str:
+        text = text.upper() if self._upper else text.lower()
+        out = []
+        for ch in text:
+            if ch.isspace():
+                out.append(" ")
+            elif ch in self._allowed:
+                out.append(ch)
+            else:
+                self.dropped[ch] += 1
+                out.append(" " if ch in "-_/" else "")
+        return re.sub(r" +", " ", "".join(out)).strip()
+
+    def report(self) -> str | None:
+        """One line naming the dropped characters and their counts (``None`` when none were)."""
+        if not self.dropped:
+            return None
+        items = ", ".join(f"{ch!r}: {n}" for ch, n in self.dropped.most_common())
+        return f"characters outside the vocabulary were dropped from transcripts ({items})"
