@@ -13,8 +13,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("wav2vec2_ee.training.cli", "fine-tune or train an early-exit model (ee, kd, dkd, confidence)"),
     "evaluate": ("wav2vec2_ee.evaluation.cli", "layer-wise WER of a checkpoint, in the seed's result files"),
     "transcribe": ("wav2vec2_ee.inference.cli:transcribe_main", "transcribe audio files with an exit policy"),
-    "sweep": ("wav2vec2_ee.inference.cli:sweep_main", "WER / compute trade-off of exit policies over thresholds"),
-    "calibrate": ("wav2vec2_ee.inference.cli:calibrate_main", "pick an exit policy's threshold on a dev split"),
+    "sweep": (
+        "wav2vec2_ee.inference.cli:sweep_main",
+        "WER / compute trade-off of exit policies over thresholds",
+    ),
+    "calibrate": (
+        "wav2vec2_ee.inference.cli:calibrate_main",
+        "pick an exit policy's threshold on a dev split",
+    ),
     "make-corpus": ("wav2vec2_ee.corpus.cli", "synthesise the embedded speech corpus with eSpeak NG"),
     "demo": ("wav2vec2_ee.demo", "build the corpus, train, evaluate and print the WER-by-exit table"),
 }

@@ -106,7 +106,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         self.wav2vec2 = Wav2Vec2Model(config)
         self.dropout = nn.Dropout(config.final_dropout)
         num_extra = 0 if config.share_exit_heads else config.num_exits - 1
-        self.exit_heads = nn.ModuleList(nn.Linear(config.hidden_size, config.vocab_size) for _ in range(num_extra))
+        self.exit_heads = nn.ModuleList(
+            nn.Linear(config.hidden_size, config.vocab_size) for _ in range(num_extra)
+        )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
@@ -154,7 +156,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         if attention_mask is not None:
             frame_mask = w2v._get_feature_vector_attention_mask(frames, attention_mask, add_adapter=False)
         hidden, _ = w2v.feature_projection(extract)
-        hidden = w2v._mask_hidden_states(hidden, mask_time_indices=mask_time_indices, attention_mask=frame_mask)
+        hidden = w2v._mask_hidden_states(
+            hidden, mask_time_indices=mask_time_indices, attention_mask=frame_mask
+        )
 
         encoder = w2v.encoder
         if frame_mask is not None:
@@ -173,7 +177,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         hidden = state.hidden_states
         if not skip:
             hidden = layer(hidden, attention_mask=state.attention_mask)
-        return EncoderState(hidden, state.frame_mask, state.attention_mask, state.output_lengths, state.layer + 1)
+        return EncoderState(
+            hidden, state.frame_mask, state.attention_mask, state.output_lengths, state.layer + 1
+        )
 
     def exit_logits_at(self, k: int, hidden_states: torch.Tensor) -> torch.Tensor:
         """``(batch, frames, vocab)`` logits of exit ``k`` from the output of its layer."""
@@ -207,7 +213,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         if not 1 <= n <= self.config.num_exits:
             raise ValueError(f"num_exits must lie in [1, {self.config.num_exits}], got {num_exits}")
         if labels is not None and labels.max() >= self.config.vocab_size:
-            raise ValueError(f"label ids must be < vocab_size={self.config.vocab_size}, got {int(labels.max())}")
+            raise ValueError(
+                f"label ids must be < vocab_size={self.config.vocab_size}, got {int(labels.max())}"
+            )
         exit_layers = self.config.exit_layers[:n]
         state = self.embed(input_values, attention_mask, mask_time_indices=mask_time_indices)
         hidden_states = [state.hidden_states] if output_hidden_states else None
@@ -223,7 +231,8 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             from .objectives import ctc_at_exit
 
             loss = sum(
-                ctc_at_exit(z, state.output_lengths, labels, self.config.pad_token_id, self.config) for z in exit_logits
+                ctc_at_exit(z, state.output_lengths, labels, self.config.pad_token_id, self.config)
+                for z in exit_logits
             )
         return Wav2Vec2EEOutput(
             loss=loss,
@@ -265,6 +274,16 @@ def _checkpoint_keys(path: Path) -> list[str] | None:
     if index.is_file():
         return list(json.loads(index.read_text())["weight_map"])
     return None
+
+
+def _has_weights(path: Path) -> bool:
+    names = (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    )
+    return any((path / n).is_file() for n in names)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -317,7 +336,8 @@ def convert_original_state_dict(
             heads.setdefault(int(m.group(1)), {})[m.group(2)] = value
     stored = [heads[i] for i in sorted(heads)]
     shared = len(stored) < num_exits or all(
-        torch.equal(h["weight"], stored[0]["weight"]) and torch.equal(h["bias"], stored[0]["bias"]) for h in stored
+        torch.equal(h["weight"], stored[0]["weight"]) and torch.equal(h["bias"], stored[0]["bias"])
+        for h in stored
     )
     if shared:
         out["lm_head.weight"], out["lm_head.bias"] = stored[0]["weight"], stored[0]["bias"]
@@ -345,6 +365,9 @@ def load_config(
     """
     if model_name_or_path is None:
         config = Wav2Vec2EEConfig(**overrides)
+    elif str(model_name_or_path).endswith(".json") and Path(model_name_or_path).is_file():
+        values = json.loads(Path(model_name_or_path).read_text())
+        config = Wav2Vec2EEConfig(**{**values, **overrides})
     else:
         base = Wav2Vec2Config.from_pretrained(str(model_name_or_path))
         config = Wav2Vec2EEConfig(
@@ -362,7 +385,9 @@ def load_config(
             )
         kept = [x for x in config.exit_layers if x <= num_hidden_layers]
         config.num_hidden_layers = num_hidden_layers
-        config.exit_layers = kept if kept and kept[-1] == num_hidden_layers else default_exit_layers(num_hidden_layers)
+        config.exit_layers = (
+            kept if kept and kept[-1] == num_hidden_layers else default_exit_layers(num_hidden_layers)
+        )
     if exit_layers is not None:
         config.exit_layers = list(exit_layers)
     config.exit_layers = validate_exit_layers(config.exit_layers, config.num_hidden_layers)
@@ -391,10 +416,11 @@ def load_model(
     """
     if config is None:
         config = load_config(model_name_or_path, **config_kwargs)
-    if model_name_or_path is None:
+    path = Path(model_name_or_path) if model_name_or_path is not None else None
+    if path is None or path.is_file() or (path.is_dir() and not _has_weights(path)):
+        # a config alone: a randomly initialised model
         return Wav2Vec2EEForCTC(config)
 
-    path = Path(model_name_or_path)
     keys = _checkpoint_keys(path) if path.is_dir() else None
     if keys is not None and is_original_layout(keys):
         # Rewrite the original layout into ours in a scratch folder, then load it the ordinary way so

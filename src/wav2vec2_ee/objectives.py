@@ -202,7 +202,9 @@ class KDObjective(_Objective):
 
     def __call__(self, exit_logits, output_lengths, labels, teacher_labels=None) -> ObjectiveOutput:
         if teacher_labels is None:
-            raise ValueError("the kd objective needs teacher_labels (pseudo-labels from the teacher's last exit)")
+            raise ValueError(
+                "the kd objective needs teacher_labels (pseudo-labels from the teacher's last exit)"
+            )
         self._check(exit_logits, self.num_exits)
         K = len(self.exit_layers)
         terms, ee, kd = {}, 0.0, 0.0
@@ -309,7 +311,9 @@ def build_objective(
     if num_exits is None:
         num_exits = K
     if not 1 <= int(num_exits) <= K:
-        raise ValueError(f"num_exits must lie in [1, {K}] (the model has exits after layers {config.exit_layers}), got {num_exits}")
+        raise ValueError(
+            f"num_exits must lie in [1, {K}] (the model has exits after layers {config.exit_layers}), got {num_exits}"
+        )
     common = dict(
         exit_layers=list(config.exit_layers),
         blank_id=int(config.pad_token_id),

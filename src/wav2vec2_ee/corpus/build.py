@@ -25,7 +25,6 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 

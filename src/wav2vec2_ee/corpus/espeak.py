@@ -233,7 +233,7 @@ class ESpeakSynthesizer:
         backend: ``"auto"`` (library if ``espeakng-loader`` is importable, else binary), ``"library"``
             or ``"binary"``.
         fresh_state: library backend only: reload libespeak-ng before every utterance so that the output
-            does not depend on earlier calls (see module docstring). ``False`` is ~2x faster.
+            does not depend on earlier calls (see module docstring). ``False`` is ~3x faster.
 
     Raises:
         BackendUnavailableError: if the requested backend (for ``"auto"``: any backend) is missing.

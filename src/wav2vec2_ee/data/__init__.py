@@ -9,7 +9,15 @@ from .dataset import (
     SpeechDataset,
     prepare_utterances,
 )
-from .sources import DataError, Utterance, load_split, read_hf_dataset, read_librispeech, read_manifest, source_kind
+from .sources import (
+    DataError,
+    Utterance,
+    load_split,
+    read_hf_dataset,
+    read_librispeech,
+    read_manifest,
+    source_kind,
+)
 
 __all__ = [
     "SAMPLING_RATE",

@@ -154,7 +154,9 @@ class SpeechDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         utt = self.utterances[index]
-        array = load_audio(utt.audio_bytes if utt.audio_bytes is not None else utt.audio, source=utt.audio or utt.id)
+        array = load_audio(
+            utt.audio_bytes if utt.audio_bytes is not None else utt.audio, source=utt.audio or utt.id
+        )
         values = self.feature_extractor(array, sampling_rate=SAMPLING_RATE).input_values[0].astype(np.float32)
         if self.cache_audio:
             self._cache[index] = values

@@ -119,7 +119,9 @@ def read_hf_dataset(path: str | os.PathLike, split: str | None = None) -> list[U
         if split is None or split not in ds:
             raise DataError(f"{path}: choose a split of this dataset: {', '.join(ds)} (got {split!r})")
         ds = ds[split]
-    text_col = next((c for c in ("text", "sentence", "transcription", "transcript") if c in ds.column_names), None)
+    text_col = next(
+        (c for c in ("text", "sentence", "transcription", "transcript") if c in ds.column_names), None
+    )
     if "audio" not in ds.column_names or text_col is None:
         raise DataError(f"{path}: the dataset needs 'audio' and 'text' columns, has {ds.column_names}")
     ds = ds.cast_column("audio", Audio(decode=False))

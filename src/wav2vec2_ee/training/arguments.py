@@ -1,0 +1,135 @@
+"""Argument dataclasses of `wav2vec2-ee train` (used with ``HfArgumentParser`` beside ``TrainingArguments``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from and how to shape it."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id or local folder of a checkpoint to start from: ours, a plain Wav2Vec2ForCTC or "
+            "Wav2Vec2Model, or one written by the original research code. A folder (or config.json file) "
+            "with only a config builds a randomly initialised model. Default: a fresh wav2vec2-base config."
+        },
+    )
+    num_hidden_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only the first N encoder layers (baselines without early exits of N layers)."
+        },
+    )
+    exit_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Encoder layers with an exit head, increasing (default: every second layer)."},
+    )
+    share_exit_heads: bool | None = field(
+        default=None,
+        metadata={
+            "help": "One CTC head shared by all exits, as in the original code (default: one per exit, or "
+            "what the checkpoint has)."
+        },
+    )
+    reinit_encoder: bool = field(
+        default=False,
+        metadata={"help": "Re-initialise the transformer layers (train from scratch), keeping the CNN."},
+    )
+    freeze_feature_encoder: bool = field(
+        default=True, metadata={"help": "Freeze the CNN feature encoder (as the seed did when fine-tuning)."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated config overrides, e.g. 'hidden_dropout=0.1,mask_time_prob=0.05,layerdrop=0.0'."
+        },
+    )
+
+
+@dataclass
+class DataArguments:
+    """Where the audio and transcripts come from."""
+
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "A LibriSpeech-layout root, a JSONL/CSV manifest (audio, text[, duration, id]) or a "
+            "Hugging Face dataset saved with save_to_disk."
+        },
+    )
+    train_splits: list[str] = field(
+        default_factory=lambda: ["train-clean-100"],
+        metadata={
+            "help": "Split folder(s) joined for training, e.g. train-clean-100 train-clean-360 train-other-500."
+        },
+    )
+    eval_splits: list[str] | None = field(
+        default=None, metadata={"help": "Split(s) for the Trainer's evaluation loss (with --eval-strategy)."}
+    )
+    max_duration: float | None = field(
+        default=20.0, metadata={"help": "Skip training utterances longer than this many seconds."}
+    )
+    min_duration: float | None = field(default=None, metadata={"help": "Skip utterances shorter than this."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training utterances (for quick runs)."}
+    )
+    strict: bool = field(
+        default=False,
+        metadata={
+            "help": "Stop at the first bad item (unreadable audio, empty transcript, ...) instead of skipping it."
+        },
+    )
+    cache_audio: bool = field(
+        default=False, metadata={"help": "Keep decoded audio in memory after its first read (small corpora)."}
+    )
+
+
+@dataclass
+class ObjectiveArguments:
+    """The training objective (see wav2vec2_ee.objectives)."""
+
+    objective: str = field(
+        default="ee",
+        metadata={"help": "ee | kd | dkd | confidence.", "choices": ["ee", "kd", "dkd", "confidence"]},
+    )
+    ee_alpha: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "kd: the EE weight a in a*EE + (1-a)*KD (default 0.3); dkd: one weight per exit "
+            "(default 0.65 0.70 0.75 0.80 0.85 1.00)."
+        },
+    )
+    num_exits: int | None = field(
+        default=None,
+        metadata={
+            "help": "Manual exit activation: only the first N exits contribute to the loss (default all)."
+        },
+    )
+    inverse_confidence: bool = field(
+        default=True,
+        metadata={
+            "help": "confidence: divide each exit's CTC loss by its confidence (True) or multiply (False)."
+        },
+    )
+    teacher: str | None = field(
+        default=None,
+        metadata={
+            "help": "kd: the frozen teacher checkpoint (default: the checkpoint the student starts from)."
+        },
+    )
+
+
+@dataclass
+class RunArguments:
+    """How the run starts."""
+
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume from the last complete checkpoint in --output-dir (optimizer, scheduler, RNG and "
+            "data order included); starts fresh when there is none."
+        },
+    )

@@ -1,0 +1,68 @@
+"""`wav2vec2-ee train`: flags or one JSON/YAML file, then the library does the work.
+
+wav2vec2-ee train --objective ee --model <hub id | dir> --data <root | manifest> --output-dir out/ee
+wav2vec2-ee train configs/finetune_kd.json [--any-flag value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from transformers import HfArgumentParser, TrainingArguments
+
+from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
+from .run import run_training
+
+logger = logging.getLogger(__name__)
+
+ALL_ARGS = (ModelArguments, DataArguments, ObjectiveArguments, RunArguments, TrainingArguments)
+
+
+def _read_config_file(path: str) -> dict:
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of argument names to values")
+    return data
+
+
+def parse_args(argv: list[str]):
+    """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
+    parser = HfArgumentParser(ALL_ARGS)
+    parser.prog = "wav2vec2-ee train"
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
+        values = _read_config_file(argv[0])
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{argv[0]}: unknown argument(s) {', '.join(unknown)}")
+        parser.set_defaults(**values)
+        argv = argv[1:]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if int(os.environ.get("LOCAL_RANK", "0")) == 0 else logging.WARNING,
+    )
+    args = parse_args(argv)
+    run_training(*args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The training run, in numbered steps (like ``run_speech_recognition_ctc.py``'s ``main``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from ..data import DataError, SpeechDataset, load_split, prepare_utterances
+from ..data.dataset import DataCollatorCTCWithPadding
+from ..io import atomic_write_text
+from ..modeling import Wav2Vec2EEForCTC, load_model
+from ..objectives import build_objective
+from ..vocab import build_processor
+from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
+from .trainer import EarlyExitTrainer, TeacherLabels
+
+logger = logging.getLogger(__name__)
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """``"a=1,b=0.1,c=true"`` → ``{"a": 1, "b": 0.1, "c": True}`` (values parsed as JSON where they can be)."""
+    out: dict = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config-overrides: expected key=value, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value.strip())
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder whose save finished (``trainer_state.json`` and weights present).
+
+    A crash while saving leaves a partial folder; it is passed over so the previous checkpoint is used.
+    """
+    if not Path(output_dir).is_dir():
+        return None
+    candidates = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for ckpt in candidates:
+        has_weights = (ckpt / "model.safetensors").is_file() or (
+            ckpt / "model.safetensors.index.json"
+        ).is_file()
+        if has_weights and (ckpt / "trainer_state.json").is_file() and (ckpt / "scheduler.pt").is_file():
+            return str(ckpt)
+        logger.warning("%s is incomplete (interrupted save?): passed over", ckpt)
+    return None
+
+
+def build_model(model_args: ModelArguments, vocab_size: int, pad_token_id: int) -> Wav2Vec2EEForCTC:
+    """Step 2: the student, from a checkpoint or a config, shaped by the model arguments."""
+    model = load_model(
+        model_args.model,
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        num_hidden_layers=model_args.num_hidden_layers,
+        exit_layers=model_args.exit_layers,
+        share_exit_heads=model_args.share_exit_heads,
+        **parse_config_overrides(model_args.config_overrides),
+    )
+    if model_args.reinit_encoder:
+        model.reinit_encoder()
+    if model_args.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    return model
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    objective_args: ObjectiveArguments,
+    run_args: RunArguments,
+    training_args: TrainingArguments,
+) -> EarlyExitTrainer:
+    """Train; returns the trainer (its model is the trained student)."""
+    # 1. inputs that must exist before any work is done
+    if not training_args.output_dir:
+        raise ValueError("--output-dir is required")
+    if data_args.data is None:
+        raise ValueError("--data is required: a LibriSpeech root, a JSONL/CSV manifest or a saved HF dataset")
+    if not Path(data_args.data).exists():
+        raise DataError(f"--data {data_args.data}: no such folder or file")
+    model_dir = model_args.model if model_args.model and Path(model_args.model).is_dir() else None
+    processor = build_processor(model_dir)
+    tokenizer = processor.tokenizer
+
+    # 2. model and objective
+    model = build_model(model_args, len(tokenizer), tokenizer.pad_token_id)
+    objective = build_objective(
+        objective_args.objective,
+        model.config,
+        ee_alpha=objective_args.ee_alpha,
+        num_exits=objective_args.num_exits,
+        inverse_confidence=objective_args.inverse_confidence,
+        word_delimiter_id=tokenizer.word_delimiter_token_id,
+    )
+    logger.info(
+        "model: %d layers, exits after %s, %.2f M parameters (%.2f M trainable); objective %s",
+        model.config.num_hidden_layers,
+        model.config.exit_layers,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+        objective.name,
+    )
+
+    # 3. data
+    frames = model._get_feat_extract_output_lengths
+    train_utts = load_split(data_args.data, data_args.train_splits)
+    if data_args.max_train_samples:
+        train_utts = train_utts[: data_args.max_train_samples]
+    train_items, report = prepare_utterances(
+        train_utts,
+        tokenizer,
+        frames_for_samples=frames,
+        max_duration=data_args.max_duration,
+        min_duration=data_args.min_duration,
+        strict=data_args.strict,
+        desc="checking training data",
+    )
+    logger.info("training data: %s", report.summary())
+    if not train_items:
+        raise DataError(f"{data_args.data}: no usable training utterances in {data_args.train_splits}")
+    train_dataset = SpeechDataset(train_items, processor.feature_extractor, cache_audio=data_args.cache_audio)
+    eval_dataset = None
+    if data_args.eval_splits:
+        eval_items, eval_report = prepare_utterances(
+            load_split(data_args.data, data_args.eval_splits),
+            tokenizer,
+            frames_for_samples=frames,
+            strict=data_args.strict,
+            desc="checking evaluation data",
+        )
+        logger.info("evaluation data: %s", eval_report.summary())
+        eval_dataset = SpeechDataset(
+            eval_items, processor.feature_extractor, cache_audio=data_args.cache_audio
+        )
+
+    # 4. teacher (kd): frozen, outside the student, never saved with it
+    teacher_labels = None
+    if objective.needs_teacher:
+        teacher_path = objective_args.teacher or model_args.model
+        if teacher_path is None:
+            raise ValueError(
+                "--objective kd needs a teacher: pass --teacher or start from a --model checkpoint"
+            )
+        teacher = load_model(teacher_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        teacher.to(training_args.device)
+        teacher_labels = TeacherLabels(teacher, tokenizer.pad_token_id, tokenizer.word_delimiter_token_id)
+
+    # 5. trainer settings the objective needs
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    training_args.prediction_loss_only = True
+    if training_args.ddp_find_unused_parameters is None:
+        # manual exit activation leaves the upper layers and heads without gradient
+        training_args.ddp_find_unused_parameters = (
+            objective.exits_needed < model.config.num_exits or model.config.layerdrop > 0
+        )
+    trainer = EarlyExitTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=DataCollatorCTCWithPadding(processor.feature_extractor),
+        processing_class=processor,
+        objective=objective,
+        teacher_labels=teacher_labels,
+    )
+
+    # 6. train (resuming where asked), then save the final model with its processor
+    resume = last_complete_checkpoint(training_args.output_dir) if run_args.resume else None
+    if run_args.resume:
+        logger.info("resuming from %s", resume or "scratch (no complete checkpoint found)")
+    result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.is_world_process_zero():
+        trainer.save_model(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
+        summary = {
+            "train_metrics": result.metrics,
+            "data": {"kept": report.kept, "skipped": report.skipped, "skip_counts": dict(report.counts())},
+            "bad_items_at_training_time": train_dataset.bad_items,
+            "skipped_nonfinite_batches": trainer.skipped_nonfinite_batches,
+            "objective": objective.name,
+            "exit_layers": model.config.exit_layers,
+        }
+        atomic_write_text(Path(training_args.output_dir, "run_summary.json"), json.dumps(summary, indent=2))
+        if report.skipped or train_dataset.bad_items or trainer.skipped_nonfinite_batches:
+            logger.warning(
+                "skipped: %s; unreadable at training time: %d; non-finite batches: %d",
+                report.summary(),
+                len(train_dataset.bad_items),
+                trainer.skipped_nonfinite_batches,
+            )
+    return trainer
