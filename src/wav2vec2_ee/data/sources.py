@@ -51,7 +51,7 @@ def read_librispeech(root: str | os.PathLike, split: str) -> list[Utterance]:
         )
     utterances: list[Utterance] = []
     for trans in sorted(folder.glob("*/*/*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for line in trans.read_text(encoding="utf-8").splitlines():
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
