@@ -1,0 +1,132 @@
+"""The `train` command end to end on a tiny synthesised LibriSpeech-layout corpus."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from wav2vec2_ee import load_model
+from wav2vec2_ee.cli import main as cli_main
+from wav2vec2_ee.training.cli import parse_args
+
+TINY = {
+    "vocab_size": 32,
+    "hidden_size": 32,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": [32, 32, 32, 32],
+    "conv_stride": [5, 4, 4, 2],
+    "conv_kernel": [10, 4, 4, 2],
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 4,
+    "do_stable_layer_norm": True,
+    "feat_extract_norm": "layer",
+    "exit_layers": [2, 4],
+    "mask_time_prob": 0.0,
+    "ctc_loss_reduction": "mean",
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from wav2vec2_ee.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, num_train=12, num_dev=4, num_test=4, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cfg") / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def _common(corpus, out, *extra):
+    return [
+        "--data", str(corpus), "--train-splits", "train", "--output-dir", str(out),
+        "--per-device-train-batch-size", "4", "--report-to", "none", "--logging-steps", "1",
+        "--no-freeze-feature-encoder", "--seed", "0", "--disable-tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+def test_train_save_reload_and_every_objective(corpus, model_json, tmp_path):
+    ee = tmp_path / "ee"
+    assert cli_main(["train", "--model", str(model_json), *_common(corpus, ee, "--max-steps", "3")]) == 0
+    model = load_model(ee)
+    assert model.config.exit_layers == [2, 4]
+    assert (ee / "vocab.json").is_file() and (ee / "model.safetensors").is_file()
+    summary = json.loads((ee / "run_summary.json").read_text())
+    assert summary["data"]["kept"] == 12
+    for extra in (
+        ["--objective", "kd", "--ee-alpha", "0.3"],
+        ["--objective", "dkd", "--ee-alpha", "0.8", "1.0"],
+        ["--objective", "confidence", "--inverse-confidence", "false"],
+        ["--objective", "confidence", "--num-exits", "1"],
+        ["--objective", "ee", "--exit-layers", "2", "--num-hidden-layers", "2"],
+        ["--objective", "ee", "--reinit-encoder"],
+    ):
+        out = tmp_path / "_".join(extra).replace("-", "")
+        assert cli_main(["train", "--model", str(ee), *_common(corpus, out, "--max-steps", "2"), *extra]) == 0
+        state = load_file(out / "model.safetensors")
+        assert not any(k.startswith(("copy_model", "teacher")) for k in state), "teacher saved in the student"
+        assert json.loads((out / "run_summary.json").read_text())["objective"] == extra[1]
+    baseline = load_model(tmp_path / "objective_ee_exitlayers_2_numhiddenlayers_2")
+    assert baseline.config.num_hidden_layers == 2 and baseline.config.exit_layers == [2]
+
+
+def test_per_exit_terms_are_logged(corpus, model_json, tmp_path):
+    from wav2vec2_ee.training.run import run_training
+
+    args = parse_args(
+        ["--model", str(model_json), *_common(corpus, tmp_path / "kd", "--max-steps", "2"), "--objective", "dkd",
+         "--ee-alpha", "0.5", "1.0"]
+    )  # fmt: skip
+    trainer = run_training(*args)
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert logged and {"loss/ctc_exit_2", "loss/ctc_exit_4", "loss/kd_exit_2"} <= set(logged[0])
+    assert "loss/kd_exit_4" not in logged[0]
+
+
+def test_config_file_and_flags_override(corpus, model_json, tmp_path):
+    cfg = tmp_path / "run.json"
+    cfg.write_text(
+        json.dumps({"model": str(model_json), "objective": "kd", "ee_alpha": [0.4], "max_steps": 5})
+    )
+    model_args, data_args, objective_args, run_args, training_args = parse_args(
+        [str(cfg), *_common(corpus, tmp_path / "o"), "--max-steps", "2"]
+    )
+    assert objective_args.objective == "kd" and objective_args.ee_alpha == [0.4]
+    assert training_args.max_steps == 2 and model_args.model == str(model_json)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"no_such_flag": 1}))
+    with pytest.raises(ValueError, match="no_such_flag"):
+        parse_args([str(bad)])
+
+
+def test_resume_continues_from_last_checkpoint(corpus, model_json, tmp_path):
+    out = tmp_path / "run"
+    common = _common(corpus, out, "--save-steps", "2", "--learning-rate", "1e-3")
+    assert cli_main(["train", "--model", str(model_json), *common, "--max-steps", "2"]) == 0
+    assert (out / "checkpoint-2").is_dir()
+    assert cli_main(["train", "--model", str(model_json), *common, "--max-steps", "4", "--resume"]) == 0
+    state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    steps = [h["step"] for h in state["log_history"] if "loss" in h]
+    assert steps == [1, 2, 3, 4]  # history carried over from checkpoint-2, then steps 3 and 4
+
+
+def test_overfit_four_utterances_halves_the_loss(corpus, model_json, tmp_path):
+    from wav2vec2_ee.training.run import run_training
+
+    args = parse_args(
+        ["--model", str(model_json), *_common(corpus, tmp_path / "fit", "--max-steps", "60"),
+         "--max-train-samples", "4", "--learning-rate", "3e-3", "--warmup-steps", "5", "--save-strategy", "no",
+         "--cache-audio"]
+    )  # fmt: skip
+    trainer = run_training(*args)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < 0.5 * losses[0], losses
