@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Model
 
 from wav2vec2_ee import Wav2Vec2EEConfig, Wav2Vec2EEForCTC, load_model
 from wav2vec2_ee.configuration import default_exit_layers
+
+from conftest import tiny_config
 
 
 def _audio(batch=3, samples=3000):

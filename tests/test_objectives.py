@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 from wav2vec2_ee.objectives import build_objective, greedy_pseudo_labels
 from wav2vec2_ee.vocab import build_tokenizer
+
+from conftest import tiny_config
 
 BLANK, DELIM = 0, 4
 

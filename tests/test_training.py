@@ -130,3 +130,12 @@ def test_overfit_four_utterances_halves_the_loss(corpus, model_json, tmp_path):
     trainer = run_training(*args)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+@pytest.mark.parametrize(
+    "path", sorted(__import__("pathlib").Path(__file__).parents[1].glob("configs/finetune_*.json"))
+)
+def test_seed_config_files_parse(path):
+    model_args, data_args, objective_args, run_args, training_args = parse_args([str(path)])
+    assert objective_args.objective in {"ee", "kd", "dkd", "confidence"}
+    assert training_args.weight_decay == 0.01 and model_args.freeze_feature_encoder
