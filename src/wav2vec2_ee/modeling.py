@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,12 +304,23 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if binary.is_file():
         try:
             return torch.load(str(binary), map_location="cpu", weights_only=True)
-        except Exception as err:  # an unpickling error means the file wants to run code
-            raise ValueError(
-                f"{binary}: refusing to load: the file is not a plain tensor checkpoint "
-                f"(torch.load with weights_only=True failed: {err.__class__.__name__})"
-            ) from err
+        except pickle.UnpicklingError as err:  # the file names objects beyond tensors: it could run code
+            raise refused_pickle_error(binary, err) from err
+        except (RuntimeError, EOFError) as err:  # truncated or not a torch file
+            raise ValueError(f"{binary}: cannot read this checkpoint ({str(err).splitlines()[0]})") from err
     raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
+
+
+def refused_pickle_error(path: str | os.PathLike, err: Exception) -> ValueError:
+    """One-line error for a pickled checkpoint that ``torch.load(weights_only=True)`` refused."""
+    detail = next(
+        (line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line), ""
+    )
+    return ValueError(
+        f"{path}: refusing to load: not a plain tensor checkpoint, unpickling it could run code"
+        + (f" ({detail.rstrip('.')})" if detail else "")
+        + "; load only weights you trust, preferably as model.safetensors"
+    )
 
 
 def is_original_layout(keys: list[str]) -> bool:
@@ -436,9 +448,12 @@ def load_model(
             save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp, "model.safetensors")))
             return Wav2Vec2EEForCTC.from_pretrained(tmp, config=config, ignore_mismatched_sizes=True)
 
-    model, info = Wav2Vec2EEForCTC.from_pretrained(
-        str(model_name_or_path), config=config, ignore_mismatched_sizes=True, output_loading_info=True
-    )
+    try:  # transformers unpickles *.bin weights with torch.load(weights_only=True) only
+        model, info = Wav2Vec2EEForCTC.from_pretrained(
+            str(model_name_or_path), config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    except pickle.UnpicklingError as err:
+        raise refused_pickle_error(model_name_or_path, err) from err
     missing = set(info.get("missing_keys", []))
     mismatched = {k for k, *_ in info.get("mismatched_keys", [])}
     lm_head_loaded = "lm_head.weight" not in missing and "lm_head.weight" not in mismatched

@@ -59,7 +59,13 @@ def load_audio(path: str | os.PathLike | bytes, source: str | None = None) -> np
 
 
 def audio_duration(path: str | os.PathLike) -> float:
-    """Duration in seconds from the file header (no decoding)."""
+    """Duration in seconds from the file header (no decoding).
+
+    The header can be sound while the data is not (a truncated FLAC): such files fail later, in
+    :func:`load_audio`.
+    """
+    if not os.path.exists(path):
+        raise AudioError(str(path), "no such file")
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:

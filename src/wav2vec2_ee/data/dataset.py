@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,6 +55,19 @@ class PreparedUtterance:
     audio_bytes: bytes | None = None
 
 
+def _measure(utt: Utterance, verify_audio: bool) -> float | AudioError:
+    """Duration in seconds of ``utt`` (decoding the whole file when ``verify_audio``), or the error."""
+    try:
+        if verify_audio or (utt.audio_bytes is not None and utt.duration is None):
+            source = utt.audio_bytes if utt.audio_bytes is not None else utt.audio
+            return len(load_audio(source, source=utt.audio or utt.id)) / SAMPLING_RATE
+        if utt.duration is not None:
+            return utt.duration
+        return audio_duration(utt.audio)
+    except AudioError as err:
+        return err
+
+
 def prepare_utterances(
     utterances: Sequence[Utterance],
     tokenizer: Wav2Vec2CTCTokenizer,
@@ -63,16 +78,28 @@ def prepare_utterances(
     strict: bool = False,
     progress: bool = True,
     desc: str = "checking data",
+    verify_audio: bool = False,
+    num_workers: int | None = None,
 ) -> tuple[list[PreparedUtterance], PreparationReport]:
-    """Normalise transcripts, read durations from the headers and drop unusable items.
+    """Normalise transcripts, read durations and drop unusable items.
 
     Each skipped item is reported once (logged with its path and the reason) and counted; with
-    ``strict`` the first one raises :class:`BadItemError` instead.
+    ``strict`` the first one raises :class:`BadItemError` instead. Skipped: audio that is missing or
+    whose header cannot be read (empty, not audio), transcripts that are empty or mostly outside the
+    vocabulary after normalisation, utterances outside the duration limits and utterances with fewer
+    CTC frames than their labels need.
+
+    By default only the file headers are read (milliseconds per file). A file with a sound header
+    and broken data (a truncated FLAC) then passes here and is caught when training reads it (see
+    :class:`SpeechDataset`). ``verify_audio`` decodes every file here instead (the cost of one full
+    pass over the audio, spread over ``num_workers`` threads), so such files are reported up front.
 
     Args:
         frames_for_samples: maps a number of samples to CTC frames (the model's CNN length formula);
             when given, utterances with fewer frames than CTC needs for their labels are skipped.
         max_duration / min_duration: seconds; longer / shorter utterances are skipped.
+        verify_audio: decode every file (and take its duration from the decoded samples).
+        num_workers: threads reading headers / decoding (default: up to 8).
     """
     normalizer = TextNormalizer(tokenizer)
     delimiter = tokenizer.word_delimiter_token
@@ -82,37 +109,48 @@ def prepare_utterances(
     def skip(utt: Utterance, reason: str) -> None:
         where = utt.audio or utt.id
         if strict:
-            raise BadItemError(f"{where}: {reason}")
+            raise BadItemError(f"{where}: {reason} (--strict stops at the first bad item)")
         logger.warning("skipping %s: %s", where, reason)
         report.skipped.append((where, reason))
 
-    for utt in tqdm(utterances, desc=desc, disable=not progress, leave=False):
-        try:
-            if utt.audio_bytes is not None:
-                duration = utt.duration or len(load_audio(utt.audio_bytes, source=utt.id)) / SAMPLING_RATE
-            else:
-                duration = utt.duration if utt.duration is not None else audio_duration(utt.audio)
-        except AudioError as err:
-            skip(utt, f"unreadable audio: {err.reason}")
-            continue
-        text = normalizer(utt.text)
-        if require_text and not text:
-            skip(utt, "empty transcript: nothing left after normalising to the vocabulary")
-            continue
-        if max_duration is not None and duration > max_duration:
-            skip(utt, f"too long: {duration:.2f} s > max_duration {max_duration} s")
-            continue
-        if min_duration is not None and duration < min_duration:
-            skip(utt, f"too short: {duration:.2f} s < min_duration {min_duration} s")
-            continue
-        labels = tokenizer(text.replace(" ", delimiter)).input_ids if text else []
-        if frames_for_samples is not None and labels:
-            frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))
-            needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
-            if frames < needed:
-                skip(utt, f"too short for its transcript: {frames} CTC frames < {needed} needed")
+    workers = num_workers or min(8, os.cpu_count() or 1)
+    executor = ThreadPoolExecutor(max_workers=workers)
+    try:
+        measured = executor.map(lambda u: _measure(u, verify_audio), utterances)
+        for utt, duration in tqdm(
+            zip(utterances, measured), total=len(utterances), desc=desc, disable=not progress, leave=False
+        ):
+            if isinstance(duration, AudioError):
+                skip(utt, f"unreadable audio: {duration.reason}")
                 continue
-        kept.append(PreparedUtterance(utt.id, utt.audio, text, labels, duration, utt.audio_bytes))
+            raw_chars = sum(not ch.isspace() for ch in utt.text)
+            text = normalizer(utt.text)
+            if require_text and not text:
+                skip(utt, "empty transcript: nothing left after normalising to the vocabulary")
+                continue
+            dropped = raw_chars - sum(ch != " " for ch in text)
+            if require_text and 2 * dropped > raw_chars:
+                skip(
+                    utt,
+                    f"transcript mostly outside the vocabulary: {dropped} of {raw_chars} characters dropped",
+                )
+                continue
+            if max_duration is not None and duration > max_duration:
+                skip(utt, f"too long: {duration:.2f} s > max_duration {max_duration} s")
+                continue
+            if min_duration is not None and duration < min_duration:
+                skip(utt, f"too short: {duration:.2f} s < min_duration {min_duration} s")
+                continue
+            labels = tokenizer(text.replace(" ", delimiter)).input_ids if text else []
+            if frames_for_samples is not None and labels:
+                frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))
+                needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
+                if frames < needed:
+                    skip(utt, f"too short for its transcript: {frames} CTC frames < {needed} needed")
+                    continue
+            kept.append(PreparedUtterance(utt.id, utt.audio, text, labels, duration, utt.audio_bytes))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
     report.kept = len(kept)
     report.dropped_characters = normalizer.dropped
     if normalizer.report():
@@ -126,7 +164,10 @@ class SpeechDataset(Dataset):
     Items are dicts with ``input_values`` (float32 array), ``labels`` (list of ids) and
     ``utt_index`` (position in the dataset, used to cache teacher pseudo-labels).
     An item whose audio turns out unreadable at training time is replaced by the next good one
-    (and counted in :attr:`bad_items`) so that one bad file never kills a run.
+    (and counted in :attr:`bad_items`) so that one bad file never kills a run; the item that
+    replaces it also carries ``skipped_audio`` (``[(path, reason), ...]``), which the collator passes
+    on, so the trainer can count it even when the data loader runs in worker processes. With
+    ``strict`` the unreadable item raises :class:`BadItemError` instead.
     """
 
     def __init__(
@@ -134,10 +175,12 @@ class SpeechDataset(Dataset):
         utterances: Sequence[PreparedUtterance],
         feature_extractor: Wav2Vec2FeatureExtractor,
         cache_audio: bool = False,
+        strict: bool = False,
     ):
         self.utterances = list(utterances)
         self.feature_extractor = feature_extractor
         self.cache_audio = cache_audio
+        self.strict = strict
         self._cache: dict[int, np.ndarray] = {}
         self.bad_items: dict[str, str] = {}
 
@@ -163,16 +206,25 @@ class SpeechDataset(Dataset):
         return values
 
     def __getitem__(self, index: int) -> dict:
+        skipped: list[tuple[str, str]] = []
         for offset in range(len(self)):
             i = (index + offset) % len(self)
             try:
                 values = self.audio(i)
             except AudioError as err:
+                if self.strict:
+                    raise BadItemError(
+                        f"{err.source}: {err.reason} (--strict stops at the first bad item)"
+                    ) from err
                 if err.source not in self.bad_items:
                     logger.warning("skipping %s at training time: %s", err.source, err.reason)
                     self.bad_items[err.source] = err.reason
+                skipped.append((err.source, err.reason))
                 continue
-            return {"input_values": values, "labels": self.utterances[i].labels, "utt_index": i}
+            item = {"input_values": values, "labels": self.utterances[i].labels, "utt_index": i}
+            if skipped:
+                item["skipped_audio"] = skipped
+            return item
         raise AudioError("<dataset>", "no readable audio in the whole dataset")
 
 
@@ -181,7 +233,8 @@ class DataCollatorCTCWithPadding:
     """Pads ``input_values`` (with ``attention_mask``) and ``labels`` (with -100).
 
     Returns ``input_values`` ``(batch, samples)``, ``attention_mask`` ``(batch, samples)``, ``labels``
-    ``(batch, target_len)`` and ``utt_index`` ``(batch,)``.
+    ``(batch, target_len)`` and ``utt_index`` ``(batch,)``; plus ``skipped_audio`` (a list of
+    ``(path, reason)``) when an item stands in for unreadable audio.
     """
 
     feature_extractor: Wav2Vec2FeatureExtractor
@@ -206,4 +259,7 @@ class DataCollatorCTCWithPadding:
             batch["labels"] = labels
         if "utt_index" in features[0]:
             batch["utt_index"] = torch.as_tensor([f["utt_index"] for f in features], dtype=torch.long)
+        skipped = [s for f in features for s in f.get("skipped_audio", ())]
+        if skipped:
+            batch["skipped_audio"] = skipped
         return dict(batch)

@@ -1,0 +1,58 @@
+"""Evaluation: decoding (greedy, beam, lexicon n-best), metrics, result files in the seed's formats, plots.
+
+The reusable pieces (stable names, imported by the inference engine):
+
+* :mod:`.metrics`: ``mean_frame_entropy``, ``mean_max_prob``, ``frame_mask``, ``word_errors``,
+  ``split_errors``.
+* :mod:`.decoding`: ``greedy_decode``, ``greedy_decode_exits``, ``BeamSearchDecoder``,
+  ``LexiconBeamDecoder``, ``nbest_posterior``.
+* :mod:`.engine`: ``forward_exits``, ``iter_exit_logits``, ``length_grouped_batches``.
+* :mod:`.evaluate`: ``evaluate_checkpoint`` (the ``wav2vec2-ee evaluate`` command as a function).
+"""
+
+from .decoding import (
+    BeamSearchDecoder,
+    LexiconBeamDecoder,
+    NBestHypothesis,
+    greedy_decode,
+    greedy_decode_exits,
+    nbest_posterior,
+    posterior_from_scores,
+)
+from .engine import forward_exits, iter_exit_logits, length_grouped_batches
+from .evaluate import evaluate_checkpoint, load_evaluation_model, normalize_transcript
+from .lexicon import lexicon_from_texts, read_lexicon
+from .metrics import (
+    SplitErrors,
+    WordErrors,
+    frame_mask,
+    mean_frame_entropy,
+    mean_max_prob,
+    split_errors,
+    word_errors,
+)
+
+__all__ = [
+    "BeamSearchDecoder",
+    "LexiconBeamDecoder",
+    "NBestHypothesis",
+    "SplitErrors",
+    "WordErrors",
+    "evaluate_checkpoint",
+    "forward_exits",
+    "frame_mask",
+    "greedy_decode",
+    "greedy_decode_exits",
+    "iter_exit_logits",
+    "length_grouped_batches",
+    "lexicon_from_texts",
+    "load_evaluation_model",
+    "mean_frame_entropy",
+    "mean_max_prob",
+    "nbest_posterior",
+    "normalize_transcript",
+    "posterior_from_scores",
+    "read_lexicon",
+    "split_errors",
+    "word_errors",
+]

@@ -82,6 +82,14 @@ class DataArguments:
             "help": "Stop at the first bad item (unreadable audio, empty transcript, ...) instead of skipping it."
         },
     )
+    verify_audio: bool = field(
+        default=False,
+        metadata={
+            "help": "Decode every audio file while checking the data (one full pass over the audio) instead of "
+            "reading headers only, so that files with a sound header but broken data (a truncated FLAC) are "
+            "reported before training; without it they are skipped and counted when training reads them."
+        },
+    )
     cache_audio: bool = field(
         default=False, metadata={"help": "Keep decoded audio in memory after its first read (small corpora)."}
     )

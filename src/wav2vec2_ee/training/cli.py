@@ -38,10 +38,16 @@ def _read_config_file(path: str) -> dict:
     return data
 
 
+def _raise_value_error(message: str):
+    """argparse's error hook: ``wav2vec2-ee`` prints a ``ValueError`` as one ``error:`` line (exit 2)."""
+    raise ValueError(f"{message} (wav2vec2-ee train --help lists the options)")
+
+
 def parse_args(argv: list[str]):
     """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
     parser = HfArgumentParser(ALL_ARGS)
     parser.prog = "wav2vec2-ee train"
+    parser.error = _raise_value_error  # one line naming the argument, not the full usage text
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         values = _read_config_file(argv[0])
         known = {a.dest for a in parser._actions}

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
-from transformers import TrainingArguments
+import torch
+from safetensors import safe_open
+from transformers import TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 
 from ..data import DataError, SpeechDataset, load_split, prepare_utterances
 from ..data.dataset import DataCollatorCTCWithPadding
 from ..io import atomic_write_text
-from ..modeling import Wav2Vec2EEForCTC, load_model
+from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
 from ..objectives import build_objective
 from ..vocab import build_processor
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
@@ -37,25 +42,58 @@ def parse_config_overrides(text: str | None) -> dict:
     return out
 
 
-def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest ``checkpoint-N`` folder whose save finished (``trainer_state.json`` and weights present).
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` is not a complete checkpoint, or ``None`` when it is.
 
-    A crash while saving leaves a partial folder; it is passed over so the previous checkpoint is used.
+    ``Trainer._save_checkpoint`` (transformers 5.x) writes the weights, then optimizer.pt,
+    scheduler.pt and rng_state*.pth, and ``trainer_state.json`` last (``EarlyExitTrainer`` adds a
+    barrier so that, with several processes, every process's files come before it). A complete
+    checkpoint therefore has a ``trainer_state.json`` that parses and names the folder's step. The
+    other files are checked too, cheaply, in case the file system lost unsynced data: safetensors
+    headers must open and every torch pickle (a zip archive) must have its end-of-archive record.
+    """
+    state_file = ckpt / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME} (the Trainer writes it last)"
+    try:
+        step = json.loads(state_file.read_text(encoding="utf-8")).get("global_step")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"{TRAINER_STATE_NAME} is cut short"
+    if str(step) != ckpt.name.split("-")[-1]:
+        return f"{TRAINER_STATE_NAME} names step {step}"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not weights and not any(ckpt.glob("pytorch_model*.bin")):
+        return "no model weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error types
+            return f"{path.name} is unreadable ({err})"
+    for path in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if not zipfile.is_zipfile(path):
+            return f"{path.name} is cut short"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder whose save finished (see :func:`_checkpoint_problem`).
+
+    A crash while saving leaves a partial folder; it is passed over (with a warning) so the previous
+    checkpoint is used.
     """
     if not Path(output_dir).is_dir():
         return None
     candidates = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and p.is_dir()),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
     for ckpt in candidates:
-        has_weights = (ckpt / "model.safetensors").is_file() or (
-            ckpt / "model.safetensors.index.json"
-        ).is_file()
-        if has_weights and (ckpt / "trainer_state.json").is_file() and (ckpt / "scheduler.pt").is_file():
+        problem = _checkpoint_problem(ckpt)
+        if problem is None:
             return str(ckpt)
-        logger.warning("%s is incomplete (interrupted save?): passed over", ckpt)
+        logger.warning("%s is incomplete (interrupted save?): %s; passed over", ckpt, problem)
     return None
 
 
@@ -96,7 +134,8 @@ def run_training(
     processor = build_processor(model_dir)
     tokenizer = processor.tokenizer
 
-    # 2. model and objective
+    # 2. model and objective (seeded: the same --seed gives the same initial weights)
+    set_seed(training_args.seed)
     model = build_model(model_args, len(tokenizer), tokenizer.pad_token_id)
     objective = build_objective(
         objective_args.objective,
@@ -127,12 +166,16 @@ def run_training(
         max_duration=data_args.max_duration,
         min_duration=data_args.min_duration,
         strict=data_args.strict,
+        progress=not training_args.disable_tqdm,
         desc="checking training data",
+        verify_audio=data_args.verify_audio,
     )
     logger.info("training data: %s", report.summary())
     if not train_items:
         raise DataError(f"{data_args.data}: no usable training utterances in {data_args.train_splits}")
-    train_dataset = SpeechDataset(train_items, processor.feature_extractor, cache_audio=data_args.cache_audio)
+    train_dataset = SpeechDataset(
+        train_items, processor.feature_extractor, cache_audio=data_args.cache_audio, strict=data_args.strict
+    )
     eval_dataset = None
     if data_args.eval_splits:
         eval_items, eval_report = prepare_utterances(
@@ -140,11 +183,16 @@ def run_training(
             tokenizer,
             frames_for_samples=frames,
             strict=data_args.strict,
+            progress=not training_args.disable_tqdm,
             desc="checking evaluation data",
+            verify_audio=data_args.verify_audio,
         )
         logger.info("evaluation data: %s", eval_report.summary())
         eval_dataset = SpeechDataset(
-            eval_items, processor.feature_extractor, cache_audio=data_args.cache_audio
+            eval_items,
+            processor.feature_extractor,
+            cache_audio=data_args.cache_audio,
+            strict=data_args.strict,
         )
 
     # 4. teacher (kd): frozen, outside the student, never saved with it
@@ -183,24 +231,55 @@ def run_training(
     resume = last_complete_checkpoint(training_args.output_dir) if run_args.resume else None
     if run_args.resume:
         logger.info("resuming from %s", resume or "scratch (no complete checkpoint found)")
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.restore_skip_counts(resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except (
+        pickle.UnpicklingError
+    ) as err:  # the Trainer unpickles optimizer/scheduler/RNG with weights_only=True
+        if resume is None:
+            raise
+        raise refused_pickle_error(resume, err) from err
+    counts = _gather_skip_counts(trainer)
     if trainer.is_world_process_zero():
         trainer.save_model(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
         summary = {
             "train_metrics": result.metrics,
             "data": {"kept": report.kept, "skipped": report.skipped, "skip_counts": dict(report.counts())},
-            "bad_items_at_training_time": train_dataset.bad_items,
-            "skipped_nonfinite_batches": trainer.skipped_nonfinite_batches,
+            "bad_items_at_training_time": counts["bad_audio"],
+            "skipped_nonfinite_batches": counts["skipped_nonfinite_batches"],
+            "skipped_updates": counts["skipped_updates"],
             "objective": objective.name,
             "exit_layers": model.config.exit_layers,
         }
         atomic_write_text(Path(training_args.output_dir, "run_summary.json"), json.dumps(summary, indent=2))
-        if report.skipped or train_dataset.bad_items or trainer.skipped_nonfinite_batches:
-            logger.warning(
-                "skipped: %s; unreadable at training time: %d; non-finite batches: %d",
-                report.summary(),
-                len(train_dataset.bad_items),
-                trainer.skipped_nonfinite_batches,
-            )
+        anything = report.skipped or any(counts.values())
+        (logger.warning if anything else logger.info)(
+            "data: %s; unreadable at training time: %d; non-finite batches skipped: %d; "
+            "optimizer steps skipped: %d (details in %s)",
+            report.summary(),
+            len(counts["bad_audio"]),
+            counts["skipped_nonfinite_batches"],
+            counts["skipped_updates"],
+            Path(training_args.output_dir, "run_summary.json"),
+        )
     return trainer
+
+
+def _gather_skip_counts(trainer: EarlyExitTrainer) -> dict:
+    """The trainer's skip counts summed over all processes (each process sees its own batches)."""
+    counts = trainer.skip_counts()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return counts
+    everyone: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(everyone, counts)
+    bad_audio: dict[str, str] = {}
+    for c in everyone:
+        bad_audio.update(c["bad_audio"])
+    return {
+        "skipped_nonfinite_batches": sum(c["skipped_nonfinite_batches"] for c in everyone),
+        # every process takes the same decision on a shared gradient: the count is the same on all
+        "skipped_updates": max(c["skipped_updates"] for c in everyone),
+        "bad_audio": bad_audio,
+    }

@@ -1,16 +1,23 @@
-"""The ``Trainer`` subclass: the objective's loss, per-exit logging, teacher pseudo-labels."""
+"""The ``Trainer`` subclass: the objective's loss, per-exit logging, teacher pseudo-labels, and the
+guards that keep a long run alive (non-finite batches skipped, bad audio counted, resumable order)."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
+import os
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer
-from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..io import atomic_write_text
 from ..modeling import Wav2Vec2EEForCTC
 from ..objectives import greedy_pseudo_labels
 
@@ -64,12 +71,51 @@ class TeacherLabels:
         return out.to(inputs["input_values"].device)
 
 
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """``LengthGroupedSampler`` whose order is drawn from ``seed + epoch`` alone.
+
+    The plain sampler draws from the global RNG, so a run resumed in the middle of a later epoch would
+    see another order than the uninterrupted run. Here the order of epoch ``e`` is a function of
+    ``(seed, e)``: identical after a resume and on every process. ``set_epoch`` is called by
+    ``accelerate``'s data loader at the start of every epoch.
+    """
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+SKIP_COUNTS_NAME = "skip_counts.json"
+
+
 class EarlyExitTrainer(Trainer):
     """``Trainer`` whose loss is an early-exit objective; every term is logged per exit.
 
     Logged as ``loss/ctc_exit_<layer>``, ``loss/kd_exit_<layer>``, ``loss/confidence_exit_<layer>``
-    (averaged over the steps since the last log). A batch whose loss is not finite is skipped (no
-    gradient from it) and counted in ``skipped_nonfinite_batches``.
+    (averaged over the steps since the last log).
+
+    Bad batches never kill the run and never move the weights:
+
+    * a batch whose loss is not finite contributes a zero loss (so every DDP process still runs its
+      backward) and is counted in ``skipped_nonfinite_batches``;
+    * an optimizer step whose gradient is non-finite, or exactly zero because every batch of the step
+      was skipped, is not taken (AdamW's weight decay and momentum would otherwise still move the
+      weights); counted in ``skipped_updates``. After DDP's all-reduce every process sees the same
+      gradient, so all processes take the same decision. The learning-rate schedule still advances.
+    * audio that fails to decode at training time is replaced by the next readable item by
+      :class:`~wav2vec2_ee.data.SpeechDataset` and recorded in ``bad_audio`` (path → reason), also when
+      the data loader runs in worker processes.
+
+    These counts are saved with every checkpoint (``skip_counts.json``) and restored on resume.
     """
 
     def __init__(self, *args, objective, teacher_labels: TeacherLabels | None = None, **kwargs):
@@ -78,20 +124,114 @@ class EarlyExitTrainer(Trainer):
         self.teacher_labels = teacher_labels
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
+        self._batch_skipped = False
         self.skipped_nonfinite_batches = 0
+        self.skipped_updates = 0
+        self.bad_audio: dict[str, str] = {}
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy == "group_by_length" and hasattr(dataset, "lengths"):
-            return LengthGroupedSampler(
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return EpochSeededLengthGroupedSampler(
                 self.args.train_batch_size * self.args.gradient_accumulation_steps,
                 lengths=dataset.lengths,
+                seed=seed,
             )
         return super()._get_train_sampler(train_dataset)
+
+    # ----------------------------------------------------------------------------------------------
+    # skipping bad updates
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        guardable = not (self.is_deepspeed_enabled or self.is_fsdp_enabled)
+        if guardable and not getattr(optimizer, "_ee_guarded", False):
+            # Wrap the torch optimizer itself (inside accelerate's wrapper and any GradScaler), so that
+            # a skipped step is skipped whatever calls it.
+            inner_step = optimizer.step
+
+            @functools.wraps(inner_step)
+            def guarded_step(*args, **kwargs):
+                reason = self._bad_update_reason(optimizer)
+                if reason is not None:
+                    self.skipped_updates += 1
+                    logger.warning(
+                        "step %d: optimizer step skipped (%s); %d skipped so far",
+                        self.state.global_step + 1,
+                        reason,
+                        self.skipped_updates,
+                    )
+                    return None
+                return inner_step(*args, **kwargs)
+
+            optimizer.step = guarded_step
+            optimizer._ee_guarded = True
+        return optimizer
+
+    @staticmethod
+    def _bad_update_reason(optimizer: torch.optim.Optimizer) -> str | None:
+        """Why the gradient held by ``optimizer``'s parameters must not be applied (``None``: apply it)."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return None
+        norms = torch._foreach_norm([g.detach() for g in grads])
+        total = float(torch.stack([n.to(norms[0].device, torch.float64) for n in norms]).sum())
+        if not math.isfinite(total):
+            return "non-finite gradient"
+        if total == 0.0:
+            return "zero gradient: every batch of the step was skipped"
+        return None
+
+    def training_step(self, model: nn.Module, inputs, num_items_in_batch=None) -> torch.Tensor:
+        self._batch_skipped = False
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._batch_skipped:
+            # reported as NaN so that the logged running loss leaves the batch out (logging_nan_inf_filter)
+            return torch.full_like(loss, float("nan"))
+        return loss
+
+    # ----------------------------------------------------------------------------------------------
+    # skip counts: saved in each checkpoint, restored on resume
+    def skip_counts(self) -> dict:
+        return {
+            "skipped_nonfinite_batches": self.skipped_nonfinite_batches,
+            "skipped_updates": self.skipped_updates,
+            "bad_audio": dict(self.bad_audio),
+        }
+
+    def _skip_counts_name(self) -> str:
+        if self.args.world_size <= 1:
+            return SKIP_COUNTS_NAME
+        return SKIP_COUNTS_NAME.replace(".json", f"_{self.args.process_index}.json")
+
+    def restore_skip_counts(self, checkpoint: str | os.PathLike | None) -> None:
+        """Continue the counts of ``checkpoint`` (a resumed run reports the whole run's counts)."""
+        path = Path(checkpoint, self._skip_counts_name()) if checkpoint else None
+        if path is None or not path.is_file():
+            return
+        counts = json.loads(path.read_text(encoding="utf-8"))
+        self.skipped_nonfinite_batches = int(counts.get("skipped_nonfinite_batches", 0))
+        self.skipped_updates = int(counts.get("skipped_updates", 0))
+        self.bad_audio.update(counts.get("bad_audio", {}))
+
+    def _save_checkpoint(self, model, trial) -> None:
+        # Written first: the Trainer writes trainer_state.json last, and its presence marks the
+        # checkpoint complete (see training.run.last_complete_checkpoint).
+        folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        atomic_write_text(folder / self._skip_counts_name(), json.dumps(self.skip_counts(), indent=2))
+        super()._save_checkpoint(model, trial)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.args.world_size > 1 and torch.distributed.is_initialized():
+            # every process has written its files before process 0 writes trainer_state.json
+            torch.distributed.barrier()
 
     def compute_loss(self, model: nn.Module, inputs, return_outputs: bool = False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        for source, reason in inputs.pop("skipped_audio", None) or ():
+            self.bad_audio.setdefault(str(source), str(reason))
         teacher_labels = None
         if self.teacher_labels is not None and model.training:
             teacher_labels = self.teacher_labels(inputs)
@@ -110,9 +250,10 @@ class EarlyExitTrainer(Trainer):
         if model.training:
             if not torch.isfinite(loss):
                 self.skipped_nonfinite_batches += 1
+                self._batch_skipped = True
                 logger.warning(
                     "step %d: non-finite loss (%s) in a batch; skipped (%d so far)",
-                    self.state.global_step,
+                    self.state.global_step + 1,
                     loss.item(),
                     self.skipped_nonfinite_batches,
                 )
@@ -127,11 +268,14 @@ class EarlyExitTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._term_counts:
+        if "loss" in logs:
             for name, total in self._term_sums.items():
                 logs[f"loss/{name}"] = round(total / max(1, self._term_counts[name]), 6)
             self._term_sums.clear()
             self._term_counts.clear()
-            if self.skipped_nonfinite_batches:
-                logs["skipped_nonfinite_batches"] = self.skipped_nonfinite_batches
+            for name in ("skipped_nonfinite_batches", "skipped_updates"):
+                if getattr(self, name):
+                    logs[name] = getattr(self, name)
+            if self.bad_audio:
+                logs["unreadable_audio_files"] = len(self.bad_audio)
         super().log(logs, start_time)

@@ -1,0 +1,97 @@
+"""`wav2vec2-ee make-corpus`: synthesise the embedded eSpeak NG speech corpus (a thin CLI over
+:func:`wav2vec2_ee.corpus.build_corpus`).
+
+    wav2vec2-ee make-corpus data/espeak                  # default size: 4000 / 200 / 200 utterances
+    wav2vec2-ee make-corpus data/espeak --hours 3        # ~3 h of train audio
+    wav2vec2-ee make-corpus data/tiny --size quick       # 300 / 40 / 40, for smoke tests
+
+The folder is in LibriSpeech layout (``train``, ``dev``, ``test``), ready for
+``wav2vec2-ee train --data <dir> --train-splits train`` and ``wav2vec2-ee evaluate ... --splits test``.
+A second call with the same parameters finds the finished build and returns at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .build import PRESETS, CorpusSummary, build_corpus
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wav2vec2-ee make-corpus",
+        description="Synthesise the English eSpeak NG speech corpus (train / dev / test, LibriSpeech "
+        "layout; dev and test voices never occur in train).",
+    )
+    parser.add_argument("output_dir", help="Folder to write the corpus to (created if needed).")
+    parser.add_argument(
+        "--size",
+        choices=sorted(PRESETS),
+        default="default",
+        help="Preset utterance counts (train/dev/test): "
+        + ", ".join(f"{name} = {'/'.join(map(str, counts))}" for name, counts in PRESETS.items())
+        + " (default: %(default)s).",
+    )
+    parser.add_argument(
+        "--hours", type=float, default=None, help="Approximate hours of train audio (replaces the preset's count)."
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default: 0).")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="Synthesis processes (default: the number of CPU cores)."
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Allow replacing train/dev/test folders that another tool wrote into the output folder.",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
+    # exact counts, for tests and scripted builds
+    for split in ("train", "dev", "test"):
+        parser.add_argument(f"--num-{split}", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def format_summary(summary: CorpusSummary) -> str:
+    """A few lines: where the corpus is, utterances / hours / speakers per split, the build time."""
+    state = "already built (cached)" if summary.cached else f"built in {summary.elapsed_s:.1f} s"
+    lines = [f"corpus {summary.output_dir}: {state}, seed {summary.seed}, backend {summary.backend or '?'}"]
+    lines.append(f"  {'split':<6}{'utterances':>12}{'hours':>9}{'speakers':>10}")
+    for split, count in summary.num_utterances.items():
+        hours = summary.hours.get(split, 0.0)
+        speakers = summary.num_speakers.get(split, 0)
+        lines.append(f"  {split:<6}{count:>12}{hours:>9.3f}{speakers:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build the corpus and print its summary; returns the exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    try:
+        summary = _build(args)
+    except FileExistsError as err:  # a folder with someone else's train/dev/test: say so in one line
+        print(f"wav2vec2-ee make-corpus: error: {err} (on the command line: --overwrite)", file=sys.stderr)
+        return 2
+    print(format_summary(summary))
+    return 0
+
+
+def _build(args: argparse.Namespace) -> CorpusSummary:
+    return build_corpus(
+        args.output_dir,
+        hours=args.hours,
+        num_train=args.num_train,
+        num_dev=args.num_dev,
+        num_test=args.num_test,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

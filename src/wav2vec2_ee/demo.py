@@ -1,0 +1,429 @@
+"""`wav2vec2-ee demo`: the embedded default, end to end on a laptop CPU.
+
+    wav2vec2-ee demo                  # ~10 min on 2 CPU cores: corpus, training from scratch, evaluation
+    wav2vec2-ee demo --quick          # < 2 min smoke test of the same pipeline (tiny corpus and model)
+    wav2vec2-ee demo --reproduce      # the seed's table of objectives and baselines on this corpus (~1 h)
+
+Steps (each skipped when a previous run finished it, so an interrupted demo resumes where it stopped):
+
+1. synthesise the eSpeak NG corpus (:func:`wav2vec2_ee.corpus.build_corpus`; held-out voices in dev/test);
+2. train a small early-exit wav2vec2 model from scratch with the library's training code
+   (:func:`wav2vec2_ee.training.run.run_training`, the ``wav2vec2-ee train`` command), from a train
+   config written to ``<output_dir>/configs/<run>.json`` (``wav2vec2-ee train <that file>`` reruns it);
+3. evaluate every exit on the held-out test voices with the evaluation suite
+   (:func:`wav2vec2_ee.evaluation.evaluate.evaluate_checkpoint`) and print the WER-by-exit table;
+4. with ``--reproduce``: KD, DKD, confidence and manual-activation runs starting from the EE model,
+   baselines without exits of 2, 4 and 6 layers trained with the same budget, and ``reproduce.md``
+   (the layout of the seed's result table).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------------
+# presets
+
+#: The demo model: a wav2vec2 encoder sized for a CPU. The CNN front end is cheaper than wav2vec2's
+#: (5 layers, first stride 10, group norm on the first layer only) with the same 20 ms frame rate;
+#: pre-LN (stable layer norm) transformer of 6 layers, exits after layers 2, 4 and 6.
+DEMO_MODEL: dict = {
+    "hidden_size": 192,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "intermediate_size": 768,
+    "conv_dim": [64, 128, 128, 128, 128],
+    "conv_stride": [10, 4, 2, 2, 2],
+    "conv_kernel": [20, 4, 4, 4, 2],
+    "feat_extract_norm": "group",
+    "do_stable_layer_norm": True,
+    "num_conv_pos_embeddings": 64,
+    "num_conv_pos_embedding_groups": 8,
+    "hidden_dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "feat_proj_dropout": 0.0,
+    "final_dropout": 0.0,
+    "layerdrop": 0.0,
+    "mask_time_prob": 0.0,
+    "ctc_loss_reduction": "mean",
+    "exit_layers": [2, 4, 6],
+}
+
+#: Training arguments of the EE run from scratch (names of ``wav2vec2-ee train``'s options).
+DEMO_TRAINING: dict = {
+    "objective": "ee",
+    "freeze_feature_encoder": False,
+    "train_splits": ["train"],
+    "cache_audio": True,
+    "train_sampling_strategy": "group_by_length",
+    "per_device_train_batch_size": 16,
+    "learning_rate": 3e-3,
+    "warmup_steps": 60,
+    "lr_scheduler_type": "cosine_with_min_lr",
+    "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
+    "max_steps": 1000,
+    "max_grad_norm": 5.0,
+    "weight_decay": 0.0,
+    "seed": 0,
+}
+
+#: Settings common to every demo run (no intermediate checkpoints: a run is the unit of resumption).
+RUN_DEFAULTS: dict = {
+    "save_strategy": "no",
+    "report_to": "none",
+    "logging_steps": 50,
+    "dataloader_num_workers": 0,
+    "dataloader_pin_memory": False,
+}
+
+#: How the ``--reproduce`` runs that start from the EE model differ from it (a shorter, gentler schedule).
+DEMO_FINETUNE: dict = {"learning_rate": 1e-3, "warmup_steps": 25, "max_steps": 500}
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Everything that defines one demo: corpus size, model, training budget and evaluated splits."""
+
+    name: str
+    corpus: dict
+    model: dict
+    training: dict
+    finetune: dict
+    eval_splits: tuple[str, ...] = ("test",)
+    reproduce_splits: tuple[str, ...] = ("test", "dev")
+
+
+PRESETS: dict[str, DemoPreset] = {
+    "default": DemoPreset("default", {"size": "default"}, DEMO_MODEL, DEMO_TRAINING, DEMO_FINETUNE),
+    # smoke test: the same pipeline on a tiny corpus and model, a few steps (WER is not the point)
+    "quick": DemoPreset(
+        "quick",
+        {"size": "quick"},
+        {
+            **DEMO_MODEL,
+            "hidden_size": 64,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "intermediate_size": 128,
+            "conv_dim": [32, 64, 64, 64, 64],
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+            "exit_layers": [2, 4],
+        },
+        {**DEMO_TRAINING, "max_steps": 40, "warmup_steps": 5, "per_device_train_batch_size": 8},
+        {**DEMO_FINETUNE, "max_steps": 10, "warmup_steps": 2},
+    ),
+}
+
+
+def dkd_alphas(num_exits: int) -> list[float]:
+    """Per-exit EE weights of dynamic KD: 0.65, 0.70, ... rising by 0.05, and 1.0 at the last exit.
+
+    For 6 exits this is the seed's default ``[0.65, 0.70, 0.75, 0.80, 0.85, 1.00]``.
+    """
+    return [round(0.65 + 0.05 * k, 2) for k in range(num_exits - 1)] + [1.0]
+
+
+# --------------------------------------------------------------------------------------------------
+# arguments
+
+
+@dataclass
+class DemoArguments:
+    """Options of ``wav2vec2-ee demo``."""
+
+    output_dir: str = field(
+        default="demo_out",
+        metadata={"help": "Folder for the corpus, the models, the result files and the plot."},
+    )
+    quick: bool = field(
+        default=False,
+        metadata={
+            "help": "Smoke test (< 2 min): tiny corpus and model, a few steps; exercises every step, WER "
+            "is not meaningful. Writes to <output-dir>/quick."
+        },
+    )
+    reproduce: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the seed's table on this corpus (KD, DKD, confidence, manual activation from "
+            "the EE model; baselines of 2, 4, 6 layers) and write reproduce.md (~1 h; resumable)."
+        },
+    )
+    corpus_dir: str | None = field(
+        default=None, metadata={"help": "Where to build (or find) the corpus (default: <output-dir>/corpus)."}
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata={"help": "Training steps of the EE run and the baselines (default: the preset's)."},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's choice, the physical cores)."}
+    )
+    overwrite: bool = field(
+        default=False, metadata={"help": "Retrain and re-evaluate even when a previous run finished."}
+    )
+    verbose: bool = field(default=False, metadata={"help": "Show the library's INFO logs."})
+
+
+# --------------------------------------------------------------------------------------------------
+# runs
+
+
+@dataclass
+class RunSpec:
+    """One training run: its folder name, the table row it fills and its train-command arguments."""
+
+    name: str
+    label: str
+    train: dict
+    depends_on: str | None = None
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _model_is_complete(run_dir: Path, train_config: dict) -> bool:
+    """Whether ``run_dir`` holds the final model of a finished run with exactly ``train_config``."""
+    marker = run_dir / "demo_run.json"
+    if not (marker.is_file() and (run_dir / "model.safetensors").is_file()):
+        return False
+    try:
+        return json.loads(marker.read_text(encoding="utf-8")).get("train") == train_config
+    except json.JSONDecodeError:
+        return False
+
+
+def train_run(spec: RunSpec, out: Path, overwrite: bool = False) -> dict:
+    """Train ``spec`` into ``out/<name>`` with the library's ``run_training`` unless it is already done.
+
+    The train config is written to ``out/configs/<name>.json`` first (``wav2vec2-ee train <file>``
+    reruns it by hand); ``demo_run.json`` in the run folder, written last, marks the run complete.
+    Returns ``{"seconds", "steps", "seconds_per_step", "cached"}``.
+    """
+    from .training.cli import parse_args
+    from .training.run import run_training
+
+    run_dir = out / spec.name
+    config = {**spec.train, "output_dir": str(run_dir)}
+    marker = run_dir / "demo_run.json"
+    if not overwrite and _model_is_complete(run_dir, config):
+        record = json.loads(marker.read_text(encoding="utf-8"))
+        _say(f"{spec.name}: already trained in {run_dir} ({record['seconds']:.0f} s), skipped")
+        return {**record["timing"], "cached": True}
+    config_file = out / "configs" / f"{spec.name}.json"
+    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+    _say(f"{spec.name}: training ({spec.label}); config {config_file}")
+    marker.unlink(missing_ok=True)
+    start = time.perf_counter()
+    trainer = run_training(*parse_args([str(config_file)]))
+    seconds = time.perf_counter() - start
+    steps = int(trainer.state.global_step)
+    train_seconds = float(trainer.state.log_history[-1].get("train_runtime", seconds)) if steps else seconds
+    timing = {
+        "seconds": round(seconds, 1),
+        "train_runtime": round(train_seconds, 1),
+        "steps": steps,
+        "seconds_per_step": round(train_seconds / max(steps, 1), 3),
+    }
+    atomic_write_text(
+        marker, json.dumps({"train": config, "seconds": seconds, "timing": timing}, indent=2) + "\n"
+    )
+    del trainer
+    _say(f"{spec.name}: {steps} steps in {seconds:.0f} s ({timing['seconds_per_step']:.2f} s/step)")
+    return {**timing, "cached": False}
+
+
+def evaluate_run(
+    model_dir: Path, eval_dir: Path, corpus: Path, splits: tuple[str, ...], overwrite: bool = False
+) -> dict:
+    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite; its printout is captured.
+
+    Returns ``{"seconds", "wer": {split: {layer: wer}}, "files": {...}}`` (WER as a fraction).
+    """
+    from .evaluation.evaluate import evaluate_checkpoint
+
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):  # the demo prints its own table
+        overview = evaluate_checkpoint(
+            str(model_dir),
+            str(eval_dir),
+            str(corpus),
+            splits=list(splits),
+            progress=False,
+            overwrite=overwrite,
+        )
+    wer = {
+        split: {int(e["layer"]): float(e["wer"]) for e in data["exits"].values()}
+        for split, data in overview["splits"].items()
+    }
+    utterances = {split: int(data.get("utterances", 0)) for split, data in overview["splits"].items()}
+    return {"seconds": round(time.perf_counter() - start, 1), "wer": wer, "utterances": utterances}
+
+
+def format_wer_by_exit(wer: dict[str, dict[int, float]]) -> str:
+    """The WER-by-exit table: one row per exit layer, one column per split, WER in percent."""
+    splits = list(wer)
+    layers = sorted({layer for by_layer in wer.values() for layer in by_layer})
+    width = [max(8, len(s)) for s in splits]
+    lines = ["exit layer" + "".join(f"  {s:>{w}}" for s, w in zip(splits, width))]
+    for layer in layers:
+        cells = "".join(
+            f"  {100 * wer[s][layer]:>{w - 2}.1f} %" if layer in wer[s] else f"  {'-':>{w}}"
+            for s, w in zip(splits, width)
+        )
+        lines.append(f"{layer:>10}" + cells)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo
+
+
+def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
+    preset = PRESETS["quick" if args.quick else "default"]
+    out = Path(args.output_dir) / "quick" if args.quick else Path(args.output_dir)
+    corpus = Path(args.corpus_dir) if args.corpus_dir else out / "corpus"
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if args.verbose else logging.WARNING,
+    )
+    if not args.verbose:
+        import warnings
+
+        import transformers
+
+        transformers.logging.set_verbosity_warning()
+        warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    return preset, out, corpus
+
+
+def build_demo_corpus(preset: DemoPreset, corpus: Path) -> dict:
+    """Step 1: the corpus (a finished build with the same parameters is reused at once)."""
+    from .corpus import build_corpus
+
+    start = time.perf_counter()
+    summary = build_corpus(corpus, **preset.corpus, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    n = summary.num_utterances
+    state = "reused" if summary.cached else f"built in {seconds:.0f} s"
+    _say(
+        f"corpus {corpus}: {state}; train {n['train']} utterances ({summary.hours['train']:.2f} h), "
+        f"dev {n['dev']}, test {n['test']} (dev/test voices unseen in training)"
+    )
+    return {"seconds": round(seconds, 1), "cached": summary.cached, "num_utterances": n, "hours": summary.hours}
+
+
+def ee_run(preset: DemoPreset, out: Path, corpus: Path, max_steps: int | None) -> RunSpec:
+    """The main run: EE training from scratch of the preset's model."""
+    model_file = out / "configs" / "model.json"
+    atomic_write_text(model_file, json.dumps(preset.model, indent=2) + "\n")
+    train = {**preset.training, **RUN_DEFAULTS, "model": str(model_file), "data": str(corpus)}
+    if max_steps is not None:
+        train["max_steps"] = max_steps
+    steps = train["max_steps"]
+    return RunSpec("ee", f"EE training from scratch (sum of exit CTC losses), {steps} steps", train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo; returns the exit status."""
+    parser = HfArgumentParser(DemoArguments)
+    parser.prog = "wav2vec2-ee demo"
+    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    preset, out, corpus = _setup(args)
+    timings: dict = {}
+
+    # 1. corpus
+    timings["corpus"] = build_demo_corpus(preset, corpus)
+
+    # 2. training from scratch
+    spec = ee_run(preset, out, corpus, args.max_steps)
+    timings["train"] = train_run(spec, out, overwrite=args.overwrite)
+
+    # 3. evaluation on the held-out voices
+    model_dir, eval_dir = out / spec.name, out / spec.name / "eval"
+    result = evaluate_run(model_dir, eval_dir, corpus, preset.eval_splits, overwrite=args.overwrite)
+    timings["evaluate"] = {"seconds": result["seconds"]}
+    total = time.perf_counter() - start
+
+    split = preset.eval_splits[0]
+    print()
+    print(f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances, greedy decoding)")
+    print(format_wer_by_exit(result["wer"]))
+    print()
+    per_step = timings["train"].get("seconds_per_step")
+    _say(
+        f"time: corpus {timings['corpus']['seconds']:.0f} s, training {timings['train']['seconds']:.0f} s "
+        f"({timings['train']['steps']} steps, {per_step:.2f} s/step), evaluation {result['seconds']:.0f} s; "
+        f"total {total:.0f} s"
+    )
+    _say(f"model:            {model_dir}")
+    _say(f"WER per exit:     {eval_dir / 'wer_results.txt'} (and .json)")
+    _say(f"per utterance:    {eval_dir / f'{split}_results.txt'}")
+    _say(f"plot:             {eval_dir / 'wer_by_exit.png'}")
+    summary = {
+        "preset": preset.name,
+        "output_dir": str(out),
+        "corpus": str(corpus),
+        "model_dir": str(model_dir),
+        "eval_dir": str(eval_dir),
+        "wer": {s: {str(k): v for k, v in by.items()} for s, by in result["wer"].items()},
+        "timings": timings,
+        "total_seconds": round(total, 1),
+        "model_config": preset.model,
+        "training": spec.train,
+    }
+    atomic_write_text(out / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
+    _say(f"summary:          {out / 'demo_summary.json'}")
+
+    if args.reproduce:
+        from .demo_reproduce import run_reproduce
+
+        run_reproduce(preset, out, corpus, spec, overwrite=args.overwrite)
+    return 0
+
+
+def _copy(obj):
+    return copy.deepcopy(obj)
+
+
+__all__ = [
+    "DEMO_FINETUNE",
+    "DEMO_MODEL",
+    "DEMO_TRAINING",
+    "PRESETS",
+    "DemoArguments",
+    "DemoPreset",
+    "RunSpec",
+    "asdict",
+    "dkd_alphas",
+    "evaluate_run",
+    "format_wer_by_exit",
+    "main",
+    "train_run",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""`wav2vec2-ee demo --reproduce`: the seed's result table, re-run on the synthetic corpus.
+
+Rows, as in the seed's ``wer_results`` (see ``reproduce.md`` for the budgets actually used):
+
+* EE training from scratch (the demo's model);
+* starting from the EE model, like the seed's fine-tuning runs: EE + KD (``ee_alpha`` 0.3, the EE
+  model as the frozen teacher), EE + dynamic KD (one ``ee_alpha`` per exit, see
+  :func:`~wav2vec2_ee.demo.dkd_alphas`), confidence-weighted CTC (inverse and not), manual exit
+  activation with one exit (plain and with inverse confidence);
+* baselines without exits of 2, 4, 6 layers trained from scratch with the EE run's budget, and the
+  deepest baseline read at every exit layer through its one head (the seed's "no early-exit training"
+  row).
+
+Every run is skipped when its final model exists (``demo_run.json`` in its folder), and every
+evaluation when its result files exist, so an interrupted reproduction resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .demo import DemoPreset, RunSpec, _say, dkd_alphas, evaluate_run, train_run
+from .io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+SHARED_HEAD_SUFFIX = "_shared_head"
+
+
+@dataclass
+class RunResult:
+    """What one row of the table needs."""
+
+    spec: RunSpec
+    wer: dict[str, dict[int, float]] | None = None
+    timing: dict | None = None
+    eval_seconds: float | None = None
+    error: str | None = None
+
+
+def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[RunSpec], list[RunSpec]]:
+    """The runs of the table after the EE run: those starting from the EE model, and the baselines."""
+    exit_layers = list(preset.model["exit_layers"])
+    finetune = {**ee.train, **preset.finetune, "model": str(ee_dir)}
+    n = finetune["max_steps"]
+    alphas = dkd_alphas(len(exit_layers))
+    start = f"+{n} steps from EE"
+    from_ee = [
+        RunSpec(
+            "kd",
+            f"EE + KD, ee_alpha 0.3 (teacher: the EE model), {start}",
+            {**finetune, "objective": "kd", "ee_alpha": [0.3], "teacher": str(ee_dir)},
+        ),
+        RunSpec(
+            "dkd",
+            f"EE + dynamic KD, ee_alpha [{', '.join(f'{a:.2f}' for a in alphas)}], {start}",
+            {**finetune, "objective": "dkd", "ee_alpha": alphas},
+        ),
+        RunSpec(
+            "confidence_inverse",
+            f"confidence-weighted CTC, inverse, {start}",
+            {**finetune, "objective": "confidence", "inverse_confidence": True},
+        ),
+        RunSpec(
+            "confidence",
+            f"confidence-weighted CTC, not inverse, {start}",
+            {**finetune, "objective": "confidence", "inverse_confidence": False},
+        ),
+        RunSpec(
+            "manual_activation_1",
+            f"manual exit activation, num_exits=1, {start}",
+            {**finetune, "objective": "ee", "num_exits": 1},
+        ),
+        RunSpec(
+            "manual_activation_1_confidence",
+            f"manual activation + inverse confidence, num_exits=1, {start}",
+            {**finetune, "objective": "confidence", "num_exits": 1, "inverse_confidence": True},
+        ),
+    ]
+    depth = int(preset.model["num_hidden_layers"])
+    baselines = [
+        RunSpec(
+            f"non-ee_{layers}layer",
+            f"{layers} layers",
+            {**ee.train, "objective": "ee", "num_hidden_layers": layers, "exit_layers": [layers]},
+        )
+        for layers in range(2, depth + 1, 2)
+    ]
+    return from_ee, baselines
+
+
+def shared_head_copy(baseline_dir: Path, exit_layers: list[int], out_dir: Path) -> Path:
+    """The baseline without exits, read at ``exit_layers`` through its one final head (saved to ``out_dir``)."""
+    from .modeling import load_model
+    from .vocab import build_processor
+
+    marker = out_dir / "source.json"
+    source = {"baseline": str(baseline_dir), "exit_layers": exit_layers}
+    model_file = baseline_dir / "model.safetensors"
+    source["baseline_mtime"] = model_file.stat().st_mtime if model_file.is_file() else None
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == source:
+        return out_dir
+    model = load_model(str(baseline_dir), exit_layers=exit_layers, share_exit_heads=True)
+    model.save_pretrained(str(out_dir))
+    build_processor(baseline_dir).save_pretrained(str(out_dir))
+    atomic_write_text(marker, json.dumps(source, indent=2) + "\n")
+    return out_dir
+
+
+def _cell(wer: dict[str, dict[int, float]] | None, layer: int, splits: tuple[str, ...]) -> str:
+    if wer is None:
+        return "failed"
+    values = [wer.get(s, {}).get(layer) for s in splits]
+    if all(v is None for v in values):
+        return "-"
+    return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in values)
+
+
+def format_reproduce_table(
+    rows: list[RunResult],
+    baselines: list[RunResult],
+    exit_layers: list[int],
+    splits: tuple[str, ...],
+    header: str,
+    notes: str,
+) -> str:
+    """Markdown in the layout of the seed's ``seed-results.md``: a run x exit table, then baselines."""
+    lines = [header, ""]
+    lines.append("| run | " + " | ".join(f"layer {x}" for x in exit_layers) + " |")
+    lines.append("|---|" + "---|" * len(exit_layers))
+    for r in rows:
+        label = r.spec.label + (f" ({r.error})" if r.error else "")
+        lines.append(f"| {label} | " + " | ".join(_cell(r.wer, x, splits) for x in exit_layers) + " |")
+    lines += ["", "Baselines without early exits, trained with N encoder layers (final layer only):", ""]
+    lines.append("| layers | " + " | ".join(splits) + " |")
+    lines.append("|---|" + "---|" * len(splits))
+    for r in baselines:
+        layers = int(r.spec.train["num_hidden_layers"])
+        cells = [
+            "failed" if r.wer is None else f"{100 * r.wer[s][layers]:.1f}" if layers in r.wer.get(s, {}) else "-"
+            for s in splits
+        ]
+        lines.append(f"| {layers} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", notes, ""])
+
+
+def _run_one(spec: RunSpec, out: Path, corpus: Path, splits: tuple[str, ...], overwrite: bool) -> RunResult:
+    result = RunResult(spec)
+    try:
+        result.timing = train_run(spec, out, overwrite=overwrite)
+        evaluated = evaluate_run(out / spec.name, out / spec.name / "eval", corpus, splits, overwrite=overwrite)
+        result.wer, result.eval_seconds = evaluated["wer"], evaluated["seconds"]
+    except Exception as err:  # one failed run must not cost the others: it is reported in the table
+        logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
+        result.error = f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
+        _say(f"{spec.name}: {result.error}")
+    gc.collect()
+    return result
+
+
+def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool = False) -> int:
+    """Train and evaluate every run of the table (skipping finished ones); write ``reproduce.md``.
+
+    Returns 0, or 1 when a run failed (its row says why; rerunning retries only the unfinished runs).
+    """
+    start = time.perf_counter()
+    splits = preset.reproduce_splits
+    exit_layers = list(preset.model["exit_layers"])
+    ee_dir = out / ee.name
+    runs_dir = out / "reproduce"
+    from_ee, baseline_specs = reproduce_runs(preset, ee, ee_dir)
+    _say(
+        f"reproduce: {1 + len(from_ee) + len(baseline_specs)} runs into {runs_dir} "
+        "(finished runs are skipped; rerun to resume)"
+    )
+
+    ee_result = _run_one(ee, out, corpus, splits, overwrite)
+    rows = [ee_result] + [_run_one(spec, runs_dir, corpus, splits, overwrite) for spec in from_ee]
+    baselines = [_run_one(spec, runs_dir, corpus, splits, overwrite) for spec in baseline_specs]
+
+    # the seed's first row: the deepest baseline read at every exit through its one head
+    deepest = baselines[-1]
+    no_ee = RunResult(
+        RunSpec(
+            deepest.spec.name + SHARED_HEAD_SUFFIX,
+            f"baseline without exits ({deepest.spec.train['num_hidden_layers']} layers), no early-exit "
+            "training (exits read with the shared final head)",
+            deepest.spec.train,
+        )
+    )
+    if deepest.wer is not None:
+        try:
+            copy_dir = shared_head_copy(
+                runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name
+            )
+            no_ee.wer = evaluate_run(copy_dir, copy_dir / "eval", corpus, splits, overwrite=overwrite)["wer"]
+        except Exception as err:
+            logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())
+            no_ee.error = f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
+    else:
+        no_ee.error = "failed: its baseline failed"
+    rows.insert(0, no_ee)
+
+    seconds = time.perf_counter() - start
+    all_runs = [ee_result, *rows[2:], *baselines]
+    per_run = "\n".join(
+        f"- `{r.spec.name}`: "
+        + (
+            f"{r.timing['steps']} steps, {r.timing['seconds']:.0f} s training"
+            f" ({r.timing['seconds_per_step']:.2f} s/step){' (from an earlier run)' if r.timing.get('cached') else ''}"
+            if r.timing
+            else r.error or "-"
+        )
+        for r in all_runs
+    )
+    header = (
+        "# Reproduction of the seed's results on the synthetic eSpeak NG corpus\n\n"
+        f"Word error rates (%) on the held-out voices of the corpus `{corpus}`: "
+        f"{' / '.join(splits)} (voices never heard in training), greedy decoding. Model: the demo's "
+        f"wav2vec2 configuration ({preset.model['num_hidden_layers']} layers, hidden size "
+        f"{preset.model['hidden_size']}), trained from scratch on this CPU; exits after layers "
+        f"{', '.join(map(str, exit_layers))}."
+    )
+    ft = preset.finetune
+    notes = (
+        "Budgets: the EE run and the baselines train from scratch with the same schedule "
+        f"({ee.train['max_steps']} steps, batch {ee.train['per_device_train_batch_size']}, peak learning rate "
+        f"{ee.train['learning_rate']}); the KD, DKD, confidence and manual-activation runs start from the EE model "
+        f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
+        f"peak learning rate {ft['learning_rate']}. The seed's layer-12 baseline has no counterpart here.\n\n"
+        f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
+        f"command {seconds / 60:.1f} min):\n\n{per_run}"
+    )
+    text = format_reproduce_table(rows, baselines, exit_layers, splits, header, notes)
+    atomic_write_text(out / "reproduce.md", text)
+    record = {
+        "splits": list(splits),
+        "exit_layers": exit_layers,
+        "rows": [
+            {"name": r.spec.name, "label": r.spec.label, "wer": r.wer, "timing": r.timing, "error": r.error}
+            for r in rows + baselines
+        ],
+        "seconds": round(seconds, 1),
+    }
+    atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2) + "\n")
+    print()
+    print(text)
+    _say(f"reproduction table: {out / 'reproduce.md'} (and reproduce.json)")
+    return 1 if any(r.error for r in rows + baselines) else 0

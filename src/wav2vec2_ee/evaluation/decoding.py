@@ -1,0 +1,327 @@
+"""CTC decoding of exit logits: greedy, beam search (pyctcdecode) and lexicon n-best (flashlight-text).
+
+Stable API (imported by the dynamic-exit inference engine):
+
+* :func:`greedy_decode` argmax + the tokenizer's CTC collapse, on the valid frames only.
+* :func:`greedy_decode_exits` the same for every exit of a batch with one vectorised argmax.
+* :class:`BeamSearchDecoder` pyctcdecode beam search over the tokenizer's vocabulary, optional KenLM.
+* :class:`LexiconBeamDecoder` flashlight-text's lexicon-constrained CTC beam search (no LM), as the
+  seed's ``eval_posteriors.py`` (torchaudio's ``ctc_decoder``: beam 1500, word score -0.26,
+  ``log_add=True``); :meth:`LexiconBeamDecoder.nbest` gives the n-best hypotheses with scores.
+* :func:`nbest_posterior` the largest softmax weight over the n-best scores (in ``(0, 1]``).
+
+Hypotheses are returned in the tokenizer's convention (the bundled vocabulary is upper case; the
+word delimiter ``|`` becomes a space); the evaluation lower-cases and normalises white space.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import Wav2Vec2CTCTokenizer
+
+logger = logging.getLogger(__name__)
+
+#: Settings of the seed's lexicon decoder (``eval_posteriors.py``).
+SEED_LEXICON_BEAM_SIZE = 1500
+SEED_WORD_SCORE = -0.26
+
+
+def _valid_ids(ids: torch.Tensor, output_lengths: torch.Tensor | None) -> list[list[int]]:
+    """Rows of ``ids`` ``(batch, frames)`` cut to their valid frames, as Python lists."""
+    rows = ids.tolist()
+    if output_lengths is None:
+        return rows
+    return [row[:n] for row, n in zip(rows, output_lengths.tolist())]
+
+
+def greedy_decode(
+    logits: torch.Tensor, output_lengths: torch.Tensor | None, tokenizer: Wav2Vec2CTCTokenizer
+) -> list[str]:
+    """Best-path CTC decoding: argmax per frame, then ``tokenizer.batch_decode`` on the valid frames.
+
+    The tokenizer merges repeats, drops the blank (pad) and maps the word delimiter to a space.
+
+    Args:
+        logits: ``(batch, frames, vocab)``.
+        output_lengths: ``(batch,)`` valid frames per utterance (``None``: all frames are valid).
+
+    Returns:
+        one transcript per utterance.
+    """
+    ids = logits.argmax(-1)
+    return tokenizer.batch_decode(_valid_ids(ids, output_lengths))
+
+
+def greedy_decode_exits(
+    exit_logits: Sequence[torch.Tensor], output_lengths: torch.Tensor | None, tokenizer: Wav2Vec2CTCTokenizer
+) -> list[list[str]]:
+    """:func:`greedy_decode` of every exit at once (one argmax over the stacked exits).
+
+    Args:
+        exit_logits: K tensors ``(batch, frames, vocab)`` (same frames, as from one forward pass).
+        output_lengths: ``(batch,)``.
+
+    Returns:
+        ``K`` lists of ``batch`` transcripts.
+    """
+    k, batch = len(exit_logits), exit_logits[0].shape[0]
+    ids = torch.stack(list(exit_logits)).argmax(-1).flatten(0, 1)  # (K * batch, frames)
+    lengths = None if output_lengths is None else output_lengths.repeat(k)
+    texts = tokenizer.batch_decode(_valid_ids(ids, lengths))
+    return [texts[i * batch : (i + 1) * batch] for i in range(k)]
+
+
+def _log_probs_numpy(logits: torch.Tensor, output_length: int | None) -> np.ndarray:
+    """``(frames, vocab)`` float32 C-contiguous log-probabilities of one utterance's valid frames."""
+    if output_length is not None:
+        logits = logits[:output_length]
+    return np.ascontiguousarray(F.log_softmax(logits.detach().float(), dim=-1).cpu().numpy())
+
+
+def ctc_labels(tokenizer: Wav2Vec2CTCTokenizer) -> list[str]:
+    """The vocabulary in id order as CTC labels: blank ``""`` for pad, ``" "`` for the delimiter."""
+    vocab = tokenizer.get_vocab()
+    labels = [""] * len(vocab)
+    for token, index in vocab.items():
+        labels[index] = token
+    labels[tokenizer.pad_token_id] = ""
+    delimiter = tokenizer.word_delimiter_token
+    if delimiter in vocab:
+        labels[vocab[delimiter]] = " "
+    return labels
+
+
+class BeamSearchDecoder:
+    """CTC prefix beam search with pyctcdecode over the tokenizer's vocabulary, optionally with KenLM.
+
+    Args:
+        tokenizer: gives the labels (pad = blank, ``|`` = space).
+        beam_width: beams kept per frame.
+        kenlm_model: path of a KenLM ``.arpa`` / ``.bin`` model (needs the ``kenlm`` package).
+        alpha / beta: LM weight and word insertion bonus (used only with ``kenlm_model``).
+        unigrams: the LM's vocabulary (optional, improves pyctcdecode's unknown-word handling).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Wav2Vec2CTCTokenizer,
+        beam_width: int = 100,
+        kenlm_model: str | None = None,
+        alpha: float = 0.5,
+        beta: float = 1.5,
+        unigrams: Sequence[str] | None = None,
+    ):
+        if beam_width < 1:
+            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+        self.beam_width = int(beam_width)
+        quiet = logging.getLogger("pyctcdecode")
+        level = quiet.level
+        if kenlm_model is None:  # pyctcdecode warns on import when kenlm is missing; irrelevant here
+            quiet.setLevel(logging.ERROR)
+        try:
+            from pyctcdecode import build_ctcdecoder
+        except ImportError as err:  # pragma: no cover - a declared dependency
+            raise ValueError("beam-search decoding needs pyctcdecode: pip install pyctcdecode") from err
+        finally:
+            quiet.setLevel(level)
+        if kenlm_model is not None:
+            try:
+                import kenlm  # noqa: F401
+            except ImportError as err:
+                raise ValueError(
+                    f"--kenlm {kenlm_model}: the kenlm Python package is not installed "
+                    "(pip install https://github.com/kpu/kenlm/archive/master.zip)"
+                ) from err
+        self.labels = ctc_labels(tokenizer)
+        quiet.setLevel(logging.ERROR)  # label-normalisation notes for multi-character special tokens
+        try:
+            self._decoder = build_ctcdecoder(
+                self.labels, kenlm_model_path=kenlm_model, unigrams=unigrams, alpha=alpha, beta=beta
+            )
+        finally:
+            quiet.setLevel(level)
+
+    def decode(self, logits: torch.Tensor, output_length: int | None = None) -> str:
+        """Best transcript of one utterance. ``logits``: ``(frames, vocab)``."""
+        log_probs = _log_probs_numpy(logits, output_length)
+        if log_probs.shape[0] == 0:
+            return ""
+        return " ".join(self._decoder.decode(log_probs, beam_width=self.beam_width).split())
+
+    def batch_decode(self, logits: torch.Tensor, output_lengths: torch.Tensor | None = None) -> list[str]:
+        """Best transcript per utterance. ``logits``: ``(batch, frames, vocab)``; ``output_lengths``: ``(batch,)``."""
+        lengths = [None] * logits.shape[0] if output_lengths is None else output_lengths.tolist()
+        return [self.decode(row, n) for row, n in zip(logits, lengths)]
+
+
+# --------------------------------------------------------------------------------------------------
+# lexicon-constrained n-best (flashlight-text)
+
+
+@dataclass(frozen=True)
+class NBestHypothesis:
+    """One hypothesis of a lexicon beam search: its words and its total decoder score."""
+
+    words: tuple[str, ...]
+    score: float
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+
+def posterior_from_scores(scores: Sequence[float]) -> float:
+    """Largest softmax weight over hypothesis scores (the seed's n-best posterior), in ``(0, 1]``.
+
+    Returns ``nan`` for an empty list.
+    """
+    if len(scores) == 0:
+        return float("nan")
+    return float(torch.softmax(torch.tensor(list(scores), dtype=torch.float64), dim=0).max())
+
+
+class LexiconBeamDecoder:
+    """flashlight-text's lexicon-constrained CTC beam search without a language model (``ZeroLM``).
+
+    Every hypothesis is a sequence of lexicon words. Settings follow the seed (torchaudio's
+    ``ctc_decoder`` defaults plus ``beam_size=1500, word_score=-0.26, log_add=True``) except the beam
+    size, whose default here is 500 for CPU speed (:data:`SEED_LEXICON_BEAM_SIZE` is the seed's).
+
+    Args:
+        tokenizer: its ids are the decoder's token indices (pad = blank, ``|`` = silence).
+        lexicon: word -> spellings, each a list of tokens of the tokenizer (see :mod:`.lexicon`).
+        nbest: hypotheses returned by :meth:`nbest`.
+        beam_size / beam_size_token / beam_threshold / word_score / unk_score / sil_score / log_add:
+            flashlight's ``LexiconDecoderOptions`` (``beam_size_token`` defaults to the vocabulary size).
+    """
+
+    def __init__(
+        self,
+        tokenizer: Wav2Vec2CTCTokenizer,
+        lexicon: Mapping[str, Sequence[Sequence[str]]],
+        nbest: int = 10,
+        beam_size: int = 500,
+        beam_size_token: int | None = None,
+        beam_threshold: float = 50.0,
+        word_score: float = SEED_WORD_SCORE,
+        unk_score: float = float("-inf"),
+        sil_score: float = 0.0,
+        log_add: bool = True,
+    ):
+        try:
+            from flashlight.lib.text.decoder import (
+                CriterionType,
+                LexiconDecoder,
+                LexiconDecoderOptions,
+                SmearingMode,
+                Trie,
+                ZeroLM,
+            )
+            from flashlight.lib.text.dictionary import Dictionary
+        except ImportError as err:
+            raise ValueError(
+                "the n-best posterior needs flashlight-text: pip install flashlight-text"
+            ) from err
+        if nbest < 1:
+            raise ValueError(f"nbest must be >= 1, got {nbest}")
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if not lexicon:
+            raise ValueError("the lexicon is empty: the lexicon decoder needs at least one word")
+        self.nbest_size = int(nbest)
+        vocab = tokenizer.get_vocab()
+        self.blank = tokenizer.pad_token_id
+        delimiter = tokenizer.word_delimiter_token
+        if delimiter not in vocab:
+            raise ValueError(
+                f"the tokenizer has no word delimiter token {delimiter!r} (the decoder's silence)"
+            )
+        self.silence = vocab[delimiter]
+
+        self.word_dict = Dictionary()
+        for word in lexicon:
+            self.word_dict.add_entry(word)
+        unk_word = "<unk>"
+        if not self.word_dict.contains(unk_word):
+            self.word_dict.add_entry(unk_word)
+        self.word_dict.set_default_index(self.word_dict.get_index(unk_word))
+
+        self._lm = ZeroLM()
+        start = self._lm.start(False)
+        self._trie = Trie(len(vocab), self.silence)
+        for word, spellings in lexicon.items():
+            index = self.word_dict.get_index(word)
+            _, score = self._lm.score(start, index)
+            for spelling in spellings:
+                self._trie.insert([vocab[t] for t in spelling], index, score)
+        self._trie.smear(SmearingMode.MAX)
+        options = LexiconDecoderOptions(
+            beam_size=int(beam_size),
+            beam_size_token=int(beam_size_token or len(vocab)),
+            beam_threshold=float(beam_threshold),
+            lm_weight=0.0,
+            word_score=float(word_score),
+            unk_score=float(unk_score),
+            sil_score=float(sil_score),
+            log_add=bool(log_add),
+            criterion_type=CriterionType.CTC,
+        )
+        self._decoder = LexiconDecoder(
+            options,
+            self._trie,
+            self._lm,
+            self.silence,
+            self.blank,
+            self.word_dict.get_index(unk_word),
+            [],
+            False,
+        )
+
+    def nbest(self, logits: torch.Tensor, output_length: int | None = None) -> list[NBestHypothesis]:
+        """The n-best hypotheses of one utterance, best first.
+
+        Args:
+            logits: ``(frames, vocab)`` of one utterance (log-softmax is applied here, in float32).
+            output_length: valid frames (``None``: all).
+        """
+        emissions = _log_probs_numpy(logits, output_length)
+        frames, vocab = emissions.shape
+        if frames == 0:
+            return []
+        results = self._decoder.decode(emissions.ctypes.data, frames, vocab)[: self.nbest_size]
+        return [
+            NBestHypothesis(tuple(self.word_dict.get_entry(w) for w in r.words if w >= 0), float(r.score))
+            for r in results
+        ]
+
+    def decode(self, logits: torch.Tensor, output_length: int | None = None) -> str:
+        """Best hypothesis of one utterance (``""`` when the search found none)."""
+        hyps = self.nbest(logits, output_length)
+        return hyps[0].text if hyps else ""
+
+
+def nbest_posterior(
+    logits_one_utt: torch.Tensor,
+    decoder: LexiconBeamDecoder,
+    output_length: int | None = None,
+) -> float:
+    """Largest softmax weight over the scores of the n-best hypotheses of one utterance.
+
+    The seed's confidence measure (``eval_posteriors.py``): ``max softmax([score_1..score_n])`` of the
+    lexicon decoder's n-best list; 1.0 when one hypothesis dominates (or when n = 1).
+
+    Args:
+        logits_one_utt: ``(frames, vocab)`` logits of one exit for one utterance.
+        decoder: a :class:`LexiconBeamDecoder` (its ``nbest`` sets n).
+        output_length: valid frames (``None``: all).
+
+    Returns:
+        the posterior in ``(0, 1]`` (``nan`` when the search returned no hypothesis).
+    """
+    return posterior_from_scores([h.score for h in decoder.nbest(logits_one_utt, output_length)])

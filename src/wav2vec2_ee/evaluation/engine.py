@@ -1,0 +1,205 @@
+"""Batched inference for evaluation: length-grouped batches, one encoder pass gives every exit.
+
+* :func:`length_grouped_batches` sorts utterances by duration (longest first) and cuts batches of at
+  most ``batch_size`` utterances and ``max_batch_seconds`` of padded audio (memory stays bounded).
+* :func:`forward_exits` runs the encoder once, up to the deepest requested exit, and returns the
+  logits of the requested exits.
+* :func:`iter_exit_logits` streams a :class:`~wav2vec2_ee.data.SpeechDataset` through the model
+  (audio is decoded lazily, batch by batch, by a ``DataLoader``).
+
+Batch-size independence: the encoder masks padded frames in attention, and a layer-norm CNN
+(``feat_extract_norm="layer"``) is frame-local, so a padded batch gives the same logits as each
+utterance alone (up to float rounding). A group-norm CNN (``feat_extract_norm="group"``, e.g.
+wav2vec2-base) normalises each channel over *all* samples including padding, so in ``transformers``
+itself padding changes the output; :func:`forward_exits` therefore runs the CNN and the encoder's
+input stage utterance by utterance for group-norm models (``per_utterance_cnn="auto"``) and only the
+transformer layers batched, which keeps results equal to batch size 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers.masking_utils import create_bidirectional_mask
+
+from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
+from ..data.audio import SAMPLING_RATE
+from ..modeling import EncoderState, Wav2Vec2EEForCTC
+
+logger = logging.getLogger(__name__)
+
+
+def length_grouped_batches(
+    durations: Sequence[float], batch_size: int, max_batch_seconds: float | None = None
+) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    A batch holds at most ``batch_size`` utterances and, when ``max_batch_seconds`` is set, at most
+    that many seconds of *padded* audio (``len(batch) * longest``); an utterance longer than the cap
+    gets a batch of its own.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = durations[current[0]] if current else durations[i]
+        too_many = len(current) >= batch_size
+        too_long = max_batch_seconds is not None and (len(current) + 1) * longest > max_batch_seconds
+        if current and (too_many or too_long):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _uses_group_norm_cnn(model: Wav2Vec2EEForCTC) -> bool:
+    return getattr(model.config, "feat_extract_norm", "layer") == "group"
+
+
+def _embed_per_utterance(
+    model: Wav2Vec2EEForCTC, input_values: torch.Tensor, attention_mask: torch.Tensor | None
+) -> EncoderState:
+    """The encoder input of each utterance computed alone (unpadded), then padded into one batch."""
+    samples = (
+        attention_mask.sum(-1).tolist()
+        if attention_mask is not None
+        else [input_values.shape[-1]] * input_values.shape[0]
+    )
+    states = [model.embed(input_values[i : i + 1, : int(n)]) for i, n in enumerate(samples)]
+    lengths = torch.tensor([s.hidden_states.shape[1] for s in states], device=input_values.device)
+    frames = int(lengths.max())
+    hidden = states[0].hidden_states.new_zeros(len(states), frames, states[0].hidden_states.shape[-1])
+    for i, s in enumerate(states):
+        hidden[i, : s.hidden_states.shape[1]] = s.hidden_states[0]
+    frame_mask = torch.arange(frames, device=hidden.device).unsqueeze(0) < lengths.unsqueeze(1)
+    if bool(frame_mask.all()):
+        frame_mask = None
+    attn = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=frame_mask)
+    return EncoderState(hidden, frame_mask, attn, torch.stack([s.output_lengths[0] for s in states]), 0)
+
+
+def forward_exits(
+    model: Wav2Vec2EEForCTC,
+    input_values: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    exits: Sequence[int] | None = None,
+    per_utterance_cnn: bool | str = "auto",
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Logits of the requested exits from one encoder pass (stops at the deepest requested exit).
+
+    Args:
+        input_values: ``(batch, samples)``; attention_mask: ``(batch, samples)`` 1 on real samples.
+        exits: 0-based exit indices into ``model.config.exit_layers`` (default: all), increasing.
+        per_utterance_cnn: run the CNN utterance by utterance (exact for group-norm CNNs, see the module
+            docstring); ``"auto"`` = only for ``feat_extract_norm="group"`` models with a padded batch.
+
+    Returns:
+        ``(logits, output_lengths)``: one ``(batch, frames, vocab)`` tensor per requested exit and
+        ``(batch,)`` valid frames.
+    """
+    layers = model.config.exit_layers
+    wanted = list(range(len(layers))) if exits is None else sorted(set(exits))
+    if not wanted or wanted[0] < 0 or wanted[-1] >= len(layers):
+        raise ValueError(f"exit indices {exits} must lie in [0, {len(layers) - 1}]")
+    if per_utterance_cnn == "auto":
+        padded = attention_mask is not None and not bool(attention_mask.bool().all())
+        per_utterance_cnn = padded and _uses_group_norm_cnn(model)
+    if per_utterance_cnn:
+        state = _embed_per_utterance(model, input_values, attention_mask)
+    else:
+        state = model.embed(input_values, attention_mask)
+    by_layer = {layers[k]: k for k in wanted}
+    out: list[torch.Tensor] = []
+    while state.layer < layers[wanted[-1]]:
+        state = model.run_layer(state)
+        if state.layer in by_layer:
+            out.append(model.exit_logits_at(by_layer[state.layer], state.hidden_states))
+    return out, state.output_lengths
+
+
+class _EvaluationItems(Dataset):
+    """Items of a :class:`SpeechDataset` by index; an unreadable file gives ``None`` (not a substitute)."""
+
+    def __init__(self, dataset: SpeechDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict | None:
+        try:
+            return {"input_values": self.dataset.audio(index), "utt_index": index}
+        except AudioError as err:
+            logger.warning("skipping %s: %s", err.source, err.reason)
+            return None
+
+
+@dataclass
+class _Collate:
+    collator: DataCollatorCTCWithPadding
+
+    def __call__(self, items: list[dict | None]) -> dict | None:
+        items = [x for x in items if x is not None]
+        return self.collator(items) if items else None
+
+
+@dataclass
+class ExitBatch:
+    """The exit logits of one batch.
+
+    Args:
+        indices: ``(batch,)`` positions of the utterances in the dataset.
+        exit_logits: one ``(batch, frames, vocab)`` tensor per requested exit.
+        output_lengths: ``(batch,)`` valid frames.
+        seconds: audio seconds in the batch (without padding).
+    """
+
+    indices: list[int]
+    exit_logits: list[torch.Tensor]
+    output_lengths: torch.Tensor
+    seconds: float
+
+
+def iter_exit_logits(
+    model: Wav2Vec2EEForCTC,
+    dataset: SpeechDataset,
+    exits: Sequence[int] | None = None,
+    batch_size: int = 8,
+    max_batch_seconds: float | None = 60.0,
+    num_workers: int = 0,
+    per_utterance_cnn: bool | str = "auto",
+) -> Iterator[ExitBatch]:
+    """Stream ``dataset`` through the model in length-grouped batches (in ``torch.inference_mode``).
+
+    Utterances whose audio cannot be decoded are logged and left out (their indices never appear).
+    """
+    durations = [u.duration for u in dataset.utterances]
+    batches = length_grouped_batches(durations, batch_size, max_batch_seconds)
+    loader = DataLoader(
+        _EvaluationItems(dataset),
+        batch_sampler=batches,
+        collate_fn=_Collate(DataCollatorCTCWithPadding(dataset.feature_extractor)),
+        num_workers=num_workers,
+    )
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in loader:
+            if batch is None:
+                continue
+            input_values = batch["input_values"].to(device)
+            attention_mask = batch["attention_mask"].to(device)
+            logits, lengths = forward_exits(model, input_values, attention_mask, exits, per_utterance_cnn)
+            yield ExitBatch(
+                indices=batch["utt_index"].tolist(),
+                exit_logits=logits,
+                output_lengths=lengths,
+                seconds=float(attention_mask.sum()) / SAMPLING_RATE,
+            )

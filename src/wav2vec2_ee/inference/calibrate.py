@@ -1,0 +1,209 @@
+"""``wav2vec2-ee calibrate``: choose a policy's threshold on a development split.
+
+The rule (:func:`choose_operating_point`): among the policy's operating points on the dev split,
+those whose WER is at most ``final-exit WER * (1 + max_wer_increase)`` qualify; the one with the
+fewest mean layers computed wins (ties: the lower WER, then the less aggressive value). By default
+every distinct decision is tried (all midpoints between observed values of the statistic), so the
+choice is the exact optimum of the rule on dev. A test split, when given, only receives the chosen
+value: nothing is tuned on it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..evaluation.evaluate import load_evaluation_model
+from .policies import POLICIES, Decoders, policy_with_value
+from .sweep import lexicon_decoder_for
+from .table import (
+    ExitTable,
+    OperatingPoint,
+    compute_exit_table,
+    evaluate_policy,
+    load_prepared_split,
+    threshold_grid,
+)
+
+
+def _aggressiveness(point: OperatingPoint) -> float:
+    """Larger = stops earlier (for tie-breaking towards the safer value)."""
+    cls = POLICIES.get(point.policy)
+    if point.value is None or cls is None or cls.larger_is_more_aggressive is None:
+        return 0.0
+    return float(point.value) if cls.larger_is_more_aggressive else -float(point.value)
+
+
+def choose_operating_point(
+    points: Sequence[OperatingPoint], reference_wer: float, max_wer_increase: float
+) -> OperatingPoint:
+    """The most aggressive point (fewest mean layers computed) whose WER stays within
+    ``reference_wer * (1 + max_wer_increase)``; ties go to the lower WER, then the safer value.
+
+    Raises:
+        ValueError: when no point qualifies.
+    """
+    if max_wer_increase < 0 or math.isnan(max_wer_increase):
+        raise ValueError(
+            f"--max-wer-increase must be >= 0 (a relative increase, 0.05 = 5 %), got {max_wer_increase}"
+        )
+    limit = reference_wer * (1.0 + max_wer_increase)
+    eligible = [p for p in points if p.wer <= limit + 1e-12]
+    if not eligible:
+        best = min(points, key=lambda p: p.wer)
+        raise ValueError(
+            f"no {points[0].policy} threshold keeps WER within {100 * limit:.2f} % "
+            f"(+{100 * max_wer_increase:g} % of {100 * reference_wer:.2f} %); the best reaches "
+            f"{100 * best.wer:.2f} % ({best.label})"
+        )
+    return min(eligible, key=lambda p: (p.mean_layers_computed, p.wer, _aggressiveness(p)))
+
+
+@dataclass
+class Calibration:
+    """The outcome of calibrating one policy on a dev table."""
+
+    policy: str
+    parameter: str | None
+    value: float | int | None
+    max_layer: int | None
+    max_wer_increase: float
+    reference_wer: float
+    wer_limit: float
+    dev: OperatingPoint
+    candidates: int
+    test: OperatingPoint | None = None
+    test_reference_wer: float | None = None
+    splits: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("dev", "test")}
+        out["dev"] = self.dev.to_dict()
+        out["test"] = None if self.test is None else self.test.to_dict()
+        return out
+
+
+def calibrate_table(
+    table: ExitTable,
+    policy: str,
+    max_wer_increase: float = 0.05,
+    values: Sequence[float] | None = None,
+    max_layer: int | None = None,
+) -> Calibration:
+    """Choose ``policy``'s parameter on ``table`` (every distinct decision unless ``values`` are given)."""
+    if policy not in POLICIES or POLICIES[policy].parameter is None:
+        tunable = [n for n, c in POLICIES.items() if c.parameter is not None]
+        raise ValueError(
+            f"cannot calibrate {policy!r}: choose a policy with a parameter: {', '.join(tunable)}"
+        )
+    grid = list(values) if values else threshold_grid(table, policy, None, max_layer)
+    points = [evaluate_policy(table, policy_with_value(policy, v, max_layer))[0] for v in grid]
+    reference = table.wer_of_exit(len(table.layers) - 1)
+    best = choose_operating_point(points, reference, max_wer_increase)
+    return Calibration(
+        policy=policy,
+        parameter=best.parameter,
+        value=best.value,
+        max_layer=max_layer,
+        max_wer_increase=max_wer_increase,
+        reference_wer=reference,
+        wer_limit=reference * (1 + max_wer_increase),
+        dev=best,
+        candidates=len(points),
+    )
+
+
+def apply_to_table(calibration: Calibration, table: ExitTable) -> None:
+    """Evaluate the calibrated value on another split (``calibration.test``); nothing is re-tuned."""
+    policy = policy_with_value(calibration.policy, calibration.value, calibration.max_layer)
+    calibration.test = evaluate_policy(table, policy)[0]
+    calibration.test_reference_wer = table.wer_of_exit(len(table.layers) - 1)
+
+
+def format_calibration(c: Calibration) -> list[str]:
+    """The human-readable lines (the machine-readable value is printed after them)."""
+    depth = c.dev.mean_layers_computed / c.dev.depth_fraction if c.dev.depth_fraction else float("nan")
+    dev_name, test_name = c.splits.get("dev", "dev"), c.splits.get("test", "test")
+    lines = [
+        f"{dev_name}: final-exit WER {100 * c.reference_wer:.2f} %, limit {100 * c.wer_limit:.2f} % "
+        f"(+{100 * c.max_wer_increase:g} % relative); {c.candidates} values tried",
+        f"{dev_name}: {c.dev.label}: WER {100 * c.dev.wer:.2f} %, mean layers computed "
+        f"{c.dev.mean_layers_computed:.3f} / {depth:g} ({c.dev.depth_fraction:.3f} of full depth)",
+    ]
+    if c.test is not None:
+        lines.append(
+            f"{test_name} (value from {dev_name}, not tuned on {test_name}): {c.test.label}: WER {100 * c.test.wer:.2f} % "
+            f"(final exit {100 * (c.test_reference_wer or 0):.2f} %), mean layers computed "
+            f"{c.test.mean_layers_computed:.3f} ({c.test.depth_fraction:.3f} of full depth)"
+        )
+    return lines
+
+
+def run_calibration(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str | None,
+    policy: str = "entropy",
+    max_wer_increase: float = 0.05,
+    test_split: str | None = None,
+    thresholds: Sequence[float] | None = None,
+    max_layer: int | None = None,
+    batch_size: int = 16,
+    max_batch_seconds: float | None = 320.0,
+    lexicon: str | None = None,
+    lexicon_from: Sequence[str] | None = None,
+    nbest: int = 10,
+    lexicon_beam_size: int = 500,
+    word_score: float = -0.26,
+    num_threads: int | None = None,
+    progress: bool = True,
+    as_json: bool = False,
+) -> Calibration:
+    """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object)."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    em = load_evaluation_model(checkpoint)
+
+    def table_of(which: str | None) -> tuple[str, ExitTable]:
+        if which is not None and Path(which).is_file():  # a split given as its own manifest file
+            name, prepared = load_prepared_split(em, which, None, progress)
+        else:
+            name, prepared = load_prepared_split(em, data, which, progress)
+        lexicon_decoder = None
+        if policy == "posterior":
+            lexicon_decoder = lexicon_decoder_for(
+                em, data, name, prepared, lexicon, lexicon_from, nbest, lexicon_beam_size, word_score
+            )
+        decoders = Decoders(em.tokenizer, lexicon_decoder)
+        return name, compute_exit_table(
+            em,
+            prepared,
+            decoders.lexicon_decoder,
+            batch_size,
+            max_batch_seconds,
+            progress,
+            desc=f"exits {name}",
+        )
+
+    dev_name, dev = table_of(split)
+    result = calibrate_table(dev, policy, max_wer_increase, thresholds, max_layer)
+    result.splits["dev"] = dev_name
+    if test_split is not None:
+        test_name, test = table_of(test_split)
+        result.splits["test"] = test_name
+        apply_to_table(result, test)
+    if as_json:
+        print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
+    else:
+        for line in format_calibration(result):
+            print(line)
+        print(f"{result.value!r}")
+    return result

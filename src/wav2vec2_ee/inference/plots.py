@@ -1,0 +1,93 @@
+"""The trade-off plot of ``sweep``: WER against mean layers computed and against wall time."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+
+from ..evaluation.results import atomic_write_bytes
+from .table import OperatingPoint
+
+_MARKERS = {"fixed": "s", "entropy": "o", "confidence": "^", "posterior": "D", "patience": "v"}
+
+
+def _panel(ax, points: Sequence[OperatingPoint], x_of, front_attr: str, xlabel: str, curve=None) -> None:
+    policies = list(dict.fromkeys(p.policy for p in points if p.policy != "oracle"))
+    for name in policies:
+        pts = sorted((p for p in points if p.policy == name and x_of(p) is not None), key=x_of)
+        if pts:
+            ax.plot(
+                [x_of(p) for p in pts],
+                [100 * p.wer for p in pts],
+                marker=_MARKERS.get(name, "o"),
+                markersize=4,
+                linewidth=1,
+                label=name,
+            )
+    front = sorted((p for p in points if getattr(p, front_attr) and x_of(p) is not None), key=x_of)
+    if front:
+        ax.step(
+            [x_of(p) for p in front],
+            [100 * p.wer for p in front],
+            where="post",
+            color="black",
+            linewidth=0.8,
+            linestyle=":",
+        )
+        ax.scatter(
+            [x_of(p) for p in front],
+            [100 * p.wer for p in front],
+            s=70,
+            facecolors="none",
+            edgecolors="black",
+            label="Pareto front",
+        )
+    if curve:
+        ax.plot(
+            [d for d, _ in curve],
+            [100 * w for _, w in curve],
+            color="grey",
+            linestyle="--",
+            label="oracle curve",
+        )
+    for p in points:
+        if p.policy == "oracle" and x_of(p) is not None:
+            ax.scatter(
+                [x_of(p)], [100 * p.wer], marker="*", s=140, color="gold", edgecolors="black", label="oracle"
+            )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WER (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_tradeoff(
+    points: Sequence[OperatingPoint],
+    path: str | os.PathLike,
+    oracle_curve: Sequence[tuple[float, float]] | None = None,
+    title: str = "",
+) -> None:
+    """Write a PNG (atomically): WER (%) against mean layers computed (left) and against wall time
+    relative to the full forward pass (right, timed points only); Pareto fronts circled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    _panel(
+        left, points, lambda p: p.mean_layers_computed, "pareto_layers", "mean layers computed", oracle_curve
+    )
+    timed = [p for p in points if p.wall_relative is not None]
+    if timed:
+        _panel(right, timed, lambda p: p.wall_relative, "pareto_wall", "wall time / full forward")
+    else:
+        right.text(0.5, 0.5, "not timed (--timing none)", ha="center", va="center", transform=right.transAxes)
+        right.set_axis_off()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,320 @@
+"""``wav2vec2-ee sweep``: the WER / compute trade-off of exit policies over their thresholds.
+
+How each number is obtained:
+
+* WER, mean exit layer, mean layers computed: **simulated exactly** from one pass that computes every
+  exit of every utterance (:func:`~.table.compute_exit_table`): a policy's decisions depend only on
+  exit outputs, so replaying them on the table gives the engine's decisions (thresholds are placed
+  between observed values, so float ties cannot flip them).
+* Wall time: **measured** by really running the early-exit engine over the split for every timed
+  operating point (``--timing all``, the default; ``pareto``: the points on the layers Pareto front,
+  the fixed exits and the oracle; ``none``), against the model's full forward pass timed in the same
+  run (:mod:`.timing`). The timed run's own WER and mean layers are stored beside the simulated ones
+  (``engine_wer``, ``engine_mean_layers``) as a check. The oracle is timed by scheduling each
+  utterance's oracle exit (:class:`~.policies.ScheduledExit`): what a rule that guessed right would cost.
+
+Files written to ``output_dir`` (atomically; ``<split>`` is the split's name):
+
+* ``<split>_sweep.csv`` / ``<split>_sweep.json``: one row per operating point.
+* ``<split>_sweep.png``: WER against mean layers computed and against wall time, Pareto fronts marked.
+* ``<split>_exit_table.jsonl``: per utterance, every exit's hypothesis, errors and statistics.
+* ``<split>_decisions.csv``: per utterance, the exit layer each operating point chose.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ..evaluation.decoding import LexiconBeamDecoder
+from ..evaluation.evaluate import load_evaluation_model, resolve_lexicon
+from ..evaluation.metrics import word_errors
+from ..evaluation.results import atomic_write_json, atomic_write_text
+from .plots import plot_tradeoff
+from .policies import POLICIES, Decoders, ScheduledExit, policy_with_value
+from .table import (
+    ExitTable,
+    OperatingPoint,
+    compute_exit_table,
+    evaluate_policy,
+    load_prepared_split,
+    oracle_curve,
+    pareto_front,
+    threshold_grid,
+    write_exit_table,
+)
+from .timing import PolicyFactory, load_batches, measure_wall_times
+
+logger = logging.getLogger(__name__)
+
+TIMING_MODES = ("all", "pareto", "none")
+DEFAULT_SWEEP_POLICIES = ("entropy", "confidence", "patience")
+CSV_COLUMNS = (
+    "policy",
+    "parameter",
+    "value",
+    "max_layer",
+    "wer",
+    "errors",
+    "reference_words",
+    "utterances",
+    "mean_exit_layer",
+    "mean_layers_computed",
+    "depth_fraction",
+    "wall_seconds",
+    "wall_relative",
+    "engine_wer",
+    "engine_mean_layers",
+    "pareto_layers",
+    "pareto_wall",
+    "exit_counts",
+)
+
+
+def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> dict[str, list[float]]:
+    """``["entropy=0.1,0.2", "patience=2,3"]`` -> ``{"entropy": [0.1, 0.2], "patience": [2.0, 3.0]}``.
+
+    Bare numbers (``["0.1", "0.2"]``) are accepted when exactly one policy is swept.
+    """
+    out: dict[str, list[float]] = {}
+    bare: list[float] = []
+    for item in items or []:
+        name, sep, values = item.partition("=")
+        try:
+            if sep:
+                if name not in POLICIES or POLICIES[name].parameter is None:
+                    raise ValueError(f"--thresholds {item!r}: {name!r} is not a policy with a parameter")
+                out.setdefault(name, []).extend(float(v) for v in values.split(",") if v)
+            else:
+                bare.extend(float(v) for v in item.split(",") if v)
+        except ValueError as err:
+            if "policy" in str(err):
+                raise
+            raise ValueError(f"--thresholds {item!r}: expected POLICY=V1,V2,... or numbers") from err
+    if bare:
+        if len(policies) != 1:
+            raise ValueError(
+                f"--thresholds {' '.join(items or [])}: with several policies write POLICY=V1,V2 (e.g. entropy=0.2,0.4)"
+            )
+        out.setdefault(policies[0], []).extend(bare)
+    return out
+
+
+def sweep_points(
+    table: ExitTable,
+    policies: Sequence[str],
+    thresholds: Mapping[str, Sequence[float]] | None = None,
+    num_thresholds: int | None = 12,
+    max_layer: int | None = None,
+) -> list[tuple[OperatingPoint, torch.Tensor]]:
+    """Every fixed exit, the oracle, and each policy over its grid, simulated on ``table``.
+
+    Returns:
+        ``(point, exits)`` pairs, ``exits`` ``(n,)`` the 0-based exit per utterance.
+    """
+    names = ["fixed", "oracle", *[p for p in dict.fromkeys(policies) if p not in ("fixed", "oracle")]]
+    out = []
+    for name in names:
+        given = (thresholds or {}).get(name)
+        values = list(given) if given else threshold_grid(table, name, num_thresholds, max_layer)
+        for value in values:
+            out.append(evaluate_policy(table, policy_with_value(name, value, max_layer)))
+    flags = pareto_front(*zip(*[(p.mean_layers_computed, p.wer) for p, _ in out if p.policy != "oracle"]))
+    for (point, _), flag in zip([x for x in out if x[0].policy != "oracle"], flags):
+        point.pareto_layers = flag
+    return out
+
+
+def _factory(point: OperatingPoint, exits: torch.Tensor, ids: Sequence[str]) -> PolicyFactory:
+    if point.policy == "oracle":
+        by_id = dict(zip(ids, exits.tolist()))
+        return lambda batch_ids: ScheduledExit([by_id[i] for i in batch_ids])
+    policy = point.build()
+    return lambda batch_ids: policy
+
+
+def time_points(
+    em,
+    table: ExitTable,
+    prepared,
+    chosen: Sequence[tuple[OperatingPoint, torch.Tensor]],
+    decoders: Decoders,
+    repeats: int = 1,
+    batch_size: int = 16,
+    max_batch_seconds: float | None = 320.0,
+) -> float:
+    """Run the engine for every point of ``chosen`` and the full forward pass; fill the points' wall
+    times and engine checks. Returns the full forward pass's seconds."""
+    batches = load_batches(prepared, em.feature_extractor, batch_size, max_batch_seconds)
+    runs: dict[str, PolicyFactory | None] = {"full": None}
+    runs.update({str(i): _factory(p, exits, table.ids) for i, (p, exits) in enumerate(chosen)})
+    measured = measure_wall_times(em.model, batches, runs, decoders, repeats)
+    reference = measured["full"].seconds
+    refs = dict(zip(table.ids, table.references))
+    for i, (point, _) in enumerate(chosen):
+        m = measured[str(i)]
+        point.wall_seconds = m.seconds
+        point.wall_relative = m.seconds / reference
+        errors = sum(word_errors(refs[u], m.transcripts[u]).errors for u in refs if u in m.transcripts)
+        point.engine_wer = errors / max(1, point.reference_words)
+        point.engine_mean_layers = sum(m.layers_computed.values()) / max(1, len(m.layers_computed))
+        if (
+            abs(point.engine_mean_layers - point.mean_layers_computed) > 1e-6
+            or abs(point.engine_wer - point.wer) > 1e-9
+        ):
+            logger.warning(
+                "%s: the engine gave WER %.4f / %.3f layers, the simulation %.4f / %.3f",
+                point.label,
+                point.engine_wer,
+                point.engine_mean_layers,
+                point.wer,
+                point.mean_layers_computed,
+            )
+    timed = [p for p, _ in chosen if p.policy != "oracle"]
+    for point, flag in zip(timed, pareto_front([p.wall_relative for p in timed], [p.wer for p in timed])):
+        point.pareto_wall = flag
+    return reference
+
+
+def _csv(points: Sequence[OperatingPoint]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in points:
+        row = p.to_dict()
+        row["exit_counts"] = " ".join(f"{k}:{v}" for k, v in p.exit_counts.items())
+        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def _decisions_csv(table: ExitTable, results: Sequence[tuple[OperatingPoint, torch.Tensor]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", *[p.label for p, _ in results]])
+    columns = [[table.layers[k] for k in exits.tolist()] for _, exits in results]
+    for i, utt in enumerate(table.ids):
+        writer.writerow([utt, *[col[i] for col in columns]])
+    return buffer.getvalue()
+
+
+def format_points(points: Sequence[OperatingPoint], full_depth: int) -> str:
+    """A printable table of operating points (``*``: on the Pareto front of WER vs layers)."""
+    lines = [f"{'point':<28} {'WER %':>7} {'layers':>7} {f'/{full_depth}':>6} {'wall':>6}  front"]
+    for p in points:
+        wall = "" if p.wall_relative is None else f"{p.wall_relative:6.3f}"
+        lines.append(
+            f"{p.label:<28} {100 * p.wer:7.2f} {p.mean_layers_computed:7.3f} {p.depth_fraction:6.3f} {wall:>6}  "
+            + ("*" if p.pareto_layers else "")
+        )
+    return "\n".join(lines)
+
+
+def lexicon_decoder_for(
+    em, data, name: str, prepared, lexicon, lexicon_from, nbest: int, beam_size: int, word_score: float
+) -> LexiconBeamDecoder:
+    """The posterior policy's lexicon beam decoder for a split (see ``evaluation.resolve_lexicon``)."""
+    source = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None)
+    lex = source.for_split(name, [u.text for u in prepared], em.tokenizer)
+    return LexiconBeamDecoder(em.tokenizer, lex, nbest=nbest, beam_size=beam_size, word_score=word_score)
+
+
+def run_sweep(
+    checkpoint: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    split: str | None = None,
+    policies: Sequence[str] = DEFAULT_SWEEP_POLICIES,
+    thresholds: Sequence[str] | None = None,
+    num_thresholds: int = 12,
+    max_layer: int | None = None,
+    timing: str = "all",
+    repeats: int = 1,
+    batch_size: int = 16,
+    max_batch_seconds: float | None = 320.0,
+    lexicon: str | None = None,
+    lexicon_from: Sequence[str] | None = None,
+    nbest: int = 10,
+    lexicon_beam_size: int = 500,
+    word_score: float = -0.26,
+    num_threads: int | None = None,
+    progress: bool = True,
+    plot: bool = True,
+) -> dict:
+    """The ``sweep`` command as a function; returns the content of ``<split>_sweep.json``."""
+    policies = list(dict.fromkeys(policies))
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"unknown --policies {bad}: choose from {', '.join(POLICIES)}")
+    if timing not in TIMING_MODES:
+        raise ValueError(f"unknown --timing {timing!r}: choose from {', '.join(TIMING_MODES)}")
+    if num_thresholds < 2:
+        raise ValueError(f"--num-thresholds must be >= 2, got {num_thresholds}")
+    overrides = parse_thresholds(thresholds, [p for p in policies if POLICIES[p].parameter is not None])
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    em = load_evaluation_model(checkpoint)
+    name, prepared = load_prepared_split(em, data, split, progress)
+    decoders = Decoders(em.tokenizer)
+    if "posterior" in policies:
+        decoders.lexicon_decoder = lexicon_decoder_for(
+            em, data, name, prepared, lexicon, lexicon_from, nbest, lexicon_beam_size, word_score
+        )
+    table = compute_exit_table(
+        em, prepared, decoders.lexicon_decoder, batch_size, max_batch_seconds, progress, desc=f"exits {name}"
+    )
+    results = sweep_points(table, policies, overrides, num_thresholds, max_layer)
+    points = [p for p, _ in results]
+
+    reference_seconds = None
+    if timing != "none":
+        chosen = [
+            (p, e)
+            for p, e in results
+            if timing == "all" or p.pareto_layers or p.policy in ("fixed", "oracle")
+        ]
+        reference_seconds = time_points(
+            em, table, prepared, chosen, decoders, repeats, batch_size, max_batch_seconds
+        )
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curve = oracle_curve(table)
+    files = [f"{name}_sweep.csv", f"{name}_sweep.json", f"{name}_exit_table.jsonl", f"{name}_decisions.csv"]
+    write_exit_table(table, out / files[2])
+    atomic_write_text(out / files[3], _decisions_csv(table, results))
+    atomic_write_text(out / files[0], _csv(points))
+    if plot:
+        files.append(f"{name}_sweep.png")
+        plot_tradeoff(points, out / files[-1], curve, title=f"{Path(checkpoint).name} on {name}")
+    summary = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "data": str(Path(data).resolve()),
+        "split": name,
+        "utterances": table.num_utterances,
+        "audio_seconds": sum(table.audio_seconds),
+        "exit_layers": table.layers,
+        "full_depth": table.full_depth,
+        "final_exit_wer": table.wer_of_exit(len(table.layers) - 1),
+        "timing": {
+            "mode": timing,
+            "repeats": repeats,
+            "batch_size": batch_size,
+            "full_forward_seconds": reference_seconds,
+            "threads": torch.get_num_threads(),
+            "method": "engine runs over the whole split, fastest of `repeats` interleaved rounds; "
+            "wall_relative = seconds / full forward seconds",
+        },
+        "simulation": "WER and layers replayed on every exit's outputs (exit_table.jsonl)",
+        "points": [p.to_dict() for p in points],
+        "oracle_curve": [{"mean_layers": d, "wer": w} for d, w in curve],
+        "files": files,
+    }
+    atomic_write_json(out / files[1], summary)
+    print(format_points(points, table.full_depth))
+    return summary

@@ -1,0 +1,112 @@
+"""End-to-end tests of `wav2vec2-ee demo` (quick preset: tiny corpus and model, a few steps)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from wav2vec2_ee import cli, demo
+from wav2vec2_ee.demo_reproduce import format_reproduce_table, reproduce_runs
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo")
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(["demo", "--quick", "--output-dir", str(out)]) == 0
+    return out / "quick", buffer.getvalue()
+
+
+def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
+    root, printed = quick_demo
+    # the table: one row per exit layer of the quick model
+    assert "WER by exit on held-out voices (test: 40 utterances" in printed
+    table = printed.split("WER by exit", 1)[1].splitlines()
+    layers = demo.PRESETS["quick"].model["exit_layers"]
+    rows = [line.split() for line in table[2 : 2 + len(layers)]]
+    assert [int(r[0]) for r in rows] == layers
+    assert all(0.0 <= float(r[1]) <= 1000.0 and r[2] == "%" for r in rows)
+    # the files it points to
+    for path in (
+        "corpus/corpus.json",
+        "configs/model.json",
+        "configs/ee.json",
+        "ee/model.safetensors",
+        "ee/demo_run.json",
+        "ee/eval/wer_results.txt",
+        "ee/eval/wer_results.json",
+        "ee/eval/test_results.txt",
+        "ee/eval/wer_by_exit.png",
+        "demo_summary.json",
+    ):
+        assert (root / path).is_file(), path
+        assert str(root / path) in printed or path.startswith(("corpus", "configs", "ee/model", "ee/demo"))
+    summary = json.loads((root / "demo_summary.json").read_text())
+    assert set(summary["wer"]["test"]) == {str(x) for x in layers}
+    assert summary["timings"]["train"]["steps"] == demo.PRESETS["quick"].training["max_steps"]
+    # the written train config reruns with `wav2vec2-ee train <file>`
+    config = json.loads((root / "configs" / "ee.json").read_text())
+    assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")
+
+
+def test_rerun_reuses_corpus_and_model(quick_demo: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
+    root, _ = quick_demo
+    stamp = (root / "ee" / "model.safetensors").stat().st_mtime_ns
+    assert demo.main(["--quick", "--output-dir", str(root.parent)]) == 0
+    printed = capsys.readouterr().out
+    assert "reused" in printed and "already trained" in printed
+    assert (root / "ee" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert "WER by exit" in printed
+
+
+def test_reproduce_runs_and_table(tmp_path: Path) -> None:
+    preset = demo.PRESETS["default"]
+    ee = demo.RunSpec("ee", "EE", {**preset.training, "model": "m.json", "data": "c"})
+    from_ee, baselines = reproduce_runs(preset, ee, tmp_path / "ee")
+    names = [r.name for r in from_ee]
+    assert names == [
+        "kd",
+        "dkd",
+        "confidence_inverse",
+        "confidence",
+        "manual_activation_1",
+        "manual_activation_1_confidence",
+    ]
+    kd, dkd = from_ee[0].train, from_ee[1].train
+    assert kd["ee_alpha"] == [0.3] and kd["teacher"] == kd["model"] == str(tmp_path / "ee")
+    assert len(dkd["ee_alpha"]) == len(preset.model["exit_layers"]) and dkd["ee_alpha"][-1] == 1.0
+    assert demo.dkd_alphas(6) == [0.65, 0.7, 0.75, 0.8, 0.85, 1.0]
+    assert [b.train["num_hidden_layers"] for b in baselines] == [2, 4, 6]
+    assert all(b.train["max_steps"] == preset.training["max_steps"] for b in baselines)
+    assert all(b.train["model"] == "m.json" for b in baselines)
+
+    from wav2vec2_ee.demo_reproduce import RunResult
+
+    wer = {"test": {2: 0.5, 4: 0.25, 6: 0.125}, "dev": {2: 0.5, 4: 0.3, 6: 0.2}}
+    rows = [RunResult(ee, wer), RunResult(from_ee[0], error="failed: boom")]
+    base = [RunResult(b, {"test": {n: 0.1 * n}, "dev": {n: 0.2}}) for b, n in zip(baselines, (2, 4, 6))]
+    text = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "# title", "notes")
+    assert "| run | layer 2 | layer 4 | layer 6 |" in text
+    assert "| EE | 50.0 / 50.0 | 25.0 / 30.0 | 12.5 / 20.0 |" in text
+    assert "failed: boom" in text
+    assert "| 4 | 40.0 | 20.0 |" in text
+
+
+@pytest.mark.parametrize("name", ["demo.json", "demo_quick.json"])
+def test_config_files_match_the_presets(name: str) -> None:
+    """``configs/demo*.json`` (for ``wav2vec2-ee train``) stay in step with the demo's presets."""
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    preset = demo.PRESETS["quick" if "quick" in name else "default"]
+    config = json.loads(path.read_text())
+    expected = {**preset.training, **demo.RUN_DEFAULTS}
+    assert {k: config[k] for k in expected} == expected
+    model = json.loads((path.parent / config["model"].split("/")[-1]).read_text())
+    assert model == preset.model
