@@ -11,6 +11,11 @@ exit:
   masks, ``torch.inference_mode``, one vectorised argmax over all exits, jiwer scoring and the result
   files (the plot is left out: it is a constant ~0.3 s).
 
+On a shared machine, OpenMP's default busy-waiting makes every parallel region slow when the cores are
+also used by other processes, which penalises the batch-1 loop (about 25x more, smaller parallel
+regions) far more than batched evaluation; run with ``OMP_WAIT_POLICY=PASSIVE`` (or ``--threads 1``)
+to measure the pipelines rather than that contention. The script prints the policy and the load.
+
 The two are timed alternately (``--rounds`` times each; the best round counts, which damps noise from
 other processes) and the script prints the throughput in audio seconds per wall second, the speedup and
 whether the hypotheses are identical.
@@ -169,7 +174,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(
         f"machine: {os.cpu_count()} CPU cores (load average {load:.1f}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
     print(
         f"data: {args.utterances} utterances, {seconds:.1f} s of audio ({args.min_seconds}-{args.max_seconds} s each); "

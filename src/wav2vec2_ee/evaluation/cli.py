@@ -50,7 +50,9 @@ class EvaluationArguments:
     )
     decoder: Literal["greedy", "beam"] = field(
         default="greedy",
-        metadata={"help": "CTC decoding at every exit: greedy (best path) or beam (pyctcdecode)"},
+        metadata={
+            "help": "CTC decoding at every exit: greedy (best path) or beam (flashlight-text lexicon-free beam search)"
+        },
     )
     beam_width: int = field(default=100, metadata={"help": "beam width of --decoder beam"})
     kenlm: str | None = field(

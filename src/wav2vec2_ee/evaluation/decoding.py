@@ -1,10 +1,10 @@
-"""CTC decoding of exit logits: greedy, beam search (pyctcdecode) and lexicon n-best (flashlight-text).
+"""CTC decoding of exit logits: greedy, beam search and lexicon n-best (both flashlight-text).
 
 Stable API (imported by the dynamic-exit inference engine):
 
 * :func:`greedy_decode` argmax + the tokenizer's CTC collapse, on the valid frames only.
 * :func:`greedy_decode_exits` the same for every exit of a batch with one vectorised argmax.
-* :class:`BeamSearchDecoder` pyctcdecode beam search over the tokenizer's vocabulary, optional KenLM.
+* :class:`BeamSearchDecoder` lexicon-free beam search over the tokenizer's characters (optional KenLM).
 * :class:`LexiconBeamDecoder` flashlight-text's lexicon-constrained CTC beam search (no LM), as the
   seed's ``eval_posteriors.py`` (torchaudio's ``ctc_decoder``: beam 1500, word score -0.26,
   ``log_add=True``); :meth:`LexiconBeamDecoder.nbest` gives the n-best hypotheses with scores.
@@ -98,14 +98,18 @@ def ctc_labels(tokenizer: Wav2Vec2CTCTokenizer) -> list[str]:
 
 
 class BeamSearchDecoder:
-    """CTC prefix beam search with pyctcdecode over the tokenizer's vocabulary, optionally with KenLM.
+    """CTC beam search over the tokenizer's characters: flashlight-text's lexicon-free decoder.
+
+    Without a language model (the default) it searches with ``ZeroLM``. With ``kenlm_model`` it uses
+    pyctcdecode's word-level KenLM shallow fusion instead (an optional extra: pyctcdecode and kenlm are
+    not installed by default because pyctcdecode pins ``numpy<2``).
 
     Args:
-        tokenizer: gives the labels (pad = blank, ``|`` = space).
+        tokenizer: gives the labels (pad = blank, ``|`` = word boundary).
         beam_width: beams kept per frame.
-        kenlm_model: path of a KenLM ``.arpa`` / ``.bin`` model (needs the ``kenlm`` package).
+        kenlm_model: path of a KenLM ``.arpa`` / ``.bin`` model.
         alpha / beta: LM weight and word insertion bonus (used only with ``kenlm_model``).
-        unigrams: the LM's vocabulary (optional, improves pyctcdecode's unknown-word handling).
+        unigrams: the LM's vocabulary (optional, with ``kenlm_model``).
     """
 
     def __init__(
@@ -120,39 +124,59 @@ class BeamSearchDecoder:
         if beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {beam_width}")
         self.beam_width = int(beam_width)
-        quiet = logging.getLogger("pyctcdecode")
-        level = quiet.level
-        if kenlm_model is None:  # pyctcdecode warns on import when kenlm is missing; irrelevant here
-            quiet.setLevel(logging.ERROR)
-        try:
-            from pyctcdecode import build_ctcdecoder
-        except ImportError as err:  # pragma: no cover - a declared dependency
-            raise ValueError("beam-search decoding needs pyctcdecode: pip install pyctcdecode") from err
-        finally:
-            quiet.setLevel(level)
+        self.labels = ctc_labels(tokenizer)
+        self._tokens = {i: t for t, i in tokenizer.get_vocab().items()}
+        self._blank = tokenizer.pad_token_id
+        self._delimiter = tokenizer.word_delimiter_token
+        self._pyctc = None
         if kenlm_model is not None:
             try:
                 import kenlm  # noqa: F401
+                from pyctcdecode import build_ctcdecoder
             except ImportError as err:
                 raise ValueError(
-                    f"--kenlm {kenlm_model}: the kenlm Python package is not installed "
-                    "(pip install https://github.com/kpu/kenlm/archive/master.zip)"
+                    f"--kenlm {kenlm_model}: KenLM fusion needs the kenlm and pyctcdecode packages "
+                    "(pip install kenlm; pip install --no-deps pyctcdecode pygtrie)"
                 ) from err
-        self.labels = ctc_labels(tokenizer)
-        quiet.setLevel(logging.ERROR)  # label-normalisation notes for multi-character special tokens
-        try:
-            self._decoder = build_ctcdecoder(
+            self._pyctc = build_ctcdecoder(
                 self.labels, kenlm_model_path=kenlm_model, unigrams=unigrams, alpha=alpha, beta=beta
             )
-        finally:
-            quiet.setLevel(level)
+            return
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconFreeDecoder,
+            LexiconFreeDecoderOptions,
+            ZeroLM,
+        )
+
+        options = LexiconFreeDecoderOptions(
+            beam_size=self.beam_width,
+            beam_size_token=len(self.labels),
+            beam_threshold=50.0,
+            lm_weight=0.0,
+            sil_score=0.0,
+            log_add=False,
+            criterion_type=CriterionType.CTC,
+        )
+        silence = tokenizer.get_vocab().get(self._delimiter, self._blank)
+        self._decoder = LexiconFreeDecoder(options, ZeroLM(), silence, self._blank, [])
 
     def decode(self, logits: torch.Tensor, output_length: int | None = None) -> str:
         """Best transcript of one utterance. ``logits``: ``(frames, vocab)``."""
         log_probs = _log_probs_numpy(logits, output_length)
-        if log_probs.shape[0] == 0:
+        frames, vocab = log_probs.shape
+        if frames == 0:
             return ""
-        return " ".join(self._decoder.decode(log_probs, beam_width=self.beam_width).split())
+        if self._pyctc is not None:
+            return " ".join(self._pyctc.decode(log_probs, beam_width=self.beam_width).split())
+        results = self._decoder.decode(log_probs.ctypes.data, frames, vocab)
+        if not results:
+            return ""
+        ids = torch.unique_consecutive(
+            torch.tensor([t for t in results[0].tokens if t >= 0], dtype=torch.long)
+        )
+        chars = [self._tokens[i] for i in ids.tolist() if i != self._blank]
+        return " ".join("".join(chars).replace(self._delimiter, " ").split())
 
     def batch_decode(self, logits: torch.Tensor, output_lengths: torch.Tensor | None = None) -> list[str]:
         """Best transcript per utterance. ``logits``: ``(batch, frames, vocab)``; ``output_lengths``: ``(batch,)``."""

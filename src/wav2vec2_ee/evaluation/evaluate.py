@@ -418,7 +418,7 @@ def evaluate_checkpoint(
         exits: layer numbers of the exits to evaluate (default: all; plain checkpoints: the final layer).
         batch_size / max_batch_seconds: length-grouped batches of at most this many utterances and
             seconds of padded audio. Results do not depend on them.
-        decoder: ``"greedy"`` (best path) or ``"beam"`` (pyctcdecode, ``beam_width``, optional ``kenlm``
+        decoder: ``"greedy"`` (best path) or ``"beam"`` (flashlight-text, ``beam_width``, optional ``kenlm``
             model with weights ``lm_alpha`` / ``lm_beta``).
         exit_stats: any of ``"entropy"`` (mean per-frame entropy, nats) and ``"posterior"`` (n-best
             posterior of a lexicon beam search with ``nbest``, ``lexicon_beam_size``, ``word_score``).

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import Wav2Vec2CTCTokenizer
 
 from ..vocab import TextNormalizer
+from .results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,4 @@ def read_lexicon(path: str | os.PathLike, tokenizer: Wav2Vec2CTCTokenizer) -> Le
 def write_lexicon(lexicon: Lexicon, path: str | os.PathLike) -> None:
     """Write ``lexicon`` in the flashlight format (``WORD\\tW O R D |``), one spelling per line."""
     lines = [f"{word}\t{' '.join(sp)}" for word, spellings in lexicon.items() for sp in spellings]
-    from .results import atomic_write_text
-
     atomic_write_text(path, "\n".join(lines) + "\n")
