@@ -43,6 +43,12 @@ from wav2vec2_ee.inference import (
     threshold_grid,
 )
 from wav2vec2_ee.inference.calibrate import apply_to_table
+from wav2vec2_ee.inference.features import (
+    supports_time_major,
+    time_major_feature_encoder,
+    time_major_features,
+)
+from wav2vec2_ee.inference.sweep import parse_thresholds
 from wav2vec2_ee.inference.table import load_prepared_split, pareto_front
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
@@ -124,6 +130,27 @@ def test_group_norm_default_config_equals_each_utterance_alone():
     torch.testing.assert_close(
         torch.stack(out.logits), model(same_length).exit_logits[2], atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_time_major_cnn_equals_the_transformers_cnn(conv_bias):
+    config = {"conv_bias": conv_bias, "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2), **LAYER_NORM}
+    model, reference = _model(**config), _model(**config)
+    encoder = model.wav2vec2.feature_extractor
+    assert supports_time_major(encoder)
+    x, _ = _padded_batch()
+    with torch.no_grad():
+        expected = encoder(x).transpose(1, 2)
+        torch.testing.assert_close(time_major_features(encoder, x), expected, atol=1e-5, rtol=1e-5)
+        with time_major_feature_encoder(model) as active:
+            assert active and "forward" in vars(encoder)
+            fast = model.embed(x).hidden_states
+        torch.testing.assert_close(fast, reference.embed(x).hidden_states, atol=1e-5, rtol=1e-5)
+    assert "forward" not in vars(encoder)  # the original forward is back
+    group = _model(feat_extract_norm="group", do_stable_layer_norm=False)
+    assert not supports_time_major(group.wav2vec2.feature_extractor)
+    with time_major_feature_encoder(group) as active:
+        assert not active
 
 
 def _count_layer_rows(model: Wav2Vec2EEForCTC) -> tuple[list[list[int]], list]:
@@ -265,6 +292,7 @@ def test_budget_caps_every_policy():
     assert capped.simulate(views).tolist() == [2, 0]
     assert build_policy("budget", max_layer=2).simulate(views).tolist() == [1, 1]
     assert LayerBudget(FixedExit(4), max_layer=3).deepest_exit([1, 2, 3, 4]) == 2
+    assert LayerBudget(FixedExit(4), max_layer=3).simulate(views).tolist() == [2, 2]
     assert capped.describe() == {"policy": "entropy", "parameter": "threshold", "value": 0.5, "max_layer": 3}
     with pytest.raises(ValueError, match="below the first exit"):
         LayerBudget(FixedExit(), max_layer=1).deepest_exit([2, 4])
@@ -369,6 +397,20 @@ def test_threshold_grid_and_simulation_bounds():
     assert len(threshold_grid(table, "entropy", num=4)) == 4
     with pytest.raises(ValueError, match="posterior"):
         threshold_grid(table, "posterior")
+
+
+def test_parse_thresholds():
+    assert parse_thresholds(["entropy=0.1,0.2", "patience=2"], ["entropy", "patience"]) == {
+        "entropy": [0.1, 0.2],
+        "patience": [2.0],
+    }
+    assert parse_thresholds(["0.5", "0.7"], ["confidence"]) == {"confidence": [0.5, 0.7]}
+    with pytest.raises(ValueError, match="POLICY=V1,V2"):
+        parse_thresholds(["0.5"], ["entropy", "confidence"])
+    with pytest.raises(ValueError, match="not a policy with a parameter"):
+        parse_thresholds(["oracle=1"], ["entropy"])
+    with pytest.raises(ValueError, match="expected POLICY"):
+        parse_thresholds(["entropy=abc"], ["entropy"])
 
 
 def test_oracle_curve_and_pareto_front():
@@ -507,8 +549,17 @@ def test_calibrate_cli(assets, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     threshold = float(lines[-1])  # the machine-readable last line
     assert any(line.startswith("test (value from dev") for line in lines[:-1])
-    assert cli_main([*base, "--policy", "entropy", "--json"]) == 0
+    out = assets["root"] / "calibration"
+    assert cli_main([*base, "--policy", "entropy", "--json", "--output-dir", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert (out / "dev_exit_table.jsonl").is_file() and (out / "calibration_entropy.json").is_file()
     assert result["value"] == pytest.approx(threshold) and result["dev"]["wer"] <= result["wer_limit"] + 1e-12
     assert cli_main([*base, "--policy", "oracle"]) == 2
     assert "cannot calibrate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["transcribe", "sweep", "calibrate"])
+def test_help_of_every_command(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main([command, "--help"])
+    assert exc.value.code == 0 and "--" in capsys.readouterr().out

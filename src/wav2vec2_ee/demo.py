@@ -20,13 +20,12 @@ Steps (each skipped when a previous run finished it, so an interrupted demo resu
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
@@ -315,6 +314,7 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
         import transformers
 
         transformers.logging.set_verbosity_warning()
+        transformers.utils.logging.disable_progress_bar()  # weight loading / saving bars
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
     return preset, out, corpus
 
@@ -332,7 +332,12 @@ def build_demo_corpus(preset: DemoPreset, corpus: Path) -> dict:
         f"corpus {corpus}: {state}; train {n['train']} utterances ({summary.hours['train']:.2f} h), "
         f"dev {n['dev']}, test {n['test']} (dev/test voices unseen in training)"
     )
-    return {"seconds": round(seconds, 1), "cached": summary.cached, "num_utterances": n, "hours": summary.hours}
+    return {
+        "seconds": round(seconds, 1),
+        "cached": summary.cached,
+        "num_utterances": n,
+        "hours": summary.hours,
+    }
 
 
 def ee_run(preset: DemoPreset, out: Path, corpus: Path, max_steps: int | None) -> RunSpec:
@@ -370,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
 
     split = preset.eval_splits[0]
     print()
-    print(f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances, greedy decoding)")
+    print(
+        f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances, greedy decoding)"
+    )
     print(format_wer_by_exit(result["wer"]))
     print()
     per_step = timings["train"].get("seconds_per_step")
@@ -405,10 +412,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _copy(obj):
-    return copy.deepcopy(obj)
-
-
 __all__ = [
     "DEMO_FINETUNE",
     "DEMO_MODEL",
@@ -417,7 +420,6 @@ __all__ = [
     "DemoArguments",
     "DemoPreset",
     "RunSpec",
-    "asdict",
     "dkd_alphas",
     "evaluate_run",
     "format_wer_by_exit",

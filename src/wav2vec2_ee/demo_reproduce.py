@@ -143,7 +143,11 @@ def format_reproduce_table(
     for r in baselines:
         layers = int(r.spec.train["num_hidden_layers"])
         cells = [
-            "failed" if r.wer is None else f"{100 * r.wer[s][layers]:.1f}" if layers in r.wer.get(s, {}) else "-"
+            "failed"
+            if r.wer is None
+            else f"{100 * r.wer[s][layers]:.1f}"
+            if layers in r.wer.get(s, {})
+            else "-"
             for s in splits
         ]
         lines.append(f"| {layers} | " + " | ".join(cells) + " |")
@@ -154,7 +158,9 @@ def _run_one(spec: RunSpec, out: Path, corpus: Path, splits: tuple[str, ...], ov
     result = RunResult(spec)
     try:
         result.timing = train_run(spec, out, overwrite=overwrite)
-        evaluated = evaluate_run(out / spec.name, out / spec.name / "eval", corpus, splits, overwrite=overwrite)
+        evaluated = evaluate_run(
+            out / spec.name, out / spec.name / "eval", corpus, splits, overwrite=overwrite
+        )
         result.wer, result.eval_seconds = evaluated["wer"], evaluated["seconds"]
     except Exception as err:  # one failed run must not cost the others: it is reported in the table
         logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
@@ -196,9 +202,7 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     )
     if deepest.wer is not None:
         try:
-            copy_dir = shared_head_copy(
-                runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name
-            )
+            copy_dir = shared_head_copy(runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name)
             no_ee.wer = evaluate_run(copy_dir, copy_dir / "eval", corpus, splits, overwrite=overwrite)["wer"]
         except Exception as err:
             logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())

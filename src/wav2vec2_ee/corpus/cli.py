@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
         + " (default: %(default)s).",
     )
     parser.add_argument(
-        "--hours", type=float, default=None, help="Approximate hours of train audio (replaces the preset's count)."
+        "--hours",
+        type=float,
+        default=None,
+        help="Approximate hours of train audio (replaces the preset's count).",
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default: 0).")
     parser.add_argument(

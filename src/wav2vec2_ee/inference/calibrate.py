@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..evaluation.evaluate import load_evaluation_model
+from ..evaluation.results import atomic_write_json
 from .policies import POLICIES, Decoders, policy_with_value
 from .sweep import lexicon_decoder_for
 from .table import (
@@ -29,6 +30,7 @@ from .table import (
     evaluate_policy,
     load_prepared_split,
     threshold_grid,
+    write_exit_table,
 )
 
 
@@ -164,8 +166,13 @@ def run_calibration(
     num_threads: int | None = None,
     progress: bool = True,
     as_json: bool = False,
+    output_dir: str | os.PathLike | None = None,
 ) -> Calibration:
-    """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object)."""
+    """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object).
+
+    With ``output_dir``, also writes ``<split>_exit_table.jsonl`` per split (every number traces back
+    to them) and ``calibration_<policy>.json``.
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
     if num_threads:
@@ -196,10 +203,17 @@ def run_calibration(
     dev_name, dev = table_of(split)
     result = calibrate_table(dev, policy, max_wer_increase, thresholds, max_layer)
     result.splits["dev"] = dev_name
+    tables = {dev_name: dev}
     if test_split is not None:
         test_name, test = table_of(test_split)
         result.splits["test"] = test_name
         apply_to_table(result, test)
+        tables[test_name] = test
+    if output_dir is not None:
+        out = Path(output_dir)
+        for name, table in tables.items():
+            write_exit_table(table, out / f"{name}_exit_table.jsonl")
+        atomic_write_json(out / f"calibration_{policy}.json", result.to_dict())
     if as_json:
         print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
     else:

@@ -3,8 +3,10 @@
 Examples::
 
     wav2vec2-ee transcribe runs/ee a.wav b.flac --policy entropy --threshold 0.4 [--json]
-    wav2vec2-ee sweep runs/ee runs/ee/sweep --data corpus --split dev --policies entropy confidence patience posterior
-    wav2vec2-ee calibrate runs/ee --data corpus --split dev --policy entropy --max-wer-increase 0.05 --test-split test
+    wav2vec2-ee sweep runs/ee runs/ee/sweep --data corpus --split dev \\
+        --policies entropy confidence patience posterior
+    wav2vec2-ee calibrate runs/ee --data corpus --split dev --policy entropy --max-wer-increase 0.05 \\
+        --test-split test
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from transformers import HfArgumentParser
 
@@ -48,16 +51,22 @@ class LexiconArguments:
         default=None,
         metadata={"help": "posterior policy: lexicon file ('WORD W O R D |' lines, or one word per line)"},
     )
+    nbest: int = field(default=10, metadata={"help": "posterior policy: hypotheses in the n-best list"})
+    lexicon_beam_size: int = field(default=500, metadata={"help": "posterior policy: lexicon beam size"})
+    word_score: float = field(default=-0.26, metadata={"help": "posterior policy: word score (seed: -0.26)"})
+
+
+@dataclass
+class LexiconSourceArguments:
+    """Where the posterior's lexicon comes from when there is no ``--lexicon`` file (sweep, calibrate)."""
+
     lexicon_from: list[str] | None = field(
         default=None,
         metadata={
             "help": "posterior policy: build the lexicon from the transcripts of these splits of --data "
-            "(or manifests); default: the split's own references (an oracle vocabulary, warned about)"
+            "(or manifests); unset: the split's own references (an oracle vocabulary, warned about)"
         },
     )
-    nbest: int = field(default=10, metadata={"help": "posterior policy: hypotheses in the n-best list"})
-    lexicon_beam_size: int = field(default=500, metadata={"help": "posterior policy: lexicon beam size"})
-    word_score: float = field(default=-0.26, metadata={"help": "posterior policy: word score (seed: -0.26)"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,7 +94,7 @@ class TranscribeArguments:
         default=None, metadata={"help": "patience policy: stop when this many consecutive exits agree"}
     )
     layer: int | None = field(
-        default=None, metadata={"help": "fixed policy: the exit layer (default: the last)"}
+        default=None, metadata={"help": "fixed policy: the exit layer (unset: the last exit)"}
     )
     max_layer: int | None = field(
         default=None, metadata={"help": "layer budget: never compute beyond this layer (with any policy)"}
@@ -108,7 +117,7 @@ def policy_from_flags(
     layer: int | None = None,
     max_layer: int | None = None,
 ) -> ExitPolicy:
-    """The policy that ``--policy`` and its value flag name (``--threshold`` / ``--patience`` / ``--layer``)."""
+    """The policy named by ``--policy`` and its value flag (``--threshold``, ``--patience``, ``--layer``)."""
     if policy not in POLICY_NAMES:
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICY_NAMES)}")
     if policy == "oracle":
@@ -154,8 +163,6 @@ def transcribe_main(argv: list[str] | None = None) -> int:
     transcriber = Transcriber.from_pretrained(
         positional.checkpoint, policy, batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds
     )
-    if lex.lexicon_from:
-        raise ValueError("transcribe takes the posterior's lexicon from --lexicon FILE (no --lexicon-from)")
     if args.policy == "posterior":
         if not lex.lexicon:
             raise ValueError("--policy posterior needs --lexicon FILE (the words the beam search may output)")
@@ -210,7 +217,7 @@ class SweepArguments:
     max_layer: int | None = field(
         default=None, metadata={"help": "layer budget applied to every policy: never beyond this layer"}
     )
-    timing: str = field(
+    timing: Literal["all", "pareto", "none"] = field(
         default="all",
         metadata={
             "help": "wall time, measured by running the engine: all (every point), pareto (front + fixed exits + "
@@ -229,7 +236,7 @@ class SweepArguments:
 
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (SweepArguments, LexiconArguments),
+        (SweepArguments, LexiconArguments, LexiconSourceArguments),
         "wav2vec2-ee sweep",
         "WER / compute trade-off of exit policies over thresholds.",
     )
@@ -237,11 +244,13 @@ def sweep_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "output_dir", help="folder for <split>_sweep.csv / .json / .png and per-utterance files"
     )
-    args, lexicon, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging()
     from .sweep import run_sweep
 
-    run_sweep(positional.checkpoint, positional.output_dir, **asdict(args), **asdict(lexicon))
+    run_sweep(
+        positional.checkpoint, positional.output_dir, **asdict(args), **asdict(lexicon), **asdict(source)
+    )
     return 0
 
 
@@ -263,7 +272,8 @@ class CalibrateArguments:
         default="entropy", metadata={"help": "entropy, confidence, posterior, patience or fixed"}
     )
     max_wer_increase: float = field(
-        default=0.05, metadata={"help": "allowed relative WER increase over the final exit (0.05 = +5 %)"}
+        default=0.05,
+        metadata={"help": "allowed relative WER increase over the final exit (0.05 = plus 5 percent)"},
     )
     test_split: str | None = field(
         default=None,
@@ -276,6 +286,10 @@ class CalibrateArguments:
     )
     max_layer: int | None = field(default=None, metadata={"help": "layer budget: never beyond this layer"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of lines"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "also write <split>_exit_table.jsonl per split and calibration_<policy>.json here"},
+    )
     batch_size: int = field(default=16, metadata={"help": "utterances per length-grouped batch"})
     max_batch_seconds: float = field(default=320.0, metadata={"help": "seconds of padded audio per batch"})
     num_threads: int | None = field(
@@ -286,16 +300,16 @@ class CalibrateArguments:
 
 def calibrate_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (CalibrateArguments, LexiconArguments),
+        (CalibrateArguments, LexiconArguments, LexiconSourceArguments),
         "wav2vec2-ee calibrate",
         "Choose an exit policy's threshold on a dev split; prints it on the last line.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
-    args, lexicon, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     from .calibrate import run_calibration
 
-    kwargs = {**asdict(args), **asdict(lexicon)}
+    kwargs = {**asdict(args), **asdict(lexicon), **asdict(source)}
     kwargs["as_json"] = kwargs.pop("json")
     run_calibration(positional.checkpoint, **kwargs)
     sys.stdout.flush()

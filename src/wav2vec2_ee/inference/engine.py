@@ -73,6 +73,43 @@ class EarlyExitResult:
     logits: list[torch.Tensor] | None = None
 
 
+class _Answers:
+    """Collects the answers of a batch as its utterances exit (row = position in the input batch)."""
+
+    def __init__(self, batch: int, layers: list[int], transcripts: bool, logits: bool, start: float):
+        self.layers, self.start = layers, start
+        self.exit_index = [-1] * batch
+        self.seconds = [0.0] * batch
+        self.lengths = [0] * batch
+        self.transcripts: list[str] | None = [""] * batch if transcripts else None
+        self.logits: list[torch.Tensor] | None = [torch.empty(0)] * batch if logits else None
+
+    def record(self, view: ExitView) -> None:
+        """The utterances of ``view`` answer at its exit (transcripts decoded now, as part of the cost)."""
+        texts = view.transcripts if self.transcripts is not None else None
+        lengths = view.output_lengths.tolist()
+        logits = view.logits if self.logits is not None else None
+        now = time.perf_counter() - self.start
+        for j, row in enumerate(view.rows.tolist()):
+            self.exit_index[row], self.seconds[row], self.lengths[row] = view.exit_index, now, lengths[j]
+            if texts is not None:
+                self.transcripts[row] = texts[j]  # type: ignore[index]
+            if logits is not None:
+                self.logits[row] = logits[j, : lengths[j]]  # type: ignore[index]
+
+    def result(self) -> EarlyExitResult:
+        exit_layer = [self.layers[k] for k in self.exit_index]
+        return EarlyExitResult(
+            self.exit_index,
+            exit_layer,
+            list(exit_layer),
+            self.seconds,
+            self.lengths,
+            self.transcripts,
+            self.logits,
+        )
+
+
 @torch.inference_mode()
 def run_early_exit(
     model: Wav2Vec2EEForCTC,
@@ -98,49 +135,30 @@ def run_early_exit(
     decoders = decoders or Decoders()
     layers = list(model.config.exit_layers)
     deepest = policy.deepest_exit(layers)
-    batch = int(input_values.shape[0])
-    exit_index = [-1] * batch
-    seconds = [0.0] * batch
-    lengths_out = [0] * batch
-    transcripts: list[str] | None = [""] * batch if decoders.tokenizer is not None else None
-    logits_out: list[torch.Tensor] | None = [None] * batch if return_logits else None  # type: ignore[list-item]
+    answers = _Answers(len(input_values), layers, decoders.tokenizer is not None, return_logits, start)
 
     state = embed_batch(model, input_values, attention_mask, fast_cnn)
-    rows = torch.arange(batch)
-    history: list[ExitView] = []
+    history: list[ExitView] = []  # the exits so far, restricted to the utterances still running
+    rows = torch.arange(len(input_values))
     for k in range(deepest + 1):
         while state.layer < layers[k]:
             state = model.run_layer(state)
         logits = model.exit_logits_at(k, state.hidden_states)
         history.append(ExitView(k, layers[k], rows, logits, state.output_lengths, decoders))
         if k == deepest:
-            stop = torch.ones(len(rows), dtype=torch.bool)
-        else:
-            stop = policy.should_exit(history).to(device="cpu", dtype=torch.bool)
+            answers.record(history[-1])
+            break
+        stop = policy.should_exit(history).to(device="cpu", dtype=torch.bool)
         if not bool(stop.any()):
             continue
-        leaving = stop.nonzero().squeeze(1)
-        done = history[-1].select(leaving)
-        texts = done.transcripts if transcripts is not None else None
-        lengths = done.output_lengths.tolist()
-        answers = done.logits if return_logits else None
-        now = time.perf_counter() - start
-        for j, row in enumerate(done.rows.tolist()):
-            exit_index[row], seconds[row], lengths_out[row] = k, now, lengths[j]
-            if texts is not None:
-                transcripts[row] = texts[j]  # type: ignore[index]
-            if answers is not None:
-                logits_out[row] = answers[j, : lengths[j]]  # type: ignore[index]
+        answers.record(history[-1].select(stop.nonzero().squeeze(1)))
         if bool(stop.all()):
             break
         keep = (~stop).nonzero().squeeze(1)
         state = state.select(keep.to(state.hidden_states.device), model.config)
         rows = rows[keep]
         history = [view.select(keep) for view in history]
-    exit_layer = [layers[k] for k in exit_index]
-    return EarlyExitResult(
-        exit_index, exit_layer, list(exit_layer), seconds, lengths_out, transcripts, logits_out
-    )
+    return answers.result()
 
 
 @torch.inference_mode()

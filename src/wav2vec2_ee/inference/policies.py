@@ -186,7 +186,8 @@ def _deepest_exit_at_or_below(exit_layers: Sequence[int], max_layer: int) -> int
     allowed = [k for k, layer in enumerate(exit_layers) if layer <= max_layer]
     if not allowed:
         raise ValueError(
-            f"layer budget {max_layer} is below the first exit (layer {exit_layers[0]}; exits at {list(exit_layers)})"
+            f"layer budget {max_layer} is below the first exit "
+            f"(layer {exit_layers[0]}; exits at {list(exit_layers)})"
         )
     return allowed[-1]
 
@@ -234,9 +235,6 @@ class ExitPolicy(ABC):
     def simulate(self, views: Sequence[ExitView], errors: torch.Tensor | None = None) -> torch.Tensor:
         """The exit each utterance would take, from every exit's precomputed outputs.
 
-        Replays :meth:`should_exit` exit by exit on all utterances at once (exact for causal,
-        row-independent policies: decisions after an utterance stopped are ignored).
-
         Args:
             views: one :class:`ExitView` per exit of the model (all utterances, shallow to deep).
             errors: ``(exits, n)`` word errors of each exit's hypothesis (only the oracle reads them).
@@ -244,7 +242,16 @@ class ExitPolicy(ABC):
         Returns:
             ``(n,)`` long: 0-based exit index per utterance.
         """
-        deepest = min(self.deepest_exit([v.layer for v in views]), len(views) - 1)
+        return self.simulate_until(views, errors, self.deepest_exit([v.layer for v in views]))
+
+    def simulate_until(
+        self, views: Sequence[ExitView], errors: torch.Tensor | None, deepest: int
+    ) -> torch.Tensor:
+        """:meth:`simulate` with exit ``deepest`` answering for everything left.
+
+        Replays :meth:`should_exit` exit by exit on all utterances at once (exact for causal,
+        row-independent policies: decisions after an utterance stopped are ignored).
+        """
         n = len(views[0])
         chosen = torch.full((n,), deepest, dtype=torch.long)
         done = torch.zeros(n, dtype=torch.bool)
@@ -362,10 +369,10 @@ class LayerBudget(ExitPolicy):
 
     name = "budget"
 
-    def __init__(self, policy: ExitPolicy | None = None, max_layer: int = 0):
+    def __init__(self, policy: ExitPolicy, max_layer: int):
         if int(max_layer) < 1:
             raise ValueError(f"max_layer must be >= 1, got {max_layer}")
-        self.policy = policy if policy is not None else FixedExit()
+        self.policy = policy
         self._max_layer = int(max_layer)
 
     @property
@@ -387,9 +394,10 @@ class LayerBudget(ExitPolicy):
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         return self.policy.should_exit(history)
 
-    def simulate(self, views: Sequence[ExitView], errors: torch.Tensor | None = None) -> torch.Tensor:
-        deepest = self.deepest_exit([v.layer for v in views])
-        return self.policy.simulate(views[: deepest + 1], None if errors is None else errors[: deepest + 1])
+    def simulate_until(
+        self, views: Sequence[ExitView], errors: torch.Tensor | None, deepest: int
+    ) -> torch.Tensor:
+        return self.policy.simulate_until(views, errors, deepest)
 
     def __repr__(self) -> str:
         return f"LayerBudget({self.policy!r}, max_layer={self._max_layer})"
@@ -408,10 +416,11 @@ class OracleExit(ExitPolicy):
             "(see `wav2vec2-ee sweep`), not a policy the engine can run"
         )
 
-    def simulate(self, views: Sequence[ExitView], errors: torch.Tensor | None = None) -> torch.Tensor:
+    def simulate_until(
+        self, views: Sequence[ExitView], errors: torch.Tensor | None, deepest: int
+    ) -> torch.Tensor:
         if errors is None:
             raise ValueError("the oracle needs the word errors of every exit's hypothesis")
-        deepest = min(self.deepest_exit([v.layer for v in views]), len(views) - 1)
         return errors[: deepest + 1].argmin(0)  # the first (shallowest) of the minima
 
 

@@ -200,9 +200,11 @@ def compute_exit_table(
 class OperatingPoint:
     """One policy at one parameter value on one split: accuracy and cost.
 
-    ``wall_*`` and ``engine_*`` are filled when the point was timed by really running the engine
-    (``engine_wer`` / ``engine_mean_layers`` are what that run produced; they match the simulated
-    ``wer`` / ``mean_layers_computed`` up to float ties at the threshold).
+    ``wall_*`` and ``engine_*`` are filled when the point was timed by really running the engine:
+    ``wall_relative`` is its wall time over the model's full forward pass, ``wall_relative_engine``
+    over the engine at full depth (the early-exit saving alone, without the engine's faster CNN);
+    ``engine_wer`` / ``engine_mean_layers`` are what that run produced (they match the simulated
+    ``wer`` / ``mean_layers_computed`` up to float rounding at the threshold).
     """
 
     policy: str
@@ -219,6 +221,7 @@ class OperatingPoint:
     exit_counts: dict[int, int]
     wall_seconds: float | None = None
     wall_relative: float | None = None
+    wall_relative_engine: float | None = None
     engine_wer: float | None = None
     engine_mean_layers: float | None = None
     pareto_layers: bool = False
@@ -293,9 +296,11 @@ def _cuts(values: torch.Tensor) -> list[float]:
     if not u:
         return []
     margin = max(1e-6, 1e-3 * (u[-1] - u[0]))
-    return [_between(u[0] - 2 * margin, u[0])] + [_between(a, b) for a, b in zip(u, u[1:])] + [
-        _between(u[-1], u[-1] + 2 * margin)
-    ]
+    return (
+        [_between(u[0] - 2 * margin, u[0])]
+        + [_between(a, b) for a, b in zip(u, u[1:])]
+        + [_between(u[-1], u[-1] + 2 * margin)]
+    )
 
 
 def threshold_grid(

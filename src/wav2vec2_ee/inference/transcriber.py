@@ -72,6 +72,7 @@ class Transcriber:
         processor: feature extractor + tokenizer (default: the bundled vocabulary).
         lexicon_decoder: the lexicon beam decoder that the ``posterior`` policy needs.
         batch_size / max_batch_seconds: utterances and seconds of padded audio per batch.
+        fast_cnn: compute the CNN time-major (:mod:`.features`; same results up to float rounding).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Transcriber:
         lexicon_decoder: LexiconBeamDecoder | None = None,
         batch_size: int = 16,
         max_batch_seconds: float | None = 160.0,
+        fast_cnn: bool = True,
     ):
         self.model = model.eval()
         self.policy = policy if policy is not None else FixedExit()
@@ -90,6 +92,7 @@ class Transcriber:
         self.decoders = Decoders(self.processor.tokenizer, lexicon_decoder)
         self.batch_size = int(batch_size)
         self.max_batch_seconds = max_batch_seconds
+        self.fast_cnn = fast_cnn
         self._min_seconds = _min_duration(model)
 
     @classmethod
@@ -154,7 +157,9 @@ class Transcriber:
         results: list[Transcription | None] = [None] * len(items)
         for batch in length_grouped_batches(durations, self.batch_size, self.max_batch_seconds):
             input_values, attention_mask = self._inputs([arrays[i] for i in batch])
-            out = run_early_exit(self.model, input_values, attention_mask, self.policy, self.decoders)
+            out = run_early_exit(
+                self.model, input_values, attention_mask, self.policy, self.decoders, fast_cnn=self.fast_cnn
+            )
             for j, i in enumerate(batch):
                 results[i] = Transcription(
                     source=sources[i],
