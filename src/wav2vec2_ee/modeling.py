@@ -33,6 +33,7 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Vec2PreTrainedModel
 
 from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
+from .features import supports_time_major, time_major_features
 
 logger = logging.getLogger(__name__)
 
@@ -142,15 +143,27 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
+        fast_cnn: bool | None = None,
     ) -> EncoderState:
         """Run the CNN, the projection and the encoder's input stage (``hidden_states[0]``).
 
         Args:
             input_values: ``(batch, samples)`` float waveforms.
             attention_mask: ``(batch, samples)`` 1 on real samples, 0 on padding.
+            fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`: same function, about half
+                the time on CPU). Default: whenever no gradient flows through the CNN (no grad mode, or a
+                frozen feature encoder) and the CNN supports it.
         """
         w2v = self.wav2vec2
-        extract = w2v.feature_extractor(input_values).transpose(1, 2)
+        encoder_cnn = w2v.feature_extractor
+        if fast_cnn is None:
+            fast_cnn = not torch.is_grad_enabled() or not any(
+                p.requires_grad for p in encoder_cnn.parameters()
+            )
+        if fast_cnn and supports_time_major(encoder_cnn):
+            extract = time_major_features(encoder_cnn, input_values)
+        else:
+            extract = encoder_cnn(input_values).transpose(1, 2)
         frames = extract.shape[1]
         lengths = self.output_lengths(attention_mask, input_values).clamp(max=frames)
         frame_mask = None
@@ -265,7 +278,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
 _ORIGINAL_HEAD = re.compile(r"^decoders\.(\d+)\.(weight|bias)$")
 
 
-def _checkpoint_keys(path: Path) -> list[str] | None:
+def checkpoint_keys(path: Path) -> list[str] | None:
     """Names of the tensors of a local checkpoint folder (``None`` for a hub id or no weights)."""
     st = path / "model.safetensors"
     if st.is_file():
@@ -433,7 +446,7 @@ def load_model(
         # a config alone: a randomly initialised model
         return Wav2Vec2EEForCTC(config)
 
-    keys = _checkpoint_keys(path) if path.is_dir() else None
+    keys = checkpoint_keys(path) if path.is_dir() else None
     if keys is not None and is_original_layout(keys):
         # Rewrite the original layout into ours in a scratch folder, then load it the ordinary way so
         # that transformers' own key renaming (weight norm, old names) applies.

@@ -60,11 +60,11 @@ def length_grouped_batches(
     return batches
 
 
-def _uses_group_norm_cnn(model: Wav2Vec2EEForCTC) -> bool:
+def uses_group_norm_cnn(model: Wav2Vec2EEForCTC) -> bool:
     return getattr(model.config, "feat_extract_norm", "layer") == "group"
 
 
-def _embed_per_utterance(
+def embed_per_utterance(
     model: Wav2Vec2EEForCTC, input_values: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> EncoderState:
     """The encoder input of each utterance computed alone (unpadded), then padded into one batch."""
@@ -111,9 +111,9 @@ def forward_exits(
         raise ValueError(f"exit indices {exits} must lie in [0, {len(layers) - 1}]")
     if per_utterance_cnn == "auto":
         padded = attention_mask is not None and not bool(attention_mask.bool().all())
-        per_utterance_cnn = padded and _uses_group_norm_cnn(model)
+        per_utterance_cnn = padded and uses_group_norm_cnn(model)
     if per_utterance_cnn:
-        state = _embed_per_utterance(model, input_values, attention_mask)
+        state = embed_per_utterance(model, input_values, attention_mask)
     else:
         state = model.embed(input_values, attention_mask)
     by_layer = {layers[k]: k for k in wanted}

@@ -76,9 +76,9 @@ def checkpoint_has_exits(checkpoint: str | os.PathLike) -> bool:
         return True
     if any("EE" in name for name in config.get("architectures") or []):
         return True
-    from ..modeling import _checkpoint_keys
+    from ..modeling import checkpoint_keys
 
-    keys = _checkpoint_keys(path)
+    keys = checkpoint_keys(path)
     return bool(keys) and is_original_layout(keys)
 
 
@@ -148,7 +148,7 @@ def load_evaluation_model(
     )
 
 
-def _min_duration(model: Wav2Vec2EEForCTC) -> float:
+def min_duration_for_ctc(model: Wav2Vec2EEForCTC) -> float:
     """Seconds of audio the CNN needs for one output frame (shorter files cannot be evaluated)."""
     samples = 1
     for kernel, stride in reversed(list(zip(model.config.conv_kernel, model.config.conv_stride))):
@@ -472,7 +472,7 @@ def evaluate_checkpoint(
         )
 
     summaries: dict[str, dict] = {}
-    min_duration = _min_duration(em.model)
+    min_duration = min_duration_for_ctc(em.model)
     for name, split in pairs:
         settings = {**base_settings, "split": split}
         done = None if overwrite else _completed_summary(output_dir, name, settings)

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..evaluation.engine import _embed_per_utterance, _uses_group_norm_cnn
+from ..evaluation.engine import embed_per_utterance, uses_group_norm_cnn
 from ..modeling import EncoderState, Wav2Vec2EEForCTC
-from .features import time_major_feature_encoder
 from .policies import Decoders, ExitPolicy, ExitView
 
 
@@ -33,18 +32,15 @@ def embed_batch(
 
     A group-norm CNN (``feat_extract_norm="group"``) normalises over padding too, so for a padded
     batch of such a model each utterance's CNN runs alone (as in evaluation); otherwise in one call,
-    time-major when ``fast_cnn`` (:mod:`.features`: same function, about half the time).
+    time-major when ``fast_cnn`` (:mod:`wav2vec2_ee.features`: same function, about half the time).
 
     Args:
         input_values: ``(batch, samples)``; attention_mask: ``(batch, samples)``, 1 on real samples.
     """
     padded = attention_mask is not None and not bool(attention_mask.bool().all())
-    if padded and _uses_group_norm_cnn(model):
-        return _embed_per_utterance(model, input_values, attention_mask)
-    if not fast_cnn:
-        return model.embed(input_values, attention_mask if padded else None)
-    with time_major_feature_encoder(model):
-        return model.embed(input_values, attention_mask if padded else None)
+    if padded and uses_group_norm_cnn(model):
+        return embed_per_utterance(model, input_values, attention_mask)
+    return model.embed(input_values, attention_mask if padded else None, fast_cnn=fast_cnn)
 
 
 @dataclass
@@ -129,7 +125,7 @@ def run_early_exit(
         decoders: tokenizer (for transcripts and the patience policy) and lexicon decoder (for the
             posterior policy).
         return_logits: also return each utterance's answering logits.
-        fast_cnn: compute the CNN time-major (:mod:`.features`; same results up to float rounding).
+        fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`; same results up to float rounding).
     """
     start = time.perf_counter()
     decoders = decoders or Decoders()

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..data import PreparedUtterance, SpeechDataset, load_split, prepare_utterances
 from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode_exits, nbest_posterior
 from ..evaluation.engine import iter_exit_logits
-from ..evaluation.evaluate import EvaluationModel, _min_duration, normalize_transcript, resolve_splits
+from ..evaluation.evaluate import EvaluationModel, min_duration_for_ctc, normalize_transcript, resolve_splits
 from ..evaluation.metrics import mean_frame_entropy, mean_max_prob, word_errors
 from .policies import POLICIES, ExitPolicy, ExitView, ThresholdPolicy, policy_with_value
 
@@ -54,7 +54,7 @@ def load_prepared_split(
         utterances,
         em.tokenizer,
         require_text=True,
-        min_duration=_min_duration(em.model),
+        min_duration=min_duration_for_ctc(em.model),
         progress=progress,
         desc=f"checking {name}",
     )

@@ -25,7 +25,7 @@ from ..data import load_audio
 from ..data.audio import SAMPLING_RATE
 from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.engine import length_grouped_batches
-from ..evaluation.evaluate import _min_duration
+from ..evaluation.evaluate import min_duration_for_ctc
 from ..modeling import Wav2Vec2EEForCTC, load_model
 from ..vocab import build_processor
 from .engine import run_early_exit
@@ -72,7 +72,7 @@ class Transcriber:
         processor: feature extractor + tokenizer (default: the bundled vocabulary).
         lexicon_decoder: the lexicon beam decoder that the ``posterior`` policy needs.
         batch_size / max_batch_seconds: utterances and seconds of padded audio per batch.
-        fast_cnn: compute the CNN time-major (:mod:`.features`; same results up to float rounding).
+        fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`; same results up to float rounding).
     """
 
     def __init__(
@@ -93,7 +93,7 @@ class Transcriber:
         self.batch_size = int(batch_size)
         self.max_batch_seconds = max_batch_seconds
         self.fast_cnn = fast_cnn
-        self._min_seconds = _min_duration(model)
+        self._min_seconds = min_duration_for_ctc(model)
 
     @classmethod
     def from_pretrained(
