@@ -28,12 +28,13 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     root, printed = quick_demo
     # the table: one row per exit layer of the quick model
-    assert "WER by exit on held-out voices (test: 40 utterances" in printed
+    assert "WER by exit on held-out voices (test: 40 utterances)" in printed
     table = printed.split("WER by exit", 1)[1].splitlines()
+    assert table[1].split() == ["exit", "layer", "test", "greedy", "test", "lexicon"]
     layers = demo.PRESETS["quick"].model["exit_layers"]
     rows = [line.split() for line in table[2 : 2 + len(layers)]]
     assert [int(r[0]) for r in rows] == layers
-    assert all(0.0 <= float(r[1]) <= 1000.0 and r[2] == "%" for r in rows)
+    assert all(0.0 <= float(r[k]) <= 1000.0 and r[k + 1] == "%" for r in rows for k in (1, 3))
     # the files it points to
     for path in (
         "corpus/corpus.json",
@@ -50,7 +51,8 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
         assert (root / path).is_file(), path
         assert str(root / path) in printed or path.startswith(("corpus", "configs", "ee/model", "ee/demo"))
     summary = json.loads((root / "demo_summary.json").read_text())
-    assert set(summary["wer"]["test"]) == {str(x) for x in layers}
+    assert set(summary["wer"]["test greedy"]) == {str(x) for x in layers}
+    assert set(summary["wer"]["test lexicon"]) == {str(x) for x in layers}
     assert summary["timings"]["train"]["steps"] == demo.PRESETS["quick"].training["max_steps"]
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())
@@ -90,14 +92,19 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
 
     from wav2vec2_ee.demo_reproduce import RunResult
 
-    wer = {"test": {2: 0.5, 4: 0.25, 6: 0.125}, "dev": {2: 0.5, 4: 0.3, 6: 0.2}}
-    rows = [RunResult(ee, wer), RunResult(from_ee[0], error="failed: boom")]
-    base = [RunResult(b, {"test": {n: 0.1 * n}, "dev": {n: 0.2}}) for b, n in zip(baselines, (2, 4, 6))]
-    text = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "# title", "notes")
+    greedy = {"test": {2: 0.5, 4: 0.25, 6: 0.125}, "dev": {2: 0.5, 4: 0.3, 6: 0.2}}
+    rows = [RunResult(ee, {"greedy": greedy, "lexicon": {}}), RunResult(from_ee[0], error="failed: boom")]
+    base = [
+        RunResult(b, {"greedy": {"test": {n: 0.1 * n}, "dev": {n: 0.2}}})
+        for b, n in zip(baselines, (2, 4, 6))
+    ]
+    text = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"))
     assert "| run | layer 2 | layer 4 | layer 6 |" in text
     assert "| EE | 50.0 / 50.0 | 25.0 / 30.0 | 12.5 / 20.0 |" in text
     assert "failed: boom" in text
     assert "| 4 | 40.0 | 20.0 |" in text
+    lexicon = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "lexicon")
+    assert "| EE | - | - | - |" in lexicon
 
 
 @pytest.mark.parametrize("name", ["demo.json", "demo_quick.json"])

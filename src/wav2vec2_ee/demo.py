@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------------
 # presets
 
+#: The corpus split the demo trains on (its words are the lexicon of the lexicon decoder).
+TRAIN_SPLITS = ("train",)
+
 #: The demo model: a wav2vec2 encoder sized for a CPU. The CNN front end is cheaper than wav2vec2's
 #: (5 layers, first stride 10, group norm on the first layer only) with the same 20 ms frame rate;
 #: pre-LN (stable layer norm) transformer of 6 layers, exits after layers 2, 4 and 6.
@@ -52,8 +55,8 @@ DEMO_MODEL: dict = {
     "do_stable_layer_norm": True,
     "num_conv_pos_embeddings": 64,
     "num_conv_pos_embedding_groups": 8,
-    "hidden_dropout": 0.1,
-    "attention_dropout": 0.1,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
     "activation_dropout": 0.0,
     "feat_proj_dropout": 0.0,
     "final_dropout": 0.0,
@@ -67,15 +70,15 @@ DEMO_MODEL: dict = {
 DEMO_TRAINING: dict = {
     "objective": "ee",
     "freeze_feature_encoder": False,
-    "train_splits": ["train"],
+    "train_splits": list(TRAIN_SPLITS),
     "cache_audio": True,
     "train_sampling_strategy": "group_by_length",
-    "per_device_train_batch_size": 16,
-    "learning_rate": 3e-3,
-    "warmup_steps": 60,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 2e-3,
+    "warmup_steps": 150,
     "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-    "max_steps": 1000,
+    "max_steps": 2000,
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,
@@ -91,7 +94,7 @@ RUN_DEFAULTS: dict = {
 }
 
 #: How the ``--reproduce`` runs that start from the EE model differ from it (a shorter, gentler schedule).
-DEMO_FINETUNE: dict = {"learning_rate": 1e-3, "warmup_steps": 25, "max_steps": 500}
+DEMO_FINETUNE: dict = {"learning_rate": 5e-4, "warmup_steps": 50, "max_steps": 1000}
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class DemoPreset:
     training: dict
     finetune: dict
     eval_splits: tuple[str, ...] = ("test",)
+    lexicon_beam_size: int | None = 100
     reproduce_splits: tuple[str, ...] = ("test", "dev")
 
 
@@ -124,8 +128,9 @@ PRESETS: dict[str, DemoPreset] = {
             "num_conv_pos_embedding_groups": 4,
             "exit_layers": [2, 4],
         },
-        {**DEMO_TRAINING, "max_steps": 40, "warmup_steps": 5, "per_device_train_batch_size": 8},
+        {**DEMO_TRAINING, "max_steps": 40, "warmup_steps": 5},
         {**DEMO_FINETUNE, "max_steps": 10, "warmup_steps": 2},
+        lexicon_beam_size=20,
     ),
 }
 
@@ -176,6 +181,10 @@ class DemoArguments:
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Retrain and re-evaluate even when a previous run finished."}
+    )
+    no_lexicon: bool = field(
+        default=False,
+        metadata={"help": "Greedy decoding only (skip the lexicon-constrained beam search column)."},
     )
     verbose: bool = field(default=False, metadata={"help": "Show the library's INFO logs."})
 
@@ -250,15 +259,33 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False) -> dict:
 
 
 def evaluate_run(
-    model_dir: Path, eval_dir: Path, corpus: Path, splits: tuple[str, ...], overwrite: bool = False
+    model_dir: Path,
+    eval_dir: Path,
+    corpus: Path,
+    splits: tuple[str, ...],
+    lexicon_beam_size: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite; its printout is captured.
+    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured).
 
-    Returns ``{"seconds", "wer": {split: {layer: wer}}, "files": {...}}`` (WER as a fraction).
+    Greedy decoding always; with ``lexicon_beam_size`` also flashlight's lexicon-constrained beam search
+    (no language model) over the words of the corpus's training transcripts (the evaluation suite's
+    ``posterior`` exit statistic, whose best hypothesis it scores).
+
+    Returns ``{"seconds", "greedy": {split: {layer: wer}}, "lexicon": {...}, "utterances": {split: n}}``
+    with WER as a fraction (``"lexicon"`` is empty without ``lexicon_beam_size``).
     """
     from .evaluation.evaluate import evaluate_checkpoint
 
     start = time.perf_counter()
+    lexicon = {}
+    if lexicon_beam_size:
+        lexicon = {
+            "exit_stats": ["posterior"],
+            "train_splits": list(TRAIN_SPLITS),
+            "lexicon_beam_size": int(lexicon_beam_size),
+            "nbest": 1,
+        }
     with contextlib.redirect_stdout(io.StringIO()):  # the demo prints its own table
         overview = evaluate_checkpoint(
             str(model_dir),
@@ -267,25 +294,34 @@ def evaluate_run(
             splits=list(splits),
             progress=False,
             overwrite=overwrite,
+            **lexicon,
         )
-    wer = {
-        split: {int(e["layer"]): float(e["wer"]) for e in data["exits"].values()}
-        for split, data in overview["splits"].items()
+
+    def by_layer(key: str) -> dict[str, dict[int, float]]:
+        return {
+            split: {int(e["layer"]): float(e["wer"]) for e in data[key].values()}
+            for split, data in overview["splits"].items()
+            if key in data
+        }
+
+    return {
+        "seconds": round(time.perf_counter() - start, 1),
+        "greedy": by_layer("exits"),
+        "lexicon": by_layer("lexicon_beam") if lexicon else {},
+        "utterances": {split: int(data.get("utterances", 0)) for split, data in overview["splits"].items()},
     }
-    utterances = {split: int(data.get("utterances", 0)) for split, data in overview["splits"].items()}
-    return {"seconds": round(time.perf_counter() - start, 1), "wer": wer, "utterances": utterances}
 
 
-def format_wer_by_exit(wer: dict[str, dict[int, float]]) -> str:
-    """The WER-by-exit table: one row per exit layer, one column per split, WER in percent."""
-    splits = list(wer)
-    layers = sorted({layer for by_layer in wer.values() for layer in by_layer})
-    width = [max(8, len(s)) for s in splits]
-    lines = ["exit layer" + "".join(f"  {s:>{w}}" for s, w in zip(splits, width))]
+def format_wer_by_exit(columns: dict[str, dict[int, float]]) -> str:
+    """The WER-by-exit table: one row per exit layer, one column per entry of ``columns``, in percent."""
+    names = list(columns)
+    layers = sorted({layer for by_layer in columns.values() for layer in by_layer})
+    width = [max(9, len(n)) for n in names]
+    lines = ["exit layer" + "".join(f"  {n:>{w}}" for n, w in zip(names, width))]
     for layer in layers:
         cells = "".join(
-            f"  {100 * wer[s][layer]:>{w - 2}.1f} %" if layer in wer[s] else f"  {'-':>{w}}"
-            for s, w in zip(splits, width)
+            f"  {100 * columns[n][layer]:>{w - 2}.1f} %" if layer in columns[n] else f"  {'-':>{w}}"
+            for n, w in zip(names, width)
         )
         lines.append(f"{layer:>10}" + cells)
     return "\n".join(lines)
@@ -369,16 +405,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. evaluation on the held-out voices
     model_dir, eval_dir = out / spec.name, out / spec.name / "eval"
-    result = evaluate_run(model_dir, eval_dir, corpus, preset.eval_splits, overwrite=args.overwrite)
+    result = evaluate_run(
+        model_dir,
+        eval_dir,
+        corpus,
+        preset.eval_splits,
+        lexicon_beam_size=None if args.no_lexicon else preset.lexicon_beam_size,
+        overwrite=args.overwrite,
+    )
     timings["evaluate"] = {"seconds": result["seconds"]}
     total = time.perf_counter() - start
 
+    # 4. the table and where everything is
     split = preset.eval_splits[0]
+    columns = {f"{s} greedy": wer for s, wer in result["greedy"].items()}
+    columns.update({f"{s} lexicon": wer for s, wer in result["lexicon"].items()})
     print()
-    print(
-        f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances, greedy decoding)"
-    )
-    print(format_wer_by_exit(result["wer"]))
+    print(f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances)")
+    print(format_wer_by_exit(columns))
+    if result["lexicon"]:
+        print(
+            "  greedy: best path; lexicon: beam search restricted to the words of the training transcripts\n"
+            f"  (flashlight, beam {preset.lexicon_beam_size}, no language model)"
+        )
     print()
     per_step = timings["train"].get("seconds_per_step")
     _say(
@@ -387,8 +436,10 @@ def main(argv: list[str] | None = None) -> int:
         f"total {total:.0f} s"
     )
     _say(f"model:            {model_dir}")
-    _say(f"WER per exit:     {eval_dir / 'wer_results.txt'} (and .json)")
+    _say(f"WER per exit:     {eval_dir / 'wer_results.txt'}, {eval_dir / 'wer_results.json'}")
     _say(f"per utterance:    {eval_dir / f'{split}_results.txt'}")
+    if result["lexicon"]:
+        _say(f"lexicon decoding: {eval_dir / 'posterior_wer' / split}/wer_<layer>.txt")
     _say(f"plot:             {eval_dir / 'wer_by_exit.png'}")
     summary = {
         "preset": preset.name,
@@ -396,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": str(corpus),
         "model_dir": str(model_dir),
         "eval_dir": str(eval_dir),
-        "wer": {s: {str(k): v for k, v in by.items()} for s, by in result["wer"].items()},
+        "wer": {name: {str(k): v for k, v in by.items()} for name, by in columns.items()},
         "timings": timings,
         "total_seconds": round(total, 1),
         "model_config": preset.model,

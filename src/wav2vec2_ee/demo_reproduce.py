@@ -38,7 +38,7 @@ class RunResult:
     """What one row of the table needs."""
 
     spec: RunSpec
-    wer: dict[str, dict[int, float]] | None = None
+    wer: dict[str, dict[str, dict[int, float]]] | None = None  # decoder -> split -> layer -> WER
     timing: dict | None = None
     eval_seconds: float | None = None
     error: str | None = None
@@ -127,44 +127,55 @@ def format_reproduce_table(
     baselines: list[RunResult],
     exit_layers: list[int],
     splits: tuple[str, ...],
-    header: str,
-    notes: str,
+    decoder: str = "greedy",
 ) -> str:
-    """Markdown in the layout of the seed's ``seed-results.md``: a run x exit table, then baselines."""
-    lines = [header, ""]
-    lines.append("| run | " + " | ".join(f"layer {x}" for x in exit_layers) + " |")
+    """Markdown in the layout of the seed's ``seed-results.md``: a run x exit table, then the baselines.
+
+    Cells are ``<split 1> / <split 2>`` WERs in percent, decoded with ``decoder`` (a key of
+    :attr:`RunResult.wer`).
+    """
+    lines = ["| run | " + " | ".join(f"layer {x}" for x in exit_layers) + " |"]
     lines.append("|---|" + "---|" * len(exit_layers))
     for r in rows:
         label = r.spec.label + (f" ({r.error})" if r.error else "")
-        lines.append(f"| {label} | " + " | ".join(_cell(r.wer, x, splits) for x in exit_layers) + " |")
+        wer = None if r.wer is None else r.wer.get(decoder, {})
+        lines.append(f"| {label} | " + " | ".join(_cell(wer, x, splits) for x in exit_layers) + " |")
     lines += ["", "Baselines without early exits, trained with N encoder layers (final layer only):", ""]
     lines.append("| layers | " + " | ".join(splits) + " |")
     lines.append("|---|" + "---|" * len(splits))
     for r in baselines:
         layers = int(r.spec.train["num_hidden_layers"])
-        cells = [
-            "failed"
-            if r.wer is None
-            else f"{100 * r.wer[s][layers]:.1f}"
-            if layers in r.wer.get(s, {})
-            else "-"
-            for s in splits
-        ]
+        wer = None if r.wer is None else r.wer.get(decoder, {})
+        cells = [_cell(wer, layers, (s,)) for s in splits]
         lines.append(f"| {layers} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", notes, ""])
+    return "\n".join(lines)
 
 
-def _run_one(spec: RunSpec, out: Path, corpus: Path, splits: tuple[str, ...], overwrite: bool) -> RunResult:
+def _error(err: Exception) -> str:
+    return f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
+
+
+def _evaluate(result: RunResult, model_dir: Path, corpus: Path, preset: DemoPreset, overwrite: bool) -> None:
+    evaluated = evaluate_run(
+        model_dir,
+        model_dir / "eval",
+        corpus,
+        preset.reproduce_splits,
+        lexicon_beam_size=preset.lexicon_beam_size,
+        overwrite=overwrite,
+    )
+    result.wer = {"greedy": evaluated["greedy"], "lexicon": evaluated["lexicon"]}
+    result.eval_seconds = evaluated["seconds"]
+
+
+def _run_one(spec: RunSpec, out: Path, corpus: Path, preset: DemoPreset, overwrite: bool) -> RunResult:
     result = RunResult(spec)
     try:
         result.timing = train_run(spec, out, overwrite=overwrite)
-        evaluated = evaluate_run(
-            out / spec.name, out / spec.name / "eval", corpus, splits, overwrite=overwrite
-        )
-        result.wer, result.eval_seconds = evaluated["wer"], evaluated["seconds"]
+        _evaluate(result, out / spec.name, corpus, preset, overwrite)
     except Exception as err:  # one failed run must not cost the others: it is reported in the table
         logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
-        result.error = f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
+        result.error = _error(err)
         _say(f"{spec.name}: {result.error}")
     gc.collect()
     return result
@@ -186,9 +197,9 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
         "(finished runs are skipped; rerun to resume)"
     )
 
-    ee_result = _run_one(ee, out, corpus, splits, overwrite)
-    rows = [ee_result] + [_run_one(spec, runs_dir, corpus, splits, overwrite) for spec in from_ee]
-    baselines = [_run_one(spec, runs_dir, corpus, splits, overwrite) for spec in baseline_specs]
+    ee_result = _run_one(ee, out, corpus, preset, overwrite)
+    rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in from_ee]
+    baselines = [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in baseline_specs]
 
     # the seed's first row: the deepest baseline read at every exit through its one head
     deepest = baselines[-1]
@@ -203,10 +214,10 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     if deepest.wer is not None:
         try:
             copy_dir = shared_head_copy(runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name)
-            no_ee.wer = evaluate_run(copy_dir, copy_dir / "eval", corpus, splits, overwrite=overwrite)["wer"]
+            _evaluate(no_ee, copy_dir, corpus, preset, overwrite)
         except Exception as err:
             logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())
-            no_ee.error = f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
+            no_ee.error = _error(err)
     else:
         no_ee.error = "failed: its baseline failed"
     rows.insert(0, no_ee)
@@ -226,7 +237,7 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     header = (
         "# Reproduction of the seed's results on the synthetic eSpeak NG corpus\n\n"
         f"Word error rates (%) on the held-out voices of the corpus `{corpus}`: "
-        f"{' / '.join(splits)} (voices never heard in training), greedy decoding. Model: the demo's "
+        f"{' / '.join(splits)} (voices never heard in training). Model: the demo's "
         f"wav2vec2 configuration ({preset.model['num_hidden_layers']} layers, hidden size "
         f"{preset.model['hidden_size']}), trained from scratch on this CPU; exits after layers "
         f"{', '.join(map(str, exit_layers))}."
@@ -241,7 +252,22 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
         f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
         f"command {seconds / 60:.1f} min):\n\n{per_run}"
     )
-    text = format_reproduce_table(rows, baselines, exit_layers, splits, header, notes)
+    parts = [
+        header,
+        "",
+        "## Greedy decoding",
+        "",
+        format_reproduce_table(rows, baselines, exit_layers, splits),
+    ]
+    if preset.lexicon_beam_size:
+        parts += [
+            "",
+            f"## Lexicon-constrained beam search (words of the training transcripts, beam "
+            f"{preset.lexicon_beam_size}, no language model)",
+            "",
+            format_reproduce_table(rows, baselines, exit_layers, splits, "lexicon"),
+        ]
+    text = "\n".join([*parts, "", notes, ""])
     atomic_write_text(out / "reproduce.md", text)
     record = {
         "splits": list(splits),
