@@ -23,6 +23,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -380,11 +381,39 @@ def ee_run(preset: DemoPreset, out: Path, corpus: Path, max_steps: int | None) -
     """The main run: EE training from scratch of the preset's model."""
     model_file = out / "configs" / "model.json"
     atomic_write_text(model_file, json.dumps(preset.model, indent=2) + "\n")
-    train = {**preset.training, **RUN_DEFAULTS, "model": str(model_file), "data": str(corpus)}
+    train = train_config(preset, model_file, corpus)
     if max_steps is not None:
         train["max_steps"] = max_steps
     steps = train["max_steps"]
     return RunSpec("ee", f"EE training from scratch (sum of exit CTC losses), {steps} steps", train)
+
+
+def train_config(preset: DemoPreset, model_file: str | os.PathLike, corpus: str | os.PathLike) -> dict:
+    """The ``wav2vec2-ee train`` arguments of the preset's EE run (``output_dir`` is set per run)."""
+    return {**preset.training, **RUN_DEFAULTS, "model": str(model_file), "data": str(corpus)}
+
+
+def write_config_files(
+    configs_dir: str | os.PathLike = "configs", output_dir: str = "demo_out"
+) -> list[Path]:
+    """Write ``demo[_quick].json`` + ``demo[_quick]_model.json``: the presets' EE runs as train configs.
+
+    ``wav2vec2-ee train configs/demo.json`` then repeats the demo's training (after ``wav2vec2-ee demo``
+    or ``make-corpus demo_out/corpus`` built the corpus). Regenerate after changing a preset::
+
+        python -c "from wav2vec2_ee.demo import write_config_files; write_config_files()"
+    """
+    written = []
+    for name, preset in PRESETS.items():
+        stem = "demo" if name == "default" else f"demo_{name}"
+        root = Path(output_dir) if name == "default" else Path(output_dir) / name
+        model_file = Path(configs_dir) / f"{stem}_model.json"
+        config = {**train_config(preset, model_file.as_posix(), (root / "corpus").as_posix())}
+        config["output_dir"] = (root / "ee").as_posix()
+        for path, data in ((model_file, preset.model), (Path(configs_dir) / f"{stem}.json", config)):
+            atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+            written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,7 +504,9 @@ __all__ = [
     "evaluate_run",
     "format_wer_by_exit",
     "main",
+    "train_config",
     "train_run",
+    "write_config_files",
 ]
 
 if __name__ == "__main__":
