@@ -11,23 +11,9 @@ from wav2vec2_ee import load_model
 from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.training.cli import parse_args
 
-TINY = {
-    "vocab_size": 32,
-    "hidden_size": 32,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "conv_dim": [32, 32, 32, 32],
-    "conv_stride": [5, 4, 4, 2],
-    "conv_kernel": [10, 4, 4, 2],
-    "num_conv_pos_embeddings": 16,
-    "num_conv_pos_embedding_groups": 4,
-    "do_stable_layer_norm": True,
-    "feat_extract_norm": "layer",
-    "exit_layers": [2, 4],
-    "mask_time_prob": 0.0,
-    "ctc_loss_reduction": "mean",
-}
+from helpers_audio import TINY_MODEL
+
+TINY = TINY_MODEL
 
 
 @pytest.fixture(scope="module")
