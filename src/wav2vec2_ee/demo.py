@@ -178,7 +178,11 @@ class DemoArguments:
         metadata={"help": "Training steps of the EE run and the baselines (default: the preset's)."},
     )
     threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: torch's choice, the physical cores)."}
+        default=None,
+        metadata={
+            "help": "torch CPU threads (default: torch's choice, the physical cores, lowered to the cores "
+            "left idle by other processes when the machine is busy)."
+        },
     )
     overwrite: bool = field(
         default=False, metadata={"help": "Retrain and re-evaluate even when a previous run finished."}
@@ -332,15 +336,36 @@ def format_wer_by_exit(columns: dict[str, dict[int, float]]) -> str:
 # the demo
 
 
+def idle_threads() -> int | None:
+    """Threads for a busy machine: the cores other processes leave idle (1-minute load average), or
+    ``None`` (torch's default) when the machine is idle.
+
+    Two threads sharing one free core with other processes spin and wait for each other (a training
+    step took 3x longer than with one thread on this project's 2-core machine under load).
+    """
+    import torch
+
+    default = torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    idle = int((os.cpu_count() or default) - load + 0.5)
+    return max(1, idle) if idle < default else None
+
+
 def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
     preset = PRESETS["quick" if args.quick else "default"]
     out = Path(args.output_dir) / "quick" if args.quick else Path(args.output_dir)
     corpus = Path(args.corpus_dir) if args.corpus_dir else out / "corpus"
     out.mkdir(parents=True, exist_ok=True)
-    if args.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(int(args.threads))
+    threads = args.threads or idle_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    _say(f"torch threads: {torch.get_num_threads()} ({os.cpu_count()} cores, load average {load:.1f})")
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if args.verbose else logging.WARNING,
