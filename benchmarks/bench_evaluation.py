@@ -5,11 +5,13 @@ layers 2/4/6, layer-norm CNN: the cpu-calibration config) and produce greedy tra
 exit:
 
 * ``seed loop``: what the seed's ``eval.py`` did: one utterance at a time (batch size 1, no length
-  grouping), one forward pass reading every exit, then each exit decoded separately with the
-  processor (``argmax`` + ``batch_decode``).
-* ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint`: length-grouped batches with attention
-  masks, ``torch.inference_mode``, one vectorised argmax over all exits, jiwer scoring and the result
-  files (the plot is left out: it is a constant ~0.3 s).
+  grouping), one forward pass of the ``transformers`` encoder with ``output_hidden_states=True`` (its
+  own CNN and layers), every exit head applied to its layer's hidden states, then each exit decoded
+  separately with the processor (``argmax`` + ``batch_decode``).
+* ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint` with its defaults: length-grouped
+  batches with attention masks, the time-major CNN, ``torch.inference_mode``, one vectorised argmax
+  over all exits, one forked process per core each running one thread (``--processes``), jiwer scoring
+  and the result files (the plot is left out: it is a constant ~0.3 s).
 
 On a shared machine, OpenMP's default busy-waiting makes every parallel region slow when the cores are
 also used by other processes, which penalises the batch-1 loop (about 25x more, smaller parallel
@@ -105,39 +107,50 @@ def make_data(root: Path, n: int, min_s: float, max_s: float, seed: int = 0) -> 
     return root
 
 
-def seed_loop(checkpoint: Path, data: Path) -> tuple[dict[str, list[str]], float]:
+def seed_loop(checkpoint: Path, data: Path, split: str) -> tuple[dict[str, list[str]], float]:
     """The seed's evaluation: batch size 1, every exit decoded separately with the processor."""
     processor = build_processor(checkpoint)
     model = load_model(str(checkpoint)).eval()
-    trans = next((data / "test").glob("*/*/*.trans.txt"))
-    items = [line.split(" ", 1) for line in trans.read_text().splitlines()]
+    items = [
+        (trans.parent / f"{line.split(' ', 1)[0]}.flac", line.split(" ", 1)[0])
+        for trans in sorted((data / split).glob("*/*/*.trans.txt"))
+        for line in trans.read_text().splitlines()
+    ]
     hyps: dict[str, list[str]] = {}
     seconds = 0.0
-    for utt_id, _text in items:
-        audio = load_audio(trans.parent / f"{utt_id}.flac")
+    layers = model.config.exit_layers
+    final_norm = model.wav2vec2.encoder.layer_norm
+    for path, utt_id in items:
+        audio = load_audio(path)
         seconds += len(audio) / 16_000
         inputs = processor(audio, sampling_rate=16_000, return_tensors="pt")
         with torch.no_grad():
-            out = model(inputs.input_values)
+            # transformers' Wav2Vec2Model forward: its CNN, every layer's output (transformers 5 records
+            # them before the pre-LN encoder's final LayerNorm, which each exit applies, as ours do)
+            hidden = model.wav2vec2(inputs.input_values, output_hidden_states=True).hidden_states
+            exit_logits = [model.head(k)(final_norm(hidden[layer])) for k, layer in enumerate(layers)]
         hyps[utt_id] = []
-        for logits in out.exit_logits:
+        for logits in exit_logits:
             predicted_ids = torch.argmax(logits, dim=-1)
             hyps[utt_id].append(normalize_transcript(processor.batch_decode(predicted_ids)[0]))
     return hyps, seconds
 
 
-def ours(checkpoint: Path, data: Path, out: Path, batch_size: int) -> dict[str, list[str]]:
+def ours(
+    checkpoint: Path, data: Path, split: str, out: Path, batch_size: int, processes: int | None
+) -> dict[str, list[str]]:
     evaluate_checkpoint(
         checkpoint,
         out,
         data,
-        splits=["test"],
+        splits=[split],
         batch_size=batch_size,
+        processes=processes,
         overwrite=True,
         progress=False,
         plot=False,
     )
-    items = parse_split_results((out / "test_results.txt").read_text())
+    items = parse_split_results((out / f"{split}_results.txt").read_text())
     return {it["file"]: list(it["hypotheses"].values()) for it in items}
 
 
@@ -147,7 +160,16 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--max-seconds", type=float, default=4.0)
     parser.add_argument("--batch-size", type=int, default=8, help="ours: utterances per batch (the default)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="ours: worker processes (default: evaluate's, one per core)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--checkpoint", help="a trained checkpoint instead of the random model")
+    parser.add_argument("--data", help="with --checkpoint: a LibriSpeech-layout folder")
+    parser.add_argument("--split", default="test", help="the split of --data (default: test)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -156,43 +178,64 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        torch.manual_seed(0)
-        Wav2Vec2EEForCTC(bench_config()).save_pretrained(tmp / "model")
-        data = make_data(tmp / "data", args.utterances, args.min_seconds, args.max_seconds)
-        ours(tmp / "model", data, tmp / "warmup", args.batch_size)  # warm-up: imports, allocator, caches
+        if args.checkpoint:
+            if not args.data:
+                parser.error("--checkpoint needs --data (a LibriSpeech-layout folder)")
+            model, data = Path(args.checkpoint), Path(args.data)
+            described = f"{args.checkpoint} on {args.data}/{args.split}"
+        else:
+            torch.manual_seed(0)
+            model = tmp / "model"
+            Wav2Vec2EEForCTC(bench_config()).save_pretrained(model)
+            data = make_data(tmp / "data", args.utterances, args.min_seconds, args.max_seconds)
+            described = (
+                f"random model (hidden 192, 6 layers, exits 2/4/6, layer-norm CNN) on {args.utterances} "
+                f"synthetic utterances of {args.min_seconds}-{args.max_seconds} s"
+            )
+        ours(model, data, args.split, tmp / "warmup", args.batch_size, args.processes)  # warm-up
 
-        seed_times, our_times = [], []  # (wall, cpu) seconds per round
+        seed_times, our_times = [], []  # (wall, CPU including child processes) seconds per round
         for _ in range(args.rounds):
-            wall, cpu = time.perf_counter(), time.process_time()
-            seed_hyps, seconds = seed_loop(tmp / "model", data)
-            seed_times.append((time.perf_counter() - wall, time.process_time() - cpu))
-            wall, cpu = time.perf_counter(), time.process_time()
-            our_hyps = ours(tmp / "model", data, tmp / "out", args.batch_size)
-            our_times.append((time.perf_counter() - wall, time.process_time() - cpu))
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            seed_hyps, seconds = seed_loop(model, data, args.split)
+            seed_times.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+            wall, cpu = time.perf_counter(), cpu_seconds()
+            our_hyps = ours(model, data, args.split, tmp / "out", args.batch_size, args.processes)
+            our_times.append((time.perf_counter() - wall, cpu_seconds() - cpu))
 
     (seed_wall, seed_cpu), (our_wall, our_cpu) = min(seed_times), min(our_times)
-    load = os.getloadavg()[0]
     print(
-        f"machine: {os.cpu_count()} CPU cores (load average {load:.1f}), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
+        f"machine: {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
+    print(f"data: {len(seed_hyps)} utterances, {seconds:.1f} s of audio; {described}")
     print(
-        f"data: {args.utterances} utterances, {seconds:.1f} s of audio ({args.min_seconds}-{args.max_seconds} s each); "
-        "model: hidden 192, 6 layers, exits 2/4/6, layer-norm CNN"
-    )
-    print(
-        f"seed loop (batch 1, per-exit decode): {seconds / seed_wall:7.1f} audio s / wall s "
+        f"seed loop (batch 1, transformers forward, per-exit decode): {seconds / seed_wall:7.1f} audio s / wall s "
         f"({seed_wall:.2f} s wall, {seed_cpu:.2f} s CPU)"
     )
     print(
-        f"ours (batch {args.batch_size}, length-grouped):      {seconds / our_wall:7.1f} audio s / wall s "
-        f"({our_wall:.2f} s wall, {our_cpu:.2f} s CPU)"
+        f"ours (batch {args.batch_size}, length-grouped, processes {args.processes or 'auto'}): "
+        f"{seconds / our_wall:7.1f} audio s / wall s ({our_wall:.2f} s wall, {our_cpu:.2f} s CPU)"
     )
     print(
-        f"speedup: {seed_wall / our_wall:.2f}x wall, {seed_cpu / our_cpu:.2f}x CPU time (best of {args.rounds} rounds; "
-        f"all rounds, wall: seed {[round(w, 2) for w, _ in seed_times]}, ours {[round(w, 2) for w, _ in our_times]})"
+        f"speedup: {seed_wall / our_wall:.2f}x wall, {seed_cpu / our_cpu:.2f}x CPU time (best of {args.rounds} "
+        f"rounds; all rounds, wall: seed {[round(w, 2) for w, _ in seed_times]}, "
+        f"ours {[round(w, 2) for w, _ in our_times]})"
     )
-    print(f"hypotheses identical at every exit: {seed_hyps == our_hyps}")
+    differ = sum(
+        seed_hyps[u][k] != our_hyps.get(u, [None] * len(h))[k]
+        for u, h in seed_hyps.items()
+        for k in range(len(h))
+    )
+    total = sum(len(h) for h in seed_hyps.values())
+    print(f"hypotheses identical at every exit: {seed_hyps == our_hyps} ({differ} of {total} differ)")
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the forked workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 if __name__ == "__main__":

@@ -10,8 +10,6 @@ import pytest
 from wav2vec2_ee import cli, demo
 from wav2vec2_ee.demo_reproduce import format_reproduce_table, reproduce_runs
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -25,6 +23,7 @@ def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return out / "quick", buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     root, printed = quick_demo
     # the table: one row per exit layer of the quick model
@@ -59,6 +58,7 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")
 
 
+@pytest.mark.slow
 def test_rerun_reuses_corpus_and_model(quick_demo: tuple[Path, str], capsys: pytest.CaptureFixture) -> None:
     root, _ = quick_demo
     stamp = (root / "ee" / "model.safetensors").stat().st_mtime_ns
@@ -125,3 +125,14 @@ def test_config_files_match_the_presets(tmp_path: Path) -> None:
     config = json.loads((configs / "demo.json").read_text())
     assert config["data"] == "demo_out/corpus" and config["output_dir"] == "demo_out/ee"
     assert {k: config[k] for k in demo.PRESETS["default"].training} == demo.PRESETS["default"].training
+
+
+def test_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    for busy, expected in ((0.0, None), (0.3, None), (0.8, 1), (1.0, 1), (3.5, 1), (None, None)):
+        monkeypatch.setattr(demo, "busy_cores", lambda busy=busy: busy)
+        assert demo.idle_threads() == expected, busy
+    assert demo.busy_cores(0.01) is None or 0.0 <= demo.busy_cores(0.01) <= 2.0

@@ -356,6 +356,46 @@ def test_batch_size_does_not_change_results(assets, tmp_path):
         assert e1 == pytest.approx(e4, abs=1e-5)
 
 
+def test_worker_processes_give_the_same_results(assets, tmp_path):
+    common = dict(
+        checkpoint=assets["ee"],
+        data=assets["data"],
+        splits=["test-clean"],
+        exit_stats=["entropy", "posterior"],
+        lexicon_beam_size=30,
+        batch_size=2,
+    )
+    run_quiet(output_dir=tmp_path / "p1", processes=1, **common)
+    run_quiet(output_dir=tmp_path / "p2", processes=2, **common)
+    for name in ("test-clean_results.txt", "wer_results.txt", "posterior_wer/test-clean/wer_4.txt"):
+        assert _read(tmp_path / "p1" / name) == _read(tmp_path / "p2" / name)
+    for layer in (1, 4):
+        e1, e2 = (
+            [
+                float(x.split()[0])
+                for x in _read(tmp_path / p / f"entropy_wer/test-clean/entropy_{layer}.txt").splitlines()
+            ]
+            for p in ("p1", "p2")
+        )
+        assert e1 == pytest.approx(e2, abs=1e-5)
+
+
+def test_worker_processes_run_every_batch_once_elsewhere(assets):
+    from wav2vec2_ee.data import SpeechDataset, load_split, prepare_utterances
+    from wav2vec2_ee.evaluation.engine import iter_exit_logits
+
+    em = evaluate_module.load_evaluation_model(assets["ee"], None)
+    prepared, _ = prepare_utterances(load_split(assets["data"], ["test-clean"]), em.tokenizer, progress=False)
+    dataset = SpeechDataset(prepared, em.feature_extractor)
+    seen = list(
+        iter_exit_logits(
+            em.model, dataset, batch_size=1, processes=2, postprocess=lambda b: (os.getpid(), b.indices)
+        )
+    )
+    assert sorted(i for _, idx in seen for i in idx) == list(range(len(prepared)))
+    assert os.getpid() not in {pid for pid, _ in seen}
+
+
 def test_exits_flag_restricts_exits(assets, tmp_path):
     run_quiet(
         checkpoint=assets["ee"], output_dir=tmp_path, data=assets["data"], splits=["test-other"], exits=[3, 1]
@@ -430,7 +470,7 @@ def test_rerun_skips_complete_splits_and_writes_are_atomic(assets, tmp_path, mon
 def _fake_iter(spell):
     """A stand-in for ``iter_exit_logits`` whose exit ``k`` spells ``spell(k, reference)``."""
 
-    def fake(model, dataset, exits=None, batch_size=16, **kwargs):
+    def fake(model, dataset, exits=None, batch_size=16, postprocess=None, **kwargs):
         tok = build_tokenizer()
         for start in range(0, len(dataset), batch_size):
             idx = list(range(start, min(start + batch_size, len(dataset))))
@@ -438,7 +478,8 @@ def _fake_iter(spell):
             texts = [[spell(k, r) for r in refs] for k in range(len(exits))]
             frames = max(2 * len(t) for per_exit in texts for t in per_exit) + 4
             logits = [torch.stack([spelled_logits(t, tok, frames) for t in per_exit]) for per_exit in texts]
-            yield ExitBatch(idx, logits, torch.full((len(idx),), frames), 1.0)
+            batch = ExitBatch(idx, logits, torch.full((len(idx),), frames), 1.0)
+            yield postprocess(batch) if postprocess is not None else batch
 
     return fake
 

@@ -79,7 +79,7 @@ DEMO_TRAINING: dict = {
     "warmup_steps": 150,
     "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-    "max_steps": 2000,
+    "max_steps": 2300,
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,
@@ -95,7 +95,7 @@ RUN_DEFAULTS: dict = {
 }
 
 #: How the ``--reproduce`` runs that start from the EE model differ from it (a shorter, gentler schedule).
-DEMO_FINETUNE: dict = {"learning_rate": 5e-4, "warmup_steps": 50, "max_steps": 1000}
+DEMO_FINETUNE: dict = {"learning_rate": 5e-4, "warmup_steps": 50, "max_steps": 800}
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ class DemoPreset:
     training: dict
     finetune: dict
     eval_splits: tuple[str, ...] = ("test",)
-    lexicon_beam_size: int | None = 100
+    lexicon_beam_size: int | None = 500
     reproduce_splits: tuple[str, ...] = ("test", "dev")
 
 
@@ -336,21 +336,41 @@ def format_wer_by_exit(columns: dict[str, dict[int, float]]) -> str:
 # the demo
 
 
-def idle_threads() -> int | None:
-    """Threads for a busy machine: the cores other processes leave idle (1-minute load average), or
-    ``None`` (torch's default) when the machine is idle.
+def busy_cores(interval: float = 0.5) -> float | None:
+    """Cores kept busy by other processes, sampled from ``/proc/stat`` over ``interval`` seconds while
+    this process waits (``None`` where there is no ``/proc/stat``)."""
 
-    Two threads sharing one free core with other processes spin and wait for each other (a training
-    step took 3x longer than with one thread on this project's 2-core machine under load).
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
+def idle_threads() -> int | None:
+    """Threads for a busy machine: the cores that other processes leave idle right now, or ``None``
+    (torch's default, the physical cores) when they are all idle or this cannot be measured.
+
+    Two threads sharing one free core with other processes spin and wait for each other: a training
+    step took 3x longer than with one thread on this project's 2-core machine under load.
     """
     import torch
 
     default = torch.get_num_threads()
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
+    busy = busy_cores()
+    if busy is None:
         return None
-    idle = int((os.cpu_count() or default) - load + 0.5)
+    idle = int((os.cpu_count() or default) - busy + 0.5)
     return max(1, idle) if idle < default else None
 
 
@@ -364,8 +384,7 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
     threads = args.threads or idle_threads()
     if threads:
         torch.set_num_threads(int(threads))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    _say(f"torch threads: {torch.get_num_threads()} ({os.cpu_count()} cores, load average {load:.1f})")
+    _say(f"torch threads: {torch.get_num_threads()} ({os.cpu_count()} cores)")
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if args.verbose else logging.WARNING,

@@ -102,6 +102,13 @@ class EvaluationArguments:
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
+    processes: int | None = field(
+        default=None,
+        metadata={
+            "help": "processes that run and decode batches in parallel, sharing the torch threads (default on "
+            "CPU: one per thread, each running one thread; 1 on GPU). Results do not depend on it"
+        },
+    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar per split"})
     plot: bool = field(default=True, metadata={"help": "write wer_by_exit.png"})
 

@@ -19,8 +19,10 @@ transformer layers batched, which keeps results equal to batch size 1.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import multiprocessing as mp
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,6 +33,8 @@ from ..data.audio import SAMPLING_RATE
 from ..modeling import EncoderState, Wav2Vec2EEForCTC
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def length_grouped_batches(
@@ -168,6 +172,63 @@ class ExitBatch:
     seconds: float
 
 
+def default_processes(model: Wav2Vec2EEForCTC, num_batches: int) -> int:
+    """Worker processes for :func:`iter_exit_logits` on CPU: one per torch thread (each then runs one
+    thread), at most 8 and at most one per batch; 1 on GPU or where ``fork`` is unavailable.
+
+    Small matrices (a few hundred frames by a few hundred channels) keep two intra-op threads far from
+    twice as fast as one, while processes working on different batches scale almost linearly.
+    """
+    if next(model.parameters()).device.type != "cpu" or "fork" not in mp.get_all_start_methods():
+        return 1
+    return max(1, min(torch.get_num_threads(), 8, num_batches))
+
+
+def load_batch(
+    dataset: SpeechDataset, indices: Sequence[int], collator: DataCollatorCTCWithPadding
+) -> dict | None:
+    """The padded batch of ``indices`` (unreadable audio logged and left out; ``None`` if none is left)."""
+    return _Collate(collator)([_EvaluationItems(dataset)[i] for i in indices])
+
+
+def exit_batch(
+    model: Wav2Vec2EEForCTC,
+    batch: dict,
+    exits: Sequence[int] | None = None,
+    per_utterance_cnn: bool | str = "auto",
+) -> ExitBatch:
+    """:func:`forward_exits` of one collated batch (``input_values``, ``attention_mask``, ``utt_index``)."""
+    device = next(model.parameters()).device
+    input_values = batch["input_values"].to(device)
+    attention_mask = batch["attention_mask"].to(device)
+    with torch.inference_mode():
+        logits, lengths = forward_exits(model, input_values, attention_mask, exits, per_utterance_cnn)
+    return ExitBatch(
+        indices=batch["utt_index"].tolist(),
+        exit_logits=logits,
+        output_lengths=lengths,
+        seconds=float(attention_mask.sum()) / SAMPLING_RATE,
+    )
+
+
+#: What forked workers of :func:`iter_exit_logits` inherit: (model, dataset, exits, per_utterance_cnn,
+#: postprocess). Set only while a pool runs.
+_WORKER_STATE: tuple | None = None
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker_batch(indices: list[int]):
+    model, dataset, exits, per_utterance_cnn, postprocess = _WORKER_STATE
+    batch = load_batch(dataset, indices, DataCollatorCTCWithPadding(dataset.feature_extractor))
+    if batch is None:
+        return None
+    out = exit_batch(model, batch, exits, per_utterance_cnn)
+    return postprocess(out) if postprocess is not None else out
+
+
 def iter_exit_logits(
     model: Wav2Vec2EEForCTC,
     dataset: SpeechDataset,
@@ -176,30 +237,49 @@ def iter_exit_logits(
     max_batch_seconds: float | None = 60.0,
     num_workers: int = 0,
     per_utterance_cnn: bool | str = "auto",
-) -> Iterator[ExitBatch]:
+    processes: int | None = 1,
+    postprocess: Callable[[ExitBatch], T] | None = None,
+) -> Iterator[ExitBatch | T]:
     """Stream ``dataset`` through the model in length-grouped batches (in ``torch.inference_mode``).
 
     Utterances whose audio cannot be decoded are logged and left out (their indices never appear).
+
+    Args:
+        num_workers: ``DataLoader`` processes decoding audio (with ``processes == 1``).
+        processes: forked worker processes that each read, run and ``postprocess`` whole batches, the
+            torch threads shared among them (:func:`default_processes` when ``None``). Batches then
+            arrive in completion order; their ``indices`` say where they belong. Results equal those
+            of one process (same batches; only float rounding of the thread count may differ).
+        postprocess: applied to each :class:`ExitBatch` where it was computed (in the worker, so that
+            decoding runs in parallel too); what it returns is yielded instead of the batch.
     """
+    global _WORKER_STATE
     durations = [u.duration for u in dataset.utterances]
     batches = length_grouped_batches(durations, batch_size, max_batch_seconds)
+    if processes is None:
+        processes = default_processes(model, len(batches))
+    if processes > 1:
+        threads = max(1, torch.get_num_threads() // processes)
+        _WORKER_STATE = (model, dataset, exits, per_utterance_cnn, postprocess)
+        try:
+            with mp.get_context("fork").Pool(
+                processes, initializer=_worker_init, initargs=(threads,)
+            ) as pool:
+                for out in pool.imap_unordered(_worker_batch, batches):
+                    if out is not None:
+                        yield out
+        finally:
+            _WORKER_STATE = None
+        return
+
     loader = DataLoader(
         _EvaluationItems(dataset),
         batch_sampler=batches,
         collate_fn=_Collate(DataCollatorCTCWithPadding(dataset.feature_extractor)),
         num_workers=num_workers,
     )
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        for batch in loader:
-            if batch is None:
-                continue
-            input_values = batch["input_values"].to(device)
-            attention_mask = batch["attention_mask"].to(device)
-            logits, lengths = forward_exits(model, input_values, attention_mask, exits, per_utterance_cnn)
-            yield ExitBatch(
-                indices=batch["utt_index"].tolist(),
-                exit_logits=logits,
-                output_lengths=lengths,
-                seconds=float(attention_mask.sum()) / SAMPLING_RATE,
-            )
+    for batch in loader:
+        if batch is None:
+            continue
+        out = exit_batch(model, batch, exits, per_utterance_cnn)
+        yield postprocess(out) if postprocess is not None else out

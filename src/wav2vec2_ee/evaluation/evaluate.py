@@ -20,6 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from ..data.audio import SAMPLING_RATE
 from ..modeling import Wav2Vec2EEForCTC, is_original_layout, load_model
 from ..vocab import build_feature_extractor, build_tokenizer
 from .decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
-from .engine import iter_exit_logits
+from .engine import ExitBatch, iter_exit_logits
 from .lexicon import Lexicon, lexicon_from_texts, read_lexicon, write_lexicon
 from .metrics import mean_frame_entropy, split_errors, word_errors
 from .plots import plot_wer_by_exit
@@ -266,46 +267,70 @@ class SplitRun:
     batch_size: int = 8
     max_batch_seconds: float | None = 60.0
     num_workers: int = 0
+    processes: int | None = 1
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class DecodedBatch:
+    """The results of one batch: ``(dataset index, result)`` pairs and the batch's audio seconds."""
+
+    results: list[tuple[int, UtteranceResult]]
+    seconds: float
+
+
+def decode_batch(
+    tokenizer: Wav2Vec2CTCTokenizer, prepared: Sequence[PreparedUtterance], run: SplitRun, batch: ExitBatch
+) -> DecodedBatch:
+    """Decode every evaluated exit of one batch (greedy or beam, entropy, lexicon n-best)."""
+    logits, lengths = batch.exit_logits, batch.output_lengths
+    if run.beam is not None:
+        per_exit = [run.beam.batch_decode(z, lengths) for z in logits]
+    else:
+        per_exit = greedy_decode_exits(logits, lengths, tokenizer)
+    entropy = mean_frame_entropy(torch.stack(logits), lengths).tolist() if run.entropy else None
+    out = []
+    for b, index in enumerate(batch.indices):
+        utt = prepared[index]
+        res = UtteranceResult(
+            utt.id, normalize_transcript(utt.text), [normalize_transcript(h[b]) for h in per_exit]
+        )
+        if entropy is not None:
+            res.entropy = [float(e[b]) for e in entropy]
+        if run.lexicon_decoder is not None:
+            n = int(lengths[b])
+            nbests = [run.lexicon_decoder.nbest(z[b], n) for z in logits]
+            res.lexicon_hypotheses = [normalize_transcript(h[0].text if h else "") for h in nbests]
+            res.posterior = [posterior_from_scores([x.score for x in h]) for h in nbests]
+        out.append((index, res))
+    return DecodedBatch(out, batch.seconds)
 
 
 def decode_split(
     em: EvaluationModel, name: str, prepared: Sequence[PreparedUtterance], run: SplitRun
 ) -> tuple[list[UtteranceResult], float]:
-    """Decode every evaluated exit of every utterance; returns results in input order and audio seconds."""
+    """Decode every evaluated exit of every utterance; returns results in input order and audio seconds.
+
+    With ``run.processes != 1`` the batches are run *and decoded* by forked worker processes
+    (:func:`~wav2vec2_ee.evaluation.engine.iter_exit_logits`); the results are the same.
+    """
     dataset = SpeechDataset(prepared, em.feature_extractor)
     results: dict[int, UtteranceResult] = {}
     seconds = 0.0
     bar = tqdm(total=len(prepared), desc=name, unit="utt", disable=not run.progress, dynamic_ncols=True)
-    for batch in iter_exit_logits(
+    for decoded in iter_exit_logits(
         em.model,
         dataset,
         em.exit_indices,
         batch_size=run.batch_size,
         max_batch_seconds=run.max_batch_seconds,
         num_workers=run.num_workers,
+        processes=run.processes,
+        postprocess=partial(decode_batch, em.tokenizer, prepared, run),
     ):
-        seconds += batch.seconds
-        logits, lengths = batch.exit_logits, batch.output_lengths
-        if run.beam is not None:
-            per_exit = [run.beam.batch_decode(z, lengths) for z in logits]
-        else:
-            per_exit = greedy_decode_exits(logits, lengths, em.tokenizer)
-        entropy = mean_frame_entropy(torch.stack(logits), lengths).tolist() if run.entropy else None
-        for b, index in enumerate(batch.indices):
-            utt = prepared[index]
-            res = UtteranceResult(
-                utt.id, normalize_transcript(utt.text), [normalize_transcript(h[b]) for h in per_exit]
-            )
-            if entropy is not None:
-                res.entropy = [float(e[b]) for e in entropy]
-            if run.lexicon_decoder is not None:
-                n = int(lengths[b])
-                nbests = [run.lexicon_decoder.nbest(z[b], n) for z in logits]
-                res.lexicon_hypotheses = [normalize_transcript(h[0].text if h else "") for h in nbests]
-                res.posterior = [posterior_from_scores([x.score for x in h]) for h in nbests]
-            results[index] = res
-        bar.update(len(batch.indices))
+        seconds += decoded.seconds
+        results.update(decoded.results)
+        bar.update(len(decoded.results))
     bar.close()
     missing = sorted(set(range(len(prepared))) - set(results))
     for index in missing:  # unreadable at decoding time (already logged)
@@ -406,6 +431,7 @@ def evaluate_checkpoint(
     overwrite: bool = False,
     num_workers: int = 0,
     num_threads: int | None = None,
+    processes: int | None = None,
     progress: bool = True,
     plot: bool = True,
 ) -> dict:
@@ -426,6 +452,9 @@ def evaluate_checkpoint(
             these splits of ``data`` (or manifest files), else each evaluated split's references.
         overwrite: re-evaluate splits that a previous run completed with the same settings.
         num_workers: ``DataLoader`` processes decoding audio; num_threads: torch threads.
+        processes: forked processes that run and decode batches in parallel, sharing the torch threads
+            (default: one per thread on CPU, see :func:`~wav2vec2_ee.evaluation.engine.default_processes`;
+            1 = in this process). Results do not depend on it.
 
     Returns:
         the content of ``wer_results.json``.
@@ -500,6 +529,7 @@ def evaluate_checkpoint(
             batch_size=batch_size,
             max_batch_seconds=max_batch_seconds,
             num_workers=num_workers,
+            processes=processes,
             skipped=list(report.skipped),
         )
         if lexicon_source is not None:
