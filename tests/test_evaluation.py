@@ -34,6 +34,7 @@ from wav2vec2_ee.evaluation import (
 )
 from wav2vec2_ee.evaluation import evaluate as evaluate_module
 from wav2vec2_ee.evaluation.engine import ExitBatch
+from wav2vec2_ee.evaluation.ngram import ArpaLM, NgramLM
 from wav2vec2_ee.evaluation.results import (
     ENTROPY_WER_LINE,
     POSTERIOR_WER_LINE,
@@ -354,6 +355,53 @@ def test_batch_size_does_not_change_results(assets, tmp_path):
             for x in _read(tmp_path / "b4/entropy_wer/test-clean" / f"entropy_{layer}.txt").splitlines()
         ]
         assert e1 == pytest.approx(e4, abs=1e-5)
+
+
+def test_lexicon_language_model_from_training_transcripts(assets, tmp_path):
+    common = dict(
+        checkpoint=assets["ee"],
+        data=assets["data"],
+        splits=["test-clean"],
+        exit_stats=["posterior"],
+        lexicon_beam_size=30,
+    )
+    with pytest.raises(ValueError, match="--train-splits or --lexicon-from"):
+        run_quiet(output_dir=tmp_path / "oracle", lexicon_lm_order=2, **common)
+    with pytest.raises(ValueError, match="--exit-stats posterior"):
+        run_quiet(output_dir=tmp_path / "x", **{**common, "exit_stats": []}, lexicon_lm_order=2)
+    run_quiet(
+        output_dir=tmp_path / "lm",
+        train_splits=["train-clean"],
+        lexicon_lm_order=2,
+        lexicon_lm_weight=0.7,
+        **common,
+    )
+    summary = json.loads(_read(tmp_path / "lm/test-clean_summary.json"))
+    assert summary["settings"]["lexicon_lm"].startswith(
+        "2-gram Kneser-Ney model of the transcripts of train-clean"
+    )
+    assert summary["settings"]["lexicon_lm_weight"] == 0.7
+    arpa = ArpaLM(tmp_path / "lm/posterior_wer/test-clean/lm.arpa")
+    assert arpa.order == 2
+    # the written model is the one the transcripts give
+    from wav2vec2_ee.data import load_split
+
+    texts = [u.text.split() for u in load_split(assets["data"], ["train-clean"])]
+    lm = NgramLM(texts, order=2)
+    assert arpa.vocab == lm.vocab
+    word = sorted(lm.vocab)[0]
+    assert arpa.log10_prob(word) == pytest.approx(lm.log10_prob(word), abs=1e-6)
+    # the file can be given back with --lexicon-lm: same lexicon results
+    run_quiet(
+        output_dir=tmp_path / "file",
+        train_splits=["train-clean"],
+        lexicon_lm=str(tmp_path / "lm/posterior_wer/test-clean/lm.arpa"),
+        lexicon_lm_weight=0.7,
+        **common,
+    )
+    for layer in (1, 4):
+        name = f"posterior_wer/test-clean/wer_{layer}.txt"
+        assert _read(tmp_path / "lm" / name) == _read(tmp_path / "file" / name)
 
 
 def test_worker_processes_give_the_same_results(assets, tmp_path):

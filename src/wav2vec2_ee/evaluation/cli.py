@@ -94,6 +94,22 @@ class EvaluationArguments:
     word_score: float = field(
         default=-0.26, metadata={"help": "word score of the lexicon decoder (seed: -0.26)"}
     )
+    lexicon_lm: str | None = field(
+        default=None,
+        metadata={
+            "help": "word n-gram language model (ARPA file) for the lexicon decoder (default: none, as the seed)"
+        },
+    )
+    lexicon_lm_order: int = field(
+        default=0,
+        metadata={
+            "help": "estimate a Kneser-Ney word n-gram model of this order from the lexicon's transcripts "
+            "(--train-splits / --lexicon-from) for the lexicon decoder; written to posterior_wer/<split>/lm.arpa"
+        },
+    )
+    lexicon_lm_weight: float = field(
+        default=1.0, metadata={"help": "weight of the language model's log-probabilities (shallow fusion)"}
+    )
     overwrite: bool = field(
         default=False,
         metadata={"help": "re-evaluate splits that a previous run completed with the same settings"},

@@ -211,7 +211,8 @@ def posterior_from_scores(scores: Sequence[float]) -> float:
 
 
 class LexiconBeamDecoder:
-    """flashlight-text's lexicon-constrained CTC beam search without a language model (``ZeroLM``).
+    """flashlight-text's lexicon-constrained CTC beam search, with no language model (``ZeroLM``, as the
+    seed) or a word n-gram model.
 
     Every hypothesis is a sequence of lexicon words. Settings follow the seed (torchaudio's
     ``ctc_decoder`` defaults plus ``beam_size=1500, word_score=-0.26, log_add=True``) except the beam
@@ -223,6 +224,9 @@ class LexiconBeamDecoder:
         nbest: hypotheses returned by :meth:`nbest`.
         beam_size / beam_size_token / beam_threshold / word_score / unk_score / sil_score / log_add:
             flashlight's ``LexiconDecoderOptions`` (``beam_size_token`` defaults to the vocabulary size).
+        lm / lm_weight: a word n-gram model (:class:`~wav2vec2_ee.evaluation.ngram.NgramLM` or
+            ``ArpaLM``) whose natural-log probabilities are added with weight ``lm_weight`` (shallow
+            fusion); ``None`` = no language model, as in the seed.
     """
 
     def __init__(
@@ -237,6 +241,8 @@ class LexiconBeamDecoder:
         unk_score: float = float("-inf"),
         sil_score: float = 0.0,
         log_add: bool = True,
+        lm=None,
+        lm_weight: float = 0.0,
     ):
         try:
             from flashlight.lib.text.decoder import (
@@ -276,7 +282,14 @@ class LexiconBeamDecoder:
             self.word_dict.add_entry(unk_word)
         self.word_dict.set_default_index(self.word_dict.get_index(unk_word))
 
-        self._lm = ZeroLM()
+        if lm is not None:
+            from .ngram import FlashlightLM
+
+            words = [self.word_dict.get_entry(i) for i in range(self.word_dict.index_size())]
+            self._lm = FlashlightLM(lm, words)
+        else:
+            self._lm = ZeroLM()
+            lm_weight = 0.0
         start = self._lm.start(False)
         self._trie = Trie(len(vocab), self.silence)
         for word, spellings in lexicon.items():
@@ -289,7 +302,7 @@ class LexiconBeamDecoder:
             beam_size=int(beam_size),
             beam_size_token=int(beam_size_token or len(vocab)),
             beam_threshold=float(beam_threshold),
-            lm_weight=0.0,
+            lm_weight=float(lm_weight),
             word_score=float(word_score),
             unk_score=float(unk_score),
             sil_score=float(sil_score),

@@ -30,11 +30,12 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 from ..data import PreparedUtterance, SpeechDataset, load_split, prepare_utterances, source_kind
 from ..data.audio import SAMPLING_RATE
 from ..modeling import Wav2Vec2EEForCTC, is_original_layout, load_model
-from ..vocab import build_feature_extractor, build_tokenizer
+from ..vocab import TextNormalizer, build_feature_extractor, build_tokenizer
 from .decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
 from .engine import ExitBatch, iter_exit_logits
 from .lexicon import Lexicon, lexicon_from_texts, read_lexicon, write_lexicon
 from .metrics import mean_frame_entropy, split_errors, word_errors
+from .ngram import ArpaLM, NgramLM
 from .plots import plot_wer_by_exit
 from .results import (
     atomic_write_json,
@@ -240,6 +241,43 @@ def resolve_lexicon(
     return LexiconSource(lex, description)
 
 
+def resolve_lexicon_lm(
+    data: str | os.PathLike,
+    tokenizer,
+    lexicon_lm: str | None,
+    lexicon_lm_order: int,
+    lexicon_from: Sequence[str] | None,
+    train_splits: Sequence[str] | None,
+    lexicon: Lexicon | None,
+) -> tuple[NgramLM | ArpaLM | None, str | None]:
+    """The lexicon decoder's word n-gram model: an ARPA file, else one of order ``lexicon_lm_order``
+    estimated from the transcripts of ``lexicon_from`` / ``train_splits`` (never from the evaluated
+    references); ``(None, None)`` for none. Returns the model and a description."""
+    if lexicon_lm:
+        lm = ArpaLM(lexicon_lm)
+        if lexicon is not None and not any(w in lm.vocab for w in lexicon):
+            raise ValueError(
+                f"{lexicon_lm}: no lexicon word is in the language model's vocabulary (different case?)"
+            )
+        return lm, f"file {Path(lexicon_lm).resolve()}"
+    if not lexicon_lm_order:
+        return None, None
+    if lexicon_lm_order < 1:
+        raise ValueError(f"--lexicon-lm-order must be >= 1, got {lexicon_lm_order}")
+    sources = list(lexicon_from or train_splits or [])
+    if not sources:
+        raise ValueError(
+            "--lexicon-lm-order needs --train-splits or --lexicon-from: the language model is estimated from "
+            "their transcripts (estimating it from the evaluated references would be an oracle)"
+        )
+    normalize = TextNormalizer(tokenizer)
+    sentences = [normalize(t).split() for t in _read_texts(data, sources)]
+    lm = NgramLM([s for s in sentences if s], order=lexicon_lm_order)
+    description = f"{lexicon_lm_order}-gram Kneser-Ney model of the transcripts of {', '.join(sources)}"
+    logger.info("language model: %s (%d words)", description, len(lm.vocab))
+    return lm, description
+
+
 # --------------------------------------------------------------------------------------------------
 # one split
 
@@ -428,6 +466,9 @@ def evaluate_checkpoint(
     train_splits: Sequence[str] | None = None,
     lexicon_beam_size: int = 500,
     word_score: float = -0.26,
+    lexicon_lm: str | None = None,
+    lexicon_lm_order: int = 0,
+    lexicon_lm_weight: float = 1.0,
     overwrite: bool = False,
     num_workers: int = 0,
     num_threads: int | None = None,
@@ -450,6 +491,9 @@ def evaluate_checkpoint(
             posterior of a lexicon beam search with ``nbest``, ``lexicon_beam_size``, ``word_score``).
         lexicon / lexicon_from / train_splits: the posterior's lexicon: a file, else the transcripts of
             these splits of ``data`` (or manifest files), else each evaluated split's references.
+        lexicon_lm / lexicon_lm_order / lexicon_lm_weight: a word n-gram model for the lexicon decoder
+            (shallow fusion with this weight): an ARPA file, or one of this order estimated from the
+            lexicon's transcripts. Default none, as in the seed.
         overwrite: re-evaluate splits that a previous run completed with the same settings.
         num_workers: ``DataLoader`` processes decoding audio; num_threads: torch threads.
         processes: forked processes that run and decode batches in parallel, sharing the torch threads
@@ -477,9 +521,22 @@ def evaluate_checkpoint(
     beam = None
     if decoder == "beam":
         beam = BeamSearchDecoder(em.tokenizer, beam_width, kenlm, lm_alpha, lm_beta)
-    lexicon_source = None
+    lexicon_source, lm, lm_description = None, None, None
     if "posterior" in exit_stats:
         lexicon_source = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, train_splits)
+        lm, lm_description = resolve_lexicon_lm(
+            data,
+            em.tokenizer,
+            lexicon_lm,
+            lexicon_lm_order,
+            lexicon_from,
+            train_splits,
+            lexicon_source.lexicon,
+        )
+    elif lexicon_lm or lexicon_lm_order:
+        raise ValueError(
+            "--lexicon-lm / --lexicon-lm-order apply to the lexicon decoder: add --exit-stats posterior"
+        )
 
     base_settings = {
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -499,6 +556,8 @@ def evaluate_checkpoint(
             word_score=word_score,
             lexicon=lexicon_source.description,
         )
+        if lm is not None:
+            base_settings.update(lexicon_lm=lm_description, lexicon_lm_weight=lexicon_lm_weight)
 
     summaries: dict[str, dict] = {}
     min_duration = min_duration_for_ctc(em.model)
@@ -535,7 +594,13 @@ def evaluate_checkpoint(
         if lexicon_source is not None:
             lex = lexicon_source.for_split(name, [u.text for u in prepared], em.tokenizer)
             run.lexicon_decoder = LexiconBeamDecoder(
-                em.tokenizer, lex, nbest=nbest, beam_size=lexicon_beam_size, word_score=word_score
+                em.tokenizer,
+                lex,
+                nbest=nbest,
+                beam_size=lexicon_beam_size,
+                word_score=word_score,
+                lm=lm,
+                lm_weight=lexicon_lm_weight,
             )
         start = time.perf_counter()
         results, seconds = decode_split(em, name, prepared, run)
@@ -547,6 +612,10 @@ def evaluate_checkpoint(
             lexicon_file = Path("posterior_wer", name, "lexicon.txt")
             write_lexicon(lex, output_dir / lexicon_file)
             files.append(str(lexicon_file))
+            if isinstance(lm, NgramLM):
+                lm_file = Path("posterior_wer", name, "lm.arpa")
+                lm.to_arpa(output_dir / lm_file)
+                files.append(str(lm_file))
         summary = {
             "split": name,
             "settings": settings,
