@@ -29,11 +29,20 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the table: one row per exit layer of the quick model
     assert "WER by exit on held-out voices (test: 40 utterances)" in printed
     table = printed.split("WER by exit", 1)[1].splitlines()
-    assert table[1].split() == ["exit", "layer", "test", "greedy", "test", "lexicon"]
+    assert table[1].split() == [
+        "exit",
+        "layer",
+        "test",
+        "greedy",
+        "test",
+        "lexicon",
+        "test",
+        "lexicon+3-gram",
+    ]
     layers = demo.PRESETS["quick"].model["exit_layers"]
     rows = [line.split() for line in table[2 : 2 + len(layers)]]
     assert [int(r[0]) for r in rows] == layers
-    assert all(0.0 <= float(r[k]) <= 1000.0 and r[k + 1] == "%" for r in rows for k in (1, 3))
+    assert all(0.0 <= float(r[k]) <= 1000.0 and r[k + 1] == "%" for r in rows for k in (1, 3, 5))
     # the files it points to
     for path in (
         "corpus/corpus.json",
@@ -45,13 +54,17 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
         "ee/eval/wer_results.json",
         "ee/eval/test_results.txt",
         "ee/eval/wer_by_exit.png",
+        "ee/eval/lm/posterior_wer/test/lm.arpa",
         "demo_summary.json",
     ):
         assert (root / path).is_file(), path
-        assert str(root / path) in printed or path.startswith(("corpus", "configs", "ee/model", "ee/demo"))
+        assert str(root / path) in printed or path.startswith(
+            ("corpus", "configs", "ee/model", "ee/demo", "ee/eval/lm")
+        )
     summary = json.loads((root / "demo_summary.json").read_text())
     assert set(summary["wer"]["test greedy"]) == {str(x) for x in layers}
     assert set(summary["wer"]["test lexicon"]) == {str(x) for x in layers}
+    assert set(summary["wer"]["test lexicon+3-gram"]) == {str(x) for x in layers}
     assert summary["timings"]["train"]["steps"] == demo.PRESETS["quick"].training["max_steps"]
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())

@@ -34,7 +34,7 @@ def test_bigram_kneser_ney_by_hand():
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_probabilities_sum_to_one_and_arpa_round_trips(order, tmp_path):
     rng = random.Random(order)
-    words = "one two three four five six".split()
+    words = ["one", "two", "three", "four", "five", "six"]
     sentences = [[rng.choice(words) for _ in range(rng.randint(1, 6))] for _ in range(60)]
     lm = NgramLM(sentences, order=order)
     contexts = [(), ("one",), ("one", "two"), ("six", "six", "six"), ("nope", "one"), ("two", "nope")]

@@ -109,6 +109,11 @@ class DemoPreset:
     finetune: dict
     eval_splits: tuple[str, ...] = ("test",)
     lexicon_beam_size: int | None = 500
+    #: the third column: the lexicon decoder with a word n-gram model of the training transcripts; weight
+    #: and word score chosen on the dev split (held-out voices too) of the default corpus, never on test
+    lm_order: int | None = 3
+    lm_weight: float = 1.0
+    lm_word_score: float = 1.0
     reproduce_splits: tuple[str, ...] = ("test", "dev")
 
 
@@ -270,15 +275,19 @@ def evaluate_run(
     splits: tuple[str, ...],
     lexicon_beam_size: int | None = None,
     overwrite: bool = False,
+    lm_order: int | None = None,
+    lm_weight: float = 1.0,
+    lm_word_score: float = 1.0,
 ) -> dict:
     """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured).
 
     Greedy decoding always; with ``lexicon_beam_size`` also flashlight's lexicon-constrained beam search
-    (no language model) over the words of the corpus's training transcripts (the evaluation suite's
-    ``posterior`` exit statistic, whose best hypothesis it scores).
+    (no language model, as the seed) over the words of the corpus's training transcripts (the evaluation
+    suite's ``posterior`` exit statistic, whose best hypothesis it scores); with ``lm_order`` too, the
+    same search with a Kneser-Ney word n-gram model of those transcripts (in ``<eval_dir>/lm``).
 
-    Returns ``{"seconds", "greedy": {split: {layer: wer}}, "lexicon": {...}, "utterances": {split: n}}``
-    with WER as a fraction (``"lexicon"`` is empty without ``lexicon_beam_size``).
+    Returns ``{"seconds", "greedy": {split: {layer: wer}}, "lexicon": {...}, "lexicon_lm": {...},
+    "utterances": {split: n}}`` with WER as a fraction (empty dicts for the columns not asked for).
     """
     from .evaluation.evaluate import evaluate_checkpoint
 
@@ -301,18 +310,33 @@ def evaluate_run(
             overwrite=overwrite,
             **lexicon,
         )
+        with_lm = None
+        if lexicon and lm_order:
+            with_lm = evaluate_checkpoint(
+                str(model_dir),
+                str(eval_dir / "lm"),
+                str(corpus),
+                splits=list(splits),
+                progress=False,
+                overwrite=overwrite,
+                plot=False,
+                **{**lexicon, "word_score": lm_word_score},
+                lexicon_lm_order=int(lm_order),
+                lexicon_lm_weight=lm_weight,
+            )
 
-    def by_layer(key: str) -> dict[str, dict[int, float]]:
+    def by_layer(result: dict, key: str) -> dict[str, dict[int, float]]:
         return {
             split: {int(e["layer"]): float(e["wer"]) for e in data[key].values()}
-            for split, data in overview["splits"].items()
+            for split, data in result["splits"].items()
             if key in data
         }
 
     return {
         "seconds": round(time.perf_counter() - start, 1),
-        "greedy": by_layer("exits"),
-        "lexicon": by_layer("lexicon_beam") if lexicon else {},
+        "greedy": by_layer(overview, "exits"),
+        "lexicon": by_layer(overview, "lexicon_beam") if lexicon else {},
+        "lexicon_lm": by_layer(with_lm, "lexicon_beam") if with_lm else {},
         "utterances": {split: int(data.get("utterances", 0)) for split, data in overview["splits"].items()},
     }
 
@@ -485,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         preset.eval_splits,
         lexicon_beam_size=None if args.no_lexicon else preset.lexicon_beam_size,
         overwrite=args.overwrite,
+        lm_order=preset.lm_order,
+        lm_weight=preset.lm_weight,
+        lm_word_score=preset.lm_word_score,
     )
     timings["evaluate"] = {"seconds": result["seconds"]}
     total = time.perf_counter() - start
@@ -493,13 +520,19 @@ def main(argv: list[str] | None = None) -> int:
     split = preset.eval_splits[0]
     columns = {f"{s} greedy": wer for s, wer in result["greedy"].items()}
     columns.update({f"{s} lexicon": wer for s, wer in result["lexicon"].items()})
+    columns.update({f"{s} lexicon+{preset.lm_order}-gram": wer for s, wer in result["lexicon_lm"].items()})
     print()
     print(f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances)")
     print(format_wer_by_exit(columns))
     if result["lexicon"]:
         print(
             "  greedy: best path; lexicon: beam search restricted to the words of the training transcripts\n"
-            f"  (flashlight, beam {preset.lexicon_beam_size}, no language model)"
+            f"  (flashlight, beam {preset.lexicon_beam_size}, no language model, as the seed)"
+        )
+    if result["lexicon_lm"]:
+        print(
+            f"  lexicon+{preset.lm_order}-gram: the same search with a Kneser-Ney {preset.lm_order}-gram model of "
+            f"the training transcripts\n  (LM weight {preset.lm_weight}, word score {preset.lm_word_score})"
         )
     print()
     per_step = timings["train"].get("seconds_per_step")
@@ -513,6 +546,10 @@ def main(argv: list[str] | None = None) -> int:
     _say(f"per utterance:    {eval_dir / f'{split}_results.txt'}")
     if result["lexicon"]:
         _say(f"lexicon decoding: {eval_dir / 'posterior_wer' / split}/wer_<layer>.txt")
+    if result["lexicon_lm"]:
+        _say(
+            f"with the LM:      {eval_dir / 'lm' / 'posterior_wer' / split}/wer_<layer>.txt (lm.arpa beside)"
+        )
     _say(f"plot:             {eval_dir / 'wer_by_exit.png'}")
     summary = {
         "preset": preset.name,
