@@ -47,6 +47,8 @@ def build(*args, **kwargs):
     return NaNOnRank1()
 
 run.build_objective = build
+from wav2vec2_ee.training.cli import cpu_processes_need_cpu_backend
+cpu_processes_need_cpu_backend()  # what `wav2vec2-ee train` does: no --use-cpu needed without CUDA
 trainer = run.run_training(*parse_args(sys.argv[1:]))
 state = trainer.model.state_dict()
 digest = hashlib.sha256(b"".join(state[k].detach().cpu().numpy().tobytes() for k in sorted(state))).hexdigest()
@@ -78,8 +80,8 @@ def test_torchrun_two_cpu_processes_agree_on_the_weights(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker),
            "--model", str(model_json), "--data", str(corpus), "--train-splits", "train", "--output-dir", str(out),
            "--objective", "ee", "--num-exits", "1", "--max-steps", "3", "--per-device-train-batch-size", "2",
-           "--learning-rate", "1e-3", "--weight-decay", "0.01", "--save-steps", "2", "--use-cpu",
-           "--ddp-backend", "gloo", "--report-to", "none", "--no-freeze-feature-encoder", "--disable-tqdm", "true",
+           "--learning-rate", "1e-3", "--weight-decay", "0.01", "--save-steps", "2",
+           "--report-to", "none", "--no-freeze-feature-encoder", "--disable-tqdm", "true",
            "--logging-steps", "1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "EE_TEST_NAN_CALL": "2", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)

@@ -128,10 +128,20 @@ def test_group_norm_default_config_equals_each_utterance_alone():
     )
 
 
+@pytest.mark.parametrize("norm", ["layer", "group"])
 @pytest.mark.parametrize("conv_bias", [False, True])
-def test_time_major_cnn_equals_the_transformers_cnn(conv_bias):
-    config = {"conv_bias": conv_bias, "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2), **LAYER_NORM}
+def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm):
+    norm_config = (
+        LAYER_NORM if norm == "layer" else {"feat_extract_norm": "group", "do_stable_layer_norm": False}
+    )
+    config = {"conv_bias": conv_bias, "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2), **norm_config}
     model, reference = _model(**config), _model(**config)
+    if norm == "group":  # a trained-looking affine map, not the identity it is initialised to
+        for m in (model, reference):
+            gn = m.wav2vec2.feature_extractor.conv_layers[0].layer_norm
+            torch.manual_seed(1)
+            gn.weight.data.uniform_(0.5, 1.5)
+            gn.bias.data.uniform_(-0.5, 0.5)
     encoder = model.wav2vec2.feature_extractor
     assert supports_time_major(encoder)
     x, _ = _padded_batch()
@@ -141,8 +151,9 @@ def test_time_major_cnn_equals_the_transformers_cnn(conv_bias):
         fast = model.embed(x).hidden_states  # no grad: the time-major CNN by default
         slow = reference.embed(x, fast_cnn=False).hidden_states
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    group = _model(feat_extract_norm="group", do_stable_layer_norm=False)
-    assert not supports_time_major(group.wav2vec2.feature_extractor)
+    grouped = _model(**norm_config)
+    grouped.wav2vec2.feature_extractor.conv_layers[0].conv.groups = 2  # not one plain conv: unsupported
+    assert not supports_time_major(grouped.wav2vec2.feature_extractor)
 
 
 def _count_layer_rows(model: Wav2Vec2EEForCTC) -> tuple[list[list[int]], list]:

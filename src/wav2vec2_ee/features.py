@@ -11,9 +11,10 @@ for 16 x 1.2 s with the (32, 64, 64, 64, 64, 128, 128)-channel CNN of the demo m
 
 :meth:`wav2vec2_ee.modeling.Wav2Vec2EEForCTC.embed` uses it whenever no gradient has to flow through
 the CNN (evaluation, inference, a teacher, a frozen feature encoder), for CNNs made of
-``Wav2Vec2LayerNormConvLayer`` s or ``Wav2Vec2NoLayerNormConvLayer`` s; a group-norm first layer
-(``feat_extract_norm="group"``) keeps the original implementation. So the full forward pass and the
-early-exit engine use the same CNN, and their timings compare like for like.
+``Wav2Vec2LayerNormConvLayer`` s, ``Wav2Vec2NoLayerNormConvLayer`` s and the group-norm first layer of
+``feat_extract_norm="group"`` models (wav2vec2-base: each channel normalised over time, padding
+included, as in ``transformers``). So the full forward pass and the early-exit engine use the same
+CNN, and their timings compare like for like.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
+    Wav2Vec2GroupNormConvLayer,
     Wav2Vec2LayerNormConvLayer,
     Wav2Vec2NoLayerNormConvLayer,
 )
 
-_SUPPORTED = (Wav2Vec2LayerNormConvLayer, Wav2Vec2NoLayerNormConvLayer)
+_SUPPORTED = (Wav2Vec2LayerNormConvLayer, Wav2Vec2NoLayerNormConvLayer, Wav2Vec2GroupNormConvLayer)
 
 
 def supports_time_major(feature_encoder: nn.Module) -> bool:
@@ -40,6 +42,10 @@ def supports_time_major(feature_encoder: nn.Module) -> bool:
             return False
         if conv.padding != (0,) or conv.dilation != (1,) or conv.groups != 1:
             return False
+        if isinstance(layer, Wav2Vec2GroupNormConvLayer):
+            norm = layer.layer_norm
+            if norm.num_groups != norm.num_channels or not norm.affine:
+                return False
     return True
 
 
@@ -54,15 +60,36 @@ def _conv_time_major(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.linear(windows, weight, conv.bias)
 
 
-def time_major_features(feature_encoder: nn.Module, input_values: torch.Tensor) -> torch.Tensor:
+def time_major_features(
+    feature_encoder: nn.Module, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """The CNN's output as ``(batch, frames, channels)`` from ``input_values`` ``(batch, samples)``.
 
-    Equals ``feature_encoder(input_values).transpose(1, 2)`` up to float rounding.
+    Equals ``feature_encoder(input_values).transpose(1, 2)`` up to float rounding. With
+    ``sample_lengths`` ``(batch,)``, a group-norm layer takes its statistics over each utterance's own
+    frames only, so every utterance's valid frames equal those of the utterance computed alone (the
+    other layers are frame-local or see only valid frames at valid positions).
     """
     hidden = input_values.contiguous().unsqueeze(-1)
+    lengths = None if sample_lengths is None else sample_lengths.to(torch.long)
     for layer in feature_encoder.conv_layers:
         hidden = _conv_time_major(hidden, layer.conv)
+        if lengths is not None:
+            kernel, stride = layer.conv.kernel_size[0], layer.conv.stride[0]
+            lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
         if isinstance(layer, Wav2Vec2LayerNormConvLayer):
             hidden = layer.layer_norm(hidden)
+        elif isinstance(layer, Wav2Vec2GroupNormConvLayer):
+            # GroupNorm with one channel per group: each channel normalised over time (padding included,
+            # as in transformers), then the per-channel affine map
+            norm = layer.layer_norm
+            if lengths is None:
+                var, mean = torch.var_mean(hidden, dim=1, unbiased=False, keepdim=True)
+            else:
+                valid = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).unsqueeze(-1)
+                count = lengths.clamp(min=1).to(hidden.dtype)[:, None, None]
+                mean = (hidden * valid).sum(1, keepdim=True) / count
+                var = (((hidden - mean) * valid) ** 2).sum(1, keepdim=True) / count
+            hidden = torch.addcmul(norm.bias, (hidden - mean) * torch.rsqrt(var + norm.eps), norm.weight)
         hidden = layer.activation(hidden)
     return hidden

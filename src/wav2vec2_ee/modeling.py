@@ -144,6 +144,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
         fast_cnn: bool | None = None,
+        per_utterance_norm: bool = False,
     ) -> EncoderState:
         """Run the CNN, the projection and the encoder's input stage (``hidden_states[0]``).
 
@@ -153,6 +154,10 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`: same function, about half
                 the time on CPU). Default: whenever no gradient flows through the CNN (no grad mode, or a
                 frozen feature encoder) and the CNN supports it.
+            per_utterance_norm: with the time-major CNN, normalise a group-norm CNN layer over each
+                utterance's own samples (``attention_mask``), so padded utterances get what they get alone;
+                ``transformers`` (and the default) include the padding. Raises ``ValueError`` where the
+                time-major CNN cannot be used.
         """
         w2v = self.wav2vec2
         encoder_cnn = w2v.feature_extractor
@@ -160,8 +165,11 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             fast_cnn = not torch.is_grad_enabled() or not any(
                 p.requires_grad for p in encoder_cnn.parameters()
             )
+        if per_utterance_norm and not (fast_cnn and supports_time_major(encoder_cnn)):
+            raise ValueError("per_utterance_norm needs the time-major CNN (fast_cnn, a supported CNN)")
         if fast_cnn and supports_time_major(encoder_cnn):
-            extract = time_major_features(encoder_cnn, input_values)
+            lengths = attention_mask.sum(-1) if per_utterance_norm and attention_mask is not None else None
+            extract = time_major_features(encoder_cnn, input_values, lengths)
         else:
             extract = encoder_cnn(input_values).transpose(1, 2)
         frames = extract.shape[1]

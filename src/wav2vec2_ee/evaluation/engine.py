@@ -11,9 +11,10 @@ Batch-size independence: the encoder masks padded frames in attention, and a lay
 (``feat_extract_norm="layer"``) is frame-local, so a padded batch gives the same logits as each
 utterance alone (up to float rounding). A group-norm CNN (``feat_extract_norm="group"``, e.g.
 wav2vec2-base) normalises each channel over *all* samples including padding, so in ``transformers``
-itself padding changes the output; :func:`forward_exits` therefore runs the CNN and the encoder's
-input stage utterance by utterance for group-norm models (``per_utterance_cnn="auto"``) and only the
-transformer layers batched, which keeps results equal to batch size 1.
+itself padding changes the output; :func:`forward_exits` therefore gives group-norm models each
+utterance's own statistics (``per_utterance_cnn="auto"``: one batched time-major CNN call whose group
+norm is masked per utterance, :mod:`wav2vec2_ee.features`, or one CNN call per utterance where that
+CNN is not supported), which keeps results equal to batch size 1.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
 from ..data.audio import SAMPLING_RATE
+from ..features import supports_time_major
 from ..modeling import EncoderState, Wav2Vec2EEForCTC
 
 logger = logging.getLogger(__name__)
@@ -71,7 +73,13 @@ def uses_group_norm_cnn(model: Wav2Vec2EEForCTC) -> bool:
 def embed_per_utterance(
     model: Wav2Vec2EEForCTC, input_values: torch.Tensor, attention_mask: torch.Tensor | None
 ) -> EncoderState:
-    """The encoder input of each utterance computed alone (unpadded), then padded into one batch."""
+    """The encoder input of each utterance as computed alone (unpadded), padded into one batch.
+
+    With a CNN that :func:`~wav2vec2_ee.features.time_major_features` computes, one batched call whose
+    group norm takes each utterance's own statistics; otherwise one ``embed`` per utterance.
+    """
+    if supports_time_major(model.wav2vec2.feature_extractor):
+        return model.embed(input_values, attention_mask, fast_cnn=True, per_utterance_norm=True)
     samples = (
         attention_mask.sum(-1).tolist()
         if attention_mask is not None

@@ -30,9 +30,10 @@ def embed_batch(
 ) -> EncoderState:
     """The encoder input ``hidden_states[0]`` of a batch (the CNN runs once per utterance).
 
-    A group-norm CNN (``feat_extract_norm="group"``) normalises over padding too, so for a padded
-    batch of such a model each utterance's CNN runs alone (as in evaluation); otherwise in one call,
-    time-major when ``fast_cnn`` (:mod:`wav2vec2_ee.features`: same function, about half the time).
+    A group-norm CNN (``feat_extract_norm="group"``) normalises over padding too in ``transformers``,
+    so for a padded batch of such a model each utterance gets its own statistics (as in evaluation:
+    :func:`~wav2vec2_ee.evaluation.engine.embed_per_utterance`); otherwise one call, time-major when
+    ``fast_cnn`` (:mod:`wav2vec2_ee.features`: same function, about half the time).
 
     Args:
         input_values: ``(batch, samples)``; attention_mask: ``(batch, samples)``, 1 on real samples.

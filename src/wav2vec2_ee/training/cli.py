@@ -65,9 +65,27 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if int(os.environ.get("LOCAL_RANK", "0")) == 0 else logging.WARNING,
     )
+    cpu_processes_need_cpu_backend()
     args = parse_args(argv)
     run_training(*args)
     return 0
+
+
+def cpu_processes_need_cpu_backend() -> bool:
+    """Under ``torchrun`` / ``accelerate launch`` on a machine without CUDA, make the processes one DDP
+    job on CPU (gloo) rather than N independent runs that each see all the data and overwrite each
+    other's output (what the ``Trainer`` does without ``--use-cpu``). Returns whether it did."""
+    import torch
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU") is None:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+        logging.getLogger(__name__).info(
+            "%s processes without CUDA: distributed training on CPU (gloo), as with --use-cpu",
+            os.environ["WORLD_SIZE"],
+        )
+        return True
+    return False
 
 
 if __name__ == "__main__":
