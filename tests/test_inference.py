@@ -18,6 +18,7 @@ from wav2vec2_ee.evaluation import (
     lexicon_from_texts,
     load_evaluation_model,
     mean_frame_entropy,
+    word_errors,
 )
 from wav2vec2_ee.features import supports_time_major, time_major_features
 from wav2vec2_ee.inference import (
@@ -463,6 +464,24 @@ def test_simulation_equals_the_engine(assets):
             assert out.transcripts == [hyps[i] for i in b.ids]
 
 
+def test_scoring_decoder_changes_the_scored_hypotheses_not_the_decisions(assets):
+    em = load_evaluation_model(assets["checkpoint"])
+    _, prepared = load_prepared_split(em, assets["data"], "dev", progress=False)
+    greedy = compute_exit_table(em, prepared, progress=False)
+    lexicon = lexicon_from_texts(["HELLO WORLD", "GOOD DAY"], em.tokenizer)
+    scorer = LexiconBeamDecoder(em.tokenizer, lexicon, nbest=1, beam_size=20)
+    scored = compute_exit_table(em, prepared, progress=False, scoring_decoder=scorer)
+    # every scored hypothesis is the scorer's output: words of its lexicon only
+    assert all(set(h.split()) <= {"hello", "world", "good", "day"} for hk in scored.hypotheses for h in hk)
+    assert scored.hypotheses != greedy.hypotheses
+    assert scored.policy_transcripts == greedy.hypotheses  # what the patience policy compares
+    # decisions are the same; the errors are those of the scored hypotheses
+    for policy in (Patience(2), EntropyThreshold(float(greedy.stats["entropy"].median()))):
+        assert torch.equal(evaluate_policy(scored, policy)[1], evaluate_policy(greedy, policy)[1])
+    refs = scored.references
+    assert scored.errors[0].tolist() == [word_errors(r, h).errors for r, h in zip(refs, scored.hypotheses[0])]
+
+
 def test_transcriber_api(assets):
     transcriber = Transcriber.from_pretrained(assets["checkpoint"], build_policy("entropy", threshold=1.0))
     paths = [str(p) for p in assets["wavs"]]
@@ -559,6 +578,18 @@ def test_calibrate_cli(assets, capsys):
     assert result["value"] == pytest.approx(threshold) and result["dev"]["wer"] <= result["wer_limit"] + 1e-12
     assert cli_main([*base, "--policy", "oracle"]) == 2
     assert "cannot calibrate" in capsys.readouterr().err
+    # WER of the lexicon + n-gram transcripts: needs the LM's training transcripts
+    assert cli_main([*base, "--score-lm-order", "2"]) == 2
+    assert "--lexicon-from" in capsys.readouterr().err
+    scored = assets["root"] / "calibration_lm"
+    args = ["--score-lm-order", "2", "--lexicon-from", "test", "--score-beam-size", "20", "--json"]
+    assert cli_main([*base, *args, "--output-dir", str(scored)]) == 0
+    json.loads(capsys.readouterr().out)
+    rows = [json.loads(x) for x in (scored / "dev_exit_table.jsonl").read_text().splitlines()]
+    lm_words = {
+        w.lower() for line in (assets["data"] / "test").rglob("*.trans.txt") for w in line.read_text().split()
+    }
+    assert all(set(e["hypothesis"].split()) <= lm_words for r in rows for e in r["exits"])
 
 
 @pytest.mark.parametrize("command", ["transcribe", "sweep", "calibrate"])

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.evaluate import load_evaluation_model
 from ..evaluation.results import atomic_write_json
 from .policies import POLICIES, Decoders, policy_with_value
@@ -147,6 +148,29 @@ def format_calibration(c: Calibration) -> list[str]:
     return lines
 
 
+def scoring_decoder_for(
+    em,
+    data: str | os.PathLike,
+    lexicon: str | None,
+    lexicon_from: Sequence[str] | None,
+    lm_order: int,
+    lm_weight: float = 1.0,
+    word_score: float = 1.0,
+    beam_size: int = 500,
+) -> LexiconBeamDecoder:
+    """The lexicon beam search with a Kneser-Ney word ``lm_order``-gram model whose transcripts are
+    scored (the lexicon and the model from a ``lexicon`` file / the ``lexicon_from`` transcripts)."""
+    from ..evaluation.evaluate import resolve_lexicon, resolve_lexicon_lm
+
+    if not lexicon_from:
+        raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
+    lex = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None).lexicon
+    lm, _ = resolve_lexicon_lm(data, em.tokenizer, None, lm_order, lexicon_from, None, lex)
+    return LexiconBeamDecoder(
+        em.tokenizer, lex, nbest=1, beam_size=beam_size, word_score=word_score, lm=lm, lm_weight=lm_weight
+    )
+
+
 def run_calibration(
     checkpoint: str | os.PathLike,
     data: str | os.PathLike,
@@ -167,17 +191,34 @@ def run_calibration(
     progress: bool = True,
     as_json: bool = False,
     output_dir: str | os.PathLike | None = None,
+    score_lm_order: int = 0,
+    score_lm_weight: float = 1.0,
+    score_word_score: float = 1.0,
+    score_beam_size: int = 500,
 ) -> Calibration:
     """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object).
 
     With ``output_dir``, also writes ``<split>_exit_table.jsonl`` per split (every number traces back
-    to them) and ``calibration_<policy>.json``.
+    to them) and ``calibration_<policy>.json``. With ``score_lm_order``, the WERs are those of the
+    lexicon beam search with a word n-gram model (:func:`scoring_decoder_for`).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
     if num_threads:
         torch.set_num_threads(int(num_threads))
     em = load_evaluation_model(checkpoint)
+    scoring = None
+    if score_lm_order:
+        scoring = scoring_decoder_for(
+            em,
+            data,
+            lexicon,
+            lexicon_from,
+            score_lm_order,
+            score_lm_weight,
+            score_word_score,
+            score_beam_size,
+        )
 
     def table_of(which: str | None) -> tuple[str, ExitTable]:
         if which is not None and Path(which).is_file():  # a split given as its own manifest file
@@ -198,6 +239,7 @@ def run_calibration(
             max_batch_seconds,
             progress,
             desc=f"exits {name}",
+            scoring_decoder=scoring,
         )
 
     dev_name, dev = table_of(split)

@@ -285,6 +285,17 @@ class CalibrateArguments:
         default=None, metadata={"help": "candidate values (default: every distinct decision on the split)"}
     )
     max_layer: int | None = field(default=None, metadata={"help": "layer budget: never beyond this layer"})
+    score_lm_order: int = field(
+        default=0,
+        metadata={
+            "help": "score WER on the transcripts of the lexicon beam search with a Kneser-Ney word n-gram model "
+            "of this order from --lexicon-from's transcripts (default 0: greedy transcripts); policies still "
+            "decide from the exit outputs"
+        },
+    )
+    score_lm_weight: float = field(default=1.0, metadata={"help": "LM weight of --score-lm-order"})
+    score_word_score: float = field(default=1.0, metadata={"help": "word score of --score-lm-order"})
+    score_beam_size: int = field(default=500, metadata={"help": "beam size of --score-lm-order"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of lines"})
     output_dir: str | None = field(
         default=None,

@@ -91,6 +91,9 @@ class ExitTable:
     errors: torch.Tensor
     reference_words: torch.Tensor
     audio_seconds: list[float] = field(default_factory=list)
+    #: what policies see as each exit's transcript (the patience policy): the greedy transcripts, which
+    #: differ from ``hypotheses`` only when those come from a scoring decoder
+    policy_transcripts: list[list[str]] | None = None
 
     @property
     def num_utterances(self) -> int:
@@ -108,7 +111,10 @@ class ExitTable:
                 k,
                 layer,
                 rows,
-                stats={**{s: v[k] for s, v in self.stats.items()}, "transcripts": self.hypotheses[k]},
+                stats={
+                    **{s: v[k] for s, v in self.stats.items()},
+                    "transcripts": (self.policy_transcripts or self.hypotheses)[k],
+                },
             )
             for k, layer in enumerate(self.layers)
         ]
@@ -144,11 +150,20 @@ def compute_exit_table(
     max_batch_seconds: float | None = 320.0,
     progress: bool = True,
     desc: str = "exits",
+    scoring_decoder: LexiconBeamDecoder | None = None,
 ) -> ExitTable:
-    """Run every utterance through every exit once (length-grouped batches) and tabulate the outputs."""
+    """Run every utterance through every exit once (length-grouped batches) and tabulate the outputs.
+
+    Args:
+        lexicon_decoder: gives the ``posterior`` statistic.
+        scoring_decoder: when given, the hypotheses that are scored (WER, oracle) are its best
+            hypotheses at every exit (e.g. a lexicon search with a word n-gram model: the output a
+            system would show) instead of the greedy ones; policies still see the greedy transcripts.
+    """
     dataset = SpeechDataset(prepared, em.feature_extractor)
     n, num_exits = len(prepared), len(em.model.config.exit_layers)
     hyps: list[list[str]] = [[""] * n for _ in range(num_exits)]
+    greedy: list[list[str]] = [[""] * n for _ in range(num_exits)]
     names = ["entropy", "max_prob"] + (["posterior"] if lexicon_decoder is not None else [])
     stats = {s: torch.full((num_exits, n), float("nan")) for s in names}
     seen = torch.zeros(n, dtype=torch.bool)
@@ -162,7 +177,11 @@ def compute_exit_table(
         stats["max_prob"][:, index] = mean_max_prob(logits, lengths).cpu()
         for k, texts in enumerate(greedy_decode_exits(batch.exit_logits, lengths, em.tokenizer)):
             for j, i in enumerate(batch.indices):
-                hyps[k][i] = normalize_transcript(texts[j])
+                greedy[k][i] = hyps[k][i] = normalize_transcript(texts[j])
+        if scoring_decoder is not None:
+            for k, z in enumerate(batch.exit_logits):
+                for j, i in enumerate(batch.indices):
+                    hyps[k][i] = normalize_transcript(scoring_decoder.decode(z[j], int(lengths[j])))
         if lexicon_decoder is not None:
             for k, z in enumerate(batch.exit_logits):
                 post = [nbest_posterior(z[j], lexicon_decoder, int(lengths[j])) for j in range(len(index))]
@@ -174,6 +193,7 @@ def compute_exit_table(
         keep = seen.nonzero().squeeze(1).tolist()
         prepared = [prepared[i] for i in keep]
         hyps = [[h[i] for i in keep] for h in hyps]
+        greedy = [[h[i] for i in keep] for h in greedy]
         stats = {s: v[:, keep] for s, v in stats.items()}
     refs = [normalize_transcript(u.text) for u in prepared]
     errors = torch.tensor(
@@ -189,6 +209,7 @@ def compute_exit_table(
         errors=errors.reshape(num_exits, len(refs)),
         reference_words=words,
         audio_seconds=[u.duration for u in prepared],
+        policy_transcripts=greedy if scoring_decoder is not None else None,
     )
 
 
