@@ -118,6 +118,9 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
     assert "| 4 | 40.0 | 20.0 |" in text
     lexicon = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "lexicon")
     assert "| EE | - | - | - |" in lexicon
+    rows[0].wer["lexicon_lm"] = {"test": {2: 0.2, 4: 0.1, 6: 0.05}}
+    with_lm = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "lexicon_lm")
+    assert "| EE | 20.0 / - | 10.0 / - | 5.0 / - |" in with_lm
 
 
 def test_config_files_match_the_presets(tmp_path: Path) -> None:

@@ -163,8 +163,15 @@ def _evaluate(result: RunResult, model_dir: Path, corpus: Path, preset: DemoPres
         preset.reproduce_splits,
         lexicon_beam_size=preset.lexicon_beam_size,
         overwrite=overwrite,
+        lm_order=preset.lm_order,
+        lm_weight=preset.lm_weight,
+        lm_word_score=preset.lm_word_score,
     )
-    result.wer = {"greedy": evaluated["greedy"], "lexicon": evaluated["lexicon"]}
+    result.wer = {
+        "greedy": evaluated["greedy"],
+        "lexicon": evaluated["lexicon"],
+        "lexicon_lm": evaluated["lexicon_lm"],
+    }
     result.eval_seconds = evaluated["seconds"]
 
 
@@ -267,6 +274,14 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
             "",
             format_reproduce_table(rows, baselines, exit_layers, splits, "lexicon"),
         ]
+        if preset.lm_order:
+            parts += [
+                "",
+                f"## The same search with a Kneser-Ney {preset.lm_order}-gram model of the training transcripts "
+                f"(weight {preset.lm_weight}, word score {preset.lm_word_score}, chosen on dev for the EE model)",
+                "",
+                format_reproduce_table(rows, baselines, exit_layers, splits, "lexicon_lm"),
+            ]
     text = "\n".join([*parts, "", notes, ""])
     atomic_write_text(out / "reproduce.md", text)
     record = {
