@@ -60,6 +60,23 @@ def _conv_time_major(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.linear(windows, weight, conv.bias)
 
 
+def _group_norm_time_major(
+    hidden: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None
+) -> torch.Tensor:
+    """``norm`` (one channel per group) of ``hidden`` ``(batch, time, channels)``: each channel over time,
+    over the first ``lengths[b]`` frames of row ``b`` when given, then one fused scale and shift."""
+    if lengths is None:
+        var, mean = torch.var_mean(hidden, dim=1, unbiased=False, keepdim=True)
+    else:
+        stats = [
+            torch.var_mean(hidden[b, : max(int(n), 1)], dim=0, unbiased=False) for b, n in enumerate(lengths)
+        ]
+        var = torch.stack([v for v, _ in stats]).unsqueeze(1)
+        mean = torch.stack([m for _, m in stats]).unsqueeze(1)
+    scale = norm.weight * torch.rsqrt(var + norm.eps)  # (batch, 1, channels)
+    return torch.addcmul(norm.bias - mean * scale, hidden, scale)
+
+
 def time_major_features(
     feature_encoder: nn.Module, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -82,14 +99,6 @@ def time_major_features(
         elif isinstance(layer, Wav2Vec2GroupNormConvLayer):
             # GroupNorm with one channel per group: each channel normalised over time (padding included,
             # as in transformers), then the per-channel affine map
-            norm = layer.layer_norm
-            if lengths is None:
-                var, mean = torch.var_mean(hidden, dim=1, unbiased=False, keepdim=True)
-            else:
-                valid = (torch.arange(hidden.shape[1], device=hidden.device) < lengths[:, None]).unsqueeze(-1)
-                count = lengths.clamp(min=1).to(hidden.dtype)[:, None, None]
-                mean = (hidden * valid).sum(1, keepdim=True) / count
-                var = (((hidden - mean) * valid) ** 2).sum(1, keepdim=True) / count
-            hidden = torch.addcmul(norm.bias, (hidden - mean) * torch.rsqrt(var + norm.eps), norm.weight)
+            hidden = _group_norm_time_major(hidden, layer.layer_norm, lengths)
         hidden = layer.activation(hidden)
     return hidden
