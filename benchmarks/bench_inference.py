@@ -45,8 +45,8 @@ from wav2vec2_ee.inference import (
     evaluate_policy,
     oracle_curve,
 )
-from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table, scoring_decoder_for
-from wav2vec2_ee.inference.sweep import lexicon_decoder_for
+from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
+from wav2vec2_ee.inference.sweep import lexicon_decoder_for, scoring_decoder_for
 from wav2vec2_ee.inference.table import compute_exit_table, load_prepared_split, oracle_wer_at
 from wav2vec2_ee.inference.timing import load_batches, measure_wall_times
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -527,6 +529,25 @@ def test_transcribe_cli(assets, capsys):
     assert "missing.wav" in capsys.readouterr().err
 
 
+@contextlib.contextmanager
+def caplog_warnings():
+    """The messages of warnings logged by ``wav2vec2_ee`` inside the block."""
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno >= logging.WARNING:
+                messages.append(record.getMessage())
+
+    handler = Collect()
+    logger = logging.getLogger("wav2vec2_ee")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_sweep_cli_writes_csv_json_png(assets, capsys):
     out = assets["root"] / "sweep"
     argv = ["sweep", str(assets["checkpoint"]), str(out), "--data", str(assets["data"]), "--split", "dev"]
@@ -563,6 +584,22 @@ def test_sweep_cli_writes_csv_json_png(assets, capsys):
     records = [json.loads(line) for line in (out / "dev_exit_table.jsonl").read_text().splitlines()]
     assert len(records) == 6 and len(records[0]["exits"]) == 4
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+    # scored on lexicon + bigram transcripts: timed engine runs agree with the simulation (no warning)
+    scored = assets["root"] / "sweep_lm"
+    argv[2] = str(scored)
+    lm = ["--score-lm-order", "2", "--lexicon-from", "test", "--score-beam-size", "20"]
+    with caplog_warnings() as warned:
+        assert cli_main([*argv, *lm]) == 0
+    capsys.readouterr()
+    assert not [w for w in warned if "the engine gave" in w]
+    points = json.loads((scored / "dev_sweep.json").read_text())["points"]
+    assert all(p["engine_wer"] is None and p["wall_seconds"] for p in points)
+    lm_words = {
+        w.lower() for f in (assets["data"] / "test").rglob("*.trans.txt") for w in f.read_text().split()
+    }
+    records = [json.loads(line) for line in (scored / "dev_exit_table.jsonl").read_text().splitlines()]
+    assert all(set(e["hypothesis"].split()) <= lm_words for r in records for e in r["exits"])
 
 
 def test_calibrate_cli(assets, capsys):

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.evaluate import load_evaluation_model
 from ..evaluation.results import atomic_write_json
 from .policies import POLICIES, Decoders, policy_with_value
-from .sweep import lexicon_decoder_for
+from .sweep import lexicon_decoder_for, scoring_decoder_for
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -146,29 +145,6 @@ def format_calibration(c: Calibration) -> list[str]:
             f"{c.test.mean_layers_computed:.3f} ({c.test.depth_fraction:.3f} of full depth)"
         )
     return lines
-
-
-def scoring_decoder_for(
-    em,
-    data: str | os.PathLike,
-    lexicon: str | None,
-    lexicon_from: Sequence[str] | None,
-    lm_order: int,
-    lm_weight: float = 1.0,
-    word_score: float = 1.0,
-    beam_size: int = 500,
-) -> LexiconBeamDecoder:
-    """The lexicon beam search with a Kneser-Ney word ``lm_order``-gram model whose transcripts are
-    scored (the lexicon and the model from a ``lexicon`` file / the ``lexicon_from`` transcripts)."""
-    from ..evaluation.evaluate import resolve_lexicon, resolve_lexicon_lm
-
-    if not lexicon_from:
-        raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
-    lex = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None).lexicon
-    lm, _ = resolve_lexicon_lm(data, em.tokenizer, None, lm_order, lexicon_from, None, lex)
-    return LexiconBeamDecoder(
-        em.tokenizer, lex, nbest=1, beam_size=beam_size, word_score=word_score, lm=lm, lm_weight=lm_weight
-    )
 
 
 def run_calibration(

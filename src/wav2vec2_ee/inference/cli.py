@@ -74,6 +74,23 @@ class LexiconSourceArguments:
 
 
 @dataclass
+class ScoringArguments:
+    """Which transcripts the WERs of ``sweep`` / ``calibrate`` score."""
+
+    score_lm_order: int = field(
+        default=0,
+        metadata={
+            "help": "score WER on the transcripts of the lexicon beam search with a Kneser-Ney word n-gram model "
+            "of this order from --lexicon-from's transcripts (default 0: greedy transcripts); policies still "
+            "decide from the exit outputs"
+        },
+    )
+    score_lm_weight: float = field(default=1.0, metadata={"help": "LM weight of --score-lm-order"})
+    score_word_score: float = field(default=1.0, metadata={"help": "word score of --score-lm-order"})
+    score_beam_size: int = field(default=500, metadata={"help": "beam size of --score-lm-order"})
+
+
+@dataclass
 class TranscribeArguments:
     """Options of ``wav2vec2-ee transcribe`` (the positional checkpoint and audio files come first)."""
 
@@ -236,7 +253,7 @@ class SweepArguments:
 
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (SweepArguments, LexiconArguments, LexiconSourceArguments),
+        (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments),
         "wav2vec2-ee sweep",
         "WER / compute trade-off of exit policies over thresholds.",
     )
@@ -244,12 +261,17 @@ def sweep_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "output_dir", help="folder for <split>_sweep.csv / .json / .png and per-utterance files"
     )
-    args, lexicon, source, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging()
     from .sweep import run_sweep
 
     run_sweep(
-        positional.checkpoint, positional.output_dir, **asdict(args), **asdict(lexicon), **asdict(source)
+        positional.checkpoint,
+        positional.output_dir,
+        **asdict(args),
+        **asdict(lexicon),
+        **asdict(source),
+        **asdict(scoring),
     )
     return 0
 
@@ -285,17 +307,6 @@ class CalibrateArguments:
         default=None, metadata={"help": "candidate values (default: every distinct decision on the split)"}
     )
     max_layer: int | None = field(default=None, metadata={"help": "layer budget: never beyond this layer"})
-    score_lm_order: int = field(
-        default=0,
-        metadata={
-            "help": "score WER on the transcripts of the lexicon beam search with a Kneser-Ney word n-gram model "
-            "of this order from --lexicon-from's transcripts (default 0: greedy transcripts); policies still "
-            "decide from the exit outputs"
-        },
-    )
-    score_lm_weight: float = field(default=1.0, metadata={"help": "LM weight of --score-lm-order"})
-    score_word_score: float = field(default=1.0, metadata={"help": "word score of --score-lm-order"})
-    score_beam_size: int = field(default=500, metadata={"help": "beam size of --score-lm-order"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of lines"})
     output_dir: str | None = field(
         default=None,
@@ -311,16 +322,16 @@ class CalibrateArguments:
 
 def calibrate_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (CalibrateArguments, LexiconArguments, LexiconSourceArguments),
+        (CalibrateArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments),
         "wav2vec2-ee calibrate",
         "Choose an exit policy's threshold on a dev split; prints it on the last line.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
-    args, lexicon, source, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     from .calibrate import run_calibration
 
-    kwargs = {**asdict(args), **asdict(lexicon), **asdict(source)}
+    kwargs = {**asdict(args), **asdict(lexicon), **asdict(source), **asdict(scoring)}
     kwargs["as_json"] = kwargs.pop("json")
     run_calibration(positional.checkpoint, **kwargs)
     sys.stdout.flush()
