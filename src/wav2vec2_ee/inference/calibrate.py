@@ -183,18 +183,9 @@ def run_calibration(
     if num_threads:
         torch.set_num_threads(int(num_threads))
     em = load_evaluation_model(checkpoint)
-    scoring = None
-    if score_lm_order:
-        scoring = scoring_decoder_for(
-            em,
-            data,
-            lexicon,
-            lexicon_from,
-            score_lm_order,
-            score_lm_weight,
-            score_word_score,
-            score_beam_size,
-        )
+    scoring = scoring_decoder_for(
+        em, data, lexicon, lexicon_from, score_lm_order, score_lm_weight, score_word_score, score_beam_size
+    )
 
     def table_of(which: str | None) -> tuple[str, ExitTable]:
         if which is not None and Path(which).is_file():  # a split given as its own manifest file

@@ -243,11 +243,14 @@ def scoring_decoder_for(
     lm_weight: float = 1.0,
     word_score: float = 1.0,
     beam_size: int = 500,
-) -> LexiconBeamDecoder:
+) -> LexiconBeamDecoder | None:
     """The lexicon beam search with a Kneser-Ney word ``lm_order``-gram model whose transcripts are
-    scored (the lexicon and the model from a ``lexicon`` file / the ``lexicon_from`` transcripts)."""
+    scored (the lexicon and the model from a ``lexicon`` file / the ``lexicon_from`` transcripts);
+    ``None`` for ``lm_order`` 0 (greedy transcripts are scored)."""
     from ..evaluation.evaluate import resolve_lexicon, resolve_lexicon_lm
 
+    if not lm_order:
+        return None
     if not lexicon_from:
         raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
     lex = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None).lexicon
@@ -306,18 +309,9 @@ def run_sweep(
         decoders.lexicon_decoder = lexicon_decoder_for(
             em, data, name, prepared, lexicon, lexicon_from, nbest, lexicon_beam_size, word_score
         )
-    scoring = None
-    if score_lm_order:
-        scoring = scoring_decoder_for(
-            em,
-            data,
-            lexicon,
-            lexicon_from,
-            score_lm_order,
-            score_lm_weight,
-            score_word_score,
-            score_beam_size,
-        )
+    scoring = scoring_decoder_for(
+        em, data, lexicon, lexicon_from, score_lm_order, score_lm_weight, score_word_score, score_beam_size
+    )
     table = compute_exit_table(
         em,
         prepared,
