@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -182,12 +183,13 @@ class ExitBatch:
 
 def default_processes(model: Wav2Vec2EEForCTC, num_batches: int) -> int:
     """Worker processes for :func:`iter_exit_logits` on CPU: one per torch thread (each then runs one
-    thread), at most 8 and at most one per batch; 1 on GPU or where ``fork`` is unavailable.
+    thread), at most 8 and at most one per batch; 1 on GPU and off Linux (``fork`` after libraries
+    that start threads is only safe there).
 
     Small matrices (a few hundred frames by a few hundred channels) keep two intra-op threads far from
     twice as fast as one, while processes working on different batches scale almost linearly.
     """
-    if next(model.parameters()).device.type != "cpu" or "fork" not in mp.get_all_start_methods():
+    if next(model.parameters()).device.type != "cpu" or not sys.platform.startswith("linux"):
         return 1
     return max(1, min(torch.get_num_threads(), 8, num_batches))
 
@@ -266,6 +268,8 @@ def iter_exit_logits(
     batches = length_grouped_batches(durations, batch_size, max_batch_seconds)
     if processes is None:
         processes = default_processes(model, len(batches))
+    if processes > 1 and "fork" not in mp.get_all_start_methods():
+        raise ValueError(f"processes={processes} needs the 'fork' start method, which this platform lacks")
     if processes > 1:
         threads = max(1, torch.get_num_threads() // processes)
         _WORKER_STATE = (model, dataset, exits, per_utterance_cnn, postprocess)
