@@ -89,14 +89,17 @@ def _losses(checkpoint: Path) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("sampling", "max_steps", "mode", "kill_step"),
-    [("random", 6, "after-step", 4), ("group_by_length", 7, "while-saving", 6)],
-    ids=["sigkill_between_checkpoints", "sigkill_while_saving_group_by_length"],
+    ("sampling", "max_steps", "mode", "kill_step", "augment"),
+    [
+        ("random", 6, "after-step", 4, []),
+        ("group_by_length", 7, "while-saving", 6, ["--speed-perturbation", "0.9", "1.0", "1.1"]),
+    ],
+    ids=["sigkill_between_checkpoints", "sigkill_while_saving_group_by_length_speed_perturbed"],
 )
 def test_killed_run_resumes_to_the_same_weights(
-    corpus, model_json, tmp_path, sampling, max_steps, mode, kill_step
+    corpus, model_json, tmp_path, sampling, max_steps, mode, kill_step, augment
 ):
-    extra = ["--max-steps", str(max_steps), "--train-sampling-strategy", sampling]
+    extra = ["--max-steps", str(max_steps), "--train-sampling-strategy", sampling, *augment]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}  # as in this process
     proc = subprocess.run(

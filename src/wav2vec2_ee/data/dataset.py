@@ -17,6 +17,7 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
 from ..vocab import TextNormalizer
 from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
+from .augment import SpeedPerturbation
 from .sources import Utterance
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,11 @@ def _measure(utt: Utterance, verify_audio: bool) -> float | AudioError:
         return audio_duration(utt.audio)
     except AudioError as err:
         return err
+
+
+def ctc_frames_needed(labels: Sequence[int]) -> int:
+    """Frames CTC needs for ``labels``: one per label plus a blank between each pair of equal labels."""
+    return len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
 
 
 def prepare_utterances(
@@ -144,7 +150,7 @@ def prepare_utterances(
             labels = tokenizer(text.replace(" ", delimiter)).input_ids if text else []
             if frames_for_samples is not None and labels:
                 frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))
-                needed = len(labels) + sum(a == b for a, b in zip(labels, labels[1:]))
+                needed = ctc_frames_needed(labels)
                 if frames < needed:
                     skip(utt, f"too short for its transcript: {frames} CTC frames < {needed} needed")
                     continue
@@ -168,6 +174,11 @@ class SpeechDataset(Dataset):
     replaces it also carries ``skipped_audio`` (``[(path, reason), ...]``), which the collator passes
     on, so the trainer can count it even when the data loader runs in worker processes. With
     ``strict`` the unreadable item raises :class:`BadItemError` instead.
+
+    With ``speed_perturbation`` (training), each item is played faster or slower by the factor that
+    :meth:`SpeedPerturbation.factor` gives for ``(epoch, index)`` (:meth:`set_epoch`, called by the data
+    loader each epoch) and carries it as ``speed``; a factor that would leave fewer CTC frames
+    (``frames_for_samples``) than the item's labels need falls back to 1.0.
     """
 
     def __init__(
@@ -176,13 +187,22 @@ class SpeechDataset(Dataset):
         feature_extractor: Wav2Vec2FeatureExtractor,
         cache_audio: bool = False,
         strict: bool = False,
+        speed_perturbation: SpeedPerturbation | None = None,
+        frames_for_samples: Callable[[int], int] | None = None,
     ):
         self.utterances = list(utterances)
         self.feature_extractor = feature_extractor
         self.cache_audio = cache_audio
         self.strict = strict
+        self.speed_perturbation = speed_perturbation
+        self.frames_for_samples = frames_for_samples
+        self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
         self.bad_items: dict[str, str] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that speed perturbation draws its factors for."""
+        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -221,11 +241,24 @@ class SpeechDataset(Dataset):
                     self.bad_items[err.source] = err.reason
                 skipped.append((err.source, err.reason))
                 continue
-            item = {"input_values": values, "labels": self.utterances[i].labels, "utt_index": i}
+            labels = self.utterances[i].labels
+            item = {"input_values": values, "labels": labels, "utt_index": i}
+            if self.speed_perturbation is not None:
+                item["input_values"], item["speed"] = self._perturb(values, labels, i)
             if skipped:
                 item["skipped_audio"] = skipped
             return item
         raise AudioError("<dataset>", "no readable audio in the whole dataset")
+
+    def _perturb(self, values: np.ndarray, labels: Sequence[int], index: int) -> tuple[np.ndarray, float]:
+        factor = self.speed_perturbation.factor(self.epoch, index)
+        if factor == 1.0:
+            return values, factor
+        perturbed = SpeedPerturbation.apply(values, factor)
+        if self.frames_for_samples is not None and labels:
+            if int(self.frames_for_samples(perturbed.size)) < ctc_frames_needed(labels):
+                return values, 1.0
+        return perturbed, factor
 
 
 @dataclass
@@ -233,7 +266,7 @@ class DataCollatorCTCWithPadding:
     """Pads ``input_values`` (with ``attention_mask``) and ``labels`` (with -100).
 
     Returns ``input_values`` ``(batch, samples)``, ``attention_mask`` ``(batch, samples)``, ``labels``
-    ``(batch, target_len)`` and ``utt_index`` ``(batch,)``; plus ``skipped_audio`` (a list of
+    ``(batch, target_len)``, ``utt_index`` ``(batch,)`` and, with speed perturbation, ``speed`` ``(batch,)``; plus ``skipped_audio`` (a list of
     ``(path, reason)``) when an item stands in for unreadable audio.
     """
 
@@ -259,6 +292,8 @@ class DataCollatorCTCWithPadding:
             batch["labels"] = labels
         if "utt_index" in features[0]:
             batch["utt_index"] = torch.as_tensor([f["utt_index"] for f in features], dtype=torch.long)
+        if "speed" in features[0]:
+            batch["speed"] = torch.as_tensor([f["speed"] for f in features], dtype=torch.float32)
         skipped = [s for f in features for s in f.get("skipped_audio", ())]
         if skipped:
             batch["skipped_audio"] = skipped

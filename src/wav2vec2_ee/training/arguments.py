@@ -93,6 +93,14 @@ class DataArguments:
     cache_audio: bool = field(
         default=False, metadata={"help": "Keep decoded audio in memory after its first read (small corpora)."}
     )
+    speed_perturbation: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Speed perturbation of the training audio: each utterance, each epoch, played faster or "
+            "slower by one of these factors (pitch, formants and tempo together, as Kaldi's sox speed), "
+            "e.g. 0.9 1.0 1.1. Default off."
+        },
+    )
 
 
 @dataclass

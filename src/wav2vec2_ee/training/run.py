@@ -15,6 +15,7 @@ from transformers import TrainingArguments, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 
 from ..data import DataError, SpeechDataset, load_split, prepare_utterances
+from ..data.augment import SpeedPerturbation
 from ..data.dataset import DataCollatorCTCWithPadding
 from ..io import atomic_write_text
 from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
@@ -173,8 +174,20 @@ def run_training(
     logger.info("training data: %s", report.summary())
     if not train_items:
         raise DataError(f"{data_args.data}: no usable training utterances in {data_args.train_splits}")
+    perturbation = None
+    if data_args.speed_perturbation:
+        try:
+            perturbation = SpeedPerturbation(tuple(data_args.speed_perturbation), seed=training_args.seed)
+        except ValueError as err:
+            raise ValueError(f"--speed-perturbation: {err}") from err
+        logger.info("speed perturbation of the training audio: factors %s", list(perturbation.factors))
     train_dataset = SpeechDataset(
-        train_items, processor.feature_extractor, cache_audio=data_args.cache_audio, strict=data_args.strict
+        train_items,
+        processor.feature_extractor,
+        cache_audio=data_args.cache_audio,
+        strict=data_args.strict,
+        speed_perturbation=perturbation,
+        frames_for_samples=frames,
     )
     eval_dataset = None
     if data_args.eval_splits:

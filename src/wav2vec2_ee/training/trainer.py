@@ -28,7 +28,8 @@ class TeacherLabels:
     """Pseudo-labels of a frozen teacher's last exit, cached per training utterance.
 
     The teacher runs in eval mode (deterministic), so its greedy labels for an utterance never change:
-    the first epoch computes them, later epochs read the cache. The teacher is held here, outside the
+    the first epoch computes them, later epochs read the cache (one entry per speed factor when the
+    audio is speed-perturbed, since the labels must fit the perturbed length). The teacher is held here, outside the
     student, so it is never saved inside the student's checkpoints.
     """
 
@@ -36,13 +37,15 @@ class TeacherLabels:
         self.teacher = teacher.eval().requires_grad_(False)
         self.blank_id = blank_id
         self.word_delimiter_id = word_delimiter_id
-        self.cache: dict[int, torch.Tensor] = {}
+        self.cache: dict[int | tuple[int, float], torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(batch, max_len)`` pseudo-labels padded with -100 for the batch ``inputs``."""
         index = inputs.get("utt_index")
         keys = index.tolist() if index is not None else [None] * inputs["input_values"].shape[0]
+        if index is not None and inputs.get("speed") is not None:  # speed-perturbed audio: one entry per speed
+            keys = list(zip(keys, inputs["speed"].tolist()))
         missing = [i for i, k in enumerate(keys) if k is None or k not in self.cache]
         if missing:
             device = next(self.teacher.parameters()).device
@@ -80,13 +83,16 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     ``accelerate``'s data loader at the start of every epoch.
     """
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, dataset=None):
         super().__init__(batch_size, lengths=lengths)
         self.seed = int(seed)
         self.epoch = 0
+        self.dataset = dataset
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+        if hasattr(self.dataset, "set_epoch"):  # speed perturbation draws per epoch too
+            self.dataset.set_epoch(self.epoch)
 
     def __iter__(self):
         generator = torch.Generator()
@@ -137,6 +143,7 @@ class EarlyExitTrainer(Trainer):
                 self.args.train_batch_size * self.args.gradient_accumulation_steps,
                 lengths=dataset.lengths,
                 seed=seed,
+                dataset=dataset,
             )
         return super()._get_train_sampler(train_dataset)
 
@@ -236,6 +243,7 @@ class EarlyExitTrainer(Trainer):
         if self.teacher_labels is not None and model.training:
             teacher_labels = self.teacher_labels(inputs)
         inputs.pop("utt_index", None)
+        inputs.pop("speed", None)
         outputs = model(**inputs, num_exits=self.objective.exits_needed)
         if teacher_labels is None and getattr(self.objective, "needs_teacher", False):
             # evaluation without a cached teacher: distil from the student's own last exit
