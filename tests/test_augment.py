@@ -54,7 +54,8 @@ def test_bad_factors_are_refused_with_their_values(factors):
 
 def _dataset(seconds: list[float], labels: list[list[int]], **kwargs) -> SpeechDataset:
     items = [
-        PreparedUtterance(f"u{i}", None, "X", lab, s, audio_bytes=None) for i, (s, lab) in enumerate(zip(seconds, labels))
+        PreparedUtterance(f"u{i}", None, "X", lab, s, audio_bytes=None)
+        for i, (s, lab) in enumerate(zip(seconds, labels))
     ]
     ds = SpeechDataset(items, build_feature_extractor(), **kwargs)
     for i, s in enumerate(seconds):  # audio given directly (no files needed)
@@ -80,7 +81,9 @@ def test_dataset_items_carry_their_speed_and_follow_the_epoch():
 def test_a_speed_up_that_leaves_too_few_ctc_frames_falls_back_to_one():
     # 100 samples per frame: 0.1 s = 16 frames; 16 labels fit at speed 1.0 but not at 1.1 (14 frames)
     sp = SpeedPerturbation((1.1,), seed=0)
-    ds = _dataset([0.1, 0.1], [list(range(1, 17)), [1, 2]], speed_perturbation=sp, frames_for_samples=lambda n: n // 100)
+    ds = _dataset(
+        [0.1, 0.1], [list(range(1, 17)), [1, 2]], speed_perturbation=sp, frames_for_samples=lambda n: n // 100
+    )
     assert ds[0]["speed"] == 1.0 and len(ds[0]["input_values"]) == 1600
     assert ds[1]["speed"] == 1.1 and len(ds[1]["input_values"]) < 1600
 
@@ -99,7 +102,11 @@ class _CountingTeacher(torch.nn.Module):
         logits = torch.full((values.shape[0], frames, 4), -10.0)
         logits[:, ::2, 2] = 10.0  # token 2 on even frames, blank (0) between
         logits[:, 1::2, 0] = 10.0
-        lengths = (attention_mask.sum(-1) // 100) if attention_mask is not None else torch.full((values.shape[0],), frames)
+        lengths = (
+            (attention_mask.sum(-1) // 100)
+            if attention_mask is not None
+            else torch.full((values.shape[0],), frames)
+        )
         return type("Out", (), {"logits": logits, "output_lengths": lengths})()
 
 

@@ -255,9 +255,9 @@ class SpeechDataset(Dataset):
         if factor == 1.0:
             return values, factor
         perturbed = SpeedPerturbation.apply(values, factor)
-        if self.frames_for_samples is not None and labels:
-            if int(self.frames_for_samples(perturbed.size)) < ctc_frames_needed(labels):
-                return values, 1.0
+        frames = self.frames_for_samples
+        if frames is not None and labels and int(frames(perturbed.size)) < ctc_frames_needed(labels):
+            return values, 1.0
         return perturbed, factor
 
 

@@ -44,7 +44,7 @@ class TeacherLabels:
         """``(batch, max_len)`` pseudo-labels padded with -100 for the batch ``inputs``."""
         index = inputs.get("utt_index")
         keys = index.tolist() if index is not None else [None] * inputs["input_values"].shape[0]
-        if index is not None and inputs.get("speed") is not None:  # speed-perturbed audio: one entry per speed
+        if index is not None and inputs.get("speed") is not None:  # speed-perturbed: one entry per speed
             keys = list(zip(keys, inputs["speed"].tolist()))
         missing = [i for i, k in enumerate(keys) if k is None or k not in self.cache]
         if missing:
