@@ -73,6 +73,8 @@ def test_dataset_items_carry_their_speed_and_follow_the_epoch():
             factor = sp.factor(epoch, i)
             assert item["speed"] == factor
             assert abs(len(item["input_values"]) - round(SR / factor)) <= 2
+            # what the length-grouped sampler groups by in this epoch
+            assert abs(ds.lengths_in_epoch(epoch)[i] - len(item["input_values"])) <= 2
     batch = DataCollatorCTCWithPadding(build_feature_extractor())([ds[0], ds[1], ds[2]])
     assert batch["speed"].tolist() == pytest.approx([sp.factor(3, i) for i in range(3)])
     assert "speed" not in DataCollatorCTCWithPadding(build_feature_extractor())([_dataset([1.0], [[5]])[0]])

@@ -200,6 +200,13 @@ class SpeechDataset(Dataset):
         self._cache: dict[int, np.ndarray] = {}
         self.bad_items: dict[str, str] = {}
 
+    def lengths_in_epoch(self, epoch: int) -> list[int]:
+        """Lengths in samples as ``epoch`` will give them (after speed perturbation, if any)."""
+        if self.speed_perturbation is None:
+            return self.lengths
+        factor = self.speed_perturbation.factor
+        return [int(n / factor(epoch, i)) for i, n in enumerate(self.lengths)]
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch that speed perturbation draws its factors for."""
         self.epoch = int(epoch)

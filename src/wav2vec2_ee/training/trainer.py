@@ -97,7 +97,10 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+        lengths = self.lengths
+        if hasattr(self.dataset, "lengths_in_epoch"):  # speed-perturbed lengths: group what gets padded
+            lengths = self.dataset.lengths_in_epoch(self.epoch)
+        return iter(get_length_grouped_indices(lengths, self.batch_size, generator=generator))
 
 
 SKIP_COUNTS_NAME = "skip_counts.json"
