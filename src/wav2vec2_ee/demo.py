@@ -82,7 +82,7 @@ DEMO_TRAINING: dict = {
     "warmup_steps": 300,
     "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-    "max_steps": 3600,
+    "max_steps": 3000,
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,
