@@ -74,8 +74,9 @@ DEMO_TRAINING: dict = {
     "train_splits": list(TRAIN_SPLITS),
     "cache_audio": True,
     "train_sampling_strategy": "group_by_length",
-    # held-out voices are the hard part: without it the model reaches 5 % WER on training voices and
-    # 51 % on unheard ones; speed perturbation (tempo, pitch and formants) takes the latter to ~44 %
+    # held-out voices are the hard part: in 4600-step runs the model reached 5 % WER on training voices
+    # and 51 % on unheard ones; speed perturbation (tempo, pitch and formants) took the latter to 44 %
+    # (docs/results.md has the runs)
     "speed_perturbation": [0.9, 1.0, 1.1],
     "per_device_train_batch_size": 8,
     "learning_rate": 3e-3,
