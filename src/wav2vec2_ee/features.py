@@ -60,19 +60,25 @@ def _conv_time_major(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     return F.linear(windows, weight, conv.bias)
 
 
+def _var_mean_over_time(hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased variance and mean of ``hidden`` ``(batch, time, channels)`` over time, ``(batch, 1, channels)``
+    each: two passes, as ``torch.var_mean``, whose kernel is about 12x slower when reducing over the
+    non-innermost dimension on CPU (0.68 vs 0.05 ms for 1900 x 64 on one thread)."""
+    mean = hidden.mean(dim=1, keepdim=True)
+    return (hidden - mean).square().mean(dim=1, keepdim=True), mean
+
+
 def _group_norm_time_major(
     hidden: torch.Tensor, norm: nn.GroupNorm, lengths: torch.Tensor | None
 ) -> torch.Tensor:
     """``norm`` (one channel per group) of ``hidden`` ``(batch, time, channels)``: each channel over time,
     over the first ``lengths[b]`` frames of row ``b`` when given, then one fused scale and shift."""
     if lengths is None:
-        var, mean = torch.var_mean(hidden, dim=1, unbiased=False, keepdim=True)
+        var, mean = _var_mean_over_time(hidden)
     else:
-        stats = [
-            torch.var_mean(hidden[b, : max(int(n), 1)], dim=0, unbiased=False) for b, n in enumerate(lengths)
-        ]
-        var = torch.stack([v for v, _ in stats]).unsqueeze(1)
-        mean = torch.stack([m for _, m in stats]).unsqueeze(1)
+        stats = [_var_mean_over_time(hidden[b : b + 1, : max(int(n), 1)]) for b, n in enumerate(lengths)]
+        var = torch.cat([v for v, _ in stats])
+        mean = torch.cat([m for _, m in stats])
     scale = norm.weight * torch.rsqrt(var + norm.eps)  # (batch, 1, channels)
     return torch.addcmul(norm.bias - mean * scale, hidden, scale)
 
