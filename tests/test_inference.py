@@ -22,7 +22,12 @@ from wav2vec2_ee.evaluation import (
     mean_frame_entropy,
     word_errors,
 )
-from wav2vec2_ee.features import supports_time_major, time_major_features
+from wav2vec2_ee.features import (
+    positional_conv_fft,
+    supports_positional_conv_fft,
+    supports_time_major,
+    time_major_features,
+)
 from wav2vec2_ee.inference import (
     ConfidenceThreshold,
     Decoders,
@@ -152,11 +157,45 @@ def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm):
         expected = encoder(x).transpose(1, 2)
         torch.testing.assert_close(time_major_features(encoder, x), expected, atol=1e-5, rtol=1e-5)
         fast = model.embed(x).hidden_states  # no grad: the time-major CNN by default
-        slow = reference.embed(x, fast_cnn=False).hidden_states
+        slow = reference.embed(x, fast_cnn=False, fast_pos_conv=False).hidden_states
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
     grouped = _model(**norm_config)
     grouped.wav2vec2.feature_extractor.conv_layers[0].conv.groups = 2  # not one plain conv: unsupported
     assert not supports_time_major(grouped.wav2vec2.feature_extractor)
+
+
+@pytest.mark.parametrize(("kernel", "groups"), [(16, 4), (15, 2), (8, 1)])
+def test_fft_positional_conv_equals_the_transformers_conv(kernel, groups):
+    model = _model(num_conv_pos_embeddings=kernel, num_conv_pos_embedding_groups=groups)
+    module = model.wav2vec2.encoder.pos_conv_embed
+    assert supports_positional_conv_fft(module)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for frames in (1, 7, 50, 300):  # several FFT sizes, frames shorter and longer than the kernel
+            hidden = torch.randn(3, frames, model.config.hidden_size)
+            torch.testing.assert_close(
+                positional_conv_fft(module, hidden), module(hidden), atol=1e-5, rtol=1e-5
+            )
+        # the cached kernel spectrum follows the weights (an optimiser step changes them in place)
+        module.conv.parametrizations.weight.original1.mul_(-0.5)
+        hidden = torch.randn(2, 50, model.config.hidden_size)
+        torch.testing.assert_close(positional_conv_fft(module, hidden), module(hidden), atol=1e-5, rtol=1e-5)
+
+
+def test_embed_uses_the_fft_positional_conv_only_without_gradients(monkeypatch):
+    import wav2vec2_ee.modeling as modeling
+
+    calls = []
+    real = modeling.positional_conv_fft
+    monkeypatch.setattr(modeling, "positional_conv_fft", lambda m, h: calls.append(1) or real(m, h))
+    model = _model()
+    x, mask = _padded_batch()
+    with torch.no_grad():
+        fast = model.embed(x, mask).hidden_states
+    assert calls == [1]
+    slow = model.embed(x, mask).hidden_states  # training path: the differentiable conv
+    assert calls == [1] and slow.requires_grad
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-4, rtol=1e-4)  # after a LayerNorm
 
 
 def _count_layer_rows(model: Wav2Vec2EEForCTC) -> tuple[list[list[int]], list]:

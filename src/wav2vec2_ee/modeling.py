@@ -33,7 +33,12 @@ from transformers.modeling_outputs import ModelOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Vec2PreTrainedModel
 
 from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
-from .features import supports_time_major, time_major_features
+from .features import (
+    positional_conv_fft,
+    supports_positional_conv_fft,
+    supports_time_major,
+    time_major_features,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -145,6 +150,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         mask_time_indices: torch.Tensor | None = None,
         fast_cnn: bool | None = None,
         per_utterance_norm: bool = False,
+        fast_pos_conv: bool | None = None,
     ) -> EncoderState:
         """Run the CNN, the projection and the encoder's input stage (``hidden_states[0]``).
 
@@ -158,6 +164,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
                 utterance's own samples (``attention_mask``), so padded utterances get what they get alone;
                 ``transformers`` (and the default) include the padding. Raises ``ValueError`` where the
                 time-major CNN cannot be used.
+            fast_pos_conv: compute the positional convolution by FFT (:mod:`wav2vec2_ee.features`: same
+                function up to float rounding, about a third of the time). Default: when no gradient is
+                needed (no grad mode) and the module supports it.
         """
         w2v = self.wav2vec2
         encoder_cnn = w2v.feature_extractor
@@ -186,7 +195,12 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         if frame_mask is not None:
             hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
         attn = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
-        hidden = hidden + encoder.pos_conv_embed(hidden)
+        if fast_pos_conv is None:
+            fast_pos_conv = not torch.is_grad_enabled()
+        if fast_pos_conv and supports_positional_conv_fft(encoder.pos_conv_embed):
+            hidden = hidden + positional_conv_fft(encoder.pos_conv_embed, hidden)
+        else:
+            hidden = hidden + encoder.pos_conv_embed(hidden)
         if not self.config.do_stable_layer_norm:
             hidden = encoder.layer_norm(hidden)
         hidden = encoder.dropout(hidden)
