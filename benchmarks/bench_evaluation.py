@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import jiwer
 import numpy as np
 import soundfile as sf
 import torch
@@ -137,8 +138,15 @@ def seed_loop(checkpoint: Path, data: Path, split: str) -> tuple[dict[str, list[
 
 
 def ours(
-    checkpoint: Path, data: Path, split: str, out: Path, batch_size: int, processes: int | None
-) -> dict[str, list[str]]:
+    checkpoint: Path,
+    data: Path,
+    split: str,
+    out: Path,
+    batch_size: int,
+    processes: int | None,
+    dtype: str = "float32",
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Our hypotheses per utterance (one per exit) and the references, from the written result file."""
     evaluate_checkpoint(
         checkpoint,
         out,
@@ -146,12 +154,15 @@ def ours(
         splits=[split],
         batch_size=batch_size,
         processes=processes,
+        dtype=dtype,
         overwrite=True,
         progress=False,
         plot=False,
     )
     items = parse_split_results((out / f"{split}_results.txt").read_text())
-    return {it["file"]: list(it["hypotheses"].values()) for it in items}
+    return {it["file"]: list(it["hypotheses"].values()) for it in items}, {
+        it["file"]: it["expected"] for it in items
+    }
 
 
 def main() -> None:
@@ -171,6 +182,12 @@ def main() -> None:
     parser.add_argument("--data", help="with --checkpoint: a LibriSpeech-layout folder")
     parser.add_argument("--split", default="test", help="the split of --data (default: test)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="ours: precision of the forward pass (evaluate --dtype; the seed loop stays float32)",
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
@@ -192,7 +209,7 @@ def main() -> None:
                 f"random model (hidden 192, 6 layers, exits 2/4/6, layer-norm CNN) on {args.utterances} "
                 f"synthetic utterances of {args.min_seconds}-{args.max_seconds} s"
             )
-        ours(model, data, args.split, tmp / "warmup", args.batch_size, args.processes)  # warm-up
+        ours(model, data, args.split, tmp / "warmup", args.batch_size, args.processes, args.dtype)  # warm-up
 
         seed_times, our_times = [], []  # (wall, CPU including child processes) seconds per round
         for _ in range(args.rounds):
@@ -200,7 +217,9 @@ def main() -> None:
             seed_hyps, seconds = seed_loop(model, data, args.split)
             seed_times.append((time.perf_counter() - wall, cpu_seconds() - cpu))
             wall, cpu = time.perf_counter(), cpu_seconds()
-            our_hyps = ours(model, data, args.split, tmp / "out", args.batch_size, args.processes)
+            our_hyps, refs = ours(
+                model, data, args.split, tmp / "out", args.batch_size, args.processes, args.dtype
+            )
             our_times.append((time.perf_counter() - wall, cpu_seconds() - cpu))
 
     (seed_wall, seed_cpu), (our_wall, our_cpu) = min(seed_times), min(our_times)
@@ -215,7 +234,7 @@ def main() -> None:
         f"({seed_wall:.2f} s wall, {seed_cpu:.2f} s CPU)"
     )
     print(
-        f"ours (batch {args.batch_size}, length-grouped, processes {args.processes or 'auto'}): "
+        f"ours (batch {args.batch_size}, length-grouped, processes {args.processes or 'auto'}, {args.dtype}): "
         f"{seconds / our_wall:7.1f} audio s / wall s ({our_wall:.2f} s wall, {our_cpu:.2f} s CPU)"
     )
     print(
@@ -230,6 +249,14 @@ def main() -> None:
     )
     total = sum(len(h) for h in seed_hyps.values())
     print(f"hypotheses identical at every exit: {seed_hyps == our_hyps} ({differ} of {total} differ)")
+    if differ:
+        ids = sorted(refs)
+        for name, hyps in (("seed loop", seed_hyps), ("ours", our_hyps)):
+            wers = [
+                100 * jiwer.wer([refs[u] for u in ids], [hyps[u][k] or "" for u in ids])
+                for k in range(len(hyps[ids[0]]))
+            ]
+            print(f"WER (%) by exit, {name}: " + " / ".join(f"{w:.2f}" for w in wers))
 
 
 def cpu_seconds() -> float:

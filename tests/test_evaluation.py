@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from wav2vec2_ee.data import SpeechDataset, load_split, prepare_utterances
 from wav2vec2_ee.evaluation import (
     BeamSearchDecoder,
     LexiconBeamDecoder,
+    ctc_collapse,
     evaluate_checkpoint,
     forward_exits,
     greedy_decode,
@@ -192,6 +194,27 @@ def test_greedy_decode_exits_equals_tokenizer(tokenizer):
     ids = logits.argmax(-1)
     expected = [tokenizer.batch_decode([ids[k, 0].tolist(), ids[k, 1, :5].tolist()]) for k in range(3)]
     assert greedy_decode_exits(list(logits), lengths, tokenizer) == expected
+
+
+@pytest.mark.parametrize("variant", ["default", "lower_case", "clean_up"])
+def test_ctc_collapse_equals_the_tokenizer(tokenizer, variant):
+    if variant != "default":
+        tokenizer = copy.deepcopy(tokenizer)
+        setattr(
+            tokenizer, "do_lower_case" if variant == "lower_case" else "clean_up_tokenization_spaces", True
+        )
+    torch.manual_seed(0)
+    vocab = tokenizer.get_vocab()
+    # frames drawn mostly from blank, delimiter, apostrophe, a few letters and the special tokens, so that
+    # repeats, blanks between repeats, leading/trailing/double delimiters and "<unk>" all occur
+    common = [vocab[t] for t in ("<pad>", "|", "'", "A", "B", "S", "<unk>", "<s>")]
+    ids = torch.tensor(common)[torch.randint(len(common), (64, 15))]
+    ids[::7] = torch.randint(len(tokenizer), (10, 15))
+    lengths = torch.randint(0, 16, (64,))
+    expected = tokenizer.batch_decode([row[:n] for row, n in zip(ids.tolist(), lengths.tolist())])
+    assert ctc_collapse(ids, lengths, tokenizer) == expected
+    assert ctc_collapse(ids, None, tokenizer) == tokenizer.batch_decode(ids.tolist())
+    assert ctc_collapse(ids[:0], None, tokenizer) == []
 
 
 def test_beam_decoder_and_lexicon_posterior(tokenizer):
@@ -426,6 +449,34 @@ def test_worker_processes_give_the_same_results(assets, tmp_path):
             for p in ("p1", "p2")
         )
         assert e1 == pytest.approx(e2, abs=1e-5)
+
+
+def test_bfloat16_forward_is_close_to_float32_and_recorded(assets, tmp_path):
+    from wav2vec2_ee.evaluation.engine import exit_batch
+
+    em = evaluate_module.load_evaluation_model(assets["ee"], None)
+    torch.manual_seed(0)
+    batch = {
+        "input_values": torch.randn(2, 4000),
+        "attention_mask": torch.ones(2, 4000, dtype=torch.long),
+        "utt_index": torch.tensor([0, 1]),
+    }
+    batch["attention_mask"][1, 2500:] = 0
+    full = exit_batch(em.model, batch)
+    half = exit_batch(em.model, batch, dtype=torch.bfloat16)
+    for a, b in zip(full.exit_logits, half.exit_logits):
+        assert b.dtype == torch.float32
+        assert not torch.equal(a, b)  # the products did run in bfloat16
+        torch.testing.assert_close(b, a, atol=0.1 * float(a.abs().max()), rtol=0.05)
+    common = dict(checkpoint=assets["ee"], data=assets["data"], splits=["test-clean"], processes=1)
+    run_quiet(output_dir=tmp_path / "bf16", dtype="bfloat16", **common)
+    run_quiet(output_dir=tmp_path / "fp32", **common)
+    settings = [
+        json.loads(_read(tmp_path / d / "test-clean_summary.json"))["settings"] for d in ("bf16", "fp32")
+    ]
+    assert settings[0]["dtype"] == "bfloat16" and "dtype" not in settings[1]
+    with pytest.raises(ValueError, match="unknown --dtype"):
+        run_quiet(output_dir=tmp_path / "x", dtype="float8", **common)
 
 
 def test_worker_processes_run_every_batch_once_elsewhere(assets):

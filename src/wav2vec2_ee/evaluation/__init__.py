@@ -4,7 +4,7 @@ The reusable pieces (stable names, imported by the inference engine):
 
 * :mod:`.metrics`: ``mean_frame_entropy``, ``mean_max_prob``, ``frame_mask``, ``word_errors``,
   ``split_errors``.
-* :mod:`.decoding`: ``greedy_decode``, ``greedy_decode_exits``, ``BeamSearchDecoder``,
+* :mod:`.decoding`: ``greedy_decode``, ``greedy_decode_exits``, ``ctc_collapse``, ``BeamSearchDecoder``,
   ``LexiconBeamDecoder``, ``nbest_posterior``.
 * :mod:`.engine`: ``forward_exits``, ``iter_exit_logits``, ``length_grouped_batches``.
 * :mod:`.evaluate`: ``evaluate_checkpoint`` (the ``wav2vec2-ee evaluate`` command as a function).
@@ -14,6 +14,7 @@ from .decoding import (
     BeamSearchDecoder,
     LexiconBeamDecoder,
     NBestHypothesis,
+    ctc_collapse,
     greedy_decode,
     greedy_decode_exits,
     nbest_posterior,
@@ -38,6 +39,7 @@ __all__ = [
     "NBestHypothesis",
     "SplitErrors",
     "WordErrors",
+    "ctc_collapse",
     "evaluate_checkpoint",
     "forward_exits",
     "frame_mask",

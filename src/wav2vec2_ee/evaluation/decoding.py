@@ -3,6 +3,8 @@
 Stable API (imported by the dynamic-exit inference engine):
 
 * :func:`greedy_decode` argmax + the tokenizer's CTC collapse, on the valid frames only.
+* :func:`ctc_collapse` that collapse for a whole batch of frame ids at once (what
+  ``tokenizer.batch_decode`` returns, without its per-token Python loop).
 * :func:`greedy_decode_exits` the same for every exit of a batch with one vectorised argmax.
 * :class:`BeamSearchDecoder` lexicon-free beam search over the tokenizer's characters (optional KenLM).
 * :class:`LexiconBeamDecoder` flashlight-text's lexicon-constrained CTC beam search (no LM), as the
@@ -40,10 +42,53 @@ def _valid_ids(ids: torch.Tensor, output_lengths: torch.Tensor | None) -> list[l
     return [row[:n] for row, n in zip(rows, output_lengths.tolist())]
 
 
+def _token_strings(tokenizer: Wav2Vec2CTCTokenizer) -> list[str] | None:
+    """What each id contributes to ``tokenizer.decode``'s text (pad ``""``, delimiter its replacement),
+    or ``None`` where the tokenizer post-processes the joined text in other ways (clean-up of spaces)."""
+    if tokenizer.clean_up_tokenization_spaces or not isinstance(tokenizer, Wav2Vec2CTCTokenizer):
+        return None
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    table = []
+    for token in tokens:
+        if token == tokenizer.pad_token:
+            token = ""
+        elif token == tokenizer.word_delimiter_token:
+            token = tokenizer.replace_word_delimiter_char
+        table.append(token)
+    return table
+
+
+def ctc_collapse(
+    ids: torch.Tensor, output_lengths: torch.Tensor | None, tokenizer: Wav2Vec2CTCTokenizer
+) -> list[str]:
+    """``tokenizer.batch_decode`` of the valid frames of ``ids`` ``(batch, frames)``, vectorised.
+
+    The same text as ``Wav2Vec2CTCTokenizer.decode`` (checked in the tests): repeats merged, then the
+    blank (pad) dropped, the word delimiter replaced, the text stripped (and lower-cased where the
+    tokenizer does). Falls back to ``batch_decode`` for tokenizers that also clean up spaces.
+    """
+    table = _token_strings(tokenizer)
+    if table is None or (ids.numel() and int(ids.max()) >= len(table)):
+        return tokenizer.batch_decode(_valid_ids(ids, output_lengths))
+    frames = ids.shape[1]
+    previous = torch.cat([torch.full_like(ids[:, :1], -1), ids[:, :-1]], dim=1)
+    keep = (ids != previous) & (ids != tokenizer.pad_token_id)
+    if output_lengths is not None:
+        keep &= torch.arange(frames, device=ids.device) < output_lengths.to(ids.device).unsqueeze(1)
+    kept = ids[keep].tolist()
+    texts, start = [], 0
+    for count in keep.sum(1).tolist():
+        text = "".join([table[i] for i in kept[start : start + count]]).strip()
+        texts.append(text.lower() if tokenizer.do_lower_case else text)
+        start += count
+    return texts
+
+
 def greedy_decode(
     logits: torch.Tensor, output_lengths: torch.Tensor | None, tokenizer: Wav2Vec2CTCTokenizer
 ) -> list[str]:
-    """Best-path CTC decoding: argmax per frame, then ``tokenizer.batch_decode`` on the valid frames.
+    """Best-path CTC decoding: argmax per frame, then the tokenizer's collapse on the valid frames
+    (:func:`ctc_collapse`).
 
     The tokenizer merges repeats, drops the blank (pad) and maps the word delimiter to a space.
 
@@ -54,8 +99,7 @@ def greedy_decode(
     Returns:
         one transcript per utterance.
     """
-    ids = logits.argmax(-1)
-    return tokenizer.batch_decode(_valid_ids(ids, output_lengths))
+    return ctc_collapse(logits.argmax(-1), output_lengths, tokenizer)
 
 
 def greedy_decode_exits(
@@ -73,7 +117,7 @@ def greedy_decode_exits(
     k, batch = len(exit_logits), exit_logits[0].shape[0]
     ids = torch.stack(list(exit_logits)).argmax(-1).flatten(0, 1)  # (K * batch, frames)
     lengths = None if output_lengths is None else output_lengths.repeat(k)
-    texts = tokenizer.batch_decode(_valid_ids(ids, lengths))
+    texts = ctc_collapse(ids, lengths, tokenizer)
     return [texts[i * batch : (i + 1) * batch] for i in range(k)]
 
 

@@ -32,7 +32,7 @@ from ..data.audio import SAMPLING_RATE
 from ..modeling import Wav2Vec2EEForCTC, is_original_layout, load_model
 from ..vocab import TextNormalizer, build_feature_extractor, build_tokenizer
 from .decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
-from .engine import ExitBatch, iter_exit_logits
+from .engine import ExitBatch, autocast_dtype, iter_exit_logits
 from .lexicon import Lexicon, lexicon_from_texts, read_lexicon, write_lexicon
 from .metrics import mean_frame_entropy, split_errors, word_errors
 from .ngram import ArpaLM, NgramLM
@@ -306,6 +306,7 @@ class SplitRun:
     max_batch_seconds: float | None = 60.0
     num_workers: int = 0
     processes: int | None = 1
+    dtype: torch.dtype | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -365,6 +366,7 @@ def decode_split(
         num_workers=run.num_workers,
         processes=run.processes,
         postprocess=partial(decode_batch, em.tokenizer, prepared, run),
+        dtype=run.dtype,
     ):
         seconds += decoded.seconds
         results.update(decoded.results)
@@ -473,6 +475,7 @@ def evaluate_checkpoint(
     num_workers: int = 0,
     num_threads: int | None = None,
     processes: int | None = None,
+    dtype: str = "float32",
     progress: bool = True,
     plot: bool = True,
 ) -> dict:
@@ -499,6 +502,8 @@ def evaluate_checkpoint(
         processes: forked processes that run and decode batches in parallel, sharing the torch threads
             (default: one per thread on CPU, see :func:`~wav2vec2_ee.evaluation.engine.default_processes`;
             1 = in this process). Results do not depend on it.
+        dtype: ``"float32"`` (default), or ``"bfloat16"`` / ``"float16"`` for the forward pass's matrix
+            products under ``torch.autocast`` (faster; transcripts may differ slightly from float32).
 
     Returns:
         the content of ``wer_results.json``.
@@ -511,6 +516,7 @@ def evaluate_checkpoint(
         raise ValueError(f"unknown --decoder {decoder!r}: choose from {list(DECODERS)}")
     if kenlm and decoder != "beam":
         raise ValueError("--kenlm needs --decoder beam")
+    forward_dtype = autocast_dtype(dtype)
     if num_threads:
         torch.set_num_threads(int(num_threads))
     output_dir = Path(output_dir)
@@ -546,6 +552,8 @@ def evaluate_checkpoint(
         "decoder": decoder,
         "text": "lower-cased, white space normalised",
     }
+    if forward_dtype is not None:  # float32 runs keep the settings (and resume markers) they always had
+        base_settings["dtype"] = dtype
     if decoder == "beam":
         base_settings.update(beam_width=beam_width, kenlm=kenlm, lm_alpha=lm_alpha, lm_beta=lm_beta)
     base_settings["exit_stats"] = sorted(exit_stats)
@@ -589,6 +597,7 @@ def evaluate_checkpoint(
             max_batch_seconds=max_batch_seconds,
             num_workers=num_workers,
             processes=processes,
+            dtype=forward_dtype,
             skipped=list(report.skipped),
         )
         if lexicon_source is not None:
