@@ -69,6 +69,9 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())
     assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")
+    # the default 10-minute budget: what is left of it after the corpus, less the evaluation's share
+    budget = summary["timings"]["train"]["time_budget"]
+    assert config["time_budget"] == budget and 60 <= budget <= 600 - demo.PRESETS["quick"].evaluation_seconds
 
 
 @pytest.mark.slow

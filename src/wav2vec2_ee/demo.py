@@ -119,6 +119,9 @@ class DemoPreset:
     lm_weight: float = 1.0
     lm_word_score: float = 1.0
     reproduce_splits: tuple[str, ...] = ("test", "dev")
+    #: what a time budget keeps back for the evaluation after training (greedy, lexicon and LM columns
+    #: took 20-30 s on 2 cores) and for saving and loading the model
+    evaluation_seconds: float = 45.0
 
 
 PRESETS: dict[str, DemoPreset] = {
@@ -186,6 +189,16 @@ class DemoArguments:
         default=None,
         metadata={"help": "Training steps of the EE run and the baselines (default: the preset's)."},
     )
+    time_budget: float = field(
+        default=10.0,
+        metadata={
+            "help": "Minutes for the whole demo (corpus, training, evaluation): when this machine's pace "
+            "would overrun them, the training plans fewer steps than --max-steps and fits its learning-rate "
+            "schedule to them (train --time-budget), so the demo ends on time; the steps it ran are "
+            "reported. 0: no budget (the preset's steps, e.g. to compare machines). --reproduce's runs "
+            "are not budgeted."
+        },
+    )
     threads: int | None = field(
         default=None,
         metadata={
@@ -232,11 +245,12 @@ def _model_is_complete(run_dir: Path, train_config: dict) -> bool:
         return False
 
 
-def train_run(spec: RunSpec, out: Path, overwrite: bool = False) -> dict:
+def train_run(spec: RunSpec, out: Path, overwrite: bool = False, time_budget: float | None = None) -> dict:
     """Train ``spec`` into ``out/<name>`` with the library's ``run_training`` unless it is already done.
 
     The train config is written to ``out/configs/<name>.json`` first (``wav2vec2-ee train <file>``
     reruns it by hand); ``demo_run.json`` in the run folder, written last, marks the run complete.
+    ``time_budget`` (seconds, ``train --time-budget``) is not part of what makes a finished run reusable.
     Returns ``{"seconds", "steps", "seconds_per_step", "cached"}``.
     """
     from .training.cli import parse_args
@@ -250,7 +264,8 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False) -> dict:
         _say(f"{spec.name}: already trained in {run_dir} ({record['seconds']:.0f} s), skipped")
         return {**record["timing"], "cached": True}
     config_file = out / "configs" / f"{spec.name}.json"
-    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")
+    budgeted = {**config, "time_budget": round(time_budget, 1)} if time_budget else config
+    atomic_write_text(config_file, json.dumps(budgeted, indent=2) + "\n")
     _say(f"{spec.name}: training ({spec.label}); config {config_file}")
     marker.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -264,11 +279,15 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False) -> dict:
         "steps": steps,
         "seconds_per_step": round(train_seconds / max(steps, 1), 3),
     }
+    if time_budget:
+        timing["time_budget"] = round(time_budget, 1)
     atomic_write_text(
         marker, json.dumps({"train": config, "seconds": seconds, "timing": timing}, indent=2) + "\n"
     )
     del trainer
-    _say(f"{spec.name}: {steps} steps in {seconds:.0f} s ({timing['seconds_per_step']:.2f} s/step)")
+    planned = int(config["max_steps"])
+    cut = f", {planned - steps} fewer than planned to fit the time budget" if steps < planned else ""
+    _say(f"{spec.name}: {steps} steps in {seconds:.0f} s ({timing['seconds_per_step']:.2f} s/step{cut})")
     return {**timing, "cached": False}
 
 
@@ -500,9 +519,14 @@ def main(argv: list[str] | None = None) -> int:
     # 1. corpus
     timings["corpus"] = build_demo_corpus(preset, corpus)
 
-    # 2. training from scratch
+    # 2. training from scratch (within what the time budget leaves for it)
     spec = ee_run(preset, out, corpus, args.max_steps)
-    timings["train"] = train_run(spec, out, overwrite=args.overwrite)
+    train_budget = None
+    if args.time_budget and args.time_budget > 0:
+        left = 60 * args.time_budget - (time.perf_counter() - start) - preset.evaluation_seconds
+        train_budget = max(left, 60.0)
+        _say(f"time budget {args.time_budget:g} min: {train_budget:.0f} s for training")
+    timings["train"] = train_run(spec, out, overwrite=args.overwrite, time_budget=train_budget)
 
     # 3. evaluation on the held-out voices
     model_dir, eval_dir = out / spec.name, out / spec.name / "eval"

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .demo import DemoPreset, RunSpec, _say, dkd_alphas, evaluate_run, train_run
@@ -205,6 +205,11 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     )
 
     ee_result = _run_one(ee, out, corpus, preset, overwrite)
+    ee_steps = (ee_result.timing or {}).get("steps")
+    if ee_steps and ee_steps < ee.train["max_steps"]:
+        # a time budget cut the EE run: the baselines get the same number of steps
+        _say(f"reproduce: baselines trained for the EE run's {ee_steps} steps (its time budget)")
+        baseline_specs = [replace(b, train={**b.train, "max_steps": ee_steps}) for b in baseline_specs]
     rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in from_ee]
     baselines = [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in baseline_specs]
 
@@ -252,7 +257,7 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     ft = preset.finetune
     notes = (
         "Budgets: the EE run and the baselines train from scratch with the same schedule "
-        f"({ee.train['max_steps']} steps, batch {ee.train['per_device_train_batch_size']}, peak learning rate "
+        f"({ee_steps or ee.train['max_steps']} steps, batch {ee.train['per_device_train_batch_size']}, peak learning rate "
         f"{ee.train['learning_rate']}); the KD, DKD, confidence and manual-activation runs start from the EE model "
         f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
         f"peak learning rate {ft['learning_rate']}. The seed's layer-12 baseline has no counterpart here.\n\n"

@@ -149,3 +149,12 @@ class RunArguments:
             "data order included); starts fresh when there is none."
         },
     )
+    time_budget: float | None = field(
+        default=None,
+        metadata={
+            "help": "Wall-clock seconds for the training loop: when the measured pace would overrun them, "
+            "the run plans fewer steps than --max-steps and plays the learning-rate schedule compressed "
+            "to them (warm-up and decay intact), so it ends on time on any machine. Counts this "
+            "session's training (also after --resume). Default: no budget."
+        },
+    )

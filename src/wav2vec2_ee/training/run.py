@@ -238,6 +238,7 @@ def run_training(
         processing_class=processor,
         objective=objective,
         teacher_labels=teacher_labels,
+        time_budget=run_args.time_budget,
     )
 
     # 6. train (resuming where asked), then save the final model with its processor

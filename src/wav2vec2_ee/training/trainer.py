@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from ..io import atomic_write_text
 from ..modeling import Wav2Vec2EEForCTC
 from ..objectives import greedy_pseudo_labels
+from .budget import CompressedLambdaLR, TimeBudget
 
 logger = logging.getLogger(__name__)
 
@@ -125,10 +126,23 @@ class EarlyExitTrainer(Trainer):
       the data loader runs in worker processes.
 
     These counts are saved with every checkpoint (``skip_counts.json``) and restored on resume.
+
+    With ``time_budget`` (seconds), the run plans fewer steps when the measured pace would overrun it
+    and plays the configured learning-rate schedule compressed to them (:mod:`.budget`).
     """
 
-    def __init__(self, *args, objective, teacher_labels: TeacherLabels | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        objective,
+        teacher_labels: TeacherLabels | None = None,
+        time_budget: float | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        self.time_budget = time_budget
+        if time_budget is not None:
+            self.add_callback(TimeBudget(time_budget))
         self.objective = objective
         self.teacher_labels = teacher_labels
         self._term_sums: dict[str, float] = defaultdict(float)
@@ -149,6 +163,13 @@ class EarlyExitTrainer(Trainer):
                 dataset=dataset,
             )
         return super()._get_train_sampler(train_dataset)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        fresh = self.lr_scheduler is None
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if fresh and self.time_budget is not None:
+            self.lr_scheduler = scheduler = CompressedLambdaLR.from_scheduler(scheduler, num_training_steps)
+        return scheduler
 
     # ----------------------------------------------------------------------------------------------
     # skipping bad updates
