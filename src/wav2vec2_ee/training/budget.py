@@ -118,10 +118,12 @@ class TimeBudget(TrainerCallback):
         self.clock = clock
         self.started: float | None = None
         self.first_step = 0
+        self.logged_plan = 0
         self.recent: deque[tuple[int, float]] = deque(maxlen=max(2, window + 1))
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started, self.first_step = self.clock(), int(state.global_step)
+        self.logged_plan = int(state.max_steps)
         self.recent.clear()
         self.recent.append((self.first_step, self.started))
 
@@ -137,8 +139,10 @@ class TimeBudget(TrainerCallback):
             (old_step, old_time) = self.recent[0]
             per_step = (now - old_time) / max(step - old_step, 1)
             left = self.seconds - (now - self.started)
-            before = lr_scheduler.total
-            if lr_scheduler.replan(step, step + int(max(left, 0.0) / max(per_step, 1e-9))):
+            if lr_scheduler.replan(step, step + int(max(left, 0.0) / max(per_step, 1e-9))) and (
+                abs(lr_scheduler.total - self.logged_plan) > 0.02 * self.logged_plan
+            ):  # logged when the plan moves by more than 2 %
+                before, self.logged_plan = self.logged_plan, lr_scheduler.total
                 logger.info(
                     "time budget: %.0f of %.0f s left at %.3f s/step: %d steps planned instead of %d "
                     "(of --max-steps %d), the learning-rate schedule fitted to them",
