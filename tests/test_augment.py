@@ -138,3 +138,9 @@ def test_train_command_with_speed_perturbation(tmp_path):
     assert cli_main([*args, "--speed-perturbation", "0.9", "1.0", "1.1"]) == 0
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert cli_main([*args, "--speed-perturbation", "0.9", "5"]) == 2
+    # batches padded to a multiple of 0.1 s, as the demo trains
+    out = tmp_path / "padded"
+    args[args.index("--output-dir") + 1] = str(out)
+    assert cli_main([*args, "--pad-to-multiple-of", "1600"]) == 0
+    assert (out / "model.safetensors").is_file()
+    assert cli_main([*args, "--pad-to-multiple-of", "0"]) == 2

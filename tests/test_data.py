@@ -125,3 +125,8 @@ def test_prepare_collate_and_group_by_length(tmp_path):
     x = batch["input_values"][0, :8000]
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
     assert torch.all(batch["input_values"][0, 8000:] == 0)
+    # --pad-to-multiple-of: the batch is padded further, the masks still mark the real samples
+    padded = DataCollatorCTCWithPadding(fe, pad_to_multiple_of=1600)([ds[0], ds[1]])
+    assert padded["input_values"].shape == (2, 12800)
+    assert padded["attention_mask"].sum(-1).tolist() == [8000, 12000]
+    assert torch.equal(padded["input_values"][:, :12000], batch["input_values"])

@@ -78,12 +78,14 @@ DEMO_TRAINING: dict = {
     # and 51 % on unheard ones; speed perturbation (tempo, pitch and formants) took the latter to 44 %
     # (docs/results.md has the runs)
     "speed_perturbation": [0.9, 1.0, 1.1],
+    # batches in few shapes: oneDNN reuses its CNN convolution kernels (1.25-1.5x faster steps on CPU)
+    "pad_to_multiple_of": 1600,
     "per_device_train_batch_size": 8,
     "learning_rate": 3e-3,
     "warmup_steps": 300,
     "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-    "max_steps": 3000,
+    "max_steps": 4500,
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,

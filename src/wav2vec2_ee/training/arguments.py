@@ -101,6 +101,15 @@ class DataArguments:
             "e.g. 0.9 1.0 1.1. Default off."
         },
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pad each batch's audio to a multiple of this many samples (e.g. 1600 = 0.1 s). Padded "
+            "samples are masked, but batches then come in few distinct shapes, so the convolution kernels "
+            "oneDNN compiles per input shape on CPU are reused: the demo's CPU training ran 1.25-1.5x faster "
+            "with 1600 or 3200. Default: pad to the longest utterance of the batch."
+        },
+    )
 
 
 @dataclass

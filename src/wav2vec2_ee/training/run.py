@@ -131,6 +131,10 @@ def run_training(
         raise ValueError("--data is required: a LibriSpeech root, a JSONL/CSV manifest or a saved HF dataset")
     if not Path(data_args.data).exists():
         raise DataError(f"--data {data_args.data}: no such folder or file")
+    if data_args.pad_to_multiple_of is not None and data_args.pad_to_multiple_of < 1:
+        raise ValueError(
+            f"--pad-to-multiple-of must be a positive number of samples, got {data_args.pad_to_multiple_of}"
+        )
     model_dir = model_args.model if model_args.model and Path(model_args.model).is_dir() else None
     processor = build_processor(model_dir)
     tokenizer = processor.tokenizer
@@ -234,7 +238,9 @@ def run_training(
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=DataCollatorCTCWithPadding(processor.feature_extractor),
+        data_collator=DataCollatorCTCWithPadding(
+            processor.feature_extractor, pad_to_multiple_of=data_args.pad_to_multiple_of
+        ),
         processing_class=processor,
         objective=objective,
         teacher_labels=teacher_labels,
