@@ -139,6 +139,33 @@ def test_time_budget_fits_the_steps_to_the_recent_pace():
         CompressedLambdaLR.from_scheduler(torch.optim.lr_scheduler.StepLR(scheduler.optimizer, 10), MAX_STEPS)
 
 
+def test_every_process_follows_process_zeros_plan(monkeypatch):
+    """A process whose own pace affords more steps still plans what process 0 broadcast."""
+    import torch.distributed as dist
+
+    broadcast = []
+
+    def from_process_zero(box, src):
+        broadcast.append((list(box), src))
+        box[0] = 30  # what process 0 planned
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "broadcast_object_list", from_process_zero)
+    _, base = _hf_scheduler()
+    scheduler = CompressedLambdaLR.from_scheduler(base, MAX_STEPS)
+    clock = FakeClock()
+    budget = TimeBudget(1000.0, check_from=10, every=10, clock=clock)  # alone: no cut at all
+    args, state, control = TrainingArguments(output_dir="unused"), TrainerState(), TrainerControl()
+    state.max_steps = MAX_STEPS
+    budget.on_train_begin(args, state, control)
+    for _ in range(10):
+        _lrs(scheduler, 1)
+        clock.now += 0.1
+        state.global_step += 1
+        budget.on_step_end(args, state, control, lr_scheduler=scheduler)
+    assert broadcast == [([10 + int(999.0 / 0.1)], 0)] and scheduler.total == 30
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     from wav2vec2_ee.corpus import build_corpus

@@ -25,6 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 
@@ -88,6 +89,20 @@ class CompressedLambdaLR(LambdaLR):
         return [base * self._factor(fn, self.last_epoch) for fn, base in zip(self.lr_lambdas, self.base_lrs)]
 
 
+def process_zero_value(value: int) -> int:
+    """``value`` as process 0 has it, in every process of a distributed run (else ``value``).
+
+    Every process measures its own pace; if they planned apart, they would stop at different steps and
+    the others would wait in DDP's all-reduce for ever. The re-plans happen at the same steps everywhere,
+    so this broadcast is matched in every process.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [int(value)]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return int(box[0])
+    return int(value)
+
+
 class TimeBudget(TrainerCallback):
     """Plan the steps so that training ends within ``seconds`` (see the module docstring).
 
@@ -95,7 +110,8 @@ class TimeBudget(TrainerCallback):
     steps gives how many steps the rest of the budget affords, and the scheduler (the Trainer's
     ``lr_scheduler`` of the callback events, a :class:`CompressedLambdaLR`) is re-planned to end there:
     fewer steps when the machine is slower than planned, back up to ``--max-steps`` when it speeds up
-    again (the first steps, which also read and cache the audio, are the slowest).
+    again (the first steps, which also read and cache the audio, are the slowest). In a distributed run
+    every process follows process 0's plan (:func:`process_zero_value`).
 
     Args:
         seconds: the budget for this session's training loop.
@@ -139,7 +155,8 @@ class TimeBudget(TrainerCallback):
             (old_step, old_time) = self.recent[0]
             per_step = (now - old_time) / max(step - old_step, 1)
             left = self.seconds - (now - self.started)
-            if lr_scheduler.replan(step, step + int(max(left, 0.0) / max(per_step, 1e-9))) and (
+            affordable = process_zero_value(step + int(max(left, 0.0) / max(per_step, 1e-9)))
+            if lr_scheduler.replan(step, affordable) and (
                 abs(lr_scheduler.total - self.logged_plan) > 0.02 * self.logged_plan
             ):  # logged when the plan moves by more than 2 %
                 before, self.logged_plan = self.logged_plan, lr_scheduler.total

@@ -135,6 +135,8 @@ def run_training(
         raise ValueError(
             f"--pad-to-multiple-of must be a positive number of samples, got {data_args.pad_to_multiple_of}"
         )
+    if run_args.time_budget is not None and run_args.time_budget <= 0:
+        raise ValueError(f"--time-budget must be a positive number of seconds, got {run_args.time_budget}")
     model_dir = model_args.model if model_args.model and Path(model_args.model).is_dir() else None
     processor = build_processor(model_dir)
     tokenizer = processor.tokenizer
