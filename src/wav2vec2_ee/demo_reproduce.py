@@ -207,7 +207,9 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     ee_result = _run_one(ee, out, corpus, preset, overwrite)
     ee_steps = (ee_result.timing or {}).get("steps")
     if ee_steps and ee_steps < ee.train["max_steps"]:
-        # a time budget cut the EE run: the baselines get the same number of steps
+        # a time budget cut the EE run: its row says how far it went, the baselines get as many steps
+        planned = f"{ee.train['max_steps']} steps"
+        ee_result.spec = replace(ee, label=ee.label.replace(planned, f"{ee_steps} of {planned}"))
         _say(f"reproduce: baselines trained for the EE run's {ee_steps} steps (its time budget)")
         baseline_specs = [replace(b, train={**b.train, "max_steps": ee_steps}) for b in baseline_specs]
     rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in from_ee]
