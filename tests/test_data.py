@@ -111,6 +111,17 @@ def test_prepare_collate_and_group_by_length(tmp_path):
     assert report.kept == 4 and report.counts() == {"too long": 2}
     assert prepared[0].text == "HELLO WORLD NUMBER"  # the digit is outside the vocabulary
     assert prepared[0].labels == tok("HELLO|WORLD|NUMBER").input_ids
+    # evaluation: the same items without tokenising, unless the CTC length check needs the labels
+    untokenized, _ = prepare_utterances(
+        load_split(tmp_path, "train"), tok, max_duration=0.9, progress=False, tokenize=False
+    )
+    assert [(u.id, u.text, u.duration, u.labels) for u in untokenized] == [
+        (u.id, u.text, u.duration, []) for u in prepared
+    ]
+    checked, _ = prepare_utterances(
+        load_split(tmp_path, "train"), tok, frames_for_samples=lambda n: n, progress=False, tokenize=False
+    )
+    assert checked[0].labels == prepared[0].labels
     fe = build_feature_extractor()
     ds = SpeechDataset(prepared, fe)
     assert ds.lengths == [8000, 12000, 8000, 12000]

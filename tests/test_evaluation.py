@@ -7,6 +7,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 
 import jiwer
@@ -486,13 +487,43 @@ def test_worker_processes_run_every_batch_once_elsewhere(assets):
     em = evaluate_module.load_evaluation_model(assets["ee"], None)
     prepared, _ = prepare_utterances(load_split(assets["data"], ["test-clean"]), em.tokenizer, progress=False)
     dataset = SpeechDataset(prepared, em.feature_extractor)
-    seen = list(
-        iter_exit_logits(
-            em.model, dataset, batch_size=1, processes=2, postprocess=lambda b: (os.getpid(), b.indices)
-        )
-    )
-    assert sorted(i for _, idx in seen for i in idx) == list(range(len(prepared)))
-    assert os.getpid() not in {pid for pid, _ in seen}
+
+    def slow_in_children(batch):
+        if os.getpid() != parent:
+            time.sleep(0.05)  # so that this process cannot claim every batch before the child starts
+        return os.getpid(), batch.indices
+
+    parent = os.getpid()
+    seen = list(iter_exit_logits(em.model, dataset, batch_size=1, processes=2, postprocess=slow_in_children))
+    assert sorted(i for _, idx in seen for i in idx) == list(range(len(prepared)))  # each batch once
+    pids = {pid for pid, _ in seen}
+    assert parent in pids and len(pids) == 2  # this process and one forked child shared the work
+
+
+def test_worker_errors_reach_the_caller():
+    from wav2vec2_ee.evaluation.engine import WorkerError, run_forked
+
+    parent = os.getpid()
+
+    def fail_in_child(x):
+        if os.getpid() != parent:
+            raise KeyError(f"task {x}")
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(KeyError, match="task") as info:
+        list(run_forked(fail_in_child, list(range(20)), processes=2))
+    assert "in a worker process" in str(info.value.__cause__)
+
+    def die_in_child(x):
+        if os.getpid() != parent:
+            os._exit(3)
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(WorkerError, match="exit code 3"):
+        list(run_forked(die_in_child, list(range(20)), processes=2))
+    assert sorted(run_forked(abs, [-3, 1, -2, 5], processes=2)) == [1, 2, 3, 5]
 
 
 def test_exits_flag_restricts_exits(assets, tmp_path):

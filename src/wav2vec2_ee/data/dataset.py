@@ -86,6 +86,7 @@ def prepare_utterances(
     desc: str = "checking data",
     verify_audio: bool = False,
     num_workers: int | None = None,
+    tokenize: bool = True,
 ) -> tuple[list[PreparedUtterance], PreparationReport]:
     """Normalise transcripts, read durations and drop unusable items.
 
@@ -106,6 +107,9 @@ def prepare_utterances(
         max_duration / min_duration: seconds; longer / shorter utterances are skipped.
         verify_audio: decode every file (and take its duration from the decoded samples).
         num_workers: threads reading headers / decoding (default: up to 8).
+        tokenize: fill each item's ``labels`` (training needs them; evaluation, which needs only the
+            normalised text, saves ~0.25 ms per utterance with ``False``: ``labels`` are then empty
+            unless ``frames_for_samples`` asks for the CTC length check).
     """
     normalizer = TextNormalizer(tokenizer)
     delimiter = tokenizer.word_delimiter_token
@@ -147,7 +151,8 @@ def prepare_utterances(
             if min_duration is not None and duration < min_duration:
                 skip(utt, f"too short: {duration:.2f} s < min_duration {min_duration} s")
                 continue
-            labels = tokenizer(text.replace(" ", delimiter)).input_ids if text else []
+            needs_labels = text and (tokenize or frames_for_samples is not None)
+            labels = tokenizer(text.replace(" ", delimiter)).input_ids if needs_labels else []
             if frames_for_samples is not None and labels:
                 frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))
                 needed = ctc_frames_needed(labels)

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import pickle
+import queue
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import torch
@@ -38,6 +42,7 @@ from ..modeling import EncoderState, Wav2Vec2EEForCTC
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def length_grouped_batches(
@@ -241,22 +246,123 @@ def exit_batch(
     )
 
 
-#: What forked workers of :func:`iter_exit_logits` inherit: (model, dataset, exits, per_utterance_cnn,
-#: postprocess, dtype). Set only while a pool runs.
-_WORKER_STATE: tuple | None = None
-
-
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
-def _worker_batch(indices: list[int]):
-    model, dataset, exits, per_utterance_cnn, postprocess, dtype = _WORKER_STATE
+def _batch_task(
+    model: Wav2Vec2EEForCTC,
+    dataset: SpeechDataset,
+    exits: Sequence[int] | None,
+    per_utterance_cnn: bool | str,
+    postprocess: Callable[[ExitBatch], T] | None,
+    dtype: torch.dtype | None,
+    indices: list[int],
+) -> ExitBatch | T | None:
+    """Read, run and ``postprocess`` the batch of ``indices`` (``None`` when none of its audio is readable)."""
     batch = load_batch(dataset, indices, DataCollatorCTCWithPadding(dataset.feature_extractor))
     if batch is None:
         return None
     out = exit_batch(model, batch, exits, per_utterance_cnn, dtype)
     return postprocess(out) if postprocess is not None else out
+
+
+class WorkerError(RuntimeError):
+    """A forked worker of :func:`run_forked` failed (its traceback is in the message) or died."""
+
+
+_DONE = "done"
+
+
+def _take(counter, total: int) -> int | None:
+    """The next unclaimed task index of the shared ``counter``, or ``None`` when all are claimed."""
+    with counter.get_lock():
+        index = counter.value
+        if index >= total:
+            return None
+        counter.value = index + 1
+    return index
+
+
+def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int) -> None:
+    torch.set_num_threads(threads)
+    try:
+        while (index := _take(counter, len(tasks))) is not None:
+            results.put((index, fn(tasks[index])))
+    except BaseException as err:  # sent to the parent, which raises it
+        trace = traceback.format_exc()
+        try:
+            pickle.dumps(err)
+        except Exception:
+            err = None
+        results.put((_DONE, (err, trace)))
+        return
+    results.put((_DONE, None))
+
+
+def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iterator[R]:
+    """``fn(task)`` for every task, in completion order, computed by this process and ``processes - 1``
+    forked children that claim tasks from a shared counter (so that the load balances).
+
+    The children inherit ``fn`` and ``tasks`` by ``fork`` (nothing is pickled on the way in; results
+    are pickled on the way back). The torch threads are shared: each process runs
+    ``torch.get_num_threads() // processes`` of them (this one is restored afterwards). An exception in
+    a child is raised here (its type kept where it can be pickled, with the child's traceback); a child
+    that dies (killed, out of memory) raises :class:`WorkerError`. The children are stopped when the
+    caller stops iterating early.
+    """
+    if processes < 2 or len(tasks) < 2:
+        yield from map(fn, tasks)
+        return
+    if "fork" not in mp.get_all_start_methods():
+        raise ValueError(f"processes={processes} needs the 'fork' start method, which this platform lacks")
+    ctx = mp.get_context("fork")
+    threads = max(1, torch.get_num_threads() // processes)
+    counter, results = ctx.Value("q", 0), ctx.Queue()
+    children = [
+        ctx.Process(target=_forked_worker, args=(fn, tasks, counter, results, threads), daemon=True)
+        for _ in range(min(processes, len(tasks)) - 1)
+    ]
+    own_threads = torch.get_num_threads()
+    for child in children:
+        child.start()
+    running = len(children)
+
+    def collect(block: bool) -> Iterator[R]:
+        nonlocal running
+        while running:
+            try:
+                key, value = results.get(timeout=0.2) if block else results.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return
+                dead = [c for c in children if c.exitcode not in (None, 0)]
+                if dead:
+                    raise WorkerError(
+                        f"an evaluation worker process died (exit code {dead[0].exitcode}); "
+                        "if it ran out of memory, lower --batch-size or --max-batch-seconds"
+                    ) from None
+                continue
+            if key != _DONE:
+                yield value
+                continue
+            running -= 1
+            if value is not None:
+                err, trace = value
+                if err is None:
+                    raise WorkerError(f"an evaluation worker process failed:\n{trace}")
+                raise err from WorkerError(f"in a worker process:\n{trace}")
+
+    try:
+        torch.set_num_threads(threads)
+        while (index := _take(counter, len(tasks))) is not None:
+            yield fn(tasks[index])
+            yield from collect(block=False)
+        torch.set_num_threads(own_threads)
+        yield from collect(block=True)
+    finally:
+        torch.set_num_threads(own_threads)
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+            child.join()
+        results.close()
 
 
 def iter_exit_logits(
@@ -277,33 +383,22 @@ def iter_exit_logits(
 
     Args:
         num_workers: ``DataLoader`` processes decoding audio (with ``processes == 1``).
-        processes: forked worker processes that each read, run and ``postprocess`` whole batches, the
-            torch threads shared among them (:func:`default_processes` when ``None``). Batches then
-            arrive in completion order; their ``indices`` say where they belong. Results equal those
-            of one process (same batches; only float rounding of the thread count may differ).
+        processes: processes that each read, run and ``postprocess`` whole batches: this one and
+            ``processes - 1`` forked children (:func:`run_forked`), the torch threads shared among them
+            (:func:`default_processes` when ``None``). Batches then arrive in completion order; their
+            ``indices`` say where they belong. Results equal those of one process (same batches; only
+            float rounding of the thread count may differ).
         postprocess: applied to each :class:`ExitBatch` where it was computed (in the worker, so that
             decoding runs in parallel too); what it returns is yielded instead of the batch.
         dtype: autocast precision of the forward pass (:func:`exit_batch`); default float32.
     """
-    global _WORKER_STATE
     durations = [u.duration for u in dataset.utterances]
     batches = length_grouped_batches(durations, batch_size, max_batch_seconds)
     if processes is None:
         processes = default_processes(model, len(batches))
-    if processes > 1 and "fork" not in mp.get_all_start_methods():
-        raise ValueError(f"processes={processes} needs the 'fork' start method, which this platform lacks")
     if processes > 1:
-        threads = max(1, torch.get_num_threads() // processes)
-        _WORKER_STATE = (model, dataset, exits, per_utterance_cnn, postprocess, dtype)
-        try:
-            with mp.get_context("fork").Pool(
-                processes, initializer=_worker_init, initargs=(threads,)
-            ) as pool:
-                for out in pool.imap_unordered(_worker_batch, batches):
-                    if out is not None:
-                        yield out
-        finally:
-            _WORKER_STATE = None
+        task = partial(_batch_task, model, dataset, exits, per_utterance_cnn, postprocess, dtype)
+        yield from (out for out in run_forked(task, batches, processes) if out is not None)
         return
 
     loader = DataLoader(

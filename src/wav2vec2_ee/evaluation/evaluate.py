@@ -585,6 +585,7 @@ def evaluate_checkpoint(
             min_duration=min_duration,
             progress=progress,
             desc=f"checking {name}",
+            tokenize=False,
         )
         if not prepared:
             raise ValueError(f"{name}: no usable utterance ({report.summary()})")

@@ -57,6 +57,7 @@ def load_prepared_split(
         min_duration=min_duration_for_ctc(em.model),
         progress=progress,
         desc=f"checking {name}",
+        tokenize=False,
     )
     if not prepared:
         raise ValueError(f"{name}: no usable utterance ({report.summary()})")
