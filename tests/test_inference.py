@@ -136,13 +136,21 @@ def test_group_norm_default_config_equals_each_utterance_alone():
     )
 
 
+CNN_SHAPES = {  # every path of features._conv_blocks: windows (narrow input, kernel 3 on stride 2),
+    # kernel = stride, kernel = 2 and 3 strides as block products
+    "windows": {"conv_dim": (16, 16, 16), "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2)},
+    "blocks": {"conv_dim": (16, 16, 16, 16), "conv_stride": (5, 2, 2, 2), "conv_kernel": (10, 4, 6, 2)},
+}
+
+
+@pytest.mark.parametrize("shape", list(CNN_SHAPES))
 @pytest.mark.parametrize("norm", ["layer", "group"])
 @pytest.mark.parametrize("conv_bias", [False, True])
-def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm):
+def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm, shape):
     norm_config = (
         LAYER_NORM if norm == "layer" else {"feat_extract_norm": "group", "do_stable_layer_norm": False}
     )
-    config = {"conv_bias": conv_bias, "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2), **norm_config}
+    config = {"conv_bias": conv_bias, **CNN_SHAPES[shape], **norm_config}
     model, reference = _model(**config), _model(**config)
     if norm == "group":  # a trained-looking affine map, not the identity it is initialised to
         for m in (model, reference):
@@ -156,6 +164,12 @@ def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm):
     with torch.no_grad():
         expected = encoder(x).transpose(1, 2)
         torch.testing.assert_close(time_major_features(encoder, x), expected, atol=1e-5, rtol=1e-5)
+        # each utterance's own statistics: its valid frames as computed alone
+        lengths = torch.tensor([x.shape[1], 3001, 2000, 1234])
+        padded = time_major_features(encoder, x, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            alone = encoder(x[b : b + 1, :n]).transpose(1, 2)[0]
+            torch.testing.assert_close(padded[b, : alone.shape[0]], alone, atol=1e-5, rtol=1e-5)
         fast = model.embed(x).hidden_states  # no grad: the time-major CNN by default
         slow = reference.embed(x, fast_cnn=False, fast_pos_conv=False).hidden_states
         torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
