@@ -24,6 +24,7 @@ from wav2vec2_ee.evaluation import (
 )
 from wav2vec2_ee.features import (
     positional_conv_fft,
+    prefers_time_major,
     supports_positional_conv_fft,
     supports_time_major,
     time_major_features,
@@ -136,9 +137,9 @@ def test_group_norm_default_config_equals_each_utterance_alone():
     )
 
 
-CNN_SHAPES = {  # every path of features._conv_blocks: windows (narrow input, kernel 3 on stride 2),
-    # kernel = stride, kernel = 2 and 3 strides as block products
-    "windows": {"conv_dim": (16, 16, 16), "conv_stride": (5, 2, 2), "conv_kernel": (10, 3, 2)},
+CNN_SHAPES = {  # every path of features._conv_blocks: windows (the one-channel first layer), kernels of
+    # 1, 2 and 3 strides, and of 1 or 2 strides and a partial one (3 on 2, 5 on 2), as block products
+    "partial": {"conv_dim": (16, 16, 16, 16), "conv_stride": (5, 2, 2, 2), "conv_kernel": (10, 3, 5, 2)},
     "blocks": {"conv_dim": (16, 16, 16, 16), "conv_stride": (5, 2, 2, 2), "conv_kernel": (10, 4, 6, 2)},
 }
 
@@ -176,6 +177,31 @@ def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm, shape):
     grouped = _model(**norm_config)
     grouped.wav2vec2.feature_extractor.conv_layers[0].conv.groups = 2  # not one plain conv: unsupported
     assert not supports_time_major(grouped.wav2vec2.feature_extractor)
+
+
+def test_wide_cnns_default_to_the_transformers_cnn(monkeypatch):
+    from wav2vec2_ee import modeling
+    from wav2vec2_ee.evaluation.engine import embed_per_utterance
+
+    narrow, wide = _model(), _model(conv_dim=(16, 16, 256))
+    assert prefers_time_major(narrow.wav2vec2.feature_extractor)
+    assert supports_time_major(wide.wav2vec2.feature_extractor)
+    assert not prefers_time_major(wide.wav2vec2.feature_extractor)
+    calls = []
+    real = modeling.time_major_features
+    monkeypatch.setattr(modeling, "time_major_features", lambda *a: calls.append(1) or real(*a))
+    x, mask = _padded_batch()
+    with torch.no_grad():
+        narrow.embed(x)
+        assert len(calls) == 1
+        wide.embed(x)
+        assert len(calls) == 1  # transformers' CNN
+        state = embed_per_utterance(wide, x, mask)  # each utterance alone through transformers' CNN
+        assert len(calls) == 1
+        for b in range(4):
+            n = int(mask[b].sum())
+            alone = wide.embed(x[b : b + 1, :n]).hidden_states[0]
+            torch.testing.assert_close(state.hidden_states[b, : alone.shape[0]], alone, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("kernel", "groups"), [(16, 4), (15, 2), (8, 1)])

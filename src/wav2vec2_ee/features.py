@@ -12,9 +12,14 @@ convolution whose kernel is ``m`` strides long is one matrix product of that mat
 shifted adds; other kernels and the one-channel first layer multiply overlapping windows (an
 ``as_strided`` view, copied once). The LayerNorm normalises the last dimension in place of the two
 transposes, and the activation is elementwise either way. Same parameters, same results up to float
-summation order (checked in the tests); on one CPU thread the demo model's CNN (64-128 channels,
-kernels 20/4/4/4/2 on strides 10/4/2/2/2) takes 0.27 s for its 228 s test set, against 0.37 s with
-copied windows for every layer and about twice that in ``transformers``.
+summation order (checked in the tests). Measured on one CPU thread (AVX-512, MKL), batches of new
+shapes as in an evaluation: the demo model's CNN (64-128 channels, kernels 20/4/4/4/2 on strides
+10/4/2/2/2, group norm with each utterance's own statistics) takes 0.27 s for its 228 s test set
+(0.37 s when every layer copied its windows); against ``transformers``' oneDNN convolutions it is
+about even for narrow CNNs (demo layout 0.29 vs 0.24 s, which includes the padding in the group norm;
+layer-norm CNN of 32-128 channels 0.35 vs 0.40 s, per 12 batches of 8 x 1.4-3 s) and slower for wide
+ones (wav2vec2-base, 512 channels: 6.9 vs 5.1 s per 4 batches of 8 x 2.5-3 s), where oneDNN's direct
+convolution beats a matrix product.
 
 :meth:`wav2vec2_ee.modeling.Wav2Vec2EEForCTC.embed` uses it whenever no gradient has to flow through
 the CNN (evaluation, inference, a teacher, a frozen feature encoder), for CNNs made of
@@ -68,50 +73,70 @@ def supports_time_major(feature_encoder: nn.Module) -> bool:
     return True
 
 
+#: The widest CNN (most output channels of a layer) that :func:`prefers_time_major` computes time-major:
+#: narrower CNNs run about as fast or faster so (and are the only way to batch per-utterance group-norm
+#: statistics cheaply), wider ones (wav2vec2-base: 512) are faster in ``transformers``' oneDNN
+#: convolutions, even one utterance at a time (3.1 s against 6.9 s time-major for 32 utterances of
+#: 2.5-3 s on one thread).
+TIME_MAJOR_MAX_CHANNELS = 128
+
+
+def prefers_time_major(feature_encoder: nn.Module) -> bool:
+    """Whether the time-major CNN is the default for this CNN where no gradient is needed: supported
+    (:func:`supports_time_major`) and at most :data:`TIME_MAJOR_MAX_CHANNELS` channels wide."""
+    if not supports_time_major(feature_encoder):
+        return False
+    return max(layer.conv.out_channels for layer in feature_encoder.conv_layers) <= TIME_MAJOR_MAX_CHANNELS
+
+
 def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """``conv`` over the concatenated rows ``hidden`` ``(rows * time, in)`` -> ``(rows * time / stride, out)``.
 
     Output ``i`` is the window starting at input ``i * stride``; windows that run past the end of a row
     (into the next one, or past the buffer) give garbage that the caller never reads as a valid frame.
-    With ``kernel = m * stride``, the input is ``m``-block-strided already: viewed as
-    ``(n, stride * in)`` (no copy) it takes one matrix product with the ``m`` kernel blocks side by side,
-    ``(n, m * out)``, and output ``i`` sums block ``j`` of product row ``i + j``. Other kernels, and
-    inputs narrower than the output (the first layer, one channel), copy the overlapping windows into
-    a matrix instead (an ``as_strided`` view, copied once).
+    Viewed as ``(n, stride * in)`` (no copy), the input holds one stride of frames per row. A kernel of
+    ``m`` strides and ``r`` more frames is then one matrix product with the ``m`` whole kernel blocks
+    side by side, ``(n, m * out)``, and, when ``r > 0``, one with the last ``r`` taps over the first
+    ``r`` frames of each row (a strided view, no copy either); output ``i`` sums block ``j`` of product
+    row ``i + j`` and the partial product of row ``i + m``. Inputs narrower than the output (the first
+    layer, one channel) multiply overlapping windows instead (an ``as_strided`` view, copied once),
+    which moves less memory there.
     """
     kernel, stride = conv.kernel_size[0], conv.stride[0]
     n_in, channels = hidden.shape
     n = n_in // stride
     weight = conv.weight.permute(0, 2, 1)  # (out, kernel, in): windows are flattened kernel-major
     out_channels = weight.shape[0]
-    m = kernel // stride
-    if kernel % stride or (m > 1 and kernel * channels <= 2 * out_channels):
-        # windows: always for kernels that are no multiple of the stride, and for narrow inputs (the
-        # first layer), whose copied windows cost less than m products of the output's width
+    m, r = divmod(kernel, stride)
+    out = hidden.new_empty(n, out_channels)
+    if kernel * channels <= 2 * out_channels and (m, r) != (1, 0):
         count = (n_in - kernel) // stride + 1  # whole windows; the rest of the n outputs stay garbage
         windows = hidden.as_strided((count, kernel * channels), (stride * channels, 1))
         flat = weight.reshape(out_channels, kernel * channels).t()
-        out = hidden.new_empty(n, out_channels)
         if conv.bias is None:
             torch.mm(windows, flat, out=out[:count])
         else:
             torch.addmm(conv.bias, windows, flat, out=out[:count])
         out[count:] = 0.0
         return out
+    rows = hidden.view(n, stride * channels)
     blocks = torch.cat([weight[:, j * stride : (j + 1) * stride] for j in range(m)])  # (m * out, stride, in)
     bias = conv.bias
     if bias is not None and m > 1:
         bias = torch.cat([bias, bias.new_zeros((m - 1) * out_channels)])
-    product = F.linear(hidden.view(n, stride * channels), blocks.reshape(m * out_channels, -1), bias)
-    if m == 1:
+    product = F.linear(rows, blocks.reshape(m * out_channels, -1), bias)
+    if (m, r) == (1, 0):
         return product
-    out = product[:, :out_channels].contiguous() if m > 2 else hidden.new_empty(n, out_channels)
-    if m == 2:
+    if (m, r) == (2, 0):
         torch.add(product[:-1, :out_channels], product[1:, out_channels:], out=out[:-1])
         out[-1] = product[-1, :out_channels]
         return out
+    out.copy_(product[:, :out_channels])
     for j in range(1, m):
         out[:-j] += product[j:, j * out_channels : (j + 1) * out_channels]
+    if r:
+        tail = weight[:, m * stride :].reshape(out_channels, r * channels)
+        out[:-m] += F.linear(rows[m:, : r * channels], tail)
     return out
 
 

@@ -35,6 +35,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Ve
 from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
 from .features import (
     positional_conv_fft,
+    prefers_time_major,
     supports_positional_conv_fft,
     supports_time_major,
     time_major_features,
@@ -157,9 +158,10 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         Args:
             input_values: ``(batch, samples)`` float waveforms.
             attention_mask: ``(batch, samples)`` 1 on real samples, 0 on padding.
-            fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`: same function, about half
-                the time on CPU). Default: whenever no gradient flows through the CNN (no grad mode, or a
-                frozen feature encoder) and the CNN supports it.
+            fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`: same function, faster on
+                CPU for narrow CNNs). Default: whenever no gradient flows through the CNN (no grad mode, or
+                a frozen feature encoder) and :func:`~wav2vec2_ee.features.prefers_time_major` (supported,
+                at most 128 channels wide).
             per_utterance_norm: with the time-major CNN, normalise a group-norm CNN layer over each
                 utterance's own samples (``attention_mask``), so padded utterances get what they get alone;
                 ``transformers`` (and the default) include the padding. Raises ``ValueError`` where the
@@ -171,8 +173,8 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         w2v = self.wav2vec2
         encoder_cnn = w2v.feature_extractor
         if fast_cnn is None:
-            fast_cnn = not torch.is_grad_enabled() or not any(
-                p.requires_grad for p in encoder_cnn.parameters()
+            fast_cnn = prefers_time_major(encoder_cnn) and (
+                not torch.is_grad_enabled() or not any(p.requires_grad for p in encoder_cnn.parameters())
             )
         if per_utterance_norm and not (fast_cnn and supports_time_major(encoder_cnn)):
             raise ValueError("per_utterance_norm needs the time-major CNN (fast_cnn, a supported CNN)")

@@ -36,7 +36,7 @@ from transformers.masking_utils import create_bidirectional_mask
 
 from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
 from ..data.audio import SAMPLING_RATE
-from ..features import supports_time_major
+from ..features import prefers_time_major
 from ..modeling import EncoderState, Wav2Vec2EEForCTC
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,12 @@ def embed_per_utterance(
 ) -> EncoderState:
     """The encoder input of each utterance as computed alone (unpadded), padded into one batch.
 
-    With a CNN that :func:`~wav2vec2_ee.features.time_major_features` computes, one batched call whose
-    group norm takes each utterance's own statistics; otherwise one ``embed`` per utterance.
+    With a CNN that :func:`~wav2vec2_ee.features.prefers_time_major`, one batched time-major call whose
+    group norm takes each utterance's own statistics; otherwise (wide CNNs such as wav2vec2-base's, which
+    ``transformers``' oneDNN convolutions compute faster even one utterance at a time) one ``embed`` per
+    utterance.
     """
-    if supports_time_major(model.wav2vec2.feature_extractor):
+    if prefers_time_major(model.wav2vec2.feature_extractor):
         return model.embed(input_values, attention_mask, fast_cnn=True, per_utterance_norm=True)
     samples = (
         attention_mask.sum(-1).tolist()
