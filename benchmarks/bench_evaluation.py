@@ -6,10 +6,11 @@ exit:
 
 * ``seed loop``: what the seed's ``eval.py`` did: one utterance at a time (batch size 1, no length
   grouping), one forward pass of the ``transformers`` encoder with ``output_hidden_states=True`` (its
-  own CNN and layers), every exit head applied to its layer's hidden states, then each exit decoded
-  separately with the processor (``argmax`` + ``batch_decode``).
+  own CNN and layers, plain ``nn.Linear``: PyTorch's BLAS), every exit head applied to its layer's
+  hidden states, then each exit decoded separately with the processor (``argmax`` + ``batch_decode``).
 * ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint` with its defaults: length-grouped
-  batches with attention masks, the time-major CNN, ``torch.inference_mode``, one vectorised argmax
+  batches with attention masks, the time-major CNN, oneDNN matrix products (:mod:`wav2vec2_ee.kernels`),
+  ``torch.inference_mode``, one vectorised argmax
   over all exits, one forked process per core each running one thread (``--processes``), jiwer scoring
   and the result files (the plot is left out: it is a constant ~0.3 s).
 
@@ -43,6 +44,7 @@ from wav2vec2_ee.configuration import Wav2Vec2EEConfig
 from wav2vec2_ee.data import load_audio
 from wav2vec2_ee.evaluation import evaluate_checkpoint, normalize_transcript
 from wav2vec2_ee.evaluation.results import parse_split_results
+from wav2vec2_ee.kernels import use_inference_linears
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC, load_model
 from wav2vec2_ee.vocab import build_processor
 
@@ -112,6 +114,7 @@ def seed_loop(checkpoint: Path, data: Path, split: str) -> tuple[dict[str, list[
     """The seed's evaluation: batch size 1, every exit decoded separately with the processor."""
     processor = build_processor(checkpoint)
     model = load_model(str(checkpoint)).eval()
+    use_inference_linears(model, enabled=False)  # transformers' own nn.Linear (PyTorch's BLAS), as the seed
     items = [
         (trans.parent / f"{line.split(' ', 1)[0]}.flac", line.split(" ", 1)[0])
         for trans in sorted((data / split).glob("*/*/*.trans.txt"))

@@ -50,6 +50,8 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
     Wav2Vec2PositionalConvEmbedding,
 )
 
+from .kernels import linear
+
 _SUPPORTED = (Wav2Vec2LayerNormConvLayer, Wav2Vec2NoLayerNormConvLayer, Wav2Vec2GroupNormConvLayer)
 
 
@@ -124,7 +126,7 @@ def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     bias = conv.bias
     if bias is not None and m > 1:
         bias = torch.cat([bias, bias.new_zeros((m - 1) * out_channels)])
-    product = F.linear(rows, blocks.reshape(m * out_channels, -1), bias)
+    product = linear(rows, blocks.reshape(m * out_channels, -1), bias)  # oneDNN on CPU (kernels.py)
     if (m, r) == (1, 0):
         return product
     if (m, r) == (2, 0):
@@ -136,7 +138,7 @@ def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
         out[:-j] += product[j:, j * out_channels : (j + 1) * out_channels]
     if r:
         tail = weight[:, m * stride :].reshape(out_channels, r * channels)
-        out[:-m] += F.linear(rows[m:, : r * channels], tail)
+        out[:-m] += linear(rows[m:, : r * channels], tail)
     return out
 
 

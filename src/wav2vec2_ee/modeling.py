@@ -40,6 +40,7 @@ from .features import (
     supports_time_major,
     time_major_features,
 )
+from .kernels import use_inference_linears
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
+        use_inference_linears(self)  # oneDNN products where no gradient is needed (kernels.py)
 
     # ----------------------------------------------------------------------------------------------
     # pieces of the encoder, shared by training, evaluation and incremental inference

@@ -1,0 +1,98 @@
+"""The matrix-product backend of inference on CPU: oneDNN instead of the BLAS behind ``F.linear``.
+
+On CPU, PyTorch computes a float32 ``F.linear`` with its BLAS (MKL in the x86 wheels), which on AMD
+processors runs its AVX2 code path: on this project's machine (AMD EPYC, Zen 5, full-width AVX-512)
+that is 84-95 GFLOPS per core for the encoder's shapes (640 x 192 x 768), while oneDNN's own float32
+kernels, which PyTorch ships for its CPU fusions, reach 189-203 GFLOPS on the same shapes, in float32
+arithmetic (float32 products and sums: no bfloat16 or TF32 rounding; on these shapes the results are
+even bit for bit those of ``F.linear``, see the tests). :func:`linear` takes that route where no
+gradient is needed (evaluation, inference, a teacher) and falls back to ``F.linear`` everywhere else:
+autograd, autocast, other devices and dtypes, a PyTorch build without oneDNN.
+
+:func:`use_inference_linears` makes a model's ``nn.Linear`` layers use it (their class becomes
+:class:`InferenceLinear`, a subclass with the same parameters, state dict and ``save_pretrained``
+output). ``WAV2VEC2_EE_ONEDNN_LINEAR=0`` in the environment, or :func:`onednn_linears` as a context
+manager, turns the route off (for comparisons).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_STATE = {"enabled": os.environ.get("WAV2VEC2_EE_ONEDNN_LINEAR", "1") != "0", "available": None}
+
+
+def onednn_linear_available() -> bool:
+    """Whether this PyTorch build has oneDNN's dense float32 linear (``torch.ops.mkldnn._linear_pointwise``)."""
+    if _STATE["available"] is None:
+        ok = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        if ok:
+            try:
+                x, w = torch.ones(2, 3), torch.ones(4, 3)
+                with torch.no_grad():
+                    ok = torch.equal(
+                        torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), x @ w.t()
+                    )
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _STATE["available"] = ok
+    return bool(_STATE["available"])
+
+
+@contextlib.contextmanager
+def onednn_linears(enabled: bool) -> Iterator[None]:
+    """Turn the oneDNN route of :func:`linear` on or off inside the ``with`` block (this process)."""
+    before = _STATE["enabled"]
+    _STATE["enabled"] = enabled
+    try:
+        yield
+    finally:
+        _STATE["enabled"] = before
+
+
+def uses_onednn(input: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`linear` of these tensors takes the oneDNN route (see the module docstring)."""
+    if not _STATE["enabled"] or input.device.type != "cpu" or weight.device.type != "cpu":
+        return False
+    if input.dtype != torch.float32 or weight.dtype != torch.float32 or input.dim() not in (2, 3):
+        return False
+    if torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad):
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return False
+    return onednn_linear_available()
+
+
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(input, weight, bias)``: ``(..., in) x (out, in) -> (..., out)``, by oneDNN where
+    :func:`uses_onednn` (float32 on CPU without gradient), else by ``F.linear``."""
+    if uses_onednn(input, weight):
+        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
+    return F.linear(input, weight, bias)
+
+
+class InferenceLinear(nn.Linear):
+    """``nn.Linear`` whose forward is :func:`linear` (oneDNN where no gradient is needed)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return linear(input, self.weight, self.bias)
+
+
+def use_inference_linears(module: nn.Module, enabled: bool = True) -> int:
+    """Make every plain ``nn.Linear`` in ``module`` an :class:`InferenceLinear` (in place: same
+    parameters and state dict; other subclasses of ``nn.Linear`` are left alone), or with
+    ``enabled=False`` every :class:`InferenceLinear` a plain ``nn.Linear`` again. Returns how many
+    changed."""
+    source, target = (nn.Linear, InferenceLinear) if enabled else (InferenceLinear, nn.Linear)
+    changed = 0
+    for sub in module.modules():
+        if type(sub) is source:
+            sub.__class__ = target
+            changed += 1
+    return changed

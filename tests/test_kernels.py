@@ -1,0 +1,74 @@
+"""The oneDNN route of the linear layers (kernels.py): same numbers as F.linear, only where no gradient
+is needed, and invisible in checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wav2vec2_ee.kernels import (
+    InferenceLinear,
+    linear,
+    onednn_linear_available,
+    onednn_linears,
+    use_inference_linears,
+    uses_onednn,
+)
+from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+
+from conftest import tiny_config
+
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this PyTorch build has no oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(7, 24), (3, 11, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_equals_f_linear(shape, bias):
+    torch.manual_seed(0)
+    x, w = torch.randn(*shape), torch.randn(40, 24)
+    b = torch.randn(40) if bias else None
+    expected = (x.double() @ w.double().t() + (b.double() if bias else 0)).float()
+    with torch.no_grad():
+        assert uses_onednn(x, w)
+        out = linear(x, w, b)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+        strided = torch.randn(7, 48)[:, :24]  # rows of a wider matrix, as the CNN's partial kernels
+        torch.testing.assert_close(linear(strided, w, b), F.linear(strided, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_autocast_and_the_switch_take_f_linear():
+    x, w = torch.randn(5, 8), torch.randn(3, 8, requires_grad=True)
+    assert not uses_onednn(x, w)  # autograd needs the gradient of w
+    linear(x, w).sum().backward()
+    torch.testing.assert_close(w.grad, x.sum(0).expand(3, 8))
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not uses_onednn(x, w) and linear(x, w).dtype == torch.bfloat16
+        with onednn_linears(False):
+            assert not uses_onednn(x, w)
+        assert not uses_onednn(x.double(), w.double())
+        assert uses_onednn(x, w) == onednn_linear_available()
+
+
+def test_models_use_it_and_checkpoints_do_not_show_it(tmp_path):
+    torch.manual_seed(0)
+    model = Wav2Vec2EEForCTC(tiny_config()).eval()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(type(m) is InferenceLinear for m in linears)
+    x = torch.randn(2, 4000)
+    with torch.no_grad():
+        fast = model(x).exit_logits
+        with onednn_linears(False):
+            slow = model(x).exit_logits
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    reloaded = Wav2Vec2EEForCTC.from_pretrained(tmp_path)
+    assert set(reloaded.state_dict()) == set(model.state_dict())
+    assert use_inference_linears(reloaded, enabled=False) == len(linears)
+    assert not any(type(m) is InferenceLinear for m in reloaded.modules())
+    assert use_inference_linears(reloaded) == len(linears)
