@@ -72,3 +72,21 @@ def test_models_use_it_and_checkpoints_do_not_show_it(tmp_path):
     assert use_inference_linears(reloaded, enabled=False) == len(linears)
     assert not any(type(m) is InferenceLinear for m in reloaded.modules())
     assert use_inference_linears(reloaded) == len(linears)
+
+
+@needs_onednn
+def test_the_packed_weight_follows_the_parameters():
+    import copy
+
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    use_inference_linears(layer)
+    x = torch.randn(5, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.weight.mul_(2.0)  # in place, as an optimiser step: a new version of the same storage
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.load_state_dict({"weight": torch.ones(40, 24), "bias": torch.zeros(40)})
+        torch.testing.assert_close(layer(x), x.sum(-1, keepdim=True).expand(5, 40), atol=1e-5, rtol=1e-5)
+        twin = copy.deepcopy(layer)  # the oneDNN copy of the weight is not part of the module
+        torch.testing.assert_close(twin(x), layer(x))
