@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2FeedForward
 
 from wav2vec2_ee.kernels import (
+    InferenceFeedForward,
     InferenceLinear,
     linear,
     onednn_linear_available,
@@ -59,6 +61,9 @@ def test_models_use_it_and_checkpoints_do_not_show_it(tmp_path):
     model = Wav2Vec2EEForCTC(tiny_config()).eval()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(type(m) is InferenceLinear for m in linears)
+    blocks = [m for m in model.modules() if isinstance(m, Wav2Vec2FeedForward)]
+    assert len(blocks) == 4 and all(type(m) is InferenceFeedForward for m in blocks)
+    changed = len(linears) + len(blocks)
     x = torch.randn(2, 4000)
     with torch.no_grad():
         fast = model(x).exit_logits
@@ -69,9 +74,9 @@ def test_models_use_it_and_checkpoints_do_not_show_it(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = Wav2Vec2EEForCTC.from_pretrained(tmp_path)
     assert set(reloaded.state_dict()) == set(model.state_dict())
-    assert use_inference_linears(reloaded, enabled=False) == len(linears)
-    assert not any(type(m) is InferenceLinear for m in reloaded.modules())
-    assert use_inference_linears(reloaded) == len(linears)
+    assert use_inference_linears(reloaded, enabled=False) == changed
+    assert not any(type(m) in (InferenceLinear, InferenceFeedForward) for m in reloaded.modules())
+    assert use_inference_linears(reloaded) == changed
 
 
 @needs_onednn
@@ -90,3 +95,19 @@ def test_the_packed_weight_follows_the_parameters():
         torch.testing.assert_close(layer(x), x.sum(-1, keepdim=True).expand(5, 40), atol=1e-5, rtol=1e-5)
         twin = copy.deepcopy(layer)  # the oneDNN copy of the weight is not part of the module
         torch.testing.assert_close(twin(x), layer(x))
+
+
+@needs_onednn
+def test_fused_feed_forward_equals_the_original():
+    torch.manual_seed(0)
+    model = Wav2Vec2EEForCTC(tiny_config()).eval()
+    block = model.wav2vec2.encoder.layers[0].feed_forward
+    x = torch.randn(3, 9, 16)
+    with torch.no_grad():
+        fused = block(x)
+        with onednn_linears(False):
+            original = Wav2Vec2FeedForward.forward(block, x)
+    torch.testing.assert_close(fused, original, atol=1e-6, rtol=1e-5)
+    block.train()
+    with torch.no_grad():  # training mode (dropout): the original forward
+        torch.testing.assert_close(block(x), original, atol=1e-6, rtol=1e-5)
