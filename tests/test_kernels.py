@@ -111,3 +111,13 @@ def test_fused_feed_forward_equals_the_original():
     block.train()
     with torch.no_grad():  # training mode (dropout): the original forward
         torch.testing.assert_close(block(x), original, atol=1e-6, rtol=1e-5)
+
+
+@needs_onednn
+def test_a_strided_weight_gives_the_same_numbers():
+    torch.manual_seed(0)
+    x, kernel = torch.randn(50, 8), torch.randn(6, 3, 8)
+    strided = kernel[:, 2:].reshape(6, 8)  # a tap of a conv kernel, as the CNN's partial products
+    assert not strided.is_contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(linear(x, strided), x @ strided.t(), atol=1e-5, rtol=1e-5)

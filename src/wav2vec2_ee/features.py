@@ -12,14 +12,14 @@ convolution whose kernel is ``m`` strides long is one matrix product of that mat
 shifted adds; other kernels and the one-channel first layer multiply overlapping windows (an
 ``as_strided`` view, copied once). The LayerNorm normalises the last dimension in place of the two
 transposes, and the activation is elementwise either way. Same parameters, same results up to float
-summation order (checked in the tests). Measured on one CPU thread (AVX-512, MKL), batches of new
-shapes as in an evaluation: the demo model's CNN (64-128 channels, kernels 20/4/4/4/2 on strides
-10/4/2/2/2, group norm with each utterance's own statistics) takes 0.27 s for its 228 s test set
-(0.37 s when every layer copied its windows); against ``transformers``' oneDNN convolutions it is
-about even for narrow CNNs (demo layout 0.29 vs 0.24 s, which includes the padding in the group norm;
-layer-norm CNN of 32-128 channels 0.35 vs 0.40 s, per 12 batches of 8 x 1.4-3 s) and slower for wide
-ones (wav2vec2-base, 512 channels: 6.9 vs 5.1 s per 4 batches of 8 x 2.5-3 s), where oneDNN's direct
-convolution beats a matrix product.
+summation order (checked in the tests). The products go through oneDNN where no gradient is needed
+(:mod:`wav2vec2_ee.kernels`). Measured on one CPU thread (AMD EPYC, AVX-512), batches of new shapes
+as in an evaluation: the demo model's CNN (64-128 channels, kernels 20/4/4/4/2 on strides
+10/4/2/2/2, group norm with each utterance's own statistics) takes 0.20 s for 12 batches of
+8 x 1.4-3 s against 0.25 s in ``transformers`` (whose group norm includes the padding); a layer-norm
+CNN of 32-128 channels 0.33 vs 0.44 s; wav2vec2-base's (512 channels) 4.4 s for 4 batches of
+8 x 2.5-3 s against 4.9 s batched and 3.0 s one utterance at a time in ``transformers``' oneDNN
+convolutions, which is why wide CNNs keep those (:func:`prefers_time_major`).
 
 :meth:`wav2vec2_ee.modeling.Wav2Vec2EEForCTC.embed` uses it whenever no gradient has to flow through
 the CNN (evaluation, inference, a teacher, a frozen feature encoder), for CNNs made of
@@ -76,10 +76,10 @@ def supports_time_major(feature_encoder: nn.Module) -> bool:
 
 
 #: The widest CNN (most output channels of a layer) that :func:`prefers_time_major` computes time-major:
-#: narrower CNNs run about as fast or faster so (and are the only way to batch per-utterance group-norm
-#: statistics cheaply), wider ones (wav2vec2-base: 512) are faster in ``transformers``' oneDNN
-#: convolutions, even one utterance at a time (3.1 s against 6.9 s time-major for 32 utterances of
-#: 2.5-3 s on one thread).
+#: narrower CNNs run faster so (and it is the cheap way to batch per-utterance group-norm statistics);
+#: wider ones (wav2vec2-base: 512) run faster in ``transformers``' oneDNN convolutions one utterance at
+#: a time (3.0 s against 4.4 s time-major for 32 utterances of 2.5-3 s on one thread), and at 256
+#: channels the two are even (1.8 s each).
 TIME_MAJOR_MAX_CHANNELS = 128
 
 
@@ -137,7 +137,7 @@ def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     for j in range(1, m):
         out[:-j] += product[j:, j * out_channels : (j + 1) * out_channels]
     if r:
-        tail = weight[:, m * stride :].reshape(out_channels, r * channels)
+        tail = weight[:, m * stride :].reshape(out_channels, r * channels).contiguous()  # oneDNN: dense
         out[:-m] += linear(rows[m:, : r * channels], tail)
     return out
 

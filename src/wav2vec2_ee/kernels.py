@@ -75,8 +75,11 @@ def uses_onednn(input: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(input, weight, bias)``: ``(..., in) x (out, in) -> (..., out)``, by oneDNN where
-    :func:`uses_onednn` (float32 on CPU without gradient), else by ``F.linear``."""
+    :func:`uses_onednn` (float32 on CPU without gradient), else by ``F.linear``. The input may be a
+    strided view; a strided weight is made dense first (oneDNN takes a reference path for it: 1.6 s
+    instead of 0.9 ms for 16000 x 64 x 64)."""
     if uses_onednn(input, weight):
+        weight = weight if weight.is_contiguous() else weight.contiguous()
         return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
     return F.linear(input, weight, bias)
 
