@@ -179,6 +179,24 @@ def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm, shape):
     assert not supports_time_major(grouped.wav2vec2.feature_extractor)
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 10, 5), (4, 8, 3, 2), (8, 8, 4, 2), (8, 8, 5, 2), (8, 8, 2, 2)])
+def test_both_ways_of_a_strided_conv_agree(shape):
+    from wav2vec2_ee.features import _conv_blocks
+
+    channels, out, kernel, stride = shape
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(channels, out, kernel, stride)
+    rows, time = 3, 40
+    x = torch.randn(rows, time, channels)
+    with torch.no_grad():
+        expected = conv(x.transpose(1, 2)).transpose(1, 2)  # (rows, frames, out)
+        frames = expected.shape[1]
+        for windows in (True, False):
+            got = _conv_blocks(x.reshape(rows * time, channels), conv, windows=windows)
+            got = got.view(rows, time // stride, out)[:, :frames]
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_wide_cnns_default_to_the_transformers_cnn(monkeypatch):
     from wav2vec2_ee import modeling
     from wav2vec2_ee.evaluation.engine import embed_per_utterance
