@@ -129,7 +129,7 @@ class EvaluationArguments:
         default="float32",
         metadata={
             "help": "precision of the forward pass's matrix products: float32, or bfloat16 / float16 under "
-            "torch.autocast (about 2x faster on CPUs with AVX512-BF16/AMX and on GPUs; transcripts may "
+            "torch.autocast (faster on CPUs with AMX and on GPUs; float32 already runs through oneDNN on CPU; transcripts may "
             "differ slightly from float32)",
             "choices": ["float32", "bfloat16", "float16"],
         },

@@ -231,7 +231,7 @@ def exit_batch(
     """:func:`forward_exits` of one collated batch (``input_values``, ``attention_mask``, ``utt_index``).
 
     With ``dtype`` (``torch.bfloat16`` / ``torch.float16``), matrix products and convolutions run in that
-    precision under ``torch.autocast`` (bfloat16 is about 2x faster on CPUs with AVX512-BF16 or AMX, and
+    precision under ``torch.autocast`` (bfloat16 is faster on CPUs with AMX, and
     on GPUs); the logits are returned in float32 either way. Lower precision can change the argmax of
     frames whose two best tokens are nearly tied, so transcripts may differ slightly from float32.
     """
