@@ -3,17 +3,21 @@
 On CPU, PyTorch computes a float32 ``F.linear`` with its BLAS (MKL in the x86 wheels), which on AMD
 processors runs its AVX2 code path: on this project's machine (AMD EPYC, Zen 5, full-width AVX-512)
 that is 84-95 GFLOPS per core for the encoder's shapes (640 x 192 x 768), while oneDNN's own float32
-kernels, which PyTorch ships for its CPU fusions, reach 189-203 GFLOPS on the same shapes, in float32
-arithmetic (float32 products and sums: no bfloat16 or TF32 rounding; on these shapes the results are
-even bit for bit those of ``F.linear``, see the tests). :func:`linear` takes that route where no
-gradient is needed (evaluation, inference, a teacher) and falls back to ``F.linear`` everywhere else:
-autograd, autocast, other devices and dtypes, a PyTorch build without oneDNN.
+kernels, which PyTorch ships for its CPU fusions (``torch.ops.mkldnn._linear_pointwise``), reach
+189-203 GFLOPS on the same shapes, in float32 arithmetic (float32 products and sums, no bfloat16 or
+TF32 rounding; on the encoder's shapes the outputs even matched ``F.linear`` bit for bit).
+:func:`linear` takes that route where no gradient is needed (evaluation, inference, a teacher) and
+falls back to ``F.linear`` everywhere else: autograd, autocast, other devices and dtypes, a PyTorch
+build without oneDNN. Training keeps ``F.linear``: an autograd function with oneDNN products in the
+backward pass too made the demo's training steps only about 4 % faster, so it was not kept.
 
 :func:`use_inference_linears` makes a model's ``nn.Linear`` layers use it (their class becomes
 :class:`InferenceLinear`, a subclass with the same parameters, state dict and ``save_pretrained``
 output), and its feed-forward blocks fuse the first product with the GELU
-(:class:`InferenceFeedForward`). ``WAV2VEC2_EE_ONEDNN_LINEAR=0`` in the environment, or :func:`onednn_linears` as a context
-manager, turns the route off (for comparisons).
+(:class:`InferenceFeedForward`); :class:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC` does so when it is
+built. Tools that match ``nn.Linear`` by exact type (``torch.ao`` dynamic quantization) need
+``use_inference_linears(model, enabled=False)`` first. ``WAV2VEC2_EE_ONEDNN_LINEAR=0`` in the
+environment, or :func:`onednn_linears` as a context manager, turns the route off (for comparisons).
 """
 
 from __future__ import annotations
