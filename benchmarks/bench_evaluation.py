@@ -11,7 +11,8 @@ exit:
 * ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint` with its defaults: length-grouped
   batches with attention masks, the time-major CNN, oneDNN matrix products (:mod:`wav2vec2_ee.kernels`),
   ``torch.inference_mode``, one vectorised argmax
-  over all exits, one forked process per core each running one thread (``--processes``), jiwer scoring
+  over all exits, this process and a forked child per further core, each running one thread
+  (``--processes``), jiwer scoring
   and the result files (the plot is left out: it is a constant ~0.3 s).
 
 On a shared machine, OpenMP's default busy-waiting makes every parallel region slow when the cores are

@@ -93,6 +93,10 @@ def test_the_packed_weight_follows_the_parameters():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         layer.load_state_dict({"weight": torch.ones(40, 24), "bias": torch.zeros(40)})
         torch.testing.assert_close(layer(x), x.sum(-1, keepdim=True).expand(5, 40), atol=1e-5, rtol=1e-5)
+        layer.weight = nn.Parameter(torch.full((40, 24), 0.5))  # a new tensor (version 0 again)
+        torch.testing.assert_close(
+            layer(x), 0.5 * x.sum(-1, keepdim=True).expand(5, 40), atol=1e-5, rtol=1e-5
+        )
         twin = copy.deepcopy(layer)  # the oneDNN copy of the weight is not part of the module
         torch.testing.assert_close(twin(x), layer(x))
 

@@ -98,14 +98,15 @@ def _packed_weight(module: nn.Linear) -> torch.Tensor:
     weight = module.weight
     key = (weight.data_ptr(), weight._version, tuple(weight.shape))
     cached = _PACKED.get(module)
-    if cached is None or cached[0] != key:
+    # the same tensor (a new one may reuse a freed one's memory) at the same version
+    if cached is None or cached[0] != key or cached[1]() is not weight:
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
         except (RuntimeError, AttributeError):
             packed = weight.detach()
-        cached = (key, packed)
+        cached = (key, weakref.ref(weight), packed)
         _PACKED[module] = cached
-    return cached[1]
+    return cached[2]
 
 
 class InferenceLinear(nn.Linear):

@@ -151,7 +151,7 @@ def prepare_utterances(
             if min_duration is not None and duration < min_duration:
                 skip(utt, f"too short: {duration:.2f} s < min_duration {min_duration} s")
                 continue
-            needs_labels = text and (tokenize or frames_for_samples is not None)
+            needs_labels = bool(text) and (tokenize or frames_for_samples is not None)
             labels = tokenizer(text.replace(" ", delimiter)).input_ids if needs_labels else []
             if frames_for_samples is not None and labels:
                 frames = int(frames_for_samples(int(round(duration * SAMPLING_RATE))))

@@ -282,7 +282,7 @@ def _take(counter, total: int) -> int | None:
     return index
 
 
-def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int) -> None:
+def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int, worker: int) -> None:
     torch.set_num_threads(threads)
     try:
         while (index := _take(counter, len(tasks))) is not None:
@@ -293,9 +293,9 @@ def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int
             pickle.dumps(err)
         except Exception:
             err = None
-        results.put((_DONE, (err, trace)))
+        results.put((_DONE, (worker, (err, trace))))
         return
-    results.put((_DONE, None))
+    results.put((_DONE, (worker, None)))
 
 
 def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iterator[R]:
@@ -318,23 +318,22 @@ def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iter
     threads = max(1, torch.get_num_threads() // processes)
     counter, results = ctx.Value("q", 0), ctx.Queue()
     children = [
-        ctx.Process(target=_forked_worker, args=(fn, tasks, counter, results, threads), daemon=True)
-        for _ in range(min(processes, len(tasks)) - 1)
+        ctx.Process(target=_forked_worker, args=(fn, tasks, counter, results, threads, i), daemon=True)
+        for i in range(min(processes, len(tasks)) - 1)
     ]
     own_threads = torch.get_num_threads()
     for child in children:
         child.start()
-    running = len(children)
+    running = set(range(len(children)))  # the children that have not reported the end of their work
 
     def collect(block: bool) -> Iterator[R]:
-        nonlocal running
         while running:
             try:
                 key, value = results.get(timeout=0.2) if block else results.get_nowait()
             except queue.Empty:
                 if not block:
                     return
-                dead = [c for c in children if c.exitcode not in (None, 0)]
+                dead = [children[i] for i in running if children[i].exitcode not in (None, 0)]
                 if dead:
                     raise WorkerError(
                         f"an evaluation worker process died (exit code {dead[0].exitcode}); "
@@ -344,9 +343,10 @@ def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iter
             if key != _DONE:
                 yield value
                 continue
-            running -= 1
-            if value is not None:
-                err, trace = value
+            worker, failure = value
+            running.discard(worker)
+            if failure is not None:
+                err, trace = failure
                 if err is None:
                     raise WorkerError(f"an evaluation worker process failed:\n{trace}")
                 raise err from WorkerError(f"in a worker process:\n{trace}")

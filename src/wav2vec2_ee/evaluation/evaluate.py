@@ -350,7 +350,7 @@ def decode_split(
 ) -> tuple[list[UtteranceResult], float]:
     """Decode every evaluated exit of every utterance; returns results in input order and audio seconds.
 
-    With ``run.processes != 1`` the batches are run *and decoded* by forked worker processes
+    With ``run.processes != 1`` the batches are run *and decoded* by this process and forked children
     (:func:`~wav2vec2_ee.evaluation.engine.iter_exit_logits`); the results are the same.
     """
     dataset = SpeechDataset(prepared, em.feature_extractor)
@@ -499,9 +499,10 @@ def evaluate_checkpoint(
             lexicon's transcripts. Default none, as in the seed.
         overwrite: re-evaluate splits that a previous run completed with the same settings.
         num_workers: ``DataLoader`` processes decoding audio; num_threads: torch threads.
-        processes: forked processes that run and decode batches in parallel, sharing the torch threads
-            (default: one per thread on CPU, see :func:`~wav2vec2_ee.evaluation.engine.default_processes`;
-            1 = in this process). Results do not depend on it.
+        processes: processes (this one and forked children) that run and decode batches in parallel,
+            sharing the torch threads (default: one per thread on CPU, see
+            :func:`~wav2vec2_ee.evaluation.engine.default_processes`; 1 = in this process). Results do
+            not depend on it.
         dtype: ``"float32"`` (default), or ``"bfloat16"`` / ``"float16"`` for the forward pass's matrix
             products under ``torch.autocast`` (faster; transcripts may differ slightly from float32).
 
