@@ -9,8 +9,8 @@ convolutions in oneDNN. Computed time-major instead, with the rows of the batch 
 multiple of the total stride) concatenated into one ``(batch * time, channels)`` matrix, a strided
 convolution whose kernel is ``m`` strides long is one matrix product of that matrix *viewed* as
 ``(batch * time / stride, stride * channels)`` (no copy) with the ``m`` kernel blocks, plus ``m - 1``
-shifted adds; other kernels and the one-channel first layer multiply overlapping windows (an
-``as_strided`` view, copied once). The LayerNorm normalises the last dimension in place of the two
+shifted adds (and one more product over a strided view for the taps of a partial stride); only the
+one-channel first layer multiplies overlapping windows (an ``as_strided`` view, copied once). The LayerNorm normalises the last dimension in place of the two
 transposes, and the activation is elementwise either way. Same parameters, same results up to float
 summation order (checked in the tests). The products go through oneDNN where no gradient is needed
 (:mod:`wav2vec2_ee.kernels`). Measured on one CPU thread (AMD EPYC, AVX-512), batches of new shapes
@@ -112,17 +112,17 @@ def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d, windows: bool | None = N
     weight = conv.weight.permute(0, 2, 1)  # (out, kernel, in): windows are flattened kernel-major
     out_channels = weight.shape[0]
     m, r = divmod(kernel, stride)
-    out = hidden.new_empty(n, out_channels)
     if windows is None:
         windows = kernel * channels <= 32 and (m, r) != (1, 0)  # a few taps of one channel
     if windows:
+        out = hidden.new_empty(n, out_channels)
         count = (n_in - kernel) // stride + 1  # whole windows; the rest of the n outputs stay garbage
-        windows = hidden.as_strided((count, kernel * channels), (stride * channels, 1))
+        overlapping = hidden.as_strided((count, kernel * channels), (stride * channels, 1))
         flat = weight.reshape(out_channels, kernel * channels).t()
         if conv.bias is None:
-            torch.mm(windows, flat, out=out[:count])
+            torch.mm(overlapping, flat, out=out[:count])
         else:
-            torch.addmm(conv.bias, windows, flat, out=out[:count])
+            torch.addmm(conv.bias, overlapping, flat, out=out[:count])
         out[count:] = 0.0
         return out
     rows = hidden.view(n, stride * channels)
@@ -133,6 +133,7 @@ def _conv_blocks(hidden: torch.Tensor, conv: nn.Conv1d, windows: bool | None = N
     product = linear(rows, blocks.reshape(m * out_channels, -1), bias)  # oneDNN on CPU (kernels.py)
     if (m, r) == (1, 0):
         return product
+    out = hidden.new_empty(n, out_channels)
     if (m, r) == (2, 0):
         torch.add(product[:-1, :out_channels], product[1:, out_channels:], out=out[:-1])
         out[-1] = product[-1, :out_channels]

@@ -44,9 +44,7 @@ def onednn_linear_available() -> bool:
             try:
                 x, w = torch.ones(2, 3), torch.ones(4, 3)
                 with torch.no_grad():
-                    ok = torch.equal(
-                        torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""), x @ w.t()
-                    )
+                    ok = torch.equal(_onednn_linear(x, w, None), x @ w.t())
             except (RuntimeError, NotImplementedError):
                 ok = False
         _STATE["available"] = ok
@@ -62,6 +60,13 @@ def onednn_linears(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _STATE["enabled"] = before
+
+
+def _onednn_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False):
+    """oneDNN's ``input @ weight.T + bias`` (dense or packed weight), with an exact GELU post-op if asked."""
+    if gelu:
+        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "gelu", [], "none")
+    return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
 
 
 def uses_onednn(input: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -83,13 +88,13 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     strided view; a strided weight is made dense first (oneDNN takes a reference path for it: 1.6 s
     instead of 0.9 ms for 16000 x 64 x 64)."""
     if uses_onednn(input, weight):
-        weight = weight if weight.is_contiguous() else weight.contiguous()
-        return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
+        return _onednn_linear(input, weight if weight.is_contiguous() else weight.contiguous(), bias)
     return F.linear(input, weight, bias)
 
 
-#: oneDNN's own (blocked) layout of each InferenceLinear's weight, with the key of the weight it was
-#: made from (its storage and version: an optimiser step or ``load_state_dict`` makes a new one). Kept
+#: oneDNN's own (blocked) layout of each InferenceLinear's weight, with the weight it was made from
+#: (its storage and version, which an optimiser step or ``load_state_dict`` changes, and a weak
+#: reference to the tensor itself, since a new tensor may reuse a freed one's memory). Kept
 #: outside the modules, so that copying or pickling a model never meets these opaque tensors.
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -115,7 +120,7 @@ class InferenceLinear(nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if uses_onednn(input, self.weight):
-            return torch.ops.mkldnn._linear_pointwise(input, _packed_weight(self), self.bias, "none", [], "")
+            return _onednn_linear(input, _packed_weight(self), self.bias)
         return F.linear(input, self.weight, self.bias)
 
 
@@ -137,8 +142,7 @@ class InferenceFeedForward(Wav2Vec2FeedForward):
             or not uses_onednn(hidden_states, dense.weight)
         ):
             return super().forward(hidden_states)
-        packed = _packed_weight(dense)
-        hidden = torch.ops.mkldnn._linear_pointwise(hidden_states, packed, dense.bias, "gelu", [], "none")
+        hidden = _onednn_linear(hidden_states, _packed_weight(dense), dense.bias, gelu=True)
         return self.output_dense(hidden)  # the dropouts are identities in evaluation mode
 
 
