@@ -8,9 +8,10 @@ exit:
   grouping), one forward pass of the ``transformers`` encoder with ``output_hidden_states=True`` (its
   own CNN and layers, plain ``nn.Linear``: PyTorch's BLAS), every exit head applied to its layer's
   hidden states, then each exit decoded separately with the processor (``argmax`` + ``batch_decode``).
-* ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint` with its defaults: length-grouped
-  batches with attention masks, the time-major CNN, oneDNN matrix products (:mod:`wav2vec2_ee.kernels`),
-  ``torch.inference_mode``, one vectorised argmax
+* ``ours``: :func:`wav2vec2_ee.evaluation.evaluate_checkpoint` with its defaults on ``--device cpu``:
+  length-grouped batches with attention masks, the CPU layer that ``evaluate`` applies on a CPU
+  (:func:`wav2vec2_ee.accel.optimize_for_cpu_inference`: the time-major CNN, oneDNN matrix products, the
+  FFT positional convolution), ``torch.inference_mode``, one vectorised argmax
   over all exits, this process and a forked child per further core, each running one thread
   (``--processes``), jiwer scoring
   and the result files (the plot is left out: it is a constant ~0.3 s).
@@ -25,6 +26,8 @@ other processes) and the script prints the throughput in audio seconds per wall 
 whether the hypotheses are identical.
 
     python benchmarks/bench_evaluation.py [--utterances 100] [--batch-size 16] [--rounds 2]
+    python benchmarks/bench_evaluation.py --utterances 40 --min-seconds 5 --max-seconds 15  # LibriSpeech-length
+    python benchmarks/bench_evaluation.py --checkpoint demo_out/ee --data demo_out/corpus --rounds 5
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ from wav2vec2_ee.configuration import Wav2Vec2EEConfig
 from wav2vec2_ee.data import load_audio
 from wav2vec2_ee.evaluation import evaluate_checkpoint, normalize_transcript
 from wav2vec2_ee.evaluation.results import parse_split_results
-from wav2vec2_ee.kernels import use_inference_linears
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC, load_model
 from wav2vec2_ee.vocab import build_processor
 
@@ -114,8 +116,7 @@ def make_data(root: Path, n: int, min_s: float, max_s: float, seed: int = 0) -> 
 def seed_loop(checkpoint: Path, data: Path, split: str) -> tuple[dict[str, list[str]], float]:
     """The seed's evaluation: batch size 1, every exit decoded separately with the processor."""
     processor = build_processor(checkpoint)
-    model = load_model(str(checkpoint)).eval()
-    use_inference_linears(model, enabled=False)  # transformers' own nn.Linear (PyTorch's BLAS), as the seed
+    model = load_model(str(checkpoint)).eval()  # plain transformers modules (PyTorch's BLAS), as the seed
     items = [
         (trans.parent / f"{line.split(' ', 1)[0]}.flac", line.split(" ", 1)[0])
         for trans in sorted((data / split).glob("*/*/*.trans.txt"))
@@ -159,6 +160,7 @@ def ours(
         batch_size=batch_size,
         processes=processes,
         dtype=dtype,
+        device="cpu",
         overwrite=True,
         progress=False,
         plot=False,

@@ -286,7 +286,7 @@ def test_group_norm_padding_changes_the_cnn_in_transformers():
     batch = fe.pad(items, padding=True, return_attention_mask=True, return_tensors="pt")
     with torch.inference_mode():
         padded, lengths = forward_exits(
-            model, batch["input_values"], batch["attention_mask"], per_utterance_cnn=False
+            model, batch["input_values"], batch["attention_mask"], batch_statistics=True
         )
         single, _ = forward_exits(model, torch.tensor(items[0]["input_values"])[None], None)
     n = int(lengths[0])
@@ -501,7 +501,7 @@ def test_worker_processes_run_every_batch_once_elsewhere(assets):
 
 
 def test_worker_errors_reach_the_caller():
-    from wav2vec2_ee.evaluation.engine import WorkerError, run_forked
+    from wav2vec2_ee.accel.processes import WorkerError, run_forked
 
     parent = os.getpid()
 

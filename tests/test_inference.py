@@ -22,13 +22,6 @@ from wav2vec2_ee.evaluation import (
     mean_frame_entropy,
     word_errors,
 )
-from wav2vec2_ee.features import (
-    positional_conv_fft,
-    prefers_time_major,
-    supports_positional_conv_fft,
-    supports_time_major,
-    time_major_features,
-)
 from wav2vec2_ee.inference import (
     ConfidenceThreshold,
     Decoders,
@@ -137,123 +130,31 @@ def test_group_norm_default_config_equals_each_utterance_alone():
     )
 
 
-CNN_SHAPES = {  # every path of features._conv_blocks: windows (the one-channel first layer), kernels of
-    # 1, 2 and 3 strides, and of 1 or 2 strides and a partial one (3 on 2, 5 on 2), as block products
-    "partial": {"conv_dim": (16, 16, 16, 16), "conv_stride": (5, 2, 2, 2), "conv_kernel": (10, 3, 5, 2)},
-    "blocks": {"conv_dim": (16, 16, 16, 16), "conv_stride": (5, 2, 2, 2), "conv_kernel": (10, 4, 6, 2)},
-}
+@pytest.mark.parametrize("accelerated", [False, True], ids=["plain", "cpu-accelerated"])
+def test_the_sweep_reference_and_the_engine_compute_the_same_function(accelerated, tokenizer):
+    """A padded group-norm batch: the sweep's full forward (the reference it times), evaluation and the
+    engine at full depth give the same logits and transcripts."""
+    from wav2vec2_ee.accel import optimize_for_cpu_inference
+    from wav2vec2_ee.evaluation import forward_exits
+    from wav2vec2_ee.inference import full_forward
 
-
-@pytest.mark.parametrize("shape", list(CNN_SHAPES))
-@pytest.mark.parametrize("norm", ["layer", "group"])
-@pytest.mark.parametrize("conv_bias", [False, True])
-def test_time_major_cnn_equals_the_transformers_cnn(conv_bias, norm, shape):
-    norm_config = (
-        LAYER_NORM if norm == "layer" else {"feat_extract_norm": "group", "do_stable_layer_norm": False}
-    )
-    config = {"conv_bias": conv_bias, **CNN_SHAPES[shape], **norm_config}
-    model, reference = _model(**config), _model(**config)
-    if norm == "group":  # a trained-looking affine map, not the identity it is initialised to
-        for m in (model, reference):
-            gn = m.wav2vec2.feature_extractor.conv_layers[0].layer_norm
-            torch.manual_seed(1)
-            gn.weight.data.uniform_(0.5, 1.5)
-            gn.bias.data.uniform_(-0.5, 0.5)
-    encoder = model.wav2vec2.feature_extractor
-    assert supports_time_major(encoder)
-    x, _ = _padded_batch()
-    with torch.no_grad():
-        expected = encoder(x).transpose(1, 2)
-        torch.testing.assert_close(time_major_features(encoder, x), expected, atol=1e-5, rtol=1e-5)
-        # each utterance's own statistics: its valid frames as computed alone
-        lengths = torch.tensor([x.shape[1], 3001, 2000, 1234])
-        padded = time_major_features(encoder, x, lengths)
-        for b, n in enumerate(lengths.tolist()):
-            alone = encoder(x[b : b + 1, :n]).transpose(1, 2)[0]
-            torch.testing.assert_close(padded[b, : alone.shape[0]], alone, atol=1e-5, rtol=1e-5)
-        fast = model.embed(x).hidden_states  # no grad: the time-major CNN by default
-        slow = reference.embed(x, fast_cnn=False, fast_pos_conv=False).hidden_states
-        torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
-    grouped = _model(**norm_config)
-    grouped.wav2vec2.feature_extractor.conv_layers[0].conv.groups = 2  # not one plain conv: unsupported
-    assert not supports_time_major(grouped.wav2vec2.feature_extractor)
-
-
-@pytest.mark.parametrize("shape", [(1, 8, 10, 5), (4, 8, 3, 2), (8, 8, 4, 2), (8, 8, 5, 2), (8, 8, 2, 2)])
-def test_both_ways_of_a_strided_conv_agree(shape):
-    from wav2vec2_ee.features import _conv_blocks
-
-    channels, out, kernel, stride = shape
-    torch.manual_seed(0)
-    conv = torch.nn.Conv1d(channels, out, kernel, stride)
-    rows, time = 3, 40
-    x = torch.randn(rows, time, channels)
-    with torch.no_grad():
-        expected = conv(x.transpose(1, 2)).transpose(1, 2)  # (rows, frames, out)
-        frames = expected.shape[1]
-        for windows in (True, False):
-            got = _conv_blocks(x.reshape(rows * time, channels), conv, windows=windows)
-            got = got.view(rows, time // stride, out)[:, :frames]
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_wide_cnns_default_to_the_transformers_cnn(monkeypatch):
-    from wav2vec2_ee import modeling
-    from wav2vec2_ee.evaluation.engine import embed_per_utterance
-
-    narrow, wide = _model(), _model(conv_dim=(16, 16, 256))
-    assert prefers_time_major(narrow.wav2vec2.feature_extractor)
-    assert supports_time_major(wide.wav2vec2.feature_extractor)
-    assert not prefers_time_major(wide.wav2vec2.feature_extractor)
-    calls = []
-    real = modeling.time_major_features
-    monkeypatch.setattr(modeling, "time_major_features", lambda *a: calls.append(1) or real(*a))
+    model = _model(feat_extract_norm="group", do_stable_layer_norm=False)
+    if accelerated:
+        optimize_for_cpu_inference(model)
     x, mask = _padded_batch()
-    with torch.no_grad():
-        narrow.embed(x)
-        assert len(calls) == 1
-        wide.embed(x)
-        assert len(calls) == 1  # transformers' CNN
-        state = embed_per_utterance(wide, x, mask)  # each utterance alone through transformers' CNN
-        assert len(calls) == 1
-        for b in range(4):
-            n = int(mask[b].sum())
-            alone = wide.embed(x[b : b + 1, :n]).hidden_states[0]
-            torch.testing.assert_close(state.hidden_states[b, : alone.shape[0]], alone, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize(("kernel", "groups"), [(16, 4), (15, 2), (8, 1)])
-def test_fft_positional_conv_equals_the_transformers_conv(kernel, groups):
-    model = _model(num_conv_pos_embeddings=kernel, num_conv_pos_embedding_groups=groups)
-    module = model.wav2vec2.encoder.pos_conv_embed
-    assert supports_positional_conv_fft(module)
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for frames in (1, 7, 50, 300):  # several FFT sizes, frames shorter and longer than the kernel
-            hidden = torch.randn(3, frames, model.config.hidden_size)
-            torch.testing.assert_close(
-                positional_conv_fft(module, hidden), module(hidden), atol=1e-5, rtol=1e-5
-            )
-        # the cached kernel spectrum follows the weights (an optimiser step changes them in place)
-        module.conv.parametrizations.weight.original1.mul_(-0.5)
-        hidden = torch.randn(2, 50, model.config.hidden_size)
-        torch.testing.assert_close(positional_conv_fft(module, hidden), module(hidden), atol=1e-5, rtol=1e-5)
-
-
-def test_embed_uses_the_fft_positional_conv_only_without_gradients(monkeypatch):
-    import wav2vec2_ee.modeling as modeling
-
-    calls = []
-    real = modeling.positional_conv_fft
-    monkeypatch.setattr(modeling, "positional_conv_fft", lambda m, h: calls.append(1) or real(m, h))
-    model = _model()
-    x, mask = _padded_batch()
-    with torch.no_grad():
-        fast = model.embed(x, mask).hidden_states
-    assert calls == [1]
-    slow = model.embed(x, mask).hidden_states  # training path: the differentiable conv
-    assert calls == [1] and slow.requires_grad
-    torch.testing.assert_close(fast, slow.detach(), atol=1e-4, rtol=1e-4)  # after a LayerNorm
+    decoders = Decoders(tokenizer)
+    engine = run_early_exit(model, x, mask, FixedExit(), decoders, return_logits=True)
+    with torch.inference_mode():
+        reference_texts = full_forward(model, x, mask, decoders)
+        evaluation, lengths = forward_exits(model, x, mask)
+    assert engine.transcripts == reference_texts and any(reference_texts)
+    for b in range(4):
+        n = int(lengths[b])
+        torch.testing.assert_close(engine.logits[b], evaluation[-1][b, :n], atol=1e-5, rtol=1e-5)
+        alone = run_early_exit(
+            model, x[b : b + 1, : int(mask[b].sum())], None, FixedExit(), return_logits=True
+        )
+        torch.testing.assert_close(engine.logits[b], alone.logits[0], atol=1e-4, rtol=1e-4)
 
 
 def _count_layer_rows(model: Wav2Vec2EEForCTC) -> tuple[list[list[int]], list]:

@@ -172,3 +172,117 @@ def test_reinit_encoder_keeps_the_cnn():
     assert all(torch.equal(v, model.wav2vec2.feature_extractor.state_dict()[k]) for k, v in cnn.items())
     changed = [k for k, v in layer.items() if not torch.equal(v, model.encoder_layers[0].state_dict()[k])]
     assert any("attention" in k for k in changed)
+
+
+# --------------------------------------------------------------------------------------------------
+# one encoder path: iter_exits, and the padding rule
+
+
+LAYER_NORM_CNN = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}
+
+
+def test_iter_exits_yields_requested_exits_and_stops_at_the_deepest():
+    model = Wav2Vec2EEForCTC(tiny_config(exit_layers=[1, 2, 3, 4], **LAYER_NORM_CNN)).eval()
+    calls = []
+    for i, layer in enumerate(model.encoder_layers):
+        layer.register_forward_hook(lambda m, a, o, i=i: calls.append((i, int(a[0].shape[0]))))
+    x, mask = _audio()
+    full = model(x, attention_mask=mask)
+    steps = list(model.iter_exits(x, mask, exits=[2, 0]))
+    assert [(s.exit_index, s.layer) for s in steps] == [(0, 1), (2, 3)]
+    assert [i for i, _ in calls[-3:]] == [0, 1, 2] and len(calls) == 4 + 3  # layer 4 never ran
+    for s in steps:
+        torch.testing.assert_close(s.logits, full.exit_logits[s.exit_index], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\[0, 3\]"):
+        list(model.iter_exits(x, mask, exits=[4]))
+
+
+def test_retained_rows_continue_alone_and_the_loop_ends_when_none_remain():
+    model = Wav2Vec2EEForCTC(tiny_config(exit_layers=[1, 2, 3, 4], **LAYER_NORM_CNN)).eval()
+    rows_seen = []
+    for layer in model.encoder_layers:
+        layer.register_forward_hook(lambda m, a, o: rows_seen.append(tuple(a[0].shape[:2])))
+    x, mask = _audio()
+    full = model(x, attention_mask=mask)
+    rows_seen.clear()
+    seen = []
+    for step in model.iter_exits(x, mask):
+        seen.append(step.rows.tolist())
+        n = step.output_lengths
+        for j, row in enumerate(step.rows.tolist()):  # every retained row still equals the full pass
+            T = int(n[j])
+            torch.testing.assert_close(
+                step.logits[j, :T], full.exit_logits[step.exit_index][row, :T], atol=1e-5, rtol=1e-5
+            )
+        if step.exit_index == 0:
+            step.retain(torch.tensor([False, True, True]))
+        elif step.exit_index == 1:
+            step.retain(torch.tensor([1]))  # indices into this step's rows: utterance 2
+        elif step.exit_index == 2:
+            step.retain(torch.tensor([False]))
+    frames = full.output_lengths.tolist()
+    assert seen == [[0, 1, 2], [1, 2], [2]]
+    # layer 2 ran for utterances 1 and 2 on utterance 1's frames, layer 3 for the shortest alone
+    assert rows_seen == [(3, frames[0]), (2, frames[1]), (1, frames[2])] and frames[2] < frames[1] < frames[0]
+    with pytest.raises(ValueError, match="mask of shape"):
+        next(model.iter_exits(x, mask)).retain(torch.tensor([True]))
+
+
+def test_padding_rule_group_norm_cnn():
+    """forward keeps transformers' semantics (batch statistics, gradients as Wav2Vec2ForCTC);
+    iter_exits gives every utterance what it gets alone."""
+    cfg = tiny_config(feat_extract_norm="group", do_stable_layer_norm=False, exit_layers=[2, 4])
+    model = Wav2Vec2EEForCTC(cfg).eval()
+    with torch.no_grad():
+        gn = model.wav2vec2.feature_extractor.conv_layers[0].layer_norm
+        gn.weight.uniform_(0.5, 1.5)
+        gn.bias.uniform_(-0.5, 0.5)
+    plain = Wav2Vec2ForCTC(
+        Wav2Vec2Config(**_plain_kwargs(feat_extract_norm="group", do_stable_layer_norm=False))
+    )
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("exit_heads")})
+    plain.eval()
+    x, mask = _audio()
+    out = model(x, attention_mask=mask)
+    ref = plain(x, attention_mask=mask).logits
+    torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=1e-5)
+    steps = list(model.iter_exits(x, mask))
+    for b in range(3):
+        n, T = int(mask[b].sum()), int(out.output_lengths[b])
+        alone = plain(x[b : b + 1, :n]).logits[0]
+        torch.testing.assert_close(steps[-1].logits[b, :T], alone, atol=1e-5, rtol=1e-5)
+        if b > 0:  # padded: transformers' batch statistics differ from the utterance alone
+            assert not torch.allclose(out.logits[b, :T], alone, atol=1e-4)
+    # training (one exit at the top: the objective is Wav2Vec2ForCTC's CTC loss): the same loss and
+    # the same gradient through the group norm
+    single = Wav2Vec2EEForCTC(
+        tiny_config(feat_extract_norm="group", do_stable_layer_norm=False, exit_layers=[4])
+    )
+    single.load_state_dict(model.state_dict(), strict=False)
+    single.train(), plain.train()
+    single.config.ctc_loss_reduction = plain.config.ctc_loss_reduction = "sum"
+    labels = torch.tensor([[3, 4, 5], [6, 7, -100], [8, -100, -100]])
+    ours = single(x, attention_mask=mask, labels=labels).loss
+    theirs = plain(x, attention_mask=mask, labels=labels).loss
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-5)
+    first = "wav2vec2.feature_extractor.conv_layers.0.conv.weight"
+    g_ours = torch.autograd.grad(ours, dict(single.named_parameters())[first])[0]
+    g_theirs = torch.autograd.grad(theirs, dict(plain.named_parameters())[first])[0]
+    torch.testing.assert_close(g_ours, g_theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_no_other_loop_over_encoder_layers():
+    """Only modeling.iter_exits runs encoder layers: no module outside modeling.py calls run_layer or
+    indexes the encoder's layers."""
+    from pathlib import Path
+
+    import wav2vec2_ee
+
+    root = Path(wav2vec2_ee.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if path.name != "modeling.py"
+        and any(s in path.read_text() for s in ("run_layer(", "encoder_layers[", "encoder.layers["))
+    ]
+    assert offenders == []

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from .device import DeviceArguments
 from .io import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -303,8 +304,11 @@ def evaluate_run(
     lm_order: int | None = None,
     lm_weight: float = 1.0,
     lm_word_score: float = 1.0,
+    device: str | None = None,
+    dtype: str = "float32",
 ) -> dict:
-    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured).
+    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured),
+    on ``device`` in ``dtype`` (:class:`~wav2vec2_ee.device.DeviceArguments`).
 
     Greedy decoding always; with ``lexicon_beam_size`` also flashlight's lexicon-constrained beam search
     (no language model, as the seed) over the words of the corpus's training transcripts (the evaluation
@@ -333,6 +337,8 @@ def evaluate_run(
             splits=list(splits),
             progress=False,
             overwrite=overwrite,
+            device=device,
+            dtype=dtype,
             **lexicon,
         )
         with_lm = None
@@ -348,6 +354,8 @@ def evaluate_run(
                 **{**lexicon, "word_score": lm_word_score},
                 lexicon_lm_order=int(lm_order),
                 lexicon_lm_weight=lm_weight,
+                device=device,
+                dtype=dtype,
             )
 
     def by_layer(result: dict, key: str) -> dict[str, dict[int, float]]:
@@ -511,9 +519,9 @@ def write_config_files(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
-    parser = HfArgumentParser(DemoArguments)
+    parser = HfArgumentParser((DemoArguments, DeviceArguments))
     parser.prog = "wav2vec2-ee demo"
-    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    args, device = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     preset, out, corpus = _setup(args)
     timings: dict = {}
@@ -542,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         lm_order=preset.lm_order,
         lm_weight=preset.lm_weight,
         lm_word_score=preset.lm_word_score,
+        device=device.device,
+        dtype=device.dtype,
     )
     timings["evaluate"] = {"seconds": result["seconds"]}
     total = time.perf_counter() - start

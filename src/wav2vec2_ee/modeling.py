@@ -1,17 +1,30 @@
 """The early-exit wav2vec2 CTC model.
 
 :class:`Wav2Vec2EEForCTC` is a ``transformers`` wav2vec2 encoder with a CTC exit head after each
-layer of ``config.exit_layers``. Index conventions: ``hidden_states[0]`` is the encoder input (after
-the positional convolution), ``hidden_states[l]`` the output of layer ``l``. Exit ``k`` reads
+layer of ``config.exit_layers``, built from plain ``transformers`` modules: the same arithmetic on any
+device, with or without gradients (CPU speed-ups are a separate, explicit layer:
+:mod:`wav2vec2_ee.accel`). Index conventions: ``hidden_states[0]`` is the encoder input (after the
+positional convolution), ``hidden_states[l]`` the output of layer ``l``. Exit ``k`` reads
 ``hidden_states[exit_layers[k]]``; for stable-layer-norm (pre-LN) configs the encoder's final
 LayerNorm is applied at every exit, not only at the top.
 
 The deepest exit's head is the ordinary ``lm_head``, so a checkpoint whose deepest exit is the top
 layer loads in plain :class:`transformers.Wav2Vec2ForCTC` and gives the final-exit output.
 
-The encoder is run by this module layer by layer (:meth:`Wav2Vec2EEForCTC.embed`,
-:meth:`~Wav2Vec2EEForCTC.run_layer`, :meth:`~Wav2Vec2EEForCTC.exit_logits_at`) so that training,
-evaluation and the dynamic-exit inference engine share one definition of every exit.
+**One encoder path.** :meth:`Wav2Vec2EEForCTC.iter_exits` runs the encoder exit by exit and yields
+each requested exit's logits (:class:`ExitStep`); a consumer may drop finished utterances from the
+batch (:meth:`ExitStep.retain`), and the encoder stops at the deepest exit asked for. ``forward``
+(training), layer-wise evaluation, dynamic early exit and the sweep's reference all consume it.
+
+**The padding rule** (decided in :meth:`Wav2Vec2EEForCTC.embed`, nowhere else). Attention masks the
+padded frames, and a layer-norm CNN is frame-local, so padding changes nothing there. A group-norm
+CNN (``feat_extract_norm="group"``, e.g. wav2vec2-base) normalises each channel over time:
+
+* ``iter_exits`` (evaluation, inference, the sweep's reference): every utterance gets what it gets
+  alone: the group norm takes each utterance's own samples (``batch_statistics=False``), so results
+  do not depend on the batch;
+* ``forward`` (training, ``Trainer`` evaluation): ``transformers``' semantics, the statistics include
+  the padding (``batch_statistics=True``), so losses and gradients equal ``Wav2Vec2ForCTC``'s.
 """
 
 from __future__ import annotations
@@ -21,7 +34,8 @@ import logging
 import os
 import pickle
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,17 +44,13 @@ from torch import nn
 from transformers import Wav2Vec2Config
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
-from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model, Wav2Vec2PreTrainedModel
+from transformers.models.wav2vec2.modeling_wav2vec2 import (
+    Wav2Vec2GroupNormConvLayer,
+    Wav2Vec2Model,
+    Wav2Vec2PreTrainedModel,
+)
 
 from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
-from .features import (
-    positional_conv_fft,
-    prefers_time_major,
-    supports_positional_conv_fft,
-    supports_time_major,
-    time_major_features,
-)
-from .kernels import use_inference_linears
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +109,68 @@ class EncoderState:
         return EncoderState(hidden, frame_mask, attention_mask, lengths, self.layer)
 
 
+@dataclass
+class ExitStep:
+    """One exit of :meth:`Wav2Vec2EEForCTC.iter_exits`.
+
+    Args:
+        exit_index: 0-based exit (into ``config.exit_layers``); layer: its layer.
+        logits: ``(rows, frames, vocab)`` logits of the rows still running.
+        output_lengths: ``(rows,)`` valid frames.
+        rows: ``(rows,)`` positions of these utterances in the input batch (on the CPU).
+        hidden_states: ``hidden_states[0..layer]`` (all rows) with ``output_hidden_states=True``.
+    """
+
+    exit_index: int
+    layer: int
+    logits: torch.Tensor
+    output_lengths: torch.Tensor
+    rows: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    retained: torch.Tensor | None = field(default=None, repr=False)
+
+    def retain(self, keep: torch.Tensor) -> None:
+        """Run later layers for these rows only: a bool mask ``(rows,)`` (True = keep running) or
+        indices into this step's rows."""
+        keep = torch.as_tensor(keep).to("cpu")
+        if keep.dtype == torch.bool:
+            if keep.shape != self.rows.shape:
+                raise ValueError(f"retain: mask of shape {tuple(keep.shape)} for {len(self.rows)} rows")
+            keep = keep.nonzero().squeeze(1)
+        self.retained = keep.to(torch.long)
+
+
+def per_utterance_features(
+    feature_encoder: nn.Module, input_values: torch.Tensor, sample_lengths: torch.Tensor
+) -> torch.Tensor:
+    """``transformers``' CNN ``(batch, samples) -> (batch, channels, frames)`` with the group norm of
+    its first layer taken over each utterance's own first ``sample_lengths[b]`` samples' frames, so
+    every utterance's valid frames equal those of the utterance computed alone (the other layers are
+    frame-local, and a valid frame reads only valid frames). Plain tensor operations, any device.
+    """
+    layers = feature_encoder.conv_layers
+    first = layers[0]
+    if not isinstance(first, Wav2Vec2GroupNormConvLayer):
+        return feature_encoder(input_values)
+    conv, norm = first.conv, first.layer_norm
+    hidden = conv(input_values[:, None])  # (batch, channels, time)
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    frames = torch.div(sample_lengths.to(torch.long) - kernel, stride, rounding_mode="floor") + 1
+    positions = torch.arange(hidden.shape[-1], device=hidden.device)
+    valid = (positions < frames.to(hidden.device)[:, None]).unsqueeze(1)  # (batch, 1, time)
+    h = hidden.float()
+    count = valid.sum(-1, keepdim=True).clamp(min=1)
+    mean = (h * valid).sum(-1, keepdim=True) / count
+    var = ((h - mean).square() * valid).sum(-1, keepdim=True) / count
+    h = (h - mean) * torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        h = h * norm.weight.float()[:, None] + norm.bias.float()[:, None]
+    hidden = first.activation(h.to(hidden.dtype))
+    for layer in layers[1:]:
+        hidden = layer(hidden)
+    return hidden
+
+
 class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
     """Wav2vec2 encoder with CTC exit heads after the layers of ``config.exit_layers``."""
 
@@ -120,7 +192,6 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         )
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
-        use_inference_linears(self)  # oneDNN products where no gradient is needed (kernels.py)
 
     # ----------------------------------------------------------------------------------------------
     # pieces of the encoder, shared by training, evaluation and incremental inference
@@ -146,45 +217,52 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             lengths = attention_mask.sum(-1)
         return self._get_feat_extract_output_lengths(lengths).to(torch.long)
 
+    def extract_features(
+        self, input_values: torch.Tensor, sample_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(batch, frames, channels)`` output of the CNN feature encoder for ``(batch, samples)`` input.
+
+        With ``sample_lengths`` ``(batch,)``, a group-norm CNN normalises each utterance over its own
+        samples (:func:`per_utterance_features`, or the feature encoder's own
+        ``forward_per_utterance(input_values, sample_lengths)`` where it has one, as the accelerated
+        encoders of :mod:`wav2vec2_ee.accel.cnn` do); without, over the whole padded row, as
+        ``transformers``.
+        """
+        encoder_cnn = self.wav2vec2.feature_extractor
+        if sample_lengths is None:
+            extract = encoder_cnn(input_values)
+        else:
+            per_utterance = getattr(encoder_cnn, "forward_per_utterance", None)
+            if per_utterance is not None:
+                extract = per_utterance(input_values, sample_lengths)
+            else:
+                extract = per_utterance_features(encoder_cnn, input_values, sample_lengths)
+        return extract.transpose(1, 2)
+
     def embed(
         self,
         input_values: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         mask_time_indices: torch.Tensor | None = None,
-        fast_cnn: bool | None = None,
-        per_utterance_norm: bool = False,
-        fast_pos_conv: bool | None = None,
+        batch_statistics: bool = False,
     ) -> EncoderState:
         """Run the CNN, the projection and the encoder's input stage (``hidden_states[0]``).
 
         Args:
             input_values: ``(batch, samples)`` float waveforms.
             attention_mask: ``(batch, samples)`` 1 on real samples, 0 on padding.
-            fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`: same function, faster on
-                CPU for narrow CNNs). Default: whenever no gradient flows through the CNN (no grad mode, or
-                a frozen feature encoder) and :func:`~wav2vec2_ee.features.prefers_time_major` (supported,
-                at most 128 channels wide).
-            per_utterance_norm: with the time-major CNN, normalise a group-norm CNN layer over each
-                utterance's own samples (``attention_mask``), so padded utterances get what they get alone;
-                ``transformers`` (and the default) include the padding. Raises ``ValueError`` where the
-                time-major CNN cannot be used.
-            fast_pos_conv: compute the positional convolution by FFT (:mod:`wav2vec2_ee.features`: same
-                function up to float rounding, about a third of the time). Default: when no gradient is
-                needed (no grad mode) and the module supports it.
+            mask_time_indices: ``(batch, frames)`` SpecAugment time mask (as ``transformers``).
+            batch_statistics: the padding rule (see the module docstring): ``False`` (default) gives every
+                utterance of a padded batch what it gets alone; ``True`` keeps ``transformers``' semantics
+                (a group-norm CNN normalises over the padding too).
         """
         w2v = self.wav2vec2
-        encoder_cnn = w2v.feature_extractor
-        if fast_cnn is None:
-            fast_cnn = prefers_time_major(encoder_cnn) and (
-                not torch.is_grad_enabled() or not any(p.requires_grad for p in encoder_cnn.parameters())
-            )
-        if per_utterance_norm and not (fast_cnn and supports_time_major(encoder_cnn)):
-            raise ValueError("per_utterance_norm needs the time-major CNN (fast_cnn, a supported CNN)")
-        if fast_cnn and supports_time_major(encoder_cnn):
-            lengths = attention_mask.sum(-1) if per_utterance_norm and attention_mask is not None else None
-            extract = time_major_features(encoder_cnn, input_values, lengths)
-        else:
-            extract = encoder_cnn(input_values).transpose(1, 2)
+        sample_lengths = None
+        if attention_mask is not None and not batch_statistics and self.config.feat_extract_norm == "group":
+            sample_lengths = attention_mask.sum(-1)
+            if bool((sample_lengths == input_values.shape[-1]).all()):
+                sample_lengths = None  # nothing padded: the batch statistics are each utterance's own
+        extract = self.extract_features(input_values, sample_lengths)
         frames = extract.shape[1]
         lengths = self.output_lengths(attention_mask, input_values).clamp(max=frames)
         frame_mask = None
@@ -199,12 +277,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         if frame_mask is not None:
             hidden = hidden.masked_fill(~frame_mask.unsqueeze(-1), 0.0)
         attn = create_bidirectional_mask(config=self.config, inputs_embeds=hidden, attention_mask=frame_mask)
-        if fast_pos_conv is None:
-            fast_pos_conv = not torch.is_grad_enabled()
-        if fast_pos_conv and supports_positional_conv_fft(encoder.pos_conv_embed):
-            hidden = hidden + positional_conv_fft(encoder.pos_conv_embed, hidden)
-        else:
-            hidden = hidden + encoder.pos_conv_embed(hidden)
+        hidden = hidden + encoder.pos_conv_embed(hidden)
         if not self.config.do_stable_layer_norm:
             hidden = encoder.layer_norm(hidden)
         hidden = encoder.dropout(hidden)
@@ -227,6 +300,61 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             hidden_states = self.wav2vec2.encoder.layer_norm(hidden_states)
         return self.head(k)(self.dropout(hidden_states))
 
+    def iter_exits(
+        self,
+        input_values: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        exits: Iterable[int] | None = None,
+        *,
+        batch_statistics: bool = False,
+        mask_time_indices: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+    ) -> Iterator[ExitStep]:
+        """Run the encoder exit by exit: the one loop over encoder layers.
+
+        Yields one :class:`ExitStep` per requested exit, shallow to deep, as soon as its logits exist.
+        Layers beyond the deepest requested exit never run. Calling :meth:`ExitStep.retain` on a step
+        drops the other utterances: later layers run on the retained rows only (with the padding that
+        none of them needs trimmed), and the loop ends when none remain.
+
+        Args:
+            input_values: ``(batch, samples)`` waveforms; attention_mask: ``(batch, samples)`` 1 on real samples.
+            exits: 0-based exit indices into ``config.exit_layers`` (default: all).
+            batch_statistics: the padding rule (:meth:`embed`); ``False`` = each utterance as alone.
+            output_hidden_states: give each step the hidden states of every layer run so far (then no
+                row may be dropped).
+        """
+        layers = self.config.exit_layers
+        wanted = list(range(len(layers))) if exits is None else sorted({int(k) for k in exits})
+        if not wanted or wanted[0] < 0 or wanted[-1] >= len(layers):
+            raise ValueError(f"exit indices {exits} must lie in [0, {len(layers) - 1}]")
+        state = self.embed(input_values, attention_mask, mask_time_indices, batch_statistics)
+        rows = torch.arange(len(input_values))
+        hidden = [state.hidden_states] if output_hidden_states else None
+        for k in wanted:
+            while state.layer < layers[k]:
+                state = self.run_layer(state)
+                if hidden is not None:
+                    hidden.append(state.hidden_states)
+            step = ExitStep(
+                k,
+                layers[k],
+                self.exit_logits_at(k, state.hidden_states),
+                state.output_lengths,
+                rows,
+                tuple(hidden) if hidden is not None else None,
+            )
+            yield step
+            keep = step.retained
+            if keep is None or len(keep) == len(rows):
+                continue
+            if hidden is not None:
+                raise ValueError("iter_exits(output_hidden_states=True) cannot drop rows")
+            if len(keep) == 0:
+                return
+            state = state.select(keep.to(state.hidden_states.device), self.config)
+            rows = rows[keep]
+
     # ----------------------------------------------------------------------------------------------
     def forward(
         self,
@@ -239,7 +367,8 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> Wav2Vec2EEOutput:
-        """Run the encoder up to the deepest needed exit and every exit head.
+        """Run the encoder up to the deepest needed exit and every exit head (``transformers``' padding
+        semantics, see the module docstring).
 
         Args:
             input_values: ``(batch, samples)`` waveforms.
@@ -256,30 +385,32 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
             raise ValueError(
                 f"label ids must be < vocab_size={self.config.vocab_size}, got {int(labels.max())}"
             )
-        exit_layers = self.config.exit_layers[:n]
-        state = self.embed(input_values, attention_mask, mask_time_indices=mask_time_indices)
-        hidden_states = [state.hidden_states] if output_hidden_states else None
-        exit_logits = []
-        while state.layer < exit_layers[-1]:
-            state = self.run_layer(state)
-            if hidden_states is not None:
-                hidden_states.append(state.hidden_states)
-            if state.layer in exit_layers:
-                exit_logits.append(self.exit_logits_at(len(exit_logits), state.hidden_states))
+        steps = list(
+            self.iter_exits(
+                input_values,
+                attention_mask,
+                range(n),
+                batch_statistics=True,
+                mask_time_indices=mask_time_indices,
+                output_hidden_states=output_hidden_states,
+            )
+        )
+        exit_logits = [step.logits for step in steps]
+        output_lengths = steps[-1].output_lengths
         loss = None
         if labels is not None:
             from .objectives import ctc_at_exit
 
             loss = sum(
-                ctc_at_exit(z, state.output_lengths, labels, self.config.pad_token_id, self.config)
+                ctc_at_exit(z, output_lengths, labels, self.config.pad_token_id, self.config)
                 for z in exit_logits
             )
         return Wav2Vec2EEOutput(
             loss=loss,
             logits=exit_logits[-1],
             exit_logits=tuple(exit_logits),
-            output_lengths=state.output_lengths,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            output_lengths=output_lengths,
+            hidden_states=steps[-1].hidden_states,
         )
 
     # ----------------------------------------------------------------------------------------------

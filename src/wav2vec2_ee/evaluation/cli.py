@@ -15,6 +15,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+from ..device import DeviceArguments
 from .evaluate import evaluate_checkpoint
 
 
@@ -41,12 +42,18 @@ class EvaluationArguments:
             "exits is evaluated at its final layer, or at these layers through its lm_head)"
         },
     )
-    batch_size: int = field(
-        default=8, metadata={"help": "utterances per length-grouped batch (results do not depend on it)"}
+    batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "utterances per length-grouped batch (default: 8 on CPU, 64 on GPU; results do not depend on it)"
+        },
     )
-    max_batch_seconds: float = field(
-        default=320.0,
-        metadata={"help": "at most this many seconds of padded audio per batch (bounds memory)"},
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "at most this many seconds of padded audio per batch (bounds memory; default: 320 on CPU, "
+            "1200 on GPU)"
+        },
     )
     decoder: Literal["greedy", "beam"] = field(
         default="greedy",
@@ -125,22 +132,13 @@ class EvaluationArguments:
             "CPU: one per thread, each running one thread; 1 on GPU). Results do not depend on it"
         },
     )
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "precision of the forward pass's matrix products: float32, or bfloat16 / float16 under "
-            "torch.autocast (faster on CPUs with AMX and on GPUs; float32 already runs through oneDNN on CPU; transcripts may "
-            "differ slightly from float32)",
-            "choices": ["float32", "bfloat16", "float16"],
-        },
-    )
     progress: bool = field(default=True, metadata={"help": "show a progress bar per split"})
     plot: bool = field(default=True, metadata={"help": "write wer_by_exit.png"})
 
 
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser(
-        EvaluationArguments,
+        (EvaluationArguments, DeviceArguments),
         prog="wav2vec2-ee evaluate",
         description="Layer-wise WER of a checkpoint at every exit, in the seed's result files.",
     )
@@ -152,8 +150,8 @@ def build_parser() -> HfArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, positional = build_parser().parse_args_into_dataclasses(args=argv)
+    args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    evaluate_checkpoint(positional.checkpoint, positional.output_dir, **asdict(args))
+    evaluate_checkpoint(positional.checkpoint, positional.output_dir, **asdict(args), **asdict(device))
     return 0

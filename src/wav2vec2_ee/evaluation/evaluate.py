@@ -29,10 +29,11 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
 from ..data import PreparedUtterance, SpeechDataset, load_split, prepare_utterances, source_kind
 from ..data.audio import SAMPLING_RATE
+from ..device import autocast_dtype, default_batching, model_device, prepare_for_inference
 from ..modeling import Wav2Vec2EEForCTC, is_original_layout, load_model
 from ..vocab import TextNormalizer, build_feature_extractor, build_tokenizer
 from .decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
-from .engine import ExitBatch, autocast_dtype, iter_exit_logits
+from .engine import ExitBatch, iter_exit_logits
 from .lexicon import Lexicon, lexicon_from_texts, read_lexicon, write_lexicon
 from .metrics import mean_frame_entropy, split_errors, word_errors
 from .ngram import ArpaLM, NgramLM
@@ -93,6 +94,7 @@ class EvaluationModel:
         layers: the evaluated exits' layer numbers.
         labels: the names used in the result files (``layer_<l>``, or ``predicted`` for a plain model).
         has_exits: False for a plain ``Wav2Vec2ForCTC`` checkpoint.
+        dtype: the forward pass's autocast precision (``None``: float32).
     """
 
     model: Wav2Vec2EEForCTC
@@ -102,12 +104,24 @@ class EvaluationModel:
     layers: list[int]
     labels: list[str]
     has_exits: bool
+    dtype: torch.dtype | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
 
 
 def load_evaluation_model(
-    checkpoint: str | os.PathLike, exits: Sequence[int] | None = None
+    checkpoint: str | os.PathLike,
+    exits: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    dtype: str = "float32",
 ) -> EvaluationModel:
     """Load ``checkpoint`` for evaluation; ``exits`` restricts the evaluated exits (layer numbers).
+
+    The model goes to ``device`` (default ``cuda`` when available, else ``cpu``), in eval mode, with
+    the CPU speed-ups of :mod:`wav2vec2_ee.accel` on a CPU (:func:`~wav2vec2_ee.device.prepare_for_inference`);
+    ``dtype`` is the forward pass's precision (``float32``, or ``bfloat16`` / ``float16`` autocast).
 
     A plain ``Wav2Vec2ForCTC`` checkpoint is evaluated at its final layer (label ``predicted``); with
     ``exits`` its intermediate layers are read through its ``lm_head`` (labels ``layer_<l>``).
@@ -137,7 +151,8 @@ def load_evaluation_model(
         requested, indices = layers, list(range(len(layers)))
         labels = [f"layer_{x}" for x in layers] if exits is not None else ["predicted"]
         logger.info("%s has no exits: evaluating %s", checkpoint, ", ".join(labels))
-    model.eval()
+    forward_dtype = autocast_dtype(dtype)
+    model = prepare_for_inference(model, device)
     tokenizer = build_tokenizer(path)
     if len(tokenizer.get_vocab()) != model.config.vocab_size:
         logger.warning(
@@ -146,7 +161,7 @@ def load_evaluation_model(
             model.config.vocab_size,
         )
     return EvaluationModel(
-        model, tokenizer, build_feature_extractor(path), indices, requested, labels, has_exits
+        model, tokenizer, build_feature_extractor(path), indices, requested, labels, has_exits, forward_dtype
     )
 
 
@@ -306,7 +321,6 @@ class SplitRun:
     max_batch_seconds: float | None = 60.0
     num_workers: int = 0
     processes: int | None = 1
-    dtype: torch.dtype | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -366,7 +380,7 @@ def decode_split(
         num_workers=run.num_workers,
         processes=run.processes,
         postprocess=partial(decode_batch, em.tokenizer, prepared, run),
-        dtype=run.dtype,
+        dtype=em.dtype,
     ):
         seconds += decoded.seconds
         results.update(decoded.results)
@@ -454,8 +468,8 @@ def evaluate_checkpoint(
     data: str | os.PathLike,
     splits: Sequence[str] | None = None,
     exits: Sequence[int] | None = None,
-    batch_size: int = 8,
-    max_batch_seconds: float | None = 60.0,
+    batch_size: int | None = None,
+    max_batch_seconds: float | None = None,
     decoder: str = "greedy",
     beam_width: int = 100,
     kenlm: str | None = None,
@@ -476,6 +490,7 @@ def evaluate_checkpoint(
     num_threads: int | None = None,
     processes: int | None = None,
     dtype: str = "float32",
+    device: str | None = None,
     progress: bool = True,
     plot: bool = True,
 ) -> dict:
@@ -487,7 +502,8 @@ def evaluate_checkpoint(
         splits: split names (default: LibriSpeech ``test-clean test-other``; a manifest is one split).
         exits: layer numbers of the exits to evaluate (default: all; plain checkpoints: the final layer).
         batch_size / max_batch_seconds: length-grouped batches of at most this many utterances and
-            seconds of padded audio. Results do not depend on them.
+            seconds of padded audio (default: :func:`~wav2vec2_ee.device.default_batching` for the
+            device). Results do not depend on them.
         decoder: ``"greedy"`` (best path) or ``"beam"`` (flashlight-text, ``beam_width``, optional ``kenlm``
             model with weights ``lm_alpha`` / ``lm_beta``).
         exit_stats: any of ``"entropy"`` (mean per-frame entropy, nats) and ``"posterior"`` (n-best
@@ -505,6 +521,7 @@ def evaluate_checkpoint(
             not depend on it.
         dtype: ``"float32"`` (default), or ``"bfloat16"`` / ``"float16"`` for the forward pass's matrix
             products under ``torch.autocast`` (faster; transcripts may differ slightly from float32).
+        device: ``cpu``, ``cuda``, ``cuda:N`` (default: ``cuda`` when available, else ``cpu``).
 
     Returns:
         the content of ``wer_results.json``.
@@ -522,7 +539,8 @@ def evaluate_checkpoint(
         torch.set_num_threads(int(num_threads))
     output_dir = Path(output_dir)
     pairs = resolve_splits(data, splits)
-    em = load_evaluation_model(checkpoint, exits)
+    em = load_evaluation_model(checkpoint, exits, device, dtype)
+    batch_size, max_batch_seconds = default_batching(em.device, batch_size, max_batch_seconds)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     beam = None
@@ -599,7 +617,6 @@ def evaluate_checkpoint(
             max_batch_seconds=max_batch_seconds,
             num_workers=num_workers,
             processes=processes,
-            dtype=forward_dtype,
             skipped=list(report.skipped),
         )
         if lexicon_source is not None:

@@ -10,7 +10,7 @@ threshold calibration.
 """
 
 from .calibrate import Calibration, calibrate_table, choose_operating_point
-from .engine import EarlyExitResult, embed_batch, full_forward, run_early_exit
+from .engine import EarlyExitResult, full_forward, run_early_exit
 from .policies import (
     POLICIES,
     POLICY_NAMES,
@@ -64,7 +64,6 @@ __all__ = [
     "calibrate_table",
     "choose_operating_point",
     "compute_exit_table",
-    "embed_batch",
     "evaluate_policy",
     "full_forward",
     "oracle_curve",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import default_batching
 from ..evaluation.evaluate import load_evaluation_model
 from ..evaluation.results import atomic_write_json
 from .policies import POLICIES, Decoders, policy_with_value
@@ -156,8 +157,8 @@ def run_calibration(
     test_split: str | None = None,
     thresholds: Sequence[float] | None = None,
     max_layer: int | None = None,
-    batch_size: int = 16,
-    max_batch_seconds: float | None = 320.0,
+    batch_size: int | None = None,
+    max_batch_seconds: float | None = None,
     lexicon: str | None = None,
     lexicon_from: Sequence[str] | None = None,
     nbest: int = 10,
@@ -171,6 +172,8 @@ def run_calibration(
     score_lm_weight: float = 1.0,
     score_word_score: float = 1.0,
     score_beam_size: int = 500,
+    device: str | None = None,
+    dtype: str = "float32",
 ) -> Calibration:
     """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object).
 
@@ -182,7 +185,10 @@ def run_calibration(
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
     if num_threads:
         torch.set_num_threads(int(num_threads))
-    em = load_evaluation_model(checkpoint)
+    em = load_evaluation_model(checkpoint, device=device, dtype=dtype)
+    batch_size, max_batch_seconds = default_batching(
+        em.device, batch_size, max_batch_seconds, cpu=(16, 320.0)
+    )
     scoring = scoring_decoder_for(
         em, data, lexicon, lexicon_from, score_lm_order, score_lm_weight, score_word_score, score_beam_size
     )

@@ -19,6 +19,7 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+from ..device import DeviceArguments
 from .policies import POLICIES, POLICY_NAMES, ExitPolicy, policy_with_value
 
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def policy_from_flags(
 
 def _transcribe_parser() -> HfArgumentParser:
     parser = _parser(
-        (TranscribeArguments, LexiconArguments),
+        (TranscribeArguments, LexiconArguments, DeviceArguments),
         "wav2vec2-ee transcribe",
         "Transcribe audio files with early exit: layers stop early.",
     )
@@ -166,7 +167,7 @@ def _transcribe_parser() -> HfArgumentParser:
 
 
 def transcribe_main(argv: list[str] | None = None) -> int:
-    args, lex, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
+    args, lex, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     import torch
 
@@ -178,7 +179,12 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(args.num_threads))
     policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer)
     transcriber = Transcriber.from_pretrained(
-        positional.checkpoint, policy, batch_size=args.batch_size, max_batch_seconds=args.max_batch_seconds
+        positional.checkpoint,
+        policy,
+        device=device.device,
+        dtype=device.dtype,
+        batch_size=args.batch_size,
+        max_batch_seconds=args.max_batch_seconds,
     )
     if args.policy == "posterior":
         if not lex.lexicon:
@@ -242,8 +248,13 @@ class SweepArguments:
         },
     )
     repeats: int = field(default=1, metadata={"help": "timed rounds per point (the fastest counts)"})
-    batch_size: int = field(default=16, metadata={"help": "utterances per length-grouped batch"})
-    max_batch_seconds: float = field(default=320.0, metadata={"help": "seconds of padded audio per batch"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
+    )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
@@ -253,7 +264,7 @@ class SweepArguments:
 
 def sweep_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments),
+        (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
         "wav2vec2-ee sweep",
         "WER / compute trade-off of exit policies over thresholds.",
     )
@@ -261,7 +272,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "output_dir", help="folder for <split>_sweep.csv / .json / .png and per-utterance files"
     )
-    args, lexicon, source, scoring, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging()
     from .sweep import run_sweep
 
@@ -272,6 +283,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
         **asdict(lexicon),
         **asdict(source),
         **asdict(scoring),
+        **asdict(device),
     )
     return 0
 
@@ -312,8 +324,13 @@ class CalibrateArguments:
         default=None,
         metadata={"help": "also write <split>_exit_table.jsonl per split and calibration_<policy>.json here"},
     )
-    batch_size: int = field(default=16, metadata={"help": "utterances per length-grouped batch"})
-    max_batch_seconds: float = field(default=320.0, metadata={"help": "seconds of padded audio per batch"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
+    )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
@@ -322,16 +339,16 @@ class CalibrateArguments:
 
 def calibrate_main(argv: list[str] | None = None) -> int:
     parser = _parser(
-        (CalibrateArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments),
+        (CalibrateArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
         "wav2vec2-ee calibrate",
         "Choose an exit policy's threshold on a dev split; prints it on the last line.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
-    args, lexicon, source, scoring, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     from .calibrate import run_calibration
 
-    kwargs = {**asdict(args), **asdict(lexicon), **asdict(source), **asdict(scoring)}
+    kwargs = {**asdict(args), **asdict(lexicon), **asdict(source), **asdict(scoring), **asdict(device)}
     kwargs["as_json"] = kwargs.pop("json")
     run_calibration(positional.checkpoint, **kwargs)
     sys.stdout.flush()

@@ -1,13 +1,12 @@
-"""The early-exit engine: run the encoder layer by layer and stop where the exit policy says.
+"""The early-exit engine: run the encoder exit by exit and stop where the exit policy says.
 
-:func:`run_early_exit` runs the CNN feature encoder and the encoder's input stage once for the
-batch (:func:`embed_batch`), then the transformer layers one at a time with the model's own pieces
-(:meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.run_layer`,
-:meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.exit_logits_at`), so every exit equals the full forward
-pass. After each exit layer the policy decides which utterances stop; those leave the batch
-(:meth:`~wav2vec2_ee.modeling.EncoderState.select`, which also trims padding no remaining utterance
-needs), and later layers run only on the rest. Layers beyond the policy's deepest allowed exit are
-never run, and the whole loop stops as soon as every utterance has answered.
+:func:`run_early_exit` consumes the model's one encoder path
+(:meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.iter_exits`): after each exit the policy decides which
+utterances stop; those answer and leave the batch (:meth:`~wav2vec2_ee.modeling.ExitStep.retain`,
+which also trims padding no remaining utterance needs), and later layers run only on the rest. Layers
+beyond the policy's deepest allowed exit are never run, and the loop stops as soon as every utterance
+has answered. :func:`full_forward`, the reference the engine is timed against, runs the same path at
+full depth with every exit head, so the two compute the same function.
 """
 
 from __future__ import annotations
@@ -17,31 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..evaluation.engine import embed_per_utterance, uses_group_norm_cnn
-from ..modeling import EncoderState, Wav2Vec2EEForCTC
+from ..device import synchronize
+from ..modeling import Wav2Vec2EEForCTC
 from .policies import Decoders, ExitPolicy, ExitView
-
-
-def embed_batch(
-    model: Wav2Vec2EEForCTC,
-    input_values: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    fast_cnn: bool = True,
-) -> EncoderState:
-    """The encoder input ``hidden_states[0]`` of a batch (the CNN runs once per utterance).
-
-    A group-norm CNN (``feat_extract_norm="group"``) normalises over padding too in ``transformers``,
-    so for a padded batch of such a model each utterance gets its own statistics (as in evaluation:
-    :func:`~wav2vec2_ee.evaluation.engine.embed_per_utterance`); otherwise one call, time-major when
-    ``fast_cnn`` (:mod:`wav2vec2_ee.features`: same function, about half the time).
-
-    Args:
-        input_values: ``(batch, samples)``; attention_mask: ``(batch, samples)``, 1 on real samples.
-    """
-    padded = attention_mask is not None and not bool(attention_mask.bool().all())
-    if padded and uses_group_norm_cnn(model):
-        return embed_per_utterance(model, input_values, attention_mask)
-    return model.embed(input_values, attention_mask if padded else None, fast_cnn=fast_cnn)
 
 
 @dataclass
@@ -73,8 +50,16 @@ class EarlyExitResult:
 class _Answers:
     """Collects the answers of a batch as its utterances exit (row = position in the input batch)."""
 
-    def __init__(self, batch: int, layers: list[int], transcripts: bool, logits: bool, start: float):
-        self.layers, self.start = layers, start
+    def __init__(
+        self,
+        batch: int,
+        layers: list[int],
+        transcripts: bool,
+        logits: bool,
+        start: float,
+        device: torch.device,
+    ):
+        self.layers, self.start, self.device = layers, start, device
         self.exit_index = [-1] * batch
         self.seconds = [0.0] * batch
         self.lengths = [0] * batch
@@ -86,6 +71,7 @@ class _Answers:
         texts = view.transcripts if self.transcripts is not None else None
         lengths = view.output_lengths.tolist()
         logits = view.logits if self.logits is not None else None
+        synchronize(self.device)  # queued GPU work is part of the cost
         now = time.perf_counter() - self.start
         for j, row in enumerate(view.rows.tolist()):
             self.exit_index[row], self.seconds[row], self.lengths[row] = view.exit_index, now, lengths[j]
@@ -115,45 +101,40 @@ def run_early_exit(
     policy: ExitPolicy,
     decoders: Decoders | None = None,
     return_logits: bool = False,
-    fast_cnn: bool = True,
 ) -> EarlyExitResult:
     """Transcribe a batch with dynamic early exit: layers run only for utterances still undecided.
 
     Args:
         model: an early-exit model in eval mode.
-        input_values: ``(batch, samples)`` normalised waveforms; attention_mask: ``(batch, samples)``.
+        input_values: ``(batch, samples)`` normalised waveforms; attention_mask: ``(batch, samples)``,
+            both on the model's device.
         policy: decides after each exit which utterances stop (:mod:`.policies`).
         decoders: tokenizer (for transcripts and the patience policy) and lexicon decoder (for the
             posterior policy).
         return_logits: also return each utterance's answering logits.
-        fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`; same results up to float rounding).
     """
     start = time.perf_counter()
     decoders = decoders or Decoders()
     layers = list(model.config.exit_layers)
     deepest = policy.deepest_exit(layers)
-    answers = _Answers(len(input_values), layers, decoders.tokenizer is not None, return_logits, start)
-
-    state = embed_batch(model, input_values, attention_mask, fast_cnn)
+    answers = _Answers(
+        len(input_values), layers, decoders.tokenizer is not None, return_logits, start, input_values.device
+    )
     history: list[ExitView] = []  # the exits so far, restricted to the utterances still running
-    rows = torch.arange(len(input_values))
-    for k in range(deepest + 1):
-        while state.layer < layers[k]:
-            state = model.run_layer(state)
-        logits = model.exit_logits_at(k, state.hidden_states)
-        history.append(ExitView(k, layers[k], rows, logits, state.output_lengths, decoders))
-        if k == deepest:
+    for step in model.iter_exits(input_values, attention_mask, range(deepest + 1)):
+        logits = step.logits.float()  # float32 statistics under an autocast --dtype too
+        history.append(
+            ExitView(step.exit_index, step.layer, step.rows, logits, step.output_lengths, decoders)
+        )
+        if step.exit_index == deepest:
             answers.record(history[-1])
             break
         stop = policy.should_exit(history).to(device="cpu", dtype=torch.bool)
         if not bool(stop.any()):
             continue
         answers.record(history[-1].select(stop.nonzero().squeeze(1)))
-        if bool(stop.all()):
-            break
+        step.retain(~stop)
         keep = (~stop).nonzero().squeeze(1)
-        state = state.select(keep.to(state.hidden_states.device), model.config)
-        rows = rows[keep]
         history = [view.select(keep) for view in history]
     return answers.result()
 
@@ -165,17 +146,13 @@ def full_forward(
     attention_mask: torch.Tensor | None,
     decoders: Decoders | None = None,
 ) -> list[str] | None:
-    """The reference the engine is timed against: the model's ordinary ``forward`` (every layer, every
-    exit head) and greedy decoding of the last exit."""
-    out = model(input_values, attention_mask=attention_mask)
+    """The reference the engine is timed against: every layer and every exit head on the model's one
+    encoder path (the same padding rule as the engine), then greedy decoding of the last exit."""
+    steps = list(model.iter_exits(input_values, attention_mask))
     if decoders is None or decoders.tokenizer is None:
         return None
+    last = steps[-1]
     view = ExitView(
-        len(out.exit_logits) - 1,
-        model.config.exit_layers[-1],
-        torch.arange(len(out.logits)),
-        out.logits,
-        out.output_lengths,
-        decoders,
+        last.exit_index, last.layer, last.rows, last.logits.float(), last.output_lengths, decoders
     )
     return view.transcripts

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..device import default_batching
 from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.evaluate import load_evaluation_model, resolve_lexicon
 from ..evaluation.metrics import word_errors
@@ -156,10 +157,10 @@ def time_points(
     Returns:
         ``{"full_forward_seconds": ..., "engine_full_depth_seconds": ...}``.
     """
-    batches = load_batches(prepared, em.feature_extractor, batch_size, max_batch_seconds)
+    batches = load_batches(prepared, em.feature_extractor, batch_size, max_batch_seconds, em.device)
     runs: dict[str, PolicyFactory | None] = {"full": None, "engine_full": lambda ids: FixedExit()}
     runs.update({str(i): _factory(p, exits, table.ids) for i, (p, exits) in enumerate(chosen)})
-    measured = measure_wall_times(em.model, batches, runs, decoders, repeats)
+    measured = measure_wall_times(em.model, batches, runs, decoders, repeats, em.dtype)
     reference, engine_full = measured["full"].seconds, measured["engine_full"].seconds
     refs = dict(zip(table.ids, table.references))
     for i, (point, exits) in enumerate(chosen):
@@ -271,8 +272,8 @@ def run_sweep(
     max_layer: int | None = None,
     timing: str = "all",
     repeats: int = 1,
-    batch_size: int = 16,
-    max_batch_seconds: float | None = 320.0,
+    batch_size: int | None = None,
+    max_batch_seconds: float | None = None,
     lexicon: str | None = None,
     lexicon_from: Sequence[str] | None = None,
     nbest: int = 10,
@@ -285,6 +286,8 @@ def run_sweep(
     score_lm_weight: float = 1.0,
     score_word_score: float = 1.0,
     score_beam_size: int = 500,
+    device: str | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """The ``sweep`` command as a function; returns the content of ``<split>_sweep.json``.
 
@@ -302,7 +305,10 @@ def run_sweep(
     overrides = parse_thresholds(thresholds, [p for p in policies if POLICIES[p].parameter is not None])
     if num_threads:
         torch.set_num_threads(int(num_threads))
-    em = load_evaluation_model(checkpoint)
+    em = load_evaluation_model(checkpoint, device=device, dtype=dtype)
+    batch_size, max_batch_seconds = default_batching(
+        em.device, batch_size, max_batch_seconds, cpu=(16, 320.0)
+    )
     name, prepared = load_prepared_split(em, data, split, progress)
     decoders = Decoders(em.tokenizer)
     if "posterior" in policies:
@@ -357,6 +363,8 @@ def run_sweep(
             "mode": timing,
             "repeats": repeats,
             "batch_size": batch_size,
+            "device": str(em.device),
+            "dtype": dtype,
             "full_forward_seconds": seconds.get("full_forward_seconds"),
             "engine_full_depth_seconds": seconds.get("engine_full_depth_seconds"),
             "threads": torch.get_num_threads(),

@@ -170,7 +170,7 @@ def compute_exit_table(
     seen = torch.zeros(n, dtype=torch.bool)
     bar = tqdm(total=n, desc=desc, unit="utt", disable=not progress, dynamic_ncols=True)
     for batch in iter_exit_logits(
-        em.model, dataset, None, batch_size=batch_size, max_batch_seconds=max_batch_seconds
+        em.model, dataset, None, batch_size=batch_size, max_batch_seconds=max_batch_seconds, dtype=em.dtype
     ):
         index = torch.tensor(batch.indices)
         logits, lengths = torch.stack(batch.exit_logits), batch.output_lengths

@@ -4,7 +4,8 @@ The audio is decoded, normalised and padded into length-grouped batches once, be
 starts (:func:`load_batches`); a timed run covers the model, the exit policy's statistics and the
 greedy decoding of the answers, nothing else. :func:`measure_wall_times` times several runs over the
 same batches, interleaved round by round (``repeats`` rounds; the fastest round of each run counts,
-which damps noise from other processes), after one untimed warm-up batch.
+which damps noise from other processes), after one untimed warm-up batch. On a GPU the clock is read
+only after the queued work is done (:func:`~wav2vec2_ee.device.synchronize`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..data import AudioError, DataCollatorCTCWithPadding, PreparedUtterance, SpeechDataset
+from ..device import forward_precision, model_device, synchronize
 from ..evaluation.engine import length_grouped_batches
 from ..modeling import Wav2Vec2EEForCTC
 from .engine import full_forward, run_early_exit
@@ -82,13 +84,35 @@ class Measurement:
 
 
 def _run(
-    model: Wav2Vec2EEForCTC, batches: Sequence[AudioBatch], factory: PolicyFactory | None, decoders: Decoders
+    model: Wav2Vec2EEForCTC,
+    batches: Sequence[AudioBatch],
+    factory: PolicyFactory | None,
+    decoders: Decoders,
+    dtype: torch.dtype | None = None,
 ) -> tuple[float, float, dict[str, str], dict[str, int]]:
     """``(wall seconds, cpu seconds, transcripts, layers computed)`` of one pass over ``batches``."""
     texts: dict[str, str] = {}
     layers: dict[str, int] = {}
     full = int(model.config.exit_layers[-1])
+    device = model_device(model)
+    synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
+    with forward_precision(device, dtype):
+        _pass(model, batches, factory, decoders, full, texts, layers)
+    synchronize(device)
+    return time.perf_counter() - start, time.process_time() - cpu_start, texts, layers
+
+
+def _pass(
+    model: Wav2Vec2EEForCTC,
+    batches: Sequence[AudioBatch],
+    factory: PolicyFactory | None,
+    decoders: Decoders,
+    full: int,
+    texts: dict[str, str],
+    layers: dict[str, int],
+) -> None:
+    """One pass over ``batches`` (engine or full forward), filling ``texts`` and ``layers`` by id."""
     for b in batches:
         if factory is None:
             out_texts = full_forward(model, b.input_values, b.attention_mask, decoders) or []
@@ -98,7 +122,6 @@ def _run(
             out = run_early_exit(model, b.input_values, b.attention_mask, factory(b.ids), decoders)
             texts.update(zip(b.ids, out.transcripts or []))
             layers.update(zip(b.ids, out.layers_computed))
-    return time.perf_counter() - start, time.process_time() - cpu_start, texts, layers
 
 
 def measure_wall_times(
@@ -107,6 +130,7 @@ def measure_wall_times(
     runs: Mapping[str, PolicyFactory | None],
     decoders: Decoders,
     repeats: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> dict[str, Measurement]:
     """Time each run over ``batches``: a :data:`PolicyFactory` runs the engine, ``None`` the full forward.
 
@@ -117,15 +141,15 @@ def measure_wall_times(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     model.eval()
     if batches:  # warm-up: first-call allocations and lazy initialisation stay out of the clock
-        _run(model, batches[:1], None, decoders)
+        _run(model, batches[:1], None, decoders, dtype)
         for factory in runs.values():
             if factory is not None:
-                _run(model, batches[:1], factory, decoders)
+                _run(model, batches[:1], factory, decoders, dtype)
                 break
     results: dict[str, Measurement] = {}
     for _ in range(repeats):
         for name, factory in runs.items():
-            seconds, cpu, texts, layers = _run(model, batches, factory, decoders)
+            seconds, cpu, texts, layers = _run(model, batches, factory, decoders, dtype)
             m = results.setdefault(name, Measurement(seconds))
             m.rounds.append(seconds)
             m.seconds = min(m.rounds)

@@ -23,6 +23,7 @@ from transformers import Wav2Vec2Processor
 
 from ..data import load_audio
 from ..data.audio import SAMPLING_RATE
+from ..device import autocast_dtype, forward_precision, model_device, prepare_for_inference
 from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.engine import length_grouped_batches
 from ..evaluation.evaluate import min_duration_for_ctc
@@ -72,7 +73,11 @@ class Transcriber:
         processor: feature extractor + tokenizer (default: the bundled vocabulary).
         lexicon_decoder: the lexicon beam decoder that the ``posterior`` policy needs.
         batch_size / max_batch_seconds: utterances and seconds of padded audio per batch.
-        fast_cnn: compute the CNN time-major (:mod:`wav2vec2_ee.features`; same results up to float rounding).
+        dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: the forward pass's precision
+            (``torch.autocast``).
+
+    The model runs where it is: :meth:`from_pretrained` places it (``device=``) and applies the CPU
+    speed-ups (:mod:`wav2vec2_ee.accel`) when that is a CPU.
     """
 
     def __init__(
@@ -83,7 +88,7 @@ class Transcriber:
         lexicon_decoder: LexiconBeamDecoder | None = None,
         batch_size: int = 16,
         max_batch_seconds: float | None = 160.0,
-        fast_cnn: bool = True,
+        dtype: str = "float32",
     ):
         self.model = model.eval()
         self.policy = policy if policy is not None else FixedExit()
@@ -92,17 +97,23 @@ class Transcriber:
         self.decoders = Decoders(self.processor.tokenizer, lexicon_decoder)
         self.batch_size = int(batch_size)
         self.max_batch_seconds = max_batch_seconds
-        self.fast_cnn = fast_cnn
+        self.dtype = autocast_dtype(dtype)
         self._min_seconds = min_duration_for_ctc(model)
 
     @classmethod
     def from_pretrained(
-        cls, checkpoint: str | os.PathLike, policy: ExitPolicy | None = None, **kwargs
+        cls,
+        checkpoint: str | os.PathLike,
+        policy: ExitPolicy | None = None,
+        device: str | torch.device | None = None,
+        **kwargs,
     ) -> Transcriber:
-        """A transcriber for a checkpoint folder (its own vocabulary when it has one)."""
+        """A transcriber for a checkpoint folder (its own vocabulary when it has one), on ``device``
+        (default ``cuda`` when available, else ``cpu``, :func:`~wav2vec2_ee.device.resolve_device`)."""
         if not Path(checkpoint).is_dir():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder")
-        return cls(load_model(str(checkpoint)), policy, build_processor(checkpoint), **kwargs)
+        model = prepare_for_inference(load_model(str(checkpoint)), device)
+        return cls(model, policy, build_processor(checkpoint), **kwargs)
 
     @property
     def num_layers(self) -> int:
@@ -139,7 +150,7 @@ class Transcriber:
         batch = fe.pad(
             {"input_values": values}, padding=True, return_attention_mask=True, return_tensors="pt"
         )
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         return batch["input_values"].to(device), batch["attention_mask"].to(device)
 
     def transcribe(self, audio: AudioInput | Sequence[AudioInput]) -> Transcription | list[Transcription]:
@@ -157,9 +168,8 @@ class Transcriber:
         results: list[Transcription | None] = [None] * len(items)
         for batch in length_grouped_batches(durations, self.batch_size, self.max_batch_seconds):
             input_values, attention_mask = self._inputs([arrays[i] for i in batch])
-            out = run_early_exit(
-                self.model, input_values, attention_mask, self.policy, self.decoders, fast_cnn=self.fast_cnn
-            )
+            with forward_precision(input_values.device, self.dtype):
+                out = run_early_exit(self.model, input_values, attention_mask, self.policy, self.decoders)
             for j, i in enumerate(batch):
                 results[i] = Transcription(
                     source=sources[i],

@@ -1,7 +1,5 @@
-"""A faster encoder input stage for inference: the same functions as ``transformers``' wav2vec2 CNN and
-positional convolution, computed differently.
-
-**CNN, time-major.**
+"""The CNN feature encoder for CPU inference: the same function as ``transformers``' wav2vec2 CNN,
+computed time-major.
 
 ``transformers``' wav2vec2 CNN keeps activations as ``(batch, channels, time)`` and, for layer-norm
 CNNs, transposes them twice per layer around the LayerNorm (each transpose a full copy), with the
@@ -10,32 +8,30 @@ multiple of the total stride) concatenated into one ``(batch * time, channels)``
 convolution whose kernel is ``m`` strides long is one matrix product of that matrix *viewed* as
 ``(batch * time / stride, stride * channels)`` (no copy) with the ``m`` kernel blocks, plus ``m - 1``
 shifted adds (and one more product over a strided view for the taps of a partial stride); only the
-one-channel first layer multiplies overlapping windows (an ``as_strided`` view, copied once). The LayerNorm normalises the last dimension in place of the two
-transposes, and the activation is elementwise either way. Same parameters, same results up to float
-summation order (checked in the tests). The products go through oneDNN where no gradient is needed
-(:mod:`wav2vec2_ee.kernels`). Measured on one CPU thread (AMD EPYC, AVX-512), batches of new shapes
-as in an evaluation: the demo model's CNN (64-128 channels, kernels 20/4/4/4/2 on strides
-10/4/2/2/2, group norm with each utterance's own statistics) takes 0.20 s for 12 batches of
-8 x 1.4-3 s against 0.25 s in ``transformers`` (whose group norm includes the padding); a layer-norm
-CNN of 32-128 channels 0.33 vs 0.44 s; wav2vec2-base's (512 channels) 4.4 s for 4 batches of
-8 x 2.5-3 s against 4.9 s batched and 3.0 s one utterance at a time in ``transformers``' oneDNN
-convolutions, which is why wide CNNs keep those (:func:`prefers_time_major`).
+one-channel first layer multiplies overlapping windows (an ``as_strided`` view, copied once). The
+LayerNorm normalises the last dimension in place of the two transposes, and the activation is
+elementwise either way. Same parameters, same results up to float summation order (checked in the
+tests). The products go through oneDNN (:mod:`.onednn`). Measured on one CPU thread (AMD EPYC,
+AVX-512), batches of new shapes as in an evaluation: the demo model's CNN (64-128 channels, kernels
+20/4/4/4/2 on strides 10/4/2/2/2, group norm with each utterance's own statistics) takes 0.20 s for
+12 batches of 8 x 1.4-3 s against 0.25 s in ``transformers``; a layer-norm CNN of 32-128 channels
+0.33 vs 0.44 s; wav2vec2-base's (512 channels) 4.4 s for 4 batches of 8 x 2.5-3 s against 4.9 s
+batched and 3.0 s one utterance at a time in ``transformers``' oneDNN convolutions, which is why
+wide CNNs keep those (:func:`prefers_time_major`).
 
-:meth:`wav2vec2_ee.modeling.Wav2Vec2EEForCTC.embed` uses it whenever no gradient has to flow through
-the CNN (evaluation, inference, a teacher, a frozen feature encoder), for CNNs made of
-``Wav2Vec2LayerNormConvLayer`` s, ``Wav2Vec2NoLayerNormConvLayer`` s and the group-norm first layer of
-``feat_extract_norm="group"`` models (wav2vec2-base: each channel normalised over time, padding
-included, as in ``transformers``). So the full forward pass and the early-exit engine use the same
-CNN, and their timings compare like for like.
+Two accelerated feature encoders, swapped in by :func:`wav2vec2_ee.accel.optimize_for_cpu_inference`
+(subclasses of ``Wav2Vec2FeatureEncoder``: same parameters and state dict), each with the
+``forward_per_utterance(input_values, sample_lengths)`` hook that
+:meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.extract_features` calls where a group-norm CNN must give
+every utterance its own statistics:
 
-**Positional convolution by FFT.** The encoder's positional embedding is a grouped convolution over
-time with a long kernel (128 taps in wav2vec2-base, 64 in the demo model; 16 groups / 8), which
-oneDNN computes tap by tap. :func:`positional_conv_fft` computes the same convolution as a product
-of spectra: each frequency bin is one small ``(in/groups) x (out/groups)`` matrix product per group,
-and the kernel's spectrum is computed once per FFT size and kept until the weights change
-(:class:`_KernelSpectra`). Same results up to float rounding (about 1e-6; checked in the tests);
-about a third of the time of the convolution (2.5 vs 6-9 ms for 8 x 70 frames, hidden 192, one
-thread). :meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.embed` uses it when no gradient is needed.
+* :class:`TimeMajorFeatureEncoder` (narrow CNNs): the time-major CNN, its group norm masked per
+  utterance when asked;
+* :class:`PerUtteranceFeatureEncoder` (wide CNNs): ``transformers``' CNN, one call per utterance when
+  each needs its own statistics.
+
+Both take the plain path (``transformers``' CNN, or the model's masked group norm) whenever a
+gradient has to flow through the CNN.
 """
 
 from __future__ import annotations
@@ -44,13 +40,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
+    Wav2Vec2FeatureEncoder,
     Wav2Vec2GroupNormConvLayer,
     Wav2Vec2LayerNormConvLayer,
     Wav2Vec2NoLayerNormConvLayer,
-    Wav2Vec2PositionalConvEmbedding,
 )
 
-from .kernels import linear
+from ..modeling import per_utterance_features
+from .onednn import linear
 
 _SUPPORTED = (Wav2Vec2LayerNormConvLayer, Wav2Vec2NoLayerNormConvLayer, Wav2Vec2GroupNormConvLayer)
 
@@ -210,87 +207,47 @@ def time_major_features(
     return hidden.view(batch, width, -1)[:, :frames]
 
 
-def supports_positional_conv_fft(module: nn.Module) -> bool:
-    """Whether :func:`positional_conv_fft` computes this positional embedding (``transformers``' own,
-    stride 1, no dilation, "same" padding of ``kernel // 2``)."""
-    if not isinstance(module, Wav2Vec2PositionalConvEmbedding):
-        return False
-    conv = module.conv
-    kernel = conv.kernel_size[0]
-    return (
-        conv.stride == (1,)
-        and conv.dilation == (1,)
-        and conv.padding == (kernel // 2,)
-        and conv.in_channels == conv.out_channels
-        and getattr(module.padding, "num_pad_remove", None) == (1 if kernel % 2 == 0 else 0)
-    )
+def _needs_grad(module: nn.Module) -> bool:
+    return torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
 
 
-def _fft_size(minimum: int) -> int:
-    """The smallest size ``2^k`` or ``3 * 2^k`` (k >= 5) of at least ``minimum``: fast FFTs, few distinct
-    sizes (so cached kernel spectra are reused) and at most 1.5x zero padding."""
-    size = 64
-    while True:
-        for candidate in (size, size * 3 // 2):
-            if candidate >= minimum:
-                return candidate
-        size *= 2
+class TimeMajorFeatureEncoder(Wav2Vec2FeatureEncoder):
+    """``Wav2Vec2FeatureEncoder`` computed by :func:`time_major_features` where no gradient is needed."""
+
+    def forward(self, input_values: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` -> ``(batch, channels, frames)`` (a transposed view), as the original."""
+        if _needs_grad(self):
+            return super().forward(input_values)
+        return time_major_features(self, input_values).transpose(1, 2)
+
+    def forward_per_utterance(self, input_values: torch.Tensor, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """Like ``forward``, each utterance's valid frames as computed alone (group norm over its own
+        ``sample_lengths[b]`` samples)."""
+        if _needs_grad(self):
+            return per_utterance_features(self, input_values, sample_lengths)
+        return time_major_features(self, input_values, sample_lengths).transpose(1, 2)
 
 
-class _KernelSpectra:
-    """Per FFT size, the spectrum of a positional convolution's (time-reversed) kernel as
-    ``(freqs, groups, in/groups, out/groups)``, recomputed when any parameter of the module changes
-    (an optimiser step, ``load_state_dict``): the cache key holds every parameter's storage and version."""
+class PerUtteranceFeatureEncoder(Wav2Vec2FeatureEncoder):
+    """``Wav2Vec2FeatureEncoder`` that, where each utterance needs its own group-norm statistics, runs
+    ``transformers``' CNN once per utterance (faster on CPU than the masked batch for wide CNNs)."""
 
-    MAX_SIZES = 8
-
-    def __init__(self) -> None:
-        self.key: tuple = ()
-        self.by_size: dict[int, torch.Tensor] = {}
-
-    def get(self, module: Wav2Vec2PositionalConvEmbedding, size: int) -> torch.Tensor:
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
-        if key != self.key:
-            self.key, self.by_size = key, {}
-        if size not in self.by_size:
-            if len(self.by_size) >= self.MAX_SIZES:
-                self.by_size.pop(next(iter(self.by_size)))
-            conv = module.conv
-            weight = conv.weight.detach()  # (out, in/groups, kernel), weight norm applied
-            groups = conv.groups
-            spectrum = torch.fft.rfft(weight.flip(-1).float(), n=size, dim=-1)  # (out, in/g, freqs)
-            out_g, in_g = weight.shape[0] // groups, weight.shape[1]
-            self.by_size[size] = spectrum.view(groups, out_g, in_g, -1).permute(3, 0, 2, 1).contiguous()
-        return self.by_size[size]
+    def forward_per_utterance(self, input_values: torch.Tensor, sample_lengths: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` -> ``(batch, channels, frames)``; padded frames are zero."""
+        if _needs_grad(self):
+            return per_utterance_features(self, input_values, sample_lengths)
+        frames = conv_output_frames(self, input_values.shape[-1])
+        out = None
+        for b, n in enumerate(sample_lengths.tolist()):
+            alone = Wav2Vec2FeatureEncoder.forward(self, input_values[b : b + 1, : int(n)])
+            if out is None:
+                out = alone.new_zeros(len(input_values), alone.shape[1], frames)
+            out[b, :, : alone.shape[-1]] = alone[0]
+        return out
 
 
-def positional_conv_fft(module: Wav2Vec2PositionalConvEmbedding, hidden: torch.Tensor) -> torch.Tensor:
-    """``module(hidden)`` (``transformers``' ``Wav2Vec2PositionalConvEmbedding``) computed by FFT.
-
-    Args:
-        hidden: ``(batch, frames, hidden)``, padded frames already zeroed (as the encoder does).
-
-    Returns:
-        ``(batch, frames, hidden)``: the activation of the "same"-padded grouped convolution, equal to
-        the module's output up to float rounding. No gradient flows to the kernel (inference only).
-    """
-    conv = module.conv
-    batch, frames, channels = hidden.shape
-    kernel, groups = conv.kernel_size[0], conv.groups
-    # conv1d is a correlation: out[t] = sum_k w[k] x[t + k - kernel // 2], i.e. the linear convolution
-    # of x with the reversed kernel, read from index kernel - 1 - kernel // 2
-    size = _fft_size(frames + kernel - 1)
-    spectra = getattr(module, "_ee_kernel_spectra", None)
-    if spectra is None:
-        spectra = _KernelSpectra()
-        module._ee_kernel_spectra = spectra
-    weight = spectra.get(module, size)  # (freqs, groups, in/g, out/g)
-    x = torch.fft.rfft(hidden.float(), n=size, dim=1)  # (batch, freqs, hidden)
-    freqs = x.shape[1]
-    x = x.view(batch, freqs, groups, channels // groups).permute(1, 2, 0, 3)  # (freqs, groups, batch, in/g)
-    y = torch.matmul(x, weight).permute(2, 0, 1, 3).reshape(batch, freqs, channels)
-    start = kernel - 1 - kernel // 2
-    out = torch.fft.irfft(y, n=size, dim=1)[:, start : start + frames]
-    if conv.bias is not None:
-        out = out + conv.bias
-    return module.activation(out.to(hidden.dtype))
+def conv_output_frames(feature_encoder: nn.Module, samples: int) -> int:
+    """Frames the CNN gives for ``samples`` input samples."""
+    for layer in feature_encoder.conv_layers:
+        samples = (samples - layer.conv.kernel_size[0]) // layer.conv.stride[0] + 1
+    return samples

@@ -1,0 +1,130 @@
+"""Where and in what precision inference runs: ``--device`` / ``--dtype`` of every command.
+
+* :func:`resolve_device`: ``cuda`` when available, else ``cpu`` (or what the user named, checked);
+* :func:`prepare_for_inference`: the model in eval mode on its device, with the CPU speed-ups of
+  :mod:`wav2vec2_ee.accel` applied when (and only when) that device is a CPU;
+* :func:`forward_precision`: the ``--dtype`` of the forward pass (``torch.autocast``; float32 = none);
+* :func:`synchronize`: wait for queued GPU work before reading a clock;
+* :func:`default_batching`: batch sizes that suit the device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: ``--dtype`` choices: the precision of the matrix products (``torch.autocast``); ``float32`` = none.
+AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_NAMES = tuple(AUTOCAST_DTYPES)
+
+
+def resolve_device(name: str | torch.device | None = None) -> torch.device:
+    """The device a command runs on: ``name`` (``cpu``, ``cuda``, ``cuda:1``, ...), by default ``cuda``
+    when a GPU is available, else ``cpu``. A device that is not there is a ``ValueError``."""
+    if name is None or str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available")
+    return device
+
+
+def autocast_dtype(name: str | None) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a ``--dtype`` name (``None`` for float32 / no autocast)."""
+    if name is None:
+        return None
+    if name not in AUTOCAST_DTYPES:
+        raise ValueError(f"unknown --dtype {name!r}: choose from {list(AUTOCAST_DTYPES)}")
+    return AUTOCAST_DTYPES[name]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s parameters."""
+    return next(model.parameters()).device
+
+
+def prepare_for_inference(
+    model: nn.Module, device: str | torch.device | None = None, accelerate: bool = True
+):
+    """``model`` in eval mode on ``device`` (:func:`resolve_device`), with
+    :func:`~wav2vec2_ee.accel.optimize_for_cpu_inference` applied when that device is a CPU and
+    ``accelerate``. Returns the model."""
+    device = resolve_device(device)
+    model = model.to(device).eval()
+    if device.type == "cpu" and accelerate:
+        from .accel import optimize_for_cpu_inference
+
+        optimize_for_cpu_inference(model)
+    return model
+
+
+@contextlib.contextmanager
+def forward_precision(device: torch.device | str, dtype: torch.dtype | None) -> Iterator[None]:
+    """Run the enclosed forward passes with matrix products in ``dtype`` (``torch.autocast`` on
+    ``device``'s type); ``None`` = float32, no autocast."""
+    device_type = torch.device(device).type
+    with torch.autocast(device_type, dtype=dtype, enabled=dtype is not None):
+        yield
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait until the work queued on ``device`` is done (CUDA, MPS), so that a clock read after it
+    measures the computation; nothing to wait for on a CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def default_batching(
+    device: torch.device | str,
+    batch_size: int | None,
+    max_batch_seconds: float | None,
+    cpu: tuple[int, float] = (8, 320.0),
+    gpu: tuple[int, float] = (64, 1200.0),
+) -> tuple[int, float]:
+    """``(batch_size, max_batch_seconds)``: the given values, or the defaults of the device. On a CPU
+    small batches (``cpu``): throughput comes from worker processes, and large padded batches only
+    cost; on a GPU larger ones (``gpu``: 64 utterances, 1200 s of padded audio), which
+    ``--batch-size`` / ``--max-batch-seconds`` lower for a GPU with less memory."""
+    default = gpu if torch.device(device).type != "cpu" else cpu
+    return (
+        int(batch_size) if batch_size is not None else default[0],
+        float(max_batch_seconds) if max_batch_seconds is not None else default[1],
+    )
+
+
+@dataclass
+class DeviceArguments:
+    """``--device`` and ``--dtype``, shared by ``evaluate``, ``transcribe``, ``sweep``, ``calibrate`` and ``demo``."""
+
+    device: str | None = field(
+        default=None,
+        metadata={"help": "where the model runs: cpu, cuda, cuda:N (default: cuda when available, else cpu)"},
+    )
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "precision of the forward pass's matrix products: float32, or bfloat16 / float16 under "
+            "torch.autocast (faster on GPUs and on CPUs with AMX; transcripts may differ slightly)",
+            "choices": list(DTYPE_NAMES),
+        },
+    )
