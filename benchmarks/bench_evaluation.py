@@ -155,7 +155,7 @@ def ours(
     evaluate_checkpoint(
         checkpoint,
         out,
-        data,
+        data=data,
         splits=[split],
         batch_size=batch_size,
         processes=processes,

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from wav2vec2_ee.evaluation import load_evaluation_model
+from wav2vec2_ee.evaluation import LexiconDecoderSpec, load_evaluation_model
 from wav2vec2_ee.evaluation.results import atomic_write_json
 from wav2vec2_ee.inference import (
     Decoders,
@@ -47,7 +47,6 @@ from wav2vec2_ee.inference import (
     oracle_curve,
 )
 from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
-from wav2vec2_ee.inference.sweep import lexicon_decoder_for, scoring_decoder_for
 from wav2vec2_ee.inference.table import compute_exit_table, load_prepared_split, oracle_wer_at
 from wav2vec2_ee.inference.timing import load_batches, measure_wall_times
 
@@ -99,25 +98,23 @@ def main() -> None:
     if args.score == "lexicon-lm":
         if not lexicon_from:
             parser.error("--score lexicon-lm needs --lexicon-from (or a train split in --data)")
-        scoring = scoring_decoder_for(
-            em,
-            args.data,
-            None,
-            lexicon_from,
-            args.lm_order,
-            args.lm_weight,
-            args.lm_word_score,
-            args.lm_beam_size,
+        spec = LexiconDecoderSpec(
+            lexicon_from=lexicon_from,
+            nbest=1,
+            beam_size=args.lm_beam_size,
+            word_score=args.lm_word_score,
+            lm_order=args.lm_order,
+            lm_weight=args.lm_weight,
         )
+        scoring = spec.resolve(args.data, em.tokenizer).build()
+    posterior = None
+    if "posterior" in args.policies:
+        posterior = LexiconDecoderSpec(lexicon_from=lexicon_from).resolve(args.data, em.tokenizer)
 
     tables, prepared = {}, {}
     for role, split in (("dev", args.dev_split), ("test", args.test_split)):
         name, utts = load_prepared_split(em, args.data, split, progress=False)
-        lexicon_decoder = None
-        if "posterior" in args.policies:
-            lexicon_decoder = lexicon_decoder_for(
-                em, args.data, name, utts, None, lexicon_from, 10, 500, -0.26
-            )
+        lexicon_decoder = posterior.build(name, [u.text for u in utts]) if posterior is not None else None
         tables[role] = compute_exit_table(
             em, utts, lexicon_decoder, args.batch_size, progress=False, scoring_decoder=scoring
         )
@@ -137,9 +134,7 @@ def main() -> None:
     # timing on the test split: full forward, the engine at full depth, each calibrated policy, the oracle
     decoders = Decoders(em.tokenizer)
     if "posterior" in chosen:
-        decoders.lexicon_decoder = lexicon_decoder_for(
-            em, args.data, args.test_split, prepared["test"], None, lexicon_from, 10, 500, -0.26
-        )
+        decoders.lexicon_decoder = posterior.build(args.test_split, [u.text for u in prepared["test"]])
     oracle_point, oracle_exits = evaluate_policy(test, OracleExit())
     oracle_by_id = dict(zip(test.ids, oracle_exits.tolist()))
     runs = {"full forward": None, "engine, full depth": lambda ids: FixedExit()}

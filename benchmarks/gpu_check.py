@@ -61,7 +61,7 @@ def hypotheses(
     evaluate_checkpoint(
         checkpoint,
         out,
-        data,
+        data=data,
         splits=["test"],
         device=device,
         dtype=dtype,

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from wav2vec2_ee import cli, demo
-from wav2vec2_ee.demo_reproduce import format_reproduce_table, reproduce_runs
+from wav2vec2_ee.demo import cli as demo_cli
+from wav2vec2_ee.demo import presets, reproduce
+from wav2vec2_ee.demo.reproduce import RunResult, format_reproduce_table, reproduce_runs
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +108,6 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
     assert all(b.train["max_steps"] == preset.training["max_steps"] for b in baselines)
     assert all(b.train["model"] == "m.json" for b in baselines)
 
-    from wav2vec2_ee.demo_reproduce import RunResult
-
     greedy = {"test": {2: 0.5, 4: 0.25, 6: 0.125}, "dev": {2: 0.5, 4: 0.3, 6: 0.2}}
     rows = [RunResult(ee, {"greedy": greedy, "lexicon": {}}), RunResult(from_ee[0], error="failed: boom")]
     base = [
@@ -149,9 +149,85 @@ def test_config_files_match_the_presets(tmp_path: Path) -> None:
 def test_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    monkeypatch.setattr(demo.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(demo_cli.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     for busy, expected in ((0.0, None), (0.3, None), (0.8, 1), (1.0, 1), (3.5, 1), (None, None)):
-        monkeypatch.setattr(demo, "busy_cores", lambda busy=busy: busy)
+        monkeypatch.setattr(demo_cli, "busy_cores", lambda busy=busy: busy)
         assert demo.idle_threads() == expected, busy
     assert demo.busy_cores(0.01) is None or 0.0 <= demo.busy_cores(0.01) <= 2.0
+
+
+@pytest.mark.parametrize("failing", [None, "dkd"])
+def test_reproduce_exit_status_says_whether_a_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, failing: str | None
+) -> None:
+    """``demo --quick --reproduce`` exits 1 when one of its runs failed (the others still run, its row says
+    why), 0 when none did. Training and evaluation are stand-ins: the command's flow is under test."""
+    trained = []
+
+    def fake_train(spec: demo.RunSpec, out: Path, overwrite: bool = False, time_budget=None) -> dict:
+        if spec.name == failing:
+            raise RuntimeError("boom")
+        trained.append(spec.name)
+        steps = spec.train["max_steps"]
+        return {
+            "seconds": 1.0,
+            "train_runtime": 1.0,
+            "steps": steps,
+            "seconds_per_step": 0.1,
+            "cached": False,
+        }
+
+    def fake_evaluate(model_dir: Path, eval_dir: Path, corpus: Path, splits: tuple, *args, **kwargs) -> dict:
+        wer = {split: {2: 0.5, 4: 0.25} for split in splits}
+        utterances = {split: 40 for split in splits}
+        return {"seconds": 0.1, "greedy": wer, "lexicon": wer, "lexicon_lm": wer, "utterances": utterances}
+
+    for module in (demo_cli, reproduce):
+        monkeypatch.setattr(module, "train_run", fake_train)
+        monkeypatch.setattr(module, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr(demo_cli, "build_demo_corpus", lambda preset, corpus: {"seconds": 0.0})
+    monkeypatch.setattr(demo_cli, "idle_threads", lambda: None)
+    monkeypatch.setattr(reproduce, "shared_head_copy", lambda baseline_dir, exit_layers, out_dir: out_dir)
+
+    argv = ["demo", "--quick", "--reproduce", "--time-budget", "0", "--output-dir", str(tmp_path)]
+    status = cli.main(argv)
+    printed = capsys.readouterr().out
+    table = (tmp_path / "quick" / "reproduce.md").read_text()
+    runs = ["ee", "kd", "dkd", "confidence_inverse", "confidence", "manual_activation_1"]
+    runs += ["manual_activation_1_confidence", "non-ee_2layer", "non-ee_4layer"]
+    # the demo's EE run, then the reproduction's runs (its EE row is the same run, found finished in reality)
+    assert trained == ["ee", *(name for name in runs if name != failing)]
+    if failing is None:
+        assert status == 0
+        assert "failed" not in table and "failed" not in printed
+    else:
+        assert status == 1
+        row = next(line for line in table.splitlines() if line.startswith("| EE + dynamic KD"))
+        assert "(failed: RuntimeError: boom)" in row and row.endswith("| failed | failed |")
+        assert "reproduce: 1 of 10 rows failed (dkd); rerun to retry" in printed
+
+
+def test_demo_modules_import_only_those_before_them() -> None:
+    """presets <- runs <- reproduce <- cli: a module of the demo package imports none after it (no cycle)."""
+    import ast
+
+    order = ["presets", "runs", "reproduce", "cli"]
+    package = Path(demo.__file__).parent
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        siblings = {node.module for node in imports if node.level == 1}
+        assert siblings <= set(order[:i]), name
+        assert not [n for n in imports if n.level == 2 and (n.module or "").startswith("demo")], name
+        assert not [n for n in imports if (n.module or "").startswith("wav2vec2_ee.demo")], name
+
+
+def test_dkd_weights_come_from_the_objective(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wav2vec2_ee.objectives import DEFAULT_DKD_ALPHA
+
+    assert demo.dkd_alphas(len(DEFAULT_DKD_ALPHA)) == list(DEFAULT_DKD_ALPHA)
+    monkeypatch.setattr(presets, "DEFAULT_DKD_ALPHA", (0.5, 0.6, 0.9))
+    assert demo.dkd_alphas(3) == [0.5, 0.6, 0.9]
+    assert demo.dkd_alphas(2) == [0.5, 0.9]
+    assert demo.dkd_alphas(4) == [0.5, 0.6, 0.7, 0.9]

@@ -269,20 +269,3 @@ def test_padding_rule_group_norm_cnn():
     g_ours = torch.autograd.grad(ours, dict(single.named_parameters())[first])[0]
     g_theirs = torch.autograd.grad(theirs, dict(plain.named_parameters())[first])[0]
     torch.testing.assert_close(g_ours, g_theirs, atol=1e-4, rtol=1e-4)
-
-
-def test_no_other_loop_over_encoder_layers():
-    """Only modeling.iter_exits runs encoder layers: no module outside modeling.py calls run_layer or
-    indexes the encoder's layers."""
-    from pathlib import Path
-
-    import wav2vec2_ee
-
-    root = Path(wav2vec2_ee.__file__).parent
-    offenders = [
-        str(path.relative_to(root))
-        for path in root.rglob("*.py")
-        if path.name != "modeling.py"
-        and any(s in path.read_text() for s in ("run_layer(", "encoder_layers[", "encoder.layers["))
-    ]
-    assert offenders == []

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pick an exit policy's threshold on a dev split",
     ),
     "make-corpus": ("wav2vec2_ee.corpus.cli", "synthesise the embedded speech corpus with eSpeak NG"),
-    "demo": ("wav2vec2_ee.demo", "build the corpus, train, evaluate and print the WER-by-exit table"),
+    "demo": ("wav2vec2_ee.demo.cli", "build the corpus, train, evaluate and print the WER-by-exit table"),
 }
 
 

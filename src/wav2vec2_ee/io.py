@@ -1,4 +1,5 @@
-"""Atomic file writing: a crash or Ctrl-C never leaves a half-written result file."""
+"""Atomic file writing, the one writer of the package: a crash or Ctrl-C leaves either the old file or the
+new one, never a half-written one."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             yield f
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide result files from other users
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -38,3 +40,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
+    import json
+
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")

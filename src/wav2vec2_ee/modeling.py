@@ -373,8 +373,9 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         Args:
             input_values: ``(batch, samples)`` waveforms.
             attention_mask: ``(batch, samples)`` 1 on real samples.
-            labels: ``(batch, target_len)`` token ids padded with -100; gives ``loss``, the sum of the
-                active exits' CTC losses (the ``ee`` objective).
+            labels: ``(batch, target_len)`` token ids padded with -100; gives ``loss``, the ``ee``
+                objective of :mod:`wav2vec2_ee.objectives` (the sum of the active exits' CTC losses), as
+                ``Wav2Vec2ForCTC`` returns its CTC loss; training uses the objective it is configured with.
             num_exits: compute only the first ``num_exits`` exits and stop the encoder at the last of
                 them (manual exit activation); default all.
         """
@@ -398,13 +399,11 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         exit_logits = [step.logits for step in steps]
         output_lengths = steps[-1].output_lengths
         loss = None
-        if labels is not None:
-            from .objectives import ctc_at_exit
+        if labels is not None:  # the losses are made in one place: objectives.py (here its "ee" objective)
+            from .objectives import build_objective
 
-            loss = sum(
-                ctc_at_exit(z, output_lengths, labels, self.config.pad_token_id, self.config)
-                for z in exit_logits
-            )
+            objective = build_objective("ee", self.config, num_exits=n)
+            loss = objective(exit_logits, output_lengths, labels).loss
         return Wav2Vec2EEOutput(
             loss=loss,
             logits=exit_logits[-1],

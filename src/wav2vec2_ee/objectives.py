@@ -94,8 +94,22 @@ def ctc_at_exit(
 
 
 def frame_mask(output_lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(batch, frames)`` bool, True on the valid frames."""
+    """``(batch, frames)`` bool, True on the first ``output_lengths[b]`` frames of row ``b``."""
     return torch.arange(frames, device=output_lengths.device)[None, :] < output_lengths[:, None]
+
+
+#: The id that pads label rows (``transformers``' convention; CTC ignores every negative id).
+LABEL_PAD_ID = -100
+
+
+def pad_labels(rows: Sequence[Sequence[int] | torch.Tensor]) -> torch.Tensor:
+    """``(batch, max_len)`` long tensor of the label ``rows`` padded with :data:`LABEL_PAD_ID` (at
+    least one column, so an all-empty batch still has a shape)."""
+    width = max(1, max((len(r) for r in rows), default=0))
+    out = torch.full((len(rows), width), LABEL_PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+    return out
 
 
 def exit_confidence(logits: torch.Tensor, output_lengths: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
@@ -131,11 +145,7 @@ def greedy_pseudo_labels(
                 keep = (ids != word_delimiter_id).nonzero()
                 ids = ids[int(keep[0]) : int(keep[-1]) + 1] if len(keep) else ids[:0]
             rows.append(ids)
-        width = max((len(r) for r in rows), default=0)
-        out = torch.full((len(rows), max(width, 1)), -100, dtype=torch.long)
-        for b, r in enumerate(rows):
-            out[b, : len(r)] = r
-        return out.to(logits.device)
+        return pad_labels(rows).to(logits.device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,6 +171,9 @@ class _Objective:
     num_exits: int
 
     name = "base"
+    #: takes pseudo-labels (``teacher_labels``), from :class:`wav2vec2_ee.training.teacher.TeacherLabels`
+    distils = False
+    #: ... and in training they must come from a frozen teacher (else: the model's own last exit)
     needs_teacher = False
 
     @property
@@ -198,6 +211,7 @@ class KDObjective(_Objective):
 
     ee_alpha: float = DEFAULT_KD_ALPHA
     name = "kd"
+    distils = True
     needs_teacher = True
 
     def __call__(self, exit_logits, output_lengths, labels, teacher_labels=None) -> ObjectiveOutput:
@@ -222,10 +236,15 @@ class KDObjective(_Objective):
 
 @dataclass
 class DKDObjective(_Objective):
-    """Per-exit weights ``a_k``; pseudo-labels from the model's own last exit (no gradient)."""
+    """Per-exit weights ``a_k``; pseudo-labels from the model's own last exit (no gradient).
+
+    Training passes them in (``TeacherLabels``, the one place that makes pseudo-labels at run time);
+    called without them, the objective computes the same labels itself.
+    """
 
     ee_alpha: tuple[float, ...] = DEFAULT_DKD_ALPHA
     name = "dkd"
+    distils = True
 
     @property
     def exits_needed(self) -> int:
@@ -296,6 +315,9 @@ def build_objective(
     word_delimiter_id: int | None = 4,
 ) -> _Objective:
     """Build the objective ``name`` (one of ``ee``, ``kd``, ``dkd``, ``confidence``) for ``config``.
+
+    (About 65 lines: the one factory, a validated branch per objective, so that no code elsewhere
+    switches on an objective's name.)
 
     The returned callable takes ``(exit_logits, output_lengths, labels, teacher_labels=None)`` and
     returns an :class:`ObjectiveOutput` with ``.loss`` and ``.terms``.

@@ -19,7 +19,14 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec
 
 logger = logging.getLogger(__name__)
 
+#: The sampling rate (Hz) of the model's input: the one definition in the package (audio is resampled
+#: to it on reading, the feature extractor declares it, the synthetic corpus is written at it).
 SAMPLING_RATE = 16_000
+
+
+def normalize_transcript(text: str) -> str:
+    """Lower case, single spaces, no leading/trailing space (how result files store and jiwer scores text)."""
+    return " ".join(text.lower().split())
 
 
 def default_vocab_file() -> str:

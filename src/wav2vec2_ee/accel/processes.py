@@ -73,7 +73,8 @@ def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int
 
 def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iterator[R]:
     """``fn(task)`` for every task, in completion order, computed by this process and ``processes - 1``
-    forked children that claim tasks from a shared counter (so that the load balances).
+    forked children that claim tasks from a shared counter (so that the load balances). (About 65
+    lines: starting, feeding, collecting and stopping the children belong in one ``try``/``finally``.)
 
     The children inherit ``fn`` and ``tasks`` by ``fork`` (nothing is pickled on the way in; results
     are pickled on the way back). The torch threads are shared: each process runs

@@ -28,7 +28,9 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from .espeak import TARGET_SAMPLE_RATE, ESpeakSynthesizer, detect_backend
+from ..io import atomic_write_json
+from ..vocab import SAMPLING_RATE
+from .espeak import ESpeakSynthesizer, detect_backend
 from .text import UtteranceGenerator, to_transcript
 from .voices import PITCH_RANGE, RATE_RANGE, SPLITS, Speaker, speakers_by_split
 
@@ -144,10 +146,10 @@ def _render(item: PlannedUtterance, root: str) -> tuple[str, int]:
     if _synth is None:
         _synth = ESpeakSynthesizer()
     audio = _synth.synthesize(item.text, item.voice, item.rate, item.pitch, seed=item.seed)
-    if audio.size < TARGET_SAMPLE_RATE // 20:
+    if audio.size < SAMPLING_RATE // 20:
         raise RuntimeError(f"eSpeak produced no audio for {item.text!r} with voice {item.voice}")
     path = Path(root, item.relative_dir, f"{item.utt_id}.flac")
-    sf.write(path, audio, TARGET_SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    sf.write(path, audio, SAMPLING_RATE, format="FLAC", subtype="PCM_16")
     return item.split, int(audio.size)
 
 
@@ -233,6 +235,8 @@ def build_corpus(
     overwrite: bool = False,
 ) -> CorpusSummary:
     """Synthesise the English eSpeak NG corpus into ``output_dir`` (LibriSpeech layout, see module doc).
+    (Ten parameters and about 100 lines: the size options, then plan, synthesise and write in one pass
+    whose completion marker is written last.)
 
     Sizes: ``size="default"`` gives 4000 train / 200 dev / 200 test utterances (~1.2 h of train audio,
     ~20 s on 2 CPU cores); ``size="quick"`` gives 300 / 40 / 40 (a few seconds) for smoke tests.
@@ -275,7 +279,7 @@ def build_corpus(
         "num_test": test,
         "rate_range": list(RATE_RANGE),
         "pitch_range": list(PITCH_RANGE),
-        "sample_rate": TARGET_SAMPLE_RATE,
+        "sample_rate": SAMPLING_RATE,
     }
     cached = load_summary(out)
     if cached is not None and cached.params == params:
@@ -313,7 +317,7 @@ def build_corpus(
         output_dir=out,
         seed=int(seed),
         num_utterances={"train": train, "dev": dev, "test": test},
-        hours={s: round(samples[s] / TARGET_SAMPLE_RATE / 3600, 4) for s in SPLITS},
+        hours={s: round(samples[s] / SAMPLING_RATE / 3600, 4) for s in SPLITS},
         num_speakers={s: len({sid for split, sid in used if split == s}) for s in SPLITS},
         params=params,
         backend=backend,
@@ -321,8 +325,6 @@ def build_corpus(
     )
     record = {k: v for k, v in asdict(summary).items() if k not in ("output_dir", "cached")}
     record = {"format": "wav2vec2-ee synthetic eSpeak NG corpus (LibriSpeech layout)", **record}
-    tmp = out / f"{_SUMMARY}.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / _SUMMARY)
+    atomic_write_json(out / _SUMMARY, record)
     (out / _MARKER).unlink()
     return summary

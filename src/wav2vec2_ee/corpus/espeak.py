@@ -33,8 +33,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..vocab import SAMPLING_RATE
+
 __all__ = [
-    "TARGET_SAMPLE_RATE",
     "BackendUnavailableError",
     "ESpeakSynthesizer",
     "detect_backend",
@@ -43,7 +44,6 @@ __all__ = [
     "trim_silence",
 ]
 
-TARGET_SAMPLE_RATE = 16_000
 _MAX_PEAK = 0.99
 
 # Constants from speak_lib.h
@@ -282,9 +282,9 @@ class ESpeakSynthesizer:
             audio, sample_rate = self._synth_library(text, voice, rate, pitch, seed)
         else:
             audio, sample_rate = self._synth_binary(text, voice, rate, pitch)
-        if sample_rate != TARGET_SAMPLE_RATE and audio.size:
-            audio = soxr.resample(audio, sample_rate, TARGET_SAMPLE_RATE, quality="HQ")
-        audio = trim_silence(np.asarray(audio, dtype=np.float32), TARGET_SAMPLE_RATE)
+        if sample_rate != SAMPLING_RATE and audio.size:
+            audio = soxr.resample(audio, sample_rate, SAMPLING_RATE, quality="HQ")
+        audio = trim_silence(np.asarray(audio, dtype=np.float32), SAMPLING_RATE)
         peak = float(np.abs(audio).max()) if audio.size else 0.0
         if peak > _MAX_PEAK:  # loud variants overshoot slightly after resampling: scale instead of clipping
             audio = audio * np.float32(_MAX_PEAK / peak)

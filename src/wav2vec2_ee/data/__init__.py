@@ -18,8 +18,10 @@ from .sources import (
     read_manifest,
     source_kind,
 )
+from .splits import DEFAULT_LIBRISPEECH_SPLITS, load_prepared_split, read_texts, resolve_splits
 
 __all__ = [
+    "DEFAULT_LIBRISPEECH_SPLITS",
     "SAMPLING_RATE",
     "AudioError",
     "BadItemError",
@@ -31,11 +33,14 @@ __all__ = [
     "Utterance",
     "audio_duration",
     "load_audio",
+    "load_prepared_split",
     "load_split",
     "prepare_utterances",
     "read_hf_dataset",
     "read_librispeech",
     "read_manifest",
+    "read_texts",
+    "resolve_splits",
     "source_kind",
     "to_mono_16k",
 ]

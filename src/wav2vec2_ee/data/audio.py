@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLING_RATE = 16_000
+from ..vocab import SAMPLING_RATE
 
 
 class AudioError(ValueError):

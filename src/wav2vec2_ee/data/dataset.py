@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
+from ..objectives import pad_labels
 from ..vocab import TextNormalizer
 from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
 from .augment import SpeedPerturbation
@@ -89,6 +90,9 @@ def prepare_utterances(
     tokenize: bool = True,
 ) -> tuple[list[PreparedUtterance], PreparationReport]:
     """Normalise transcripts, read durations and drop unusable items.
+
+    (Twelve keyword options, each a check or its limit, and about 90 lines: one pass over the items
+    that reports each skipped one once; callers set two or three options.)
 
     Each skipped item is reported once (logged with its path and the reason) and counted; with
     ``strict`` the first one raises :class:`BadItemError` instead. Skipped: audio that is missing or
@@ -297,11 +301,7 @@ class DataCollatorCTCWithPadding:
         if not self.return_attention_mask:
             batch.pop("attention_mask")
         if "labels" in features[0]:
-            width = max(1, max(len(f["labels"]) for f in features))
-            labels = torch.full((len(features), width), -100, dtype=torch.long)
-            for i, f in enumerate(features):
-                labels[i, : len(f["labels"])] = torch.as_tensor(f["labels"], dtype=torch.long)
-            batch["labels"] = labels
+            batch["labels"] = pad_labels([f["labels"] for f in features])
         if "utt_index" in features[0]:
             batch["utt_index"] = torch.as_tensor([f["utt_index"] for f in features], dtype=torch.long)
         if "speed" in features[0]:

@@ -7,9 +7,13 @@ The reusable pieces (stable names, imported by the inference engine):
 * :mod:`.decoding`: ``greedy_decode``, ``greedy_decode_exits``, ``ctc_collapse``, ``BeamSearchDecoder``,
   ``LexiconBeamDecoder``, ``nbest_posterior``.
 * :mod:`.engine`: ``forward_exits``, ``iter_exit_logits``, ``length_grouped_batches``.
+* :mod:`.model`: ``load_evaluation_model``; :mod:`.decoder_spec`: ``LexiconDecoderSpec`` (one lexicon beam
+  search: lexicon, n-best, beam, LM); :mod:`.results`: every result file.
 * :mod:`.evaluate`: ``evaluate_checkpoint`` (the ``wav2vec2-ee evaluate`` command as a function).
 """
 
+from ..vocab import normalize_transcript
+from .decoder_spec import LexiconDecoderSpec
 from .decoding import (
     BeamSearchDecoder,
     LexiconBeamDecoder,
@@ -21,7 +25,7 @@ from .decoding import (
     posterior_from_scores,
 )
 from .engine import forward_exits, iter_exit_logits, length_grouped_batches
-from .evaluate import evaluate_checkpoint, load_evaluation_model, normalize_transcript
+from .evaluate import evaluate_checkpoint
 from .lexicon import lexicon_from_texts, read_lexicon
 from .metrics import (
     SplitErrors,
@@ -32,10 +36,13 @@ from .metrics import (
     split_errors,
     word_errors,
 )
+from .model import EvaluationModel, load_evaluation_model
 
 __all__ = [
     "BeamSearchDecoder",
+    "EvaluationModel",
     "LexiconBeamDecoder",
+    "LexiconDecoderSpec",
     "NBestHypothesis",
     "SplitErrors",
     "WordErrors",

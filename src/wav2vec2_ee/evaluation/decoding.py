@@ -262,6 +262,10 @@ class LexiconBeamDecoder:
     ``ctc_decoder`` defaults plus ``beam_size=1500, word_score=-0.26, log_add=True``) except the beam
     size, whose default here is 500 for CPU speed (:data:`SEED_LEXICON_BEAM_SIZE` is the seed's).
 
+    The constructor takes flashlight's ``LexiconDecoderOptions`` one by one (hence twelve parameters
+    and about 90 lines: checks, the dictionaries, the trie and the options);
+    :class:`~.decoder_spec.LexiconDecoderSpec` is the short way to describe one.
+
     Args:
         tokenizer: its ids are the decoder's token indices (pad = blank, ``|`` = silence).
         lexicon: word -> spellings, each a list of tokens of the tokenizer (see :mod:`.lexicon`).
@@ -309,6 +313,7 @@ class LexiconBeamDecoder:
         if not lexicon:
             raise ValueError("the lexicon is empty: the lexicon decoder needs at least one word")
         self.nbest_size = int(nbest)
+        self.lexicon = lexicon
         vocab = tokenizer.get_vocab()
         self.blank = tokenizer.pad_token_id
         delimiter = tokenizer.word_delimiter_token

@@ -189,6 +189,7 @@ def iter_exit_logits(
     dtype: torch.dtype | None = None,
 ) -> Iterator[ExitBatch | T]:
     """Stream ``dataset`` through the model in length-grouped batches (in ``torch.inference_mode``).
+    (Nine parameters: the batching, the parallelism and the precision of one loop, all with defaults.)
 
     Utterances whose audio cannot be decoded are logged and left out (their indices never appear).
 

@@ -24,11 +24,7 @@ import jiwer
 import torch
 import torch.nn.functional as F
 
-
-def frame_mask(output_lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(batch, frames)`` bool mask, True on the first ``output_lengths[b]`` frames of row ``b``."""
-    positions = torch.arange(frames, device=output_lengths.device)
-    return positions.unsqueeze(0) < output_lengths.unsqueeze(1)
+from ..objectives import frame_mask
 
 
 def _masked_frame_mean(values: torch.Tensor, output_lengths: torch.Tensor | None) -> torch.Tensor:
@@ -121,25 +117,19 @@ def word_errors(reference: str, hypothesis: str) -> WordErrors:
 
 
 @dataclass(frozen=True)
-class SplitErrors:
-    """Corpus-level error rates of one exit on one split (jiwer over the whole split).
+class SplitErrors(WordErrors):
+    """Corpus-level error rates of one exit on one split (jiwer over the whole split): the word counts
+    of :class:`WordErrors` summed over the split, its character error rate and its size.
 
     ``wer`` is the total number of word errors over the total number of reference words (jiwer's
     corpus WER), not a mean of per-utterance WERs; ``cer`` likewise over characters (spaces count).
     """
 
-    wer: float
-    cer: float
-    hits: int
-    substitutions: int
-    insertions: int
-    deletions: int
-    reference_words: int
-    hypothesis_words: int
-    utterances: int
+    cer: float = 0.0
+    utterances: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"wer": self.wer, "cer": self.cer, **asdict(self)}
 
 
 def split_errors(references: Sequence[str], hypotheses: Sequence[str]) -> SplitErrors:
@@ -159,7 +149,6 @@ def split_errors(references: Sequence[str], hypotheses: Sequence[str]) -> SplitE
     words = jiwer.process_words(refs, hyps)
     chars = jiwer.process_characters(refs, hyps)
     return SplitErrors(
-        wer=float(words.wer),
         cer=float(chars.cer),
         hits=words.hits,
         substitutions=words.substitutions,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Mapping
 
-from .results import atomic_write_bytes
+from .results import save_figure
 
 
 def plot_wer_by_exit(
@@ -37,6 +36,4 @@ def plot_wer_by_exit(
     if wers:
         ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)

@@ -16,19 +16,27 @@ Files of an evaluation output folder (``<split>`` is the split's name, e.g. ``te
 * ``<split>_summary.json``: the split's numbers and settings, written last: the completion marker.
 * ``wer_results.json``, ``wer_by_exit.png``: all splits, machine-readable and plotted.
 
-Floats are written with ``repr`` (``str``), so every number reads back exactly.
+Files of ``sweep`` / ``calibrate``: ``<split>_sweep.csv`` / ``.json`` / ``.png`` (operating points),
+``<split>_decisions.csv`` (every point's exit layer per utterance), ``<split>_exit_table.jsonl`` (every
+exit's outputs per utterance: what the simulation replays), ``calibration_<policy>.json``.
+
+Every result file of the package is formatted and written here, through the one atomic writer of
+:mod:`wav2vec2_ee.io`. Floats are written with ``repr`` (``str``), so every number reads back exactly.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import WordErrors
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from .metrics import WordErrors, split_errors, word_errors
 
 WER_LINE = re.compile(r"^(?P<label>layer_\d+|predicted) WER: (?P<wer>\S+)$")
 SPLIT_LINE = re.compile(r"^split: (?P<split>.+)$")
@@ -43,40 +51,6 @@ POSTERIOR_WER_LINE = re.compile(
     r"^expect_len: (?P<expect_len>\d+) pred_len: (?P<pred_len>\d+) hits: (?P<hits>\d+) "
     r"errors: (?P<errors>\d+) wer: (?P<wer>\S+)$"
 )
-
-
-# --------------------------------------------------------------------------------------------------
-# atomic writing
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
-
-    A crash or Ctrl-C leaves either the old file or the new one, never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """:func:`atomic_write_bytes` of UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,3 +141,192 @@ def parse_stat_lines(text: str, pattern: re.Pattern) -> list[dict[str, str]]:
             raise ValueError(f"line {lineno}: unexpected {line!r}")
         out.append(m.groupdict())
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# writing an evaluation's files
+
+SUMMARY_SUFFIX = "_summary.json"
+
+
+@dataclass
+class UtteranceResult:
+    """Everything evaluated for one utterance (per evaluated exit, in exit order): one row of the files."""
+
+    id: str
+    reference: str
+    hypotheses: list[str]
+    entropy: list[float] | None = None
+    lexicon_hypotheses: list[str] | None = None
+    posterior: list[float] | None = None
+
+
+def write_split_files(
+    output_dir: Path,
+    name: str,
+    labels: Sequence[str],
+    layers: Sequence[int],
+    results: Sequence[UtteranceResult],
+) -> tuple[list[str], dict]:
+    """Write the split's per-utterance files; returns their relative paths and the split's metrics."""
+    refs = [r.reference for r in results]
+    files = [f"{name}_results.txt"]
+    hyps = {label: [r.hypotheses[k] for r in results] for k, label in enumerate(labels)}
+    atomic_write_text(output_dir / files[0], format_split_results([r.id for r in results], refs, hyps))
+    metrics: dict = {"exits": {}}
+    for k, label in enumerate(labels):
+        metrics["exits"][label] = {"layer": layers[k], **split_errors(refs, hyps[label]).to_dict()}
+
+    if results and results[0].entropy is not None:
+        metrics["mean_entropy"] = {}
+        for k, layer in enumerate(layers):
+            errors = [word_errors(r.reference, r.hypotheses[k]) for r in results]
+            entropy = [r.entropy[k] for r in results]
+            folder = Path("entropy_wer", name)
+            ent_text = "".join(f"{e!r} {err.wer!r}\n" for e, err in zip(entropy, errors))
+            wer_text = "".join(
+                format_entropy_wer_line(r.reference, r.hypotheses[k], err) for r, err in zip(results, errors)
+            )
+            for fname, text in ((f"entropy_{layer}.txt", ent_text), (f"wer_{layer}.txt", wer_text)):
+                atomic_write_text(output_dir / folder / fname, text)
+                files.append(str(folder / fname))
+            metrics["mean_entropy"][labels[k]] = sum(entropy) / len(entropy)
+
+    if results and results[0].posterior is not None:
+        metrics["lexicon_beam"], metrics["mean_posterior"] = {}, {}
+        for k, layer in enumerate(layers):
+            lex_hyps = [r.lexicon_hypotheses[k] for r in results]
+            errors = [word_errors(r.reference, h) for r, h in zip(results, lex_hyps)]
+            posterior = [r.posterior[k] for r in results]
+            folder = Path("posterior_wer", name)
+            post_text = "".join(f"{p!r}\n" for p in posterior)
+            wer_text = "".join(
+                format_posterior_wer_line(r.reference, h, e) for r, h, e in zip(results, lex_hyps, errors)
+            )
+            for fname, text in ((f"posterior_{layer}.txt", post_text), (f"wer_{layer}.txt", wer_text)):
+                atomic_write_text(output_dir / folder / fname, text)
+                files.append(str(folder / fname))
+            metrics["lexicon_beam"][labels[k]] = {"layer": layer, **split_errors(refs, lex_hyps).to_dict()}
+            metrics["mean_posterior"][labels[k]] = sum(posterior) / len(posterior)
+    return files, metrics
+
+
+def completed_summary(output_dir: Path, name: str, settings: dict) -> dict | None:
+    """The split's summary when a previous run completed it with the same settings and its files exist."""
+    marker = output_dir / f"{name}{SUMMARY_SUFFIX}"
+    if not marker.is_file():
+        return None
+    try:
+        summary = json.loads(marker.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return None
+    if summary.get("settings") != settings:
+        return None
+    if not all((output_dir / f).is_file() for f in summary.get("files", [])):
+        return None
+    return summary
+
+
+def write_overview(
+    output_dir: Path,
+    checkpoint: str | os.PathLike,
+    has_exits: bool,
+    layers: Sequence[int],
+    labels: Sequence[str],
+    summaries: Mapping[str, dict],
+) -> dict:
+    """Write ``wer_results.txt`` and ``wer_results.json`` for all ``summaries`` (split name ->
+    ``<split>_summary.json`` content); returns the JSON's content."""
+    wers = {name: {label: s["exits"][label]["wer"] for label in labels} for name, s in summaries.items()}
+    atomic_write_text(output_dir / "wer_results.txt", format_wer_results(wers))
+    overview = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "has_exits": has_exits,
+        "layers": list(layers),
+        "labels": list(labels),
+        "splits": {
+            name: {
+                k: s[k]
+                for k in ("utterances", "exits", "lexicon_beam", "mean_entropy", "mean_posterior")
+                if k in s
+            }
+            | {"skipped": len(s.get("skipped", []))}
+            for name, s in summaries.items()
+        },
+    }
+    atomic_write_json(output_dir / "wer_results.json", overview)
+    return overview
+
+
+def format_table(wers: Mapping[str, Mapping[str, float]], labels: Sequence[str]) -> str:
+    """A split x exit table of WER in percent."""
+    width = max([len("WER (%)")] + [len(n) for n in wers])
+    cols = [max(7, len(label)) for label in labels]
+    lines = ["WER (%)".ljust(width) + "".join(f"  {lb:>{c}}" for lb, c in zip(labels, cols))]
+    for name, by_label in wers.items():
+        lines.append(
+            name.ljust(width) + "".join(f"  {100 * by_label[lb]:>{c}.2f}" for lb, c in zip(labels, cols))
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# sweep and calibrate files
+
+#: Columns of ``<split>_sweep.csv``, one row per operating point.
+SWEEP_CSV_COLUMNS = (
+    "policy",
+    "parameter",
+    "value",
+    "max_layer",
+    "wer",
+    "errors",
+    "reference_words",
+    "utterances",
+    "mean_exit_layer",
+    "mean_layers_computed",
+    "depth_fraction",
+    "wall_seconds",
+    "wall_relative",
+    "wall_relative_engine",
+    "engine_wer",
+    "engine_mean_layers",
+    "pareto_layers",
+    "pareto_wall",
+    "exit_counts",
+)
+
+
+def format_points_csv(points: Sequence) -> str:
+    """``<split>_sweep.csv``: one row per operating point (``OperatingPoint.to_dict()``)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SWEEP_CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for p in points:
+        row = p.to_dict()
+        row["exit_counts"] = " ".join(f"{k}:{v}" for k, v in p.exit_counts.items())
+        writer.writerow({k: "" if row[k] is None else row[k] for k in SWEEP_CSV_COLUMNS})
+    return buffer.getvalue()
+
+
+def format_decisions_csv(ids: Sequence[str], labels: Sequence[str], layers: Sequence[Sequence[int]]) -> str:
+    """``<split>_decisions.csv``: per utterance, the exit layer of every operating point (``labels``,
+    ``layers[j][i]`` = layer of point ``j`` for utterance ``i``)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", *labels])
+    for i, utt in enumerate(ids):
+        writer.writerow([utt, *[col[i] for col in layers]])
+    return buffer.getvalue()
+
+
+def write_jsonl(path: str | os.PathLike, records: Sequence[dict]) -> None:
+    """One JSON object per line (the exit tables: every simulated number traces back to them)."""
+    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """A matplotlib figure as a PNG file, written atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(path, buffer.getvalue())

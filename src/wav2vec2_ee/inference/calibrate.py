@@ -19,11 +19,19 @@ from pathlib import Path
 
 import torch
 
-from ..device import default_batching
-from ..evaluation.evaluate import load_evaluation_model
+from ..device import DeviceArguments, default_batching
+from ..evaluation.model import load_evaluation_model
 from ..evaluation.results import atomic_write_json
-from .policies import POLICIES, Decoders, policy_with_value
-from .sweep import lexicon_decoder_for, scoring_decoder_for
+from ..options import resolve_options
+from .arguments import (
+    CalibrateArguments,
+    LexiconArguments,
+    LexiconSourceArguments,
+    ScoringArguments,
+    posterior_spec,
+    scoring_spec,
+)
+from .policies import POLICIES, policy_with_value
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -148,75 +156,68 @@ def format_calibration(c: Calibration) -> list[str]:
     return lines
 
 
+def _exit_table(em, data, which, posterior, scoring_decoder, batching, progress) -> tuple[str, ExitTable]:
+    """The exit table of split ``which`` of ``data`` (or of ``which`` as its own manifest file)."""
+    if which is not None and Path(which).is_file():  # a split given as its own manifest file
+        name, prepared = load_prepared_split(em, which, None, progress)
+    else:
+        name, prepared = load_prepared_split(em, data, which, progress)
+    lexicon_decoder = posterior.build(name, [u.text for u in prepared]) if posterior is not None else None
+    table = compute_exit_table(
+        em,
+        prepared,
+        lexicon_decoder,
+        *batching,
+        progress,
+        desc=f"exits {name}",
+        scoring_decoder=scoring_decoder,
+    )
+    return name, table
+
+
 def run_calibration(
     checkpoint: str | os.PathLike,
-    data: str | os.PathLike,
-    split: str | None,
-    policy: str = "entropy",
-    max_wer_increase: float = 0.05,
-    test_split: str | None = None,
-    thresholds: Sequence[float] | None = None,
-    max_layer: int | None = None,
-    batch_size: int | None = None,
-    max_batch_seconds: float | None = None,
-    lexicon: str | None = None,
-    lexicon_from: Sequence[str] | None = None,
-    nbest: int = 10,
-    lexicon_beam_size: int = 500,
-    word_score: float = -0.26,
-    num_threads: int | None = None,
-    progress: bool = True,
-    as_json: bool = False,
-    output_dir: str | os.PathLike | None = None,
-    score_lm_order: int = 0,
-    score_lm_weight: float = 1.0,
-    score_word_score: float = 1.0,
-    score_beam_size: int = 500,
-    device: str | None = None,
-    dtype: str = "float32",
+    args: CalibrateArguments | None = None,
+    lexicon: LexiconArguments | None = None,
+    source: LexiconSourceArguments | None = None,
+    scoring: ScoringArguments | None = None,
+    runtime: DeviceArguments | None = None,
+    **options,
 ) -> Calibration:
     """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object).
 
-    With ``output_dir``, also writes ``<split>_exit_table.jsonl`` per split (every number traces back
-    to them) and ``calibration_<policy>.json``. With ``score_lm_order``, the WERs are those of the
-    lexicon beam search with a word n-gram model (:func:`scoring_decoder_for`).
+    Takes the command's option dataclasses (:mod:`.arguments`), or their fields as keywords
+    (:func:`~wav2vec2_ee.options.resolve_options`). With ``output_dir``, also writes
+    ``<split>_exit_table.jsonl`` per split (every number traces back to them) and
+    ``calibration_<policy>.json``. With ``--score-lm-order``, the WERs are those of the lexicon beam
+    search with a word n-gram model (:func:`~.arguments.scoring_spec`).
     """
+    args, lexicon, source, scoring, device = resolve_options(
+        (args, lexicon, source, scoring, runtime),
+        (CalibrateArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
+        options,
+    )
+    policy, data, progress = args.policy, args.data, args.progress
     if policy not in POLICIES:
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    em = load_evaluation_model(checkpoint, device=device, dtype=dtype)
-    batch_size, max_batch_seconds = default_batching(
-        em.device, batch_size, max_batch_seconds, cpu=(16, 320.0)
-    )
-    scoring = scoring_decoder_for(
-        em, data, lexicon, lexicon_from, score_lm_order, score_lm_weight, score_word_score, score_beam_size
+    if args.num_threads:
+        torch.set_num_threads(int(args.num_threads))
+    em = load_evaluation_model(checkpoint, device=device.device, dtype=device.dtype)
+    batching = default_batching(em.device, args.batch_size, args.max_batch_seconds, cpu=(16, 320.0))
+    score = scoring_spec(lexicon, source, scoring)
+    scoring_decoder = score.resolve(data, em.tokenizer).build() if score is not None else None
+    posterior = (
+        posterior_spec(lexicon, source).resolve(data, em.tokenizer)
+        if POLICIES[policy].needs_lexicon
+        else None
     )
 
     def table_of(which: str | None) -> tuple[str, ExitTable]:
-        if which is not None and Path(which).is_file():  # a split given as its own manifest file
-            name, prepared = load_prepared_split(em, which, None, progress)
-        else:
-            name, prepared = load_prepared_split(em, data, which, progress)
-        lexicon_decoder = None
-        if policy == "posterior":
-            lexicon_decoder = lexicon_decoder_for(
-                em, data, name, prepared, lexicon, lexicon_from, nbest, lexicon_beam_size, word_score
-            )
-        decoders = Decoders(em.tokenizer, lexicon_decoder)
-        return name, compute_exit_table(
-            em,
-            prepared,
-            decoders.lexicon_decoder,
-            batch_size,
-            max_batch_seconds,
-            progress,
-            desc=f"exits {name}",
-            scoring_decoder=scoring,
-        )
+        return _exit_table(em, data, which, posterior, scoring_decoder, batching, progress)
 
+    split, test_split, output_dir = args.split, args.test_split, args.output_dir
     dev_name, dev = table_of(split)
-    result = calibrate_table(dev, policy, max_wer_increase, thresholds, max_layer)
+    result = calibrate_table(dev, policy, args.max_wer_increase, args.thresholds, args.max_layer)
     result.splits["dev"] = dev_name
     tables = {dev_name: dev}
     if test_split is not None:
@@ -229,7 +230,7 @@ def run_calibration(
         for name, table in tables.items():
             write_exit_table(table, out / f"{name}_exit_table.jsonl")
         atomic_write_json(out / f"calibration_{policy}.json", result.to_dict())
-    if as_json:
+    if args.json:
         print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
     else:
         for line in format_calibration(result):

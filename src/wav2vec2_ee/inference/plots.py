@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 
-from ..evaluation.results import atomic_write_bytes
+from ..evaluation.results import save_figure
+from .policies import POLICIES
 from .table import OperatingPoint
 
-_MARKERS = {"fixed": "s", "entropy": "o", "confidence": "^", "posterior": "D", "patience": "v"}
+
+def _is_bound(point: OperatingPoint) -> bool:
+    """Whether the point is an evaluation bound (the oracle), drawn apart from the policies' curves."""
+    return POLICIES[point.policy].needs_references
 
 
 def _panel(ax, points: Sequence[OperatingPoint], x_of, front_attr: str, xlabel: str, curve=None) -> None:
-    policies = list(dict.fromkeys(p.policy for p in points if p.policy != "oracle"))
+    policies = list(dict.fromkeys(p.policy for p in points if not _is_bound(p)))
     for name in policies:
         pts = sorted((p for p in points if p.policy == name and x_of(p) is not None), key=x_of)
         if pts:
             ax.plot(
                 [x_of(p) for p in pts],
                 [100 * p.wer for p in pts],
-                marker=_MARKERS.get(name, "o"),
+                marker=POLICIES[name].marker,
                 markersize=4,
                 linewidth=1,
                 label=name,
@@ -52,7 +55,7 @@ def _panel(ax, points: Sequence[OperatingPoint], x_of, front_attr: str, xlabel: 
             label="oracle curve",
         )
     for p in points:
-        if p.policy == "oracle" and x_of(p) is not None:
+        if _is_bound(p) and x_of(p) is not None:
             ax.scatter(
                 [x_of(p)], [100 * p.wer], marker="*", s=140, color="gold", edgecolors="black", label="oracle"
             )
@@ -88,6 +91,4 @@ def plot_tradeoff(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)

@@ -31,12 +31,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 from transformers import Wav2Vec2CTCTokenizer
 
 from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode, nbest_posterior
-from ..evaluation.evaluate import normalize_transcript
 from ..evaluation.metrics import mean_frame_entropy, mean_max_prob
+from ..vocab import normalize_transcript
 
 # --------------------------------------------------------------------------------------------------
 # what a policy sees
@@ -205,10 +206,34 @@ class ExitPolicy(ABC):
     parameter: ClassVar[str | None] = None
     #: Whether a larger parameter value stops earlier (``None`` when there is no parameter).
     larger_is_more_aggressive: ClassVar[bool | None] = None
+    #: Whether the parameter takes integer values only (a layer, a count).
+    integer_parameter: ClassVar[bool] = False
+    #: Whether the parameter must be given (a policy with an optional parameter has a default).
+    parameter_required: ClassVar[bool] = True
+    #: An example value of the parameter, for messages (``--threshold 0.4``).
+    example_value: ClassVar[str | None] = None
+    #: Whether the policy needs a lexicon beam decoder (:attr:`Decoders.lexicon_decoder`).
+    needs_lexicon: ClassVar[bool] = False
+    #: Whether the policy needs the reference transcripts (an evaluation bound, never run by the engine).
+    needs_references: ClassVar[bool] = False
+    #: Whether ``sweep`` always includes the policy (as a reference point: every fixed exit, the oracle).
+    always_swept: ClassVar[bool] = False
+    #: The matplotlib marker of the policy's curve in ``sweep``'s plot.
+    marker: ClassVar[str] = "o"
 
     @abstractmethod
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         """``(batch,)`` bool: stop at ``history[-1]``'s exit (all views hold the same utterances)."""
+
+    @classmethod
+    def candidate_values(
+        cls, stats: Mapping[str, torch.Tensor], allowed_layers: Sequence[int], num: int | None = 12
+    ) -> list[float | int | None]:
+        """The parameter values ``sweep`` and ``calibrate`` try, from a split's statistics ``stats``
+        (name -> ``(exits, n)``) and the exit layers the policy may use; ``[None]`` without a parameter."""
+        if cls.parameter is None:
+            return [None]
+        raise NotImplementedError(f"{cls.__name__} does not say which values of {cls.parameter} to try")
 
     def deepest_exit(self, exit_layers: Sequence[int]) -> int:
         """0-based index of the deepest exit the policy may use (it answers for everything left)."""
@@ -272,11 +297,20 @@ class FixedExit(ExitPolicy):
     """Always the exit at ``layer`` (``None``: the last exit): the static baseline."""
 
     name = "fixed"
+    marker = "s"
     parameter = "layer"
     larger_is_more_aggressive = False
+    integer_parameter = True
+    parameter_required = False
+    always_swept = True
 
     def __init__(self, layer: int | None = None):
         self.layer = None if layer is None else int(layer)
+
+    @classmethod
+    def candidate_values(cls, stats, allowed_layers, num=12) -> list[int]:
+        """Every allowed exit layer."""
+        return list(allowed_layers)
 
     def deepest_exit(self, exit_layers: Sequence[int]) -> int:
         if self.layer is None:
@@ -291,6 +325,30 @@ class FixedExit(ExitPolicy):
         view = history[-1]
         stop = self.layer is not None and view.layer >= self.layer
         return torch.full((len(view),), stop, dtype=torch.bool)
+
+
+def _between(low: float, high: float) -> float:
+    """The shortest decimal strictly between ``low`` and ``high`` (also in float32, as statistics are)."""
+    mid = (low + high) / 2
+    for digits in range(0, 17):
+        value = round(mid, digits)
+        if low < value < high and low < float(np.float32(value)) < high:
+            return value
+    return mid
+
+
+def threshold_cuts(values: torch.Tensor) -> list[float]:
+    """Thresholds that separate the sorted distinct ``values``: one below all, one between each pair of
+    neighbours (short decimals, so engine and simulation cannot differ by a float tie), one above all."""
+    u = torch.unique(values[torch.isfinite(values)].double()).tolist()
+    if not u:
+        return []
+    margin = max(1e-6, 1e-3 * (u[-1] - u[0]))
+    return (
+        [_between(u[0] - 2 * margin, u[0])]
+        + [_between(a, b) for a, b in zip(u, u[1:])]
+        + [_between(u[-1], u[-1] + 2 * margin)]
+    )
 
 
 class ThresholdPolicy(ExitPolicy):
@@ -312,6 +370,26 @@ class ThresholdPolicy(ExitPolicy):
         value = history[-1].stat(self.statistic)
         return value >= self.threshold if self.stop_when_above else value <= self.threshold
 
+    @classmethod
+    def candidate_values(cls, stats, allowed_layers, num=12) -> list[float]:
+        """``num`` thresholds spread over the quantiles of the statistic as observed at the exits where
+        the policy decides (every allowed exit but the deepest), always including one that stops nobody
+        early and one that stops everybody at the first exit; ``num=None``: every distinct decision
+        (all midpoints between observed values, :func:`threshold_cuts`)."""
+        if cls.statistic not in stats:
+            hint = (
+                " (the posterior needs a lexicon: --lexicon or --lexicon-from)" if cls.needs_lexicon else ""
+            )
+            raise ValueError(
+                f"the {cls.name} policy needs the {cls.statistic} statistic, which was not computed{hint}"
+            )
+        deciding = stats[cls.statistic][: max(1, len(allowed_layers) - 1)]
+        cuts = threshold_cuts(deciding.flatten())
+        if num is None or len(cuts) <= num:
+            return cuts
+        picks = torch.linspace(0, len(cuts) - 1, max(2, num)).round().long().unique().tolist()
+        return [cuts[i] for i in picks]
+
 
 class EntropyThreshold(ThresholdPolicy):
     """Stop when the mean per-frame entropy (nats, over valid frames) is at or below ``threshold``."""
@@ -320,15 +398,18 @@ class EntropyThreshold(ThresholdPolicy):
     statistic = "entropy"
     stop_when_above = False
     larger_is_more_aggressive = True
+    example_value = "0.4"
 
 
 class ConfidenceThreshold(ThresholdPolicy):
     """Stop when the mean per-frame largest softmax probability is at or above ``threshold``."""
 
     name = "confidence"
+    marker = "^"
     statistic = "max_prob"
     stop_when_above = True
     larger_is_more_aggressive = False
+    example_value = "0.9"
 
 
 class PosteriorThreshold(ThresholdPolicy):
@@ -337,9 +418,12 @@ class PosteriorThreshold(ThresholdPolicy):
     ``threshold``. Needs :attr:`Decoders.lexicon_decoder`."""
 
     name = "posterior"
+    marker = "D"
     statistic = "posterior"
     stop_when_above = True
     larger_is_more_aggressive = False
+    example_value = "0.9"
+    needs_lexicon = True
 
 
 class Patience(ExitPolicy):
@@ -347,8 +431,16 @@ class Patience(ExitPolicy):
     2020; their patience ``t`` is ``patience = t + 1`` here). ``patience=1`` stops at the first exit."""
 
     name = "patience"
+    marker = "v"
     parameter = "patience"
     larger_is_more_aggressive = False
+    integer_parameter = True
+    example_value = "2"
+
+    @classmethod
+    def candidate_values(cls, stats, allowed_layers, num=12) -> list[int]:
+        """1 .. the number of allowed exits."""
+        return list(range(1, len(allowed_layers) + 1))
 
     def __init__(self, patience: int):
         if int(patience) != patience or int(patience) < 1:
@@ -409,6 +501,9 @@ class OracleExit(ExitPolicy):
     it (and times it by scheduling each utterance's oracle exit, :class:`ScheduledExit`)."""
 
     name = "oracle"
+    marker = "*"
+    needs_references = True
+    always_swept = True
 
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         raise ValueError(
@@ -473,13 +568,10 @@ def build_policy(name: str, max_layer: int | None = None, **params) -> ExitPolic
         raise ValueError(
             f"the {name} policy takes {', '.join(accepted) or 'no parameter'} (and max_layer), got {unknown}"
         )
-    if cls.parameter is not None and cls.parameter not in params and cls is not FixedExit:
-        raise ValueError(f"the {name} policy needs its {cls.parameter} (e.g. {_EXAMPLES[name]})")
+    if cls.parameter is not None and cls.parameter not in params and cls.parameter_required:
+        raise ValueError(f"the {name} policy needs its {cls.parameter} (e.g. {cls.example_value})")
     policy = cls(**params)
     return LayerBudget(policy, max_layer) if max_layer is not None else policy
-
-
-_EXAMPLES = {"entropy": "0.4", "confidence": "0.9", "posterior": "0.9", "patience": "2"}
 
 
 def policy_with_value(name: str, value: float | int | None, max_layer: int | None = None) -> ExitPolicy:
@@ -487,7 +579,7 @@ def policy_with_value(name: str, value: float | int | None, max_layer: int | Non
     cls = POLICIES.get(name)
     if cls is None or cls.parameter is None or value is None:
         return build_policy(name, max_layer=max_layer)
-    if cls.parameter in ("patience", "layer"):
+    if cls.integer_parameter:
         if float(value) != int(value):
             raise ValueError(f"the {name} policy's {cls.parameter} must be an integer, got {value}")
         value = int(value)

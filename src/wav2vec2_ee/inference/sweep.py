@@ -23,8 +23,6 @@ Files written to ``output_dir`` (atomically; ``<split>`` is the split's name):
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -32,11 +30,19 @@ from pathlib import Path
 
 import torch
 
-from ..device import default_batching
-from ..evaluation.decoding import LexiconBeamDecoder
-from ..evaluation.evaluate import load_evaluation_model, resolve_lexicon
+from ..device import DeviceArguments, default_batching
 from ..evaluation.metrics import word_errors
-from ..evaluation.results import atomic_write_json, atomic_write_text
+from ..evaluation.model import load_evaluation_model
+from ..evaluation.results import atomic_write_json, atomic_write_text, format_decisions_csv, format_points_csv
+from ..options import resolve_options
+from .arguments import (
+    LexiconArguments,
+    LexiconSourceArguments,
+    ScoringArguments,
+    SweepArguments,
+    posterior_spec,
+    scoring_spec,
+)
 from .plots import plot_tradeoff
 from .policies import POLICIES, Decoders, FixedExit, ScheduledExit, policy_with_value
 from .table import (
@@ -56,27 +62,6 @@ logger = logging.getLogger(__name__)
 
 TIMING_MODES = ("all", "pareto", "none")
 DEFAULT_SWEEP_POLICIES = ("entropy", "confidence", "patience")
-CSV_COLUMNS = (
-    "policy",
-    "parameter",
-    "value",
-    "max_layer",
-    "wer",
-    "errors",
-    "reference_words",
-    "utterances",
-    "mean_exit_layer",
-    "mean_layers_computed",
-    "depth_fraction",
-    "wall_seconds",
-    "wall_relative",
-    "wall_relative_engine",
-    "engine_wer",
-    "engine_mean_layers",
-    "pareto_layers",
-    "pareto_wall",
-    "exit_counts",
-)
 
 
 def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> dict[str, list[float]]:
@@ -120,21 +105,23 @@ def sweep_points(
     Returns:
         ``(point, exits)`` pairs, ``exits`` ``(n,)`` the 0-based exit per utterance.
     """
-    names = ["fixed", "oracle", *[p for p in dict.fromkeys(policies) if p not in ("fixed", "oracle")]]
+    always = [name for name, cls in POLICIES.items() if cls.always_swept]  # every fixed exit, the oracle
+    names = [*always, *[p for p in dict.fromkeys(policies) if p not in always]]
     out = []
     for name in names:
         given = (thresholds or {}).get(name)
         values = list(given) if given else threshold_grid(table, name, num_thresholds, max_layer)
         for value in values:
             out.append(evaluate_policy(table, policy_with_value(name, value, max_layer)))
-    flags = pareto_front(*zip(*[(p.mean_layers_computed, p.wer) for p, _ in out if p.policy != "oracle"]))
-    for (point, _), flag in zip([x for x in out if x[0].policy != "oracle"], flags):
+    runnable = [x for x in out if not POLICIES[x[0].policy].needs_references]  # the oracle is a bound
+    flags = pareto_front(*zip(*[(p.mean_layers_computed, p.wer) for p, _ in runnable]))
+    for (point, _), flag in zip(runnable, flags):
         point.pareto_layers = flag
     return out
 
 
 def _factory(point: OperatingPoint, exits: torch.Tensor, ids: Sequence[str]) -> PolicyFactory:
-    if point.policy == "oracle":
+    if POLICIES[point.policy].needs_references:  # the oracle: replay its decisions
         by_id = dict(zip(ids, exits.tolist()))
         return lambda batch_ids: ScheduledExit([by_id[i] for i in batch_ids])
     policy = point.build()
@@ -187,31 +174,10 @@ def time_points(
                 point.wer,
                 point.mean_layers_computed,
             )
-    timed = [p for p, _ in chosen if p.policy != "oracle"]
+    timed = [p for p, _ in chosen if not POLICIES[p.policy].needs_references]
     for point, flag in zip(timed, pareto_front([p.wall_relative for p in timed], [p.wer for p in timed])):
         point.pareto_wall = flag
     return {"full_forward_seconds": reference, "engine_full_depth_seconds": engine_full}
-
-
-def _csv(points: Sequence[OperatingPoint]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for p in points:
-        row = p.to_dict()
-        row["exit_counts"] = " ".join(f"{k}:{v}" for k, v in p.exit_counts.items())
-        writer.writerow({k: "" if row[k] is None else row[k] for k in CSV_COLUMNS})
-    return buffer.getvalue()
-
-
-def _decisions_csv(table: ExitTable, results: Sequence[tuple[OperatingPoint, torch.Tensor]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["id", *[p.label for p, _ in results]])
-    columns = [[table.layers[k] for k in exits.tolist()] for _, exits in results]
-    for i, utt in enumerate(table.ids):
-        writer.writerow([utt, *[col[i] for col in columns]])
-    return buffer.getvalue()
 
 
 def format_points(points: Sequence[OperatingPoint], full_depth: int) -> str:
@@ -226,133 +192,87 @@ def format_points(points: Sequence[OperatingPoint], full_depth: int) -> str:
     return "\n".join(lines)
 
 
-def lexicon_decoder_for(
-    em, data, name: str, prepared, lexicon, lexicon_from, nbest: int, beam_size: int, word_score: float
-) -> LexiconBeamDecoder:
-    """The posterior policy's lexicon beam decoder for a split (see ``evaluation.resolve_lexicon``)."""
-    source = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None)
-    lex = source.for_split(name, [u.text for u in prepared], em.tokenizer)
-    return LexiconBeamDecoder(em.tokenizer, lex, nbest=nbest, beam_size=beam_size, word_score=word_score)
-
-
-def scoring_decoder_for(
-    em,
-    data: str | os.PathLike,
-    lexicon: str | None,
-    lexicon_from: Sequence[str] | None,
-    lm_order: int,
-    lm_weight: float = 1.0,
-    word_score: float = 1.0,
-    beam_size: int = 500,
-) -> LexiconBeamDecoder | None:
-    """The lexicon beam search with a Kneser-Ney word ``lm_order``-gram model whose transcripts are
-    scored (the lexicon and the model from a ``lexicon`` file / the ``lexicon_from`` transcripts);
-    ``None`` for ``lm_order`` 0 (greedy transcripts are scored)."""
-    from ..evaluation.evaluate import resolve_lexicon, resolve_lexicon_lm
-
-    if not lm_order:
-        return None
-    if not lexicon_from:
-        raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
-    lex = resolve_lexicon(data, em.tokenizer, lexicon, lexicon_from, None).lexicon
-    lm, _ = resolve_lexicon_lm(data, em.tokenizer, None, lm_order, lexicon_from, None, lex)
-    return LexiconBeamDecoder(
-        em.tokenizer, lex, nbest=1, beam_size=beam_size, word_score=word_score, lm=lm, lm_weight=lm_weight
-    )
-
-
 def run_sweep(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
-    data: str | os.PathLike,
-    split: str | None = None,
-    policies: Sequence[str] = DEFAULT_SWEEP_POLICIES,
-    thresholds: Sequence[str] | None = None,
-    num_thresholds: int = 12,
-    max_layer: int | None = None,
-    timing: str = "all",
-    repeats: int = 1,
-    batch_size: int | None = None,
-    max_batch_seconds: float | None = None,
-    lexicon: str | None = None,
-    lexicon_from: Sequence[str] | None = None,
-    nbest: int = 10,
-    lexicon_beam_size: int = 500,
-    word_score: float = -0.26,
-    num_threads: int | None = None,
-    progress: bool = True,
-    plot: bool = True,
-    score_lm_order: int = 0,
-    score_lm_weight: float = 1.0,
-    score_word_score: float = 1.0,
-    score_beam_size: int = 500,
-    device: str | None = None,
-    dtype: str = "float32",
+    args: SweepArguments | None = None,
+    lexicon: LexiconArguments | None = None,
+    source: LexiconSourceArguments | None = None,
+    scoring: ScoringArguments | None = None,
+    runtime: DeviceArguments | None = None,
+    **options,
 ) -> dict:
     """The ``sweep`` command as a function; returns the content of ``<split>_sweep.json``.
 
-    With ``score_lm_order``, the WERs are those of the lexicon beam search with a word n-gram model
-    (:func:`scoring_decoder_for`); the policies still decide from the exit outputs.
+    Takes the command's option dataclasses (:mod:`.arguments`), or their fields as keywords
+    (:func:`~wav2vec2_ee.options.resolve_options`). With ``--score-lm-order``, the WERs are those of the
+    lexicon beam search with a word n-gram model (:func:`~.arguments.scoring_spec`); the policies still
+    decide from the exit outputs.
     """
-    policies = list(dict.fromkeys(policies))
+    args, lexicon, source, scoring, device = resolve_options(
+        (args, lexicon, source, scoring, runtime),
+        (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
+        options,
+    )
+    policies = list(dict.fromkeys(args.policies))
     bad = [p for p in policies if p not in POLICIES]
     if bad:
         raise ValueError(f"unknown --policies {bad}: choose from {', '.join(POLICIES)}")
-    if timing not in TIMING_MODES:
-        raise ValueError(f"unknown --timing {timing!r}: choose from {', '.join(TIMING_MODES)}")
-    if num_thresholds < 2:
-        raise ValueError(f"--num-thresholds must be >= 2, got {num_thresholds}")
-    overrides = parse_thresholds(thresholds, [p for p in policies if POLICIES[p].parameter is not None])
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    em = load_evaluation_model(checkpoint, device=device, dtype=dtype)
-    batch_size, max_batch_seconds = default_batching(
-        em.device, batch_size, max_batch_seconds, cpu=(16, 320.0)
-    )
-    name, prepared = load_prepared_split(em, data, split, progress)
+    if args.timing not in TIMING_MODES:
+        raise ValueError(f"unknown --timing {args.timing!r}: choose from {', '.join(TIMING_MODES)}")
+    if args.num_thresholds < 2:
+        raise ValueError(f"--num-thresholds must be >= 2, got {args.num_thresholds}")
+    overrides = parse_thresholds(args.thresholds, [p for p in policies if POLICIES[p].parameter is not None])
+    if args.num_threads:
+        torch.set_num_threads(int(args.num_threads))
+    em = load_evaluation_model(checkpoint, device=device.device, dtype=device.dtype)
+    batching = default_batching(em.device, args.batch_size, args.max_batch_seconds, cpu=(16, 320.0))
+    name, prepared = load_prepared_split(em, args.data, args.split, args.progress)
     decoders = Decoders(em.tokenizer)
-    if "posterior" in policies:
-        decoders.lexicon_decoder = lexicon_decoder_for(
-            em, data, name, prepared, lexicon, lexicon_from, nbest, lexicon_beam_size, word_score
-        )
-    scoring = scoring_decoder_for(
-        em, data, lexicon, lexicon_from, score_lm_order, score_lm_weight, score_word_score, score_beam_size
-    )
+    if any(POLICIES[p].needs_lexicon for p in policies):
+        resolved = posterior_spec(lexicon, source).resolve(args.data, em.tokenizer)
+        decoders.lexicon_decoder = resolved.build(name, [u.text for u in prepared])
+    score = scoring_spec(lexicon, source, scoring)
     table = compute_exit_table(
         em,
         prepared,
         decoders.lexicon_decoder,
-        batch_size,
-        max_batch_seconds,
-        progress,
+        *batching,
+        args.progress,
         desc=f"exits {name}",
-        scoring_decoder=scoring,
+        scoring_decoder=score.resolve(args.data, em.tokenizer).build() if score is not None else None,
     )
-    results = sweep_points(table, policies, overrides, num_thresholds, max_layer)
-    points = [p for p, _ in results]
+    results = sweep_points(table, policies, overrides, args.num_thresholds, args.max_layer)
 
     seconds: dict[str, float] = {}
-    if timing != "none":
+    if args.timing != "none":
         chosen = [
             (p, e)
             for p, e in results
-            if timing == "all" or p.pareto_layers or p.policy in ("fixed", "oracle")
+            if args.timing == "all" or p.pareto_layers or POLICIES[p.policy].always_swept
         ]
-        seconds = time_points(em, table, prepared, chosen, decoders, repeats, batch_size, max_batch_seconds)
+        seconds = time_points(em, table, prepared, chosen, decoders, args.repeats, *batching)
+    return _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, batching[0])
 
+
+def _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, batch_size) -> dict:
+    """Write the sweep's files (CSV, decisions, exit table, plot, then the JSON) and print the table.
+    (Ten parameters: the results of :func:`run_sweep`'s steps, handed over as they are.)"""
+    points = [p for p, _ in results]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     curve = oracle_curve(table)
     files = [f"{name}_sweep.csv", f"{name}_sweep.json", f"{name}_exit_table.jsonl", f"{name}_decisions.csv"]
     write_exit_table(table, out / files[2])
-    atomic_write_text(out / files[3], _decisions_csv(table, results))
-    atomic_write_text(out / files[0], _csv(points))
-    if plot:
+    decisions = [[table.layers[k] for k in exits.tolist()] for _, exits in results]
+    atomic_write_text(out / files[3], format_decisions_csv(table.ids, [p.label for p in points], decisions))
+    atomic_write_text(out / files[0], format_points_csv(points))
+    if args.plot:
         files.append(f"{name}_sweep.png")
         plot_tradeoff(points, out / files[-1], curve, title=f"{Path(checkpoint).name} on {name}")
     summary = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "data": str(Path(data).resolve()),
+        "data": str(Path(args.data).resolve()),
         "split": name,
         "utterances": table.num_utterances,
         "audio_seconds": sum(table.audio_seconds),
@@ -360,11 +280,11 @@ def run_sweep(
         "full_depth": table.full_depth,
         "final_exit_wer": table.wer_of_exit(len(table.layers) - 1),
         "timing": {
-            "mode": timing,
-            "repeats": repeats,
+            "mode": args.timing,
+            "repeats": args.repeats,
             "batch_size": batch_size,
             "device": str(em.device),
-            "dtype": dtype,
+            "dtype": device.dtype,
             "full_forward_seconds": seconds.get("full_forward_seconds"),
             "engine_full_depth_seconds": seconds.get("engine_full_depth_seconds"),
             "threads": torch.get_num_threads(),

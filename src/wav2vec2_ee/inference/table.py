@@ -21,18 +21,19 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import PreparedUtterance, SpeechDataset, load_split, prepare_utterances
+from ..data import PreparedUtterance, SpeechDataset, resolve_splits
+from ..data import load_prepared_split as prepare_split
 from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode_exits, nbest_posterior
 from ..evaluation.engine import iter_exit_logits
-from ..evaluation.evaluate import EvaluationModel, min_duration_for_ctc, normalize_transcript, resolve_splits
 from ..evaluation.metrics import mean_frame_entropy, mean_max_prob, word_errors
-from .policies import POLICIES, ExitPolicy, ExitView, ThresholdPolicy, policy_with_value
+from ..evaluation.model import EvaluationModel, min_duration_for_ctc
+from ..evaluation.results import write_jsonl
+from ..vocab import normalize_transcript
+from .policies import POLICIES, ExitPolicy, ExitView, policy_with_value
 
 logger = logging.getLogger(__name__)
 
@@ -49,19 +50,7 @@ def load_prepared_split(
     if len(pairs) != 1:
         raise ValueError(f"{data}: name one split with --split (e.g. dev)")
     name, which = pairs[0]
-    utterances = load_split(data, [which] if which is not None else None)
-    prepared, report = prepare_utterances(
-        utterances,
-        em.tokenizer,
-        require_text=True,
-        min_duration=min_duration_for_ctc(em.model),
-        progress=progress,
-        desc=f"checking {name}",
-        tokenize=False,
-    )
-    if not prepared:
-        raise ValueError(f"{name}: no usable utterance ({report.summary()})")
-    logger.info("%s: %s", name, report.summary())
+    prepared, _ = prepare_split(data, name, which, em.tokenizer, min_duration_for_ctc(em.model), progress)
     return name, prepared
 
 
@@ -154,6 +143,7 @@ def compute_exit_table(
     scoring_decoder: LexiconBeamDecoder | None = None,
 ) -> ExitTable:
     """Run every utterance through every exit once (length-grouped batches) and tabulate the outputs.
+    (About 70 lines: one streaming loop fills every column of the table, then unreadable audio is dropped.)
 
     Args:
         lexicon_decoder: gives the ``posterior`` statistic.
@@ -273,7 +263,7 @@ def point_from_exits(table: ExitTable, policy: ExitPolicy, exits: torch.Tensor) 
     layers = torch.tensor(table.layers, dtype=torch.float64)[exits]
     counts = torch.bincount(exits, minlength=len(table.layers)).tolist()
     info = policy.describe()
-    if info["policy"] == "fixed" and info["value"] is None:  # the deepest allowed exit
+    if info["value"] is None and info["parameter"] == "layer":  # a fixed exit: the deepest allowed
         info["value"] = table.layers[policy.deepest_exit(table.layers)]
     return OperatingPoint(
         policy=info["policy"],
@@ -301,65 +291,17 @@ def evaluate_policy(table: ExitTable, policy: ExitPolicy) -> tuple[OperatingPoin
 # threshold grids
 
 
-def _between(low: float, high: float) -> float:
-    """The shortest decimal strictly between ``low`` and ``high`` (also in float32, as statistics are)."""
-    mid = (low + high) / 2
-    for digits in range(0, 17):
-        value = round(mid, digits)
-        if low < value < high and low < float(np.float32(value)) < high:
-            return value
-    return mid
-
-
-def _cuts(values: torch.Tensor) -> list[float]:
-    """Thresholds that separate the sorted distinct ``values``: one below all, one between each pair of
-    neighbours (short decimals, so engine and simulation cannot differ by a float tie), one above all."""
-    u = torch.unique(values[torch.isfinite(values)].double()).tolist()
-    if not u:
-        return []
-    margin = max(1e-6, 1e-3 * (u[-1] - u[0]))
-    return (
-        [_between(u[0] - 2 * margin, u[0])]
-        + [_between(a, b) for a, b in zip(u, u[1:])]
-        + [_between(u[-1], u[-1] + 2 * margin)]
-    )
-
-
 def threshold_grid(
     table: ExitTable, name: str, num: int | None = 12, max_layer: int | None = None
 ) -> list[float | int | None]:
-    """The parameter values to try for policy ``name`` on this split.
-
-    Threshold policies: ``num`` values spread over the quantiles of the statistic as observed at the
-    exits where the policy decides (every exit but the deepest allowed), always including one value
-    that stops nobody early and one that stops everybody at the first exit; ``num=None`` gives every
-    distinct decision (all midpoints between observed values). Patience: 1 .. number of exits.
-    Fixed: every exit (at or below ``max_layer``). Oracle: one point.
-    """
+    """The parameter values to try for policy ``name`` on this split (the policy's own
+    :meth:`~.policies.ExitPolicy.candidate_values` over the exits at or below ``max_layer``)."""
     if name not in POLICIES:
         raise ValueError(f"cannot sweep the policy {name!r}: choose from {', '.join(POLICIES)}")
-    cls = POLICIES[name]
     allowed = [layer for layer in table.layers if max_layer is None or layer <= max_layer]
     if not allowed:
         raise ValueError(f"max_layer {max_layer} is below the first exit (layer {table.layers[0]})")
-    if cls.parameter is None:
-        return [None]
-    if name == "fixed":
-        return list(allowed)
-    if name == "patience":
-        return list(range(1, len(allowed) + 1))
-    assert issubclass(cls, ThresholdPolicy)
-    if cls.statistic not in table.stats:
-        raise ValueError(
-            f"the {name} policy needs the {cls.statistic} statistic, which was not computed "
-            "(the posterior needs a lexicon: --lexicon or --lexicon-from)"
-        )
-    deciding = table.stats[cls.statistic][: max(1, len(allowed) - 1)]
-    cuts = _cuts(deciding.flatten())
-    if num is None or len(cuts) <= num:
-        return cuts
-    picks = torch.linspace(0, len(cuts) - 1, max(2, num)).round().long().unique().tolist()
-    return [cuts[i] for i in picks]
+    return POLICIES[name].candidate_values(table.stats, allowed, num)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,10 +365,4 @@ def oracle_wer_at(curve: Sequence[tuple[float, float]], depth: float) -> float:
 
 def write_exit_table(table: ExitTable, path: str | os.PathLike) -> None:
     """The table as JSON lines, one utterance per line (every simulated number traces back here)."""
-    import json
-
-    from ..evaluation.results import atomic_write_text
-
-    atomic_write_text(
-        Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in table.to_records())
-    )
+    write_jsonl(path, table.to_records())

@@ -26,7 +26,7 @@ from ..data.audio import SAMPLING_RATE
 from ..device import autocast_dtype, forward_precision, model_device, prepare_for_inference
 from ..evaluation.decoding import LexiconBeamDecoder
 from ..evaluation.engine import length_grouped_batches
-from ..evaluation.evaluate import min_duration_for_ctc
+from ..evaluation.model import min_duration_for_ctc
 from ..modeling import Wav2Vec2EEForCTC, load_model
 from ..vocab import build_processor
 from .engine import run_early_exit

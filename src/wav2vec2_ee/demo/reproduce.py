@@ -3,16 +3,17 @@
 Rows, as in the seed's ``wer_results`` (see ``reproduce.md`` for the budgets actually used):
 
 * EE training from scratch (the demo's model);
-* starting from the EE model, like the seed's fine-tuning runs: EE + KD (``ee_alpha`` 0.3, the EE
-  model as the frozen teacher), EE + dynamic KD (one ``ee_alpha`` per exit, see
-  :func:`~wav2vec2_ee.demo.dkd_alphas`), confidence-weighted CTC (inverse and not), manual exit
+* starting from the EE model, like the seed's fine-tuning runs: EE + KD (``ee_alpha`` 0.3, the
+  objective's default, the EE model as the frozen teacher), EE + dynamic KD (one ``ee_alpha`` per exit, see
+  :func:`~wav2vec2_ee.demo.presets.dkd_alphas`), confidence-weighted CTC (inverse and not), manual exit
   activation with one exit (plain and with inverse confidence);
 * baselines without exits of 2, 4, 6 layers trained from scratch with the EE run's budget, and the
   deepest baseline read at every exit layer through its one head (the seed's "no early-exit training"
   row).
 
 Every run is skipped when its final model exists (``demo_run.json`` in its folder), and every
-evaluation when its result files exist, so an interrupted reproduction resumes where it stopped.
+evaluation when its result files exist, so an interrupted reproduction resumes where it stopped. A
+failed run costs only its row; :func:`run_reproduce` then returns 1, the exit status of the command.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .demo import DemoPreset, RunSpec, _say, dkd_alphas, evaluate_run, train_run
-from .io import atomic_write_text
+from ..io import atomic_write_text
+from ..objectives import DEFAULT_KD_ALPHA
+from .presets import DemoPreset, dkd_alphas
+from .runs import RunSpec, evaluate_run, say, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[
     from_ee = [
         RunSpec(
             "kd",
-            f"EE + KD, ee_alpha 0.3 (teacher: the EE model), {start}",
-            {**finetune, "objective": "kd", "ee_alpha": [0.3], "teacher": str(ee_dir)},
+            f"EE + KD, ee_alpha {DEFAULT_KD_ALPHA:g} (teacher: the EE model), {start}",
+            {**finetune, "objective": "kd", "ee_alpha": [DEFAULT_KD_ALPHA], "teacher": str(ee_dir)},
         ),
         RunSpec(
             "dkd",
@@ -97,8 +100,8 @@ def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[
 
 def shared_head_copy(baseline_dir: Path, exit_layers: list[int], out_dir: Path) -> Path:
     """The baseline without exits, read at ``exit_layers`` through its one final head (saved to ``out_dir``)."""
-    from .modeling import load_model
-    from .vocab import build_processor
+    from ..modeling import load_model
+    from ..vocab import build_processor
 
     marker = out_dir / "source.json"
     source = {"baseline": str(baseline_dir), "exit_layers": exit_layers}
@@ -157,15 +160,7 @@ def _error(err: Exception) -> str:
 
 def _evaluate(result: RunResult, model_dir: Path, corpus: Path, preset: DemoPreset, overwrite: bool) -> None:
     evaluated = evaluate_run(
-        model_dir,
-        model_dir / "eval",
-        corpus,
-        preset.reproduce_splits,
-        lexicon_beam_size=preset.lexicon_beam_size,
-        overwrite=overwrite,
-        lm_order=preset.lm_order,
-        lm_weight=preset.lm_weight,
-        lm_word_score=preset.lm_word_score,
+        model_dir, model_dir / "eval", corpus, preset.reproduce_splits, preset.decoding(), overwrite=overwrite
     )
     result.wer = {
         "greedy": evaluated["greedy"],
@@ -183,40 +178,42 @@ def _run_one(spec: RunSpec, out: Path, corpus: Path, preset: DemoPreset, overwri
     except Exception as err:  # one failed run must not cost the others: it is reported in the table
         logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
         result.error = _error(err)
-        _say(f"{spec.name}: {result.error}")
+        say(f"{spec.name}: {result.error}")
     gc.collect()
     return result
 
 
-def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool = False) -> int:
-    """Train and evaluate every run of the table (skipping finished ones); write ``reproduce.md``.
+def _train_all(
+    preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool
+) -> tuple[list[RunResult], list[RunResult]]:
+    """Train and evaluate the EE run, the runs starting from its model and the baselines (finished ones
+    are skipped); returns the rows (the EE run first) and the baselines.
 
-    Returns 0, or 1 when a run failed (its row says why; rerunning retries only the unfinished runs).
+    When a time budget cut the EE run short, its row says how far it went and the baselines get as
+    many steps.
     """
-    start = time.perf_counter()
-    splits = preset.reproduce_splits
-    exit_layers = list(preset.model["exit_layers"])
-    ee_dir = out / ee.name
     runs_dir = out / "reproduce"
-    from_ee, baseline_specs = reproduce_runs(preset, ee, ee_dir)
-    _say(
+    from_ee, baseline_specs = reproduce_runs(preset, ee, out / ee.name)
+    say(
         f"reproduce: {1 + len(from_ee) + len(baseline_specs)} runs into {runs_dir} "
         "(finished runs are skipped; rerun to resume)"
     )
-
     ee_result = _run_one(ee, out, corpus, preset, overwrite)
     ee_steps = (ee_result.timing or {}).get("steps")
     if ee_steps and ee_steps < ee.train["max_steps"]:
-        # a time budget cut the EE run: its row says how far it went, the baselines get as many steps
         planned = f"{ee.train['max_steps']} steps"
         ee_result.spec = replace(ee, label=ee.label.replace(planned, f"{ee_steps} of {planned}"))
-        _say(f"reproduce: baselines trained for the EE run's {ee_steps} steps (its time budget)")
+        say(f"reproduce: baselines trained for the EE run's {ee_steps} steps (its time budget)")
         baseline_specs = [replace(b, train={**b.train, "max_steps": ee_steps}) for b in baseline_specs]
     rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in from_ee]
     baselines = [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in baseline_specs]
+    return rows, baselines
 
-    # the seed's first row: the deepest baseline read at every exit through its one head
-    deepest = baselines[-1]
+
+def _shared_head_row(
+    deepest: RunResult, runs_dir: Path, corpus: Path, preset: DemoPreset, overwrite: bool
+) -> RunResult:
+    """The seed's first row: the deepest baseline read at every exit through its one head."""
     no_ee = RunResult(
         RunSpec(
             deepest.spec.name + SHARED_HEAD_SUFFIX,
@@ -225,19 +222,23 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
             deepest.spec.train,
         )
     )
-    if deepest.wer is not None:
-        try:
-            copy_dir = shared_head_copy(runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name)
-            _evaluate(no_ee, copy_dir, corpus, preset, overwrite)
-        except Exception as err:
-            logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())
-            no_ee.error = _error(err)
-    else:
+    if deepest.wer is None:
         no_ee.error = "failed: its baseline failed"
-    rows.insert(0, no_ee)
+        return no_ee
+    exit_layers = list(preset.model["exit_layers"])
+    try:
+        copy_dir = shared_head_copy(runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name)
+        _evaluate(no_ee, copy_dir, corpus, preset, overwrite)
+    except Exception as err:
+        logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())
+        no_ee.error = _error(err)
+    return no_ee
 
-    seconds = time.perf_counter() - start
-    all_runs = [ee_result, *rows[2:], *baselines]
+
+def _notes(preset: DemoPreset, all_runs: list[RunResult], runs_dir: Path, seconds: float) -> str:
+    """The budgets and the list of runs under the tables (``all_runs[0]`` is the EE run)."""
+    ee = all_runs[0].spec.train
+    ee_steps = (all_runs[0].timing or {}).get("steps")
     per_run = "\n".join(
         f"- `{r.spec.name}`: "
         + (
@@ -248,6 +249,29 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
         )
         for r in all_runs
     )
+    ft = preset.finetune
+    return (
+        "Budgets: the EE run and the baselines train from scratch with the same schedule "
+        f"({ee_steps or ee['max_steps']} steps, batch {ee['per_device_train_batch_size']}, peak learning rate "
+        f"{ee['learning_rate']}); the KD, DKD, confidence and manual-activation runs start from the EE model "
+        f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
+        f"peak learning rate {ft['learning_rate']}. The seed's layer-12 baseline has no counterpart here.\n\n"
+        f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
+        f"command {seconds / 60:.1f} min):\n\n{per_run}"
+    )
+
+
+def _report(
+    preset: DemoPreset,
+    corpus: Path,
+    rows: list[RunResult],
+    baselines: list[RunResult],
+    runs_dir: Path,
+    seconds: float,
+) -> str:
+    """``reproduce.md``: the header, one table per decoder, the notes (``rows[1]`` is the EE run)."""
+    splits = preset.reproduce_splits
+    exit_layers = list(preset.model["exit_layers"])
     header = (
         "# Reproduction of the seed's results on the synthetic eSpeak NG corpus\n\n"
         f"Word error rates (%) on the held-out voices of the corpus `{corpus}`: "
@@ -255,16 +279,6 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
         f"wav2vec2 configuration ({preset.model['num_hidden_layers']} layers, hidden size "
         f"{preset.model['hidden_size']}), trained from scratch on this CPU; exits after layers "
         f"{', '.join(map(str, exit_layers))}."
-    )
-    ft = preset.finetune
-    notes = (
-        "Budgets: the EE run and the baselines train from scratch with the same schedule "
-        f"({ee_steps or ee.train['max_steps']} steps, batch {ee.train['per_device_train_batch_size']}, peak learning rate "
-        f"{ee.train['learning_rate']}); the KD, DKD, confidence and manual-activation runs start from the EE model "
-        f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
-        f"peak learning rate {ft['learning_rate']}. The seed's layer-12 baseline has no counterpart here.\n\n"
-        f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
-        f"command {seconds / 60:.1f} min):\n\n{per_run}"
     )
     parts = [
         header,
@@ -289,11 +303,26 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
                 "",
                 format_reproduce_table(rows, baselines, exit_layers, splits, "lexicon_lm"),
             ]
-    text = "\n".join([*parts, "", notes, ""])
+    notes = _notes(preset, [*rows[1:], *baselines], runs_dir, seconds)
+    return "\n".join([*parts, "", notes, ""])
+
+
+def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool = False) -> int:
+    """Train and evaluate every run of the table (skipping finished ones); write ``reproduce.md`` and
+    ``reproduce.json``.
+
+    Returns 0, or 1 when a run failed (its row says why; rerunning retries only the unfinished runs).
+    """
+    start = time.perf_counter()
+    runs_dir = out / "reproduce"
+    rows, baselines = _train_all(preset, out, corpus, ee, overwrite)
+    rows.insert(0, _shared_head_row(baselines[-1], runs_dir, corpus, preset, overwrite))
+    seconds = time.perf_counter() - start
+    text = _report(preset, corpus, rows, baselines, runs_dir, seconds)
     atomic_write_text(out / "reproduce.md", text)
     record = {
-        "splits": list(splits),
-        "exit_layers": exit_layers,
+        "splits": list(preset.reproduce_splits),
+        "exit_layers": list(preset.model["exit_layers"]),
         "rows": [
             {"name": r.spec.name, "label": r.spec.label, "wer": r.wer, "timing": r.timing, "error": r.error}
             for r in rows + baselines
@@ -303,5 +332,10 @@ def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, over
     atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2) + "\n")
     print()
     print(text)
-    _say(f"reproduction table: {out / 'reproduce.md'} (and reproduce.json)")
-    return 1 if any(r.error for r in rows + baselines) else 0
+    say(f"reproduction table: {out / 'reproduce.md'} (and reproduce.json)")
+    failed = [r.spec.name for r in rows + baselines if r.error]
+    if failed:
+        say(
+            f"reproduce: {len(failed)} of {len(rows + baselines)} rows failed ({', '.join(failed)}); rerun to retry"
+        )
+    return 1 if failed else 0

@@ -1,0 +1,218 @@
+"""The options of ``wav2vec2-ee transcribe | sweep | calibrate`` (``HfArgumentParser`` dataclasses), and the
+lexicon decoders they describe (:class:`~wav2vec2_ee.evaluation.LexiconDecoderSpec`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..evaluation.decoder_spec import LexiconDecoderSpec
+from .policies import POLICY_NAMES
+
+
+@dataclass
+class LexiconArguments:
+    """The lexicon beam search of the ``posterior`` policy."""
+
+    lexicon: str | None = field(
+        default=None,
+        metadata={"help": "posterior policy: lexicon file ('WORD W O R D |' lines, or one word per line)"},
+    )
+    nbest: int = field(default=10, metadata={"help": "posterior policy: hypotheses in the n-best list"})
+    lexicon_beam_size: int = field(default=500, metadata={"help": "posterior policy: lexicon beam size"})
+    word_score: float = field(default=-0.26, metadata={"help": "posterior policy: word score (seed: -0.26)"})
+
+
+@dataclass
+class LexiconSourceArguments:
+    """Where the posterior's lexicon comes from when there is no ``--lexicon`` file (sweep, calibrate)."""
+
+    lexicon_from: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "posterior policy: build the lexicon from the transcripts of these splits of --data "
+            "(or manifests); unset: the split's own references (an oracle vocabulary, warned about)"
+        },
+    )
+
+
+@dataclass
+class ScoringArguments:
+    """Which transcripts the WERs of ``sweep`` / ``calibrate`` score."""
+
+    score_lm_order: int = field(
+        default=0,
+        metadata={
+            "help": "score WER on the transcripts of the lexicon beam search with a Kneser-Ney word n-gram model "
+            "of this order from --lexicon-from's transcripts (default 0: greedy transcripts); policies still "
+            "decide from the exit outputs"
+        },
+    )
+    score_lm_weight: float = field(default=1.0, metadata={"help": "LM weight of --score-lm-order"})
+    score_word_score: float = field(default=1.0, metadata={"help": "word score of --score-lm-order"})
+    score_beam_size: int = field(default=500, metadata={"help": "beam size of --score-lm-order"})
+
+
+@dataclass
+class TranscribeArguments:
+    """Options of ``wav2vec2-ee transcribe`` (the positional checkpoint and audio files come first)."""
+
+    policy: str = field(
+        default="fixed",
+        metadata={
+            "help": f"exit policy: {', '.join(POLICY_NAMES[:-1])} or budget (default fixed: the last exit)"
+        },
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "entropy: stop at mean frame entropy <= this (nats); confidence: mean max-probability >= this; "
+            "posterior: n-best posterior >= this"
+        },
+    )
+    patience: int | None = field(
+        default=None, metadata={"help": "patience policy: stop when this many consecutive exits agree"}
+    )
+    layer: int | None = field(
+        default=None, metadata={"help": "fixed policy: the exit layer (unset: the last exit)"}
+    )
+    max_layer: int | None = field(
+        default=None, metadata={"help": "layer budget: never compute beyond this layer (with any policy)"}
+    )
+    json: bool = field(default=False, metadata={"help": "print a JSON list of results instead of lines"})
+    batch_size: int = field(default=16, metadata={"help": "utterances per length-sorted batch"})
+    max_batch_seconds: float = field(default=160.0, metadata={"help": "seconds of padded audio per batch"})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
+    )
+
+
+@dataclass
+class SweepArguments:
+    """Options of ``wav2vec2-ee sweep`` (the positional checkpoint and output folder come first)."""
+
+    data: str = field(
+        metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
+    )
+    split: str | None = field(
+        default=None, metadata={"help": "the split to sweep on (e.g. dev; a manifest is one)"}
+    )
+    policies: list[str] = field(
+        default_factory=lambda: ["entropy", "confidence", "patience"],
+        metadata={
+            "help": "policies to sweep: entropy confidence posterior patience (every fixed exit and the oracle "
+            "are always included)"
+        },
+    )
+    thresholds: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "override the grids: POLICY=V1,V2,... items (e.g. entropy=0.1,0.3 patience=2,3), or plain "
+            "numbers when one policy is swept; default: quantiles of each statistic on the split"
+        },
+    )
+    num_thresholds: int = field(
+        default=12, metadata={"help": "grid size per threshold policy (quantile-spaced)"}
+    )
+    max_layer: int | None = field(
+        default=None, metadata={"help": "layer budget applied to every policy: never beyond this layer"}
+    )
+    timing: Literal["all", "pareto", "none"] = field(
+        default="all",
+        metadata={
+            "help": "wall time, measured by running the engine: all (every point), pareto (front + fixed exits + "
+            "oracle), none"
+        },
+    )
+    repeats: int = field(default=1, metadata={"help": "timed rounds per point (the fastest counts)"})
+    batch_size: int | None = field(
+        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
+    )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
+    )
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    plot: bool = field(default=True, metadata={"help": "write <split>_sweep.png"})
+
+
+@dataclass
+class CalibrateArguments:
+    """Options of ``wav2vec2-ee calibrate`` (the positional checkpoint comes first)."""
+
+    data: str = field(
+        metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
+    )
+    split: str | None = field(
+        default=None, metadata={"help": "the development split to calibrate on (e.g. dev)"}
+    )
+    policy: str = field(
+        default="entropy", metadata={"help": "entropy, confidence, posterior, patience or fixed"}
+    )
+    max_wer_increase: float = field(
+        default=0.05,
+        metadata={"help": "allowed relative WER increase over the final exit (0.05 = plus 5 percent)"},
+    )
+    test_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "apply the chosen value to this split (or manifest) and report it; nothing is tuned on it"
+        },
+    )
+    thresholds: list[float] | None = field(
+        default=None, metadata={"help": "candidate values (default: every distinct decision on the split)"}
+    )
+    max_layer: int | None = field(default=None, metadata={"help": "layer budget: never beyond this layer"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of lines"})
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "also write <split>_exit_table.jsonl per split and calibration_<policy>.json here"},
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
+    )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
+    )
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
+    )
+    progress: bool = field(default=False, metadata={"help": "show progress bars (on stderr)"})
+
+
+def posterior_spec(
+    lexicon: LexiconArguments, source: LexiconSourceArguments | None = None
+) -> LexiconDecoderSpec:
+    """The lexicon beam search of the ``posterior`` policy (no language model, as the seed)."""
+    return LexiconDecoderSpec(
+        lexicon=lexicon.lexicon,
+        lexicon_from=source.lexicon_from if source is not None else None,
+        nbest=lexicon.nbest,
+        beam_size=lexicon.lexicon_beam_size,
+        word_score=lexicon.word_score,
+    )
+
+
+def scoring_spec(
+    lexicon: LexiconArguments, source: LexiconSourceArguments, scoring: ScoringArguments
+) -> LexiconDecoderSpec | None:
+    """The lexicon beam search with a word n-gram model whose transcripts ``sweep`` / ``calibrate``
+    score (``--score-lm-order``); ``None`` when greedy transcripts are scored."""
+    if not scoring.score_lm_order:
+        return None
+    if not source.lexicon_from:
+        raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
+    return LexiconDecoderSpec(
+        lexicon=lexicon.lexicon,
+        lexicon_from=source.lexicon_from,
+        nbest=1,
+        beam_size=scoring.score_beam_size,
+        word_score=scoring.score_word_score,
+        lm_order=scoring.score_lm_order,
+        lm_weight=scoring.score_lm_weight,
+        lm_order_flag="--score-lm-order",
+    )

@@ -1,0 +1,98 @@
+"""Properties of the package's structure that a newcomer relies on: one home per concept.
+
+Each test reads the package's source as text (cheap) and fails on the pattern that would bring a second
+home back: a second loop over encoder layers, a policy name switched on outside the policy factory, a
+lexicon decoder built outside its spec, a file written without the one atomic writer, a second
+definition of a shared constant.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import wav2vec2_ee
+
+ROOT = Path(wav2vec2_ee.__file__).parent
+
+
+def _sources() -> dict[str, str]:
+    return {str(p.relative_to(ROOT)): p.read_text(encoding="utf-8") for p in ROOT.rglob("*.py")}
+
+
+def _offenders(pattern: str, allowed: set[str]) -> list[str]:
+    regex = re.compile(pattern)
+    return sorted(
+        f"{name}:{i}"
+        for name, text in _sources().items()
+        if name not in allowed
+        for i, line in enumerate(text.splitlines(), 1)
+        if regex.search(line)
+    )
+
+
+def test_the_encoder_runs_in_one_place():
+    """Only Wav2Vec2EEForCTC.iter_exits loops over encoder layers."""
+    assert _offenders(r"run_layer\(|encoder_layers\[|encoder\.layers\[", {"modeling.py"}) == []
+
+
+def test_no_code_outside_the_policy_factory_switches_on_a_policy_name():
+    names = "fixed|oracle|entropy|confidence|posterior|patience|budget"
+    pattern = rf'(==|!=)\s*"({names})"|"({names})"\s*(==|!=)|in \("({names})"'
+    # objectives.py holds the objectives' own factory (an objective is named "confidence" too)
+    assert _offenders(pattern, {"inference/policies.py", "objectives.py"}) == []
+
+
+def test_lexicon_decoders_are_built_from_their_spec():
+    assert _offenders(r"LexiconBeamDecoder\(", {"evaluation/decoder_spec.py", "evaluation/decoding.py"}) == []
+
+
+def test_files_are_written_by_the_one_atomic_writer():
+    assert _offenders(r"os\.replace\(|mkstemp\(|\.rename\(", {"io.py"}) == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "home"),
+    [
+        (r"^SAMPLING_RATE = ", "vocab.py"),
+        (r"^def frame_mask\(", "objectives.py"),
+        (r"[(,=]\s*-100\b", "objectives.py"),
+        (r"^def normalize_transcript\(", "vocab.py"),
+        (r"^def resolve_splits\(", "data/splits.py"),
+    ],
+)
+def test_one_definition(pattern, home):
+    found = {name.split(":")[0] for name in _offenders(pattern, set())}
+    assert found == {home}
+
+
+def test_commands_take_their_option_dataclasses():
+    """The command functions take a few option objects, not long keyword lists."""
+    from wav2vec2_ee.evaluation.evaluate import evaluate_checkpoint
+    from wav2vec2_ee.inference.calibrate import run_calibration
+    from wav2vec2_ee.inference.sweep import run_sweep
+
+    for fn in (evaluate_checkpoint, run_sweep, run_calibration):
+        tree = ast.parse(Path(fn.__code__.co_filename).read_text())
+        node = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == fn.__name__)
+        assert len(node.args.args) <= 7 and node.args.kwarg is not None, fn.__name__
+
+
+def test_resolve_options_routes_keywords_to_their_dataclass():
+    from wav2vec2_ee.device import DeviceArguments
+    from wav2vec2_ee.evaluation.arguments import EvaluationArguments
+    from wav2vec2_ee.options import resolve_options
+
+    args, device = resolve_options(
+        (None, DeviceArguments(dtype="bfloat16")),
+        (EvaluationArguments, DeviceArguments),
+        {"data": "corpus", "splits": ["test"], "device": "cpu"},
+    )
+    assert (args.data, args.splits, device.device, device.dtype) == ("corpus", ["test"], "cpu", "bfloat16")
+    with pytest.raises(TypeError, match="unknown options"):
+        resolve_options((None,), (DeviceArguments,), {"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown --exit-stats"):  # the dataclass checks itself
+        EvaluationArguments(data="corpus", exit_stats=["bogus"])
