@@ -96,3 +96,27 @@ def test_resolve_options_routes_keywords_to_their_dataclass():
         resolve_options((None,), (DeviceArguments,), {"nonsense": 1})
     with pytest.raises(ValueError, match="unknown --exit-stats"):  # the dataclass checks itself
         EvaluationArguments(data="corpus", exit_stats=["bogus"])
+
+
+def test_atomic_writes_follow_the_umask_and_leave_no_temporary_file(tmp_path):
+    import os
+    import stat
+
+    from wav2vec2_ee.io import atomic_write_json, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        atomic_write_json(tmp_path / "sub" / "b.json", {"k": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert (tmp_path / "sub" / "b.json").read_text() == '{\n  "k": 1\n}\n'
+    with pytest.raises(RuntimeError):  # a failure inside the block keeps the old file, no temporary one
+        from wav2vec2_ee.io import atomic_open
+
+        with atomic_open(tmp_path / "a.txt") as f:
+            f.write("partial")
+            raise RuntimeError("crash")
+    assert (tmp_path / "a.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "sub"]
