@@ -12,7 +12,7 @@ import torch
 from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.data import DataCollatorCTCWithPadding, PreparedUtterance, SpeechDataset
 from wav2vec2_ee.data.augment import SpeedPerturbation
-from wav2vec2_ee.training.trainer import TeacherLabels
+from wav2vec2_ee.training.teacher import TeacherLabels
 from wav2vec2_ee.vocab import build_feature_extractor
 
 from helpers_audio import good_items, tone, write_librispeech, write_model_json

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pytest
@@ -10,12 +12,14 @@ import soundfile as sf
 import torch
 
 from wav2vec2_ee.data import (
+    BadItemError,
     DataCollatorCTCWithPadding,
     DataError,
     SpeechDataset,
     load_audio,
     load_split,
     prepare_utterances,
+    read_texts,
     source_kind,
 )
 from wav2vec2_ee.vocab import TextNormalizer, build_feature_extractor, build_tokenizer
@@ -141,3 +145,48 @@ def test_prepare_collate_and_group_by_length(tmp_path):
     assert padded["input_values"].shape == (2, 12800)
     assert padded["attention_mask"].sum(-1).tolist() == [8000, 12000]
     assert torch.equal(padded["input_values"][:, :12000], batch["input_values"])
+
+
+def test_bad_rows_travel_with_the_utterances(tmp_path, caplog):
+    """The rows a reader leaves out ride on its result (``skipped``), survive slicing, can be
+    collected in a list, and reach the report of whoever consumes them (here :func:`read_texts`)."""
+    sf.write(tmp_path / "a.wav", _tone(0.4), 16000)
+    rows = [{"audio": "a.wav", "text": "one two"}, {"audio": "a.wav", "text": ["a", "b"], "id": "x"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    collected: list = []
+    utts = load_split(tmp_path / "m.jsonl", None, skipped=collected)
+    assert [u.text for u in utts] == ["one two"]
+    where = f"{tmp_path / 'm.jsonl'}:2"
+    assert utts.skipped == collected == [(where, "bad row: 'text' must be a string, got list ['a', 'b']")]
+    assert utts[:1].skipped == utts.skipped and utts[0].id == "a"
+    with caplog.at_level(logging.WARNING):
+        assert read_texts(None, [str(tmp_path / "m.jsonl")]) == ["one two"]
+    assert [r.getMessage() for r in caplog.records] == [f"skipping {where}: {collected[0][1]}"]
+    with pytest.raises(BadItemError, match=re.escape(f"{where}: bad row: 'text'")):
+        read_texts(None, [str(tmp_path / "m.jsonl")], strict=True)
+    # a manifest with rows but none usable is an error that names the first bad row
+    (tmp_path / "all_bad.jsonl").write_text('{"audio": null, "text": "x"}\n[1]\n')
+    with pytest.raises(
+        DataError, match=r"all_bad\.jsonl: no usable row \(2 bad, the first .*all_bad\.jsonl:1"
+    ):
+        load_split(tmp_path / "all_bad.jsonl", None)
+
+
+def test_hf_dataset_bad_rows_and_repeated_ids(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    sf.write(tmp_path / "a.flac", _tone(0.5), 16000)
+    ds = datasets.Dataset.from_dict(
+        {
+            "audio": [str(tmp_path / "a.flac")] * 3,
+            "text": ["good day", "again", "late"],
+            "id": ["u", "u", "v"],
+        }
+    )
+    ds.cast_column("audio", datasets.Audio(decode=False)).save_to_disk(str(tmp_path / "hf"))
+    utts = load_split(tmp_path / "hf", None)
+    assert [(u.id, u.text) for u in utts] == [("u", "good day"), ("v", "late")]
+    assert utts.skipped == [
+        (f"{tmp_path / 'hf'} row 1", f"duplicate id: u (first at {tmp_path / 'hf'} row 0)")
+    ]
+    with pytest.raises(BadItemError, match="row 1: duplicate id: u"):
+        load_split(tmp_path / "hf", None, strict=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -125,7 +126,10 @@ def test_plain_ctc_checkpoint_final_exit_equals_its_logits(tmp_path):
 def test_base_model_checkpoint_gets_fresh_heads_and_truncation(tmp_path):
     base = Wav2Vec2Model(Wav2Vec2Config(**_plain_kwargs()))
     base.save_pretrained(tmp_path)
-    model = load_model(tmp_path, vocab_size=32, num_hidden_layers=2)
+    # fresh heads only when asked for (training); inference refuses an encoder without CTC head
+    with pytest.raises(ValueError, match=r"no CTC head \(lm_head\)"):
+        load_model(tmp_path, vocab_size=32)
+    model = load_model(tmp_path, vocab_size=32, num_hidden_layers=2, allow_random_init=True)
     assert model.config.num_hidden_layers == 2 and len(model.encoder_layers) == 2
     assert model.config.exit_layers == [2]
     # the kept layers are the pretrained first two
@@ -161,6 +165,63 @@ def test_original_research_code_layout(tmp_path, shared):
     out = model(x, attention_mask=mask, output_hidden_states=True)
     for k, layer in enumerate([2, 4]):
         assert torch.allclose(out.exit_logits[k], heads[k](out.hidden_states[layer]), atol=1e-5)
+
+
+def _modeling_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "wav2vec2_ee.modeling"]
+
+
+def test_documented_conversions_are_announced_in_one_line(tmp_path, caplog):
+    """Plain Wav2Vec2ForCTC -> exit heads from lm_head; the original code's decoders.{i} layout: each
+    conversion is one INFO line (and transformers' multi-line load report is not printed)."""
+    plain = Wav2Vec2ForCTC(Wav2Vec2Config(**_plain_kwargs()))
+    plain.save_pretrained(tmp_path / "plain")
+    with caplog.at_level(logging.INFO):
+        model = load_model(tmp_path / "plain", exit_layers=[1, 3, 4])
+    assert [torch.equal(h.weight, plain.lm_head.weight) for h in model.exit_heads] == [True, True]
+    lines = _modeling_lines(caplog)
+    assert len(lines) == 1 and "plain CTC checkpoint" in lines[0] and "lm_head" in lines[0]
+    assert str(tmp_path / "plain") in lines[0] and "exit_heads.0, exit_heads.1" in lines[0]
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+
+    src = Wav2Vec2EEForCTC(tiny_config(exit_layers=[2, 4]))
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith(("exit_heads", "lm_head"))}
+    state["decoders.0.weight"], state["decoders.0.bias"] = src.lm_head.weight, src.lm_head.bias
+    state["lm_head.weight"], state["lm_head.bias"] = src.lm_head.weight, src.lm_head.bias
+    state["copy_model.lm_head.weight"] = torch.zeros(32, 16)
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "orig" / "config.json").write_text(json.dumps({**_plain_kwargs(exit_layers=[2, 4])}))
+    save_file({k: v.detach().clone() for k, v in state.items()}, str(tmp_path / "orig" / "model.safetensors"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        load_model(tmp_path / "orig")
+    lines = _modeling_lines(caplog)
+    assert len(lines) == 1 and "original research code" in lines[0] and "copy_model" in lines[0]
+
+
+def test_transformers_renames_still_load_strictly(tmp_path):
+    """Old weight-norm names (weight_g / weight_v) are renamed by transformers, not reported missing."""
+    model = Wav2Vec2EEForCTC(tiny_config(exit_layers=[2, 4])).eval()
+    model.config.save_pretrained(tmp_path)
+    state = dict(model.state_dict())
+    prefix = "wav2vec2.encoder.pos_conv_embed.conv."
+    state[prefix + "weight_g"] = state.pop(prefix + "parametrizations.weight.original0")
+    state[prefix + "weight_v"] = state.pop(prefix + "parametrizations.weight.original1")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    loaded = load_model(tmp_path).eval()
+    x, mask = _audio()
+    for a, b in zip(model(x, attention_mask=mask).exit_logits, loaded(x, attention_mask=mask).exit_logits):
+        assert torch.equal(a, b)
+
+
+def test_partial_exit_heads_are_not_a_plain_checkpoint(tmp_path):
+    """A checkpoint that holds some exit heads but not all (or whose config declares separate heads it
+    does not hold) is incomplete, not a plain CTC checkpoint: the heads are not made up from lm_head."""
+    Wav2Vec2EEForCTC(tiny_config(exit_layers=[2, 4])).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"missing 2: exit_heads\.1\.bias, exit_heads\.1\.weight$"):
+        load_model(tmp_path, exit_layers=[1, 2, 4])
+    model = load_model(tmp_path, exit_layers=[1, 2, 4], allow_random_init=True)  # training: from lm_head
+    assert torch.equal(model.exit_heads[1].weight, model.lm_head.weight)
 
 
 def test_reinit_encoder_keeps_the_cnn():

@@ -185,3 +185,55 @@ def test_greedy_pseudo_labels_match_tokenizer_round_trip():
         assert collapsed == expected
         assert row == _greedy_ref(z[b], T)
     assert (got[:, :][got < 0] == -100).all()
+
+
+class _FixedTeacher(torch.nn.Module):
+    """Stands in for a frozen teacher: fixed logits ``(batch, frames, vocab)``; counts its calls."""
+
+    def __init__(self, logits, lengths):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.logits, self.lengths, self.calls = logits, lengths, 0
+
+    def forward(self, values, attention_mask=None):
+        self.calls += 1
+        return type("Out", (), {"logits": self.logits, "output_lengths": self.lengths})()
+
+
+def test_pseudo_labels_come_from_one_component():
+    """TeacherLabels decides every objective's pseudo-labels: kd's frozen teacher in training, the
+    student's own last exit in kd's evaluation and always in dkd (the labels dkd makes itself), none
+    for ee and confidence."""
+    from wav2vec2_ee.training.teacher import TeacherLabels
+
+    cfg = tiny_config(ctc_loss_reduction="mean")
+    logits, lengths, labels = _batch()
+    own = _pad([_greedy_ref(logits[-1][b], int(lengths[b])) for b in range(3)])
+    batch = {"input_values": torch.zeros(3, 800)}
+    for name in ("ee", "confidence"):
+        assert TeacherLabels.for_objective(build_objective(name, cfg)) is None
+
+    dkd_objective = build_objective("dkd", cfg, ee_alpha=[0.6, 0.7, 0.8, 1.0])
+    dkd = TeacherLabels.for_objective(dkd_objective)
+    for training in (True, False):
+        assert dkd.before_forward(batch, training) is None
+        got = dkd.after_forward(None, logits, lengths, training)
+        assert torch.equal(got, own)
+        with_labels = dkd_objective(logits, lengths, labels, got).loss
+        assert with_labels.item() == dkd_objective(logits, lengths, labels).loss.item()
+
+    teacher_logits = _batch(seed=7)[0][-1]
+    teacher = _FixedTeacher(teacher_logits, lengths)
+    kd = TeacherLabels.for_objective(build_objective("kd", cfg), teacher)
+    from_teacher = kd.before_forward(batch, training=True)
+    expected = _pad([_greedy_ref(teacher_logits[b], int(lengths[b])) for b in range(3)])
+    assert teacher.calls == 1 and torch.equal(from_teacher, expected)
+    assert kd.after_forward(from_teacher, logits, lengths, training=True) is from_teacher
+    assert kd.before_forward(batch, training=False) is None and teacher.calls == 1
+    assert torch.equal(kd.after_forward(None, logits, lengths, training=False), own)
+    # kd with no teacher at all: no labels in training (the objective then says so), its own in evaluation
+    alone = TeacherLabels.for_objective(build_objective("kd", cfg))
+    assert (
+        alone.before_forward(batch, True) is None and alone.after_forward(None, logits, lengths, True) is None
+    )
+    assert torch.equal(alone.after_forward(None, logits, lengths, False), own)

@@ -5,8 +5,10 @@ resume), with a clear error, and the code never runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
+import re
 import shutil
 
 import pytest
@@ -107,3 +109,202 @@ def test_resume_never_runs_code_from_a_checkpoint(tmp_path, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(err) == 1 and "checkpoint-1: refusing to load" in err[0]
     assert not marker.exists() and not (optimizer / "checkpoint-2").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# a checkpoint must bring its own weights, all of them, readable and of the config's shapes
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error:" in line]
+
+
+def _checkpoint(folder, **config):
+    """A tiny early-exit checkpoint (separate exit heads at layers 2 and 4) with its processor files."""
+    from wav2vec2_ee.vocab import build_processor
+
+    Wav2Vec2EEForCTC(tiny_config(exit_layers=[2, 4], **config)).save_pretrained(folder)
+    build_processor(None).save_pretrained(folder)
+    return folder
+
+
+def _config_only(folder, source):
+    folder.mkdir()
+    shutil.copy(source / "config.json", folder / "config.json")
+    return folder
+
+
+def _rewrite(folder, *, config=None, drop=(), source):
+    """A copy of ``source`` whose config.json gets ``config`` and whose weights lose the ``drop`` prefixes."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, folder)
+    values = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, **(config or {})}))
+    state = {
+        k: v for k, v in load_file(folder / "model.safetensors").items() if not k.startswith(tuple(drop))
+    }
+    save_file(state, folder / "model.safetensors")
+    return folder
+
+
+def _wav(path):
+    import soundfile as sf
+
+    sf.write(path, (0.1 * torch.randn(8000)).numpy(), 16_000)
+    return path
+
+
+def test_a_folder_without_weights_is_refused_by_every_loader(tmp_path, capsys):
+    from wav2vec2_ee.evaluation.model import load_evaluation_model
+    from wav2vec2_ee.inference.transcriber import Transcriber
+
+    good = _checkpoint(tmp_path / "ckpt")
+    folder = _config_only(tmp_path / "x", good)
+    for load in (load_model, load_evaluation_model, Transcriber.from_pretrained):
+        with pytest.raises(FileNotFoundError, match="holds no model weights") as err:
+            load(folder)
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(FileNotFoundError, match="is a config file, not a checkpoint folder"):
+        load_model(folder / "config.json")  # e.g. --teacher pointing at a config
+    # random initialisation stays available where it is asked for (train --model <config>)
+    for source in (folder, folder / "config.json"):
+        model = load_model(source, allow_random_init=True)
+        assert isinstance(model, Wav2Vec2EEForCTC) and model.config.exit_layers == [2, 4]
+
+    wav = _wav(tmp_path / "a.wav")
+    capsys.readouterr()
+    assert cli_main(["transcribe", str(folder), str(wav)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = _error_lines(captured.err)
+    assert len(lines) == 1 and lines[0].startswith("wav2vec2-ee transcribe: error: ")
+    assert str(folder) in lines[0] and "holds no model weights" in lines[0]
+
+    data = tmp_path / "data"
+    write_librispeech(data, "test", good_items(2, seconds=0.5))
+    assert cli_main(["evaluate", str(folder), str(tmp_path / "out"), "--data", str(data), "--no-plot"]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(folder) in lines[0] and "holds no model weights" in lines[0]
+    assert not (tmp_path / "out" / "wer_results.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "case, content, message",
+    [
+        ("empty", b"", r"model\.safetensors: cannot read this file \(.*header too small"),
+        ("truncated", None, r"model\.safetensors: cannot read this file \(.*\): empty, truncated"),
+        ("invalid config", b"{not json", r"config\.json: not a valid JSON file \(Expecting"),
+        ("config not an object", b"[1, 2]", r"config\.json: not a model config"),
+    ],
+)
+def test_an_unreadable_weights_or_config_file_is_one_line_naming_it(tmp_path, capsys, case, content, message):
+    from wav2vec2_ee.evaluation.model import load_evaluation_model
+
+    folder = _checkpoint(tmp_path / "ckpt")
+    target = folder / ("config.json" if "config" in case else "model.safetensors")
+    if content is None:  # cut in the middle of the tensor data
+        content = target.read_bytes()[: target.stat().st_size // 2]
+    target.write_bytes(content)
+    for load in (load_model, load_evaluation_model, lambda f: load_model(f, allow_random_init=True)):
+        with pytest.raises(ValueError, match=message) as err:
+            load(folder)
+        assert str(target) in str(err.value) and "\n" not in str(err.value)
+    assert cli_main(["transcribe", str(folder), str(_wav(tmp_path / "a.wav"))]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(target) in lines[0]
+
+
+def test_a_config_only_json_that_is_invalid_names_the_file(tmp_path):
+    bad = tmp_path / "model.json"
+    bad.write_text("{oops")
+    with pytest.raises(ValueError, match=r"model\.json: not a valid JSON file") as err:
+        load_model(bad, allow_random_init=True)
+    assert "\n" not in str(err.value)
+
+
+MISMATCHES = {
+    # name: (config change, dropped tensor prefixes, what the error must name)
+    "vocab_size 40, tensors 32": (
+        {"vocab_size": 40},
+        (),
+        [
+            r"of another shape",
+            r"lm_head\.weight \[32, 16\] vs \[40, 16\]",
+            r"vocab_size=40, the weights have 32",
+        ],
+    ),
+    "hidden_size 32, tensors 16": (
+        {"hidden_size": 32},
+        (),
+        [
+            r"of another shape \(weights vs config\) \d+: ",
+            r"\[16\] vs \[32\]",
+            r"and \d+ more",
+            "hidden_size=32",
+        ],
+    ),
+    "layer 3 missing": (
+        {},
+        ("wav2vec2.encoder.layers.3.",),
+        [r"missing 16: wav2vec2\.encoder\.layers\.3\.attention\.k_proj\.bias, ", r"and 12 more"],
+    ),
+    "exit head missing": ({}, ("exit_heads.",), [r"missing 2: exit_heads\.0\.bias, exit_heads\.0\.weight"]),
+    "no lm_head": ({}, ("lm_head.",), [r"no CTC head \(lm_head\)"]),
+    "config has 3 layers, tensors 4": (
+        {"num_hidden_layers": 3, "exit_layers": [2, 3]},
+        (),
+        [r"not in the config 16: wav2vec2\.encoder\.layers\.3\."],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MISMATCHES))
+def test_weights_that_do_not_match_the_config_are_refused(tmp_path, capsys, caplog, case):
+    from wav2vec2_ee.evaluation.model import load_evaluation_model
+    from wav2vec2_ee.inference.transcriber import Transcriber
+
+    config, drop, patterns = MISMATCHES[case]
+    good = _checkpoint(tmp_path / "good")
+    folder = _rewrite(tmp_path / "bad", config=config, drop=drop, source=good)
+    for load in (load_model, load_evaluation_model, Transcriber.from_pretrained):
+        with pytest.raises(ValueError) as err:
+            load(folder)
+        message = str(err.value)
+        assert message.startswith(f"{folder}: ") and "\n" not in message
+        for pattern in patterns:
+            assert re.search(pattern, message), (pattern, message)
+    assert cli_main(["transcribe", str(folder), str(_wav(tmp_path / "a.wav"))]) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(folder) in lines[0]
+    # training may start what the checkpoint lacks afresh (or, for absent exit heads, from lm_head):
+    # it is told so, in one line, and transformers' multi-line load report is not printed
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        model = load_model(folder, allow_random_init=True)
+    assert isinstance(model, Wav2Vec2EEForCTC)
+    lines = [r.getMessage() for r in caplog.records if r.name == "wav2vec2_ee.modeling"]
+    assert len(lines) == 1 and str(folder) in lines[0] and "\n" not in lines[0]
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_the_teacher_vocabulary_must_match_its_weights(tmp_path):
+    """``--teacher`` loads with the student's vocabulary: a teacher whose head has another size is an
+    error, not a randomly re-initialised head."""
+    teacher = _checkpoint(tmp_path / "teacher")
+    assert load_model(teacher, vocab_size=32, pad_token_id=0).config.vocab_size == 32
+    with pytest.raises(ValueError, match=r"vocab_size=40, the weights have 32") as err:
+        load_model(teacher, vocab_size=40, pad_token_id=0)
+    assert str(teacher) in str(err.value)
+
+
+def test_a_good_checkpoint_loads_without_any_report(tmp_path, caplog):
+    folder = _checkpoint(tmp_path / "ckpt")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        model = load_model(folder)
+    assert model.config.exit_layers == [2, 4]
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("wav2vec2_ee")]
+    assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]

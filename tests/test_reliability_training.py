@@ -163,6 +163,52 @@ def test_with_gradient_accumulation_only_the_bad_micro_batch_is_dropped(
     assert not _same(snaps[0][0], snaps[1][0])
 
 
+@pytest.mark.parametrize("clipped", [False, True], ids=["unclipped", "clipped"])
+def test_under_an_fp16_grad_scaler_zero_steps_are_skipped_and_overflow_is_the_scalers(clipped):
+    """The guard under accelerate's fp16 GradScaler (on CPU here): an all-zero gradient is skipped and
+    counted without upsetting the scaler, whether or not clipping has unscaled the gradients already;
+    a non-finite one is left to the scaler, which skips the step and lowers its scale itself."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+    from transformers import TrainerControl, TrainerState
+
+    from wav2vec2_ee.training.callbacks import SkipBadUpdates
+    from wav2vec2_ee.training.skips import SkipCounts
+
+    Accelerator()  # the state accelerate's optimizer wrapper reads (as the Trainer creates it)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    inner = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer = AcceleratedOptimizer(inner, device_placement=False, scaler=scaler)
+    counts = SkipCounts()
+    guard = SkipBadUpdates(counts)
+
+    def step(loss_factor: float) -> None:
+        loss = model(torch.randn(3, 4)).sum() * loss_factor
+        scaler.scale(loss).backward()
+        if clipped:  # what the Trainer's gradient clipping does first
+            scaler.unscale_(inner)
+        guard.on_pre_optimizer_step(None, TrainerState(), TrainerControl(), optimizer=optimizer)
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def snapshot():
+        return copy.deepcopy(model.state_dict()), copy.deepcopy(inner.state_dict()["state"])
+
+    step(1.0)
+    before = snapshot()
+    step(0.0)  # every batch of the step skipped: a zero gradient
+    assert counts.skipped_updates == 1
+    assert _same(before[0], snapshot()[0]) and _same(before[1], snapshot()[1])
+    scale = scaler.get_scale()
+    step(float("nan"))
+    assert counts.skipped_updates == 1 and scaler.get_scale() < scale
+    assert _same(before[0], snapshot()[0]) and _same(before[1], snapshot()[1])
+    step(1.0)
+    assert not _same(before[0], snapshot()[0])
+
+
 # ---- bad arguments: one line naming the argument (and the accepted values) ------------------------
 @pytest.mark.parametrize(
     ("extra", "expected"),

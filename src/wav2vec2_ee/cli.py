@@ -1,10 +1,16 @@
 """`wav2vec2-ee <command>`: a thin dispatcher over the library's command modules.
 
-Each command lives in the module that owns its concept and exposes ``main(argv) -> int``.
+Each command lives in the module that owns its concept and exposes ``main(argv) -> int``. Errors of
+bad input (a ``ValueError``, an ``OSError`` such as a missing or unwritable file or an output folder
+that is a file, a corrupt ``.safetensors`` file, a config field of the wrong type, ``--num-threads``
+below 1) print one line ``wav2vec2-ee <command>: error: <message>`` naming the file or argument and
+exit with status 2; ``-v`` / ``--debug`` (anywhere on the command line) or ``WAV2VEC2_EE_DEBUG=1``
+show the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -28,13 +34,109 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: wav2vec2-ee <command> [options]   (wav2vec2-ee <command> --help for its options)", ""]
+    lines = [
+        "usage: wav2vec2-ee [-v | --debug] <command> [options]   (wav2vec2-ee <command> --help for its options)",
+        "",
+    ]
     lines += [f"  {name.ljust(width)}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "  -v, --debug  show the full traceback of an error (also WAV2VEC2_EE_DEBUG=1)"]
     return "\n".join(lines)
 
 
+#: Flags that show tracebacks; accepted anywhere before or after the command (and removed from argv).
+DEBUG_FLAGS = ("-v", "--debug")
+#: ``train``'s own ``--debug`` (``TrainingArguments.debug``) takes one of these values: left alone then.
+_TRAINER_DEBUG_VALUES = ("underflow_overflow", "tpu_metrics_debug")
+
+
+def _take_debug_flags(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``-v`` / ``--debug`` (up to a ``--``), and whether one was there. A ``--debug``
+    followed by a value of the Trainer's ``--debug`` option (``train --debug underflow_overflow``)
+    belongs to that option and stays."""
+    out: list[str] = []
+    debug = False
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg in DEBUG_FLAGS and not (
+            arg == "--debug" and any(v in following for v in _TRAINER_DEBUG_VALUES)
+        ):
+            debug = True
+            continue
+        out.append(arg)
+    return out, debug
+
+
+def _env_debug() -> bool:
+    return os.environ.get("WAV2VEC2_EE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _path_in_traceback(err: BaseException, suffixes: tuple[str, ...]) -> str | None:
+    """The innermost local variable of ``err``'s traceback that is a path ending in ``suffixes``: the
+    file an exception without a file name (a ``SafetensorError``) was about."""
+    frames = []
+    tb = err.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, str | os.PathLike) and str(value).endswith(suffixes):
+                return str(value)
+    return None
+
+
+def _os_error_message(err: OSError) -> str:
+    """``<file>: <reason>`` for an ``OSError`` of the operating system (a folder that is a file, no
+    permission, a full disk); the message as it is for one raised with a message (transformers' invalid
+    ``config.json``, our own ``FileNotFoundError`` s)."""
+    if err.filename is None or not err.strerror:
+        return str(err)
+    where = str(err.filename) + (f" -> {err.filename2}" if err.filename2 is not None else "")
+    hint = {
+        errno.EEXIST: " (it is a file where a folder is needed)",
+        errno.ENOTDIR: " (a part of the path is a file where a folder is needed)",
+        errno.EISDIR: " (it is a folder where a file is needed)",
+        errno.ENOSPC: " (the disk is full)",
+        errno.EACCES: " (no permission: choose another path or fix its permissions)",
+        errno.EROFS: " (a read-only file system)",
+    }.get(err.errno or 0, "")
+    return f"{where}: {err.strerror}{hint}"
+
+
+def _error_message(err: BaseException) -> str | None:
+    """One line naming the file or argument of a bad-input error; ``None`` for an error that is a bug
+    (its traceback is shown)."""
+    from huggingface_hub.errors import StrictDataclassError
+    from safetensors import SafetensorError
+
+    if isinstance(err, ValueError):
+        return str(err)
+    if isinstance(err, OSError):
+        return _os_error_message(err)
+    if isinstance(err, SafetensorError):
+        where = _path_in_traceback(err, (".safetensors",)) or "a .safetensors weights file"
+        return _one_line(
+            f"{where}: not a readable safetensors file ({err}): it is truncated, empty or not safetensors; "
+            "save or download the checkpoint again"
+        )
+    if isinstance(err, StrictDataclassError):  # transformers' configs: a field of the wrong type
+        where = _path_in_traceback(err, (".json", ".yaml", ".yml"))
+        return _one_line(f"{where}: {err}" if where else err)
+    if isinstance(err, RuntimeError) and "set_num_threads" in str(err):
+        return f"--num-threads must be an integer >= 1 ({_one_line(err)})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = _take_debug_flags(list(sys.argv[1:] if argv is None else argv))
+    debug = debug or _env_debug()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0
@@ -52,11 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     try:
         return int(getattr(module, func or "main")(rest) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        # Bad input: one line naming the problem; WAV2VEC2_EE_DEBUG=1 shows the traceback.
-        if os.environ.get("WAV2VEC2_EE_DEBUG"):
+    except Exception as err:
+        # Bad input (an argument, a file): one line naming it, exit 2; -v / --debug /
+        # WAV2VEC2_EE_DEBUG=1 show the traceback. Anything else is a bug: its traceback is shown.
+        message = _error_message(err)
+        if debug or message is None:
             raise
-        print(f"wav2vec2-ee {name}: error: {err}", file=sys.stderr)
+        print(f"wav2vec2-ee {name}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Mapping, Sequence
 
 from transformers import Wav2Vec2Config
 
@@ -15,11 +16,34 @@ def default_exit_layers(num_hidden_layers: int) -> list[int]:
     return layers
 
 
+def _is_layer_number(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    return isinstance(x, numbers.Integral) or (isinstance(x, numbers.Real) and float(x).is_integer())
+
+
 def validate_exit_layers(exit_layers: Sequence[int], num_hidden_layers: int) -> list[int]:
-    """Check that ``exit_layers`` are strictly increasing layer numbers in ``[1, num_hidden_layers]``."""
+    """Check that ``exit_layers`` is a list of strictly increasing layer numbers in ``[1, num_hidden_layers]``.
+
+    A string (``"2,4,6"`` in a ``config.json`` or a config file) is refused rather than guessed at:
+    the field is a JSON list of integers, ``[2, 4, 6]``. An empty list is an error, not "the default"."""
+    example = default_exit_layers(max(1, int(num_hidden_layers)))
+    if isinstance(exit_layers, str | bytes | Mapping) or not isinstance(exit_layers, Iterable):
+        raise ValueError(
+            f"exit_layers must be a list of layer numbers such as {example}, got {type(exit_layers).__name__} "
+            f"{exit_layers!r}"
+        )
+    exit_layers = list(exit_layers)
+    if not all(_is_layer_number(x) for x in exit_layers):
+        raise ValueError(
+            f"exit_layers must be a list of integer layer numbers such as {example}, got {exit_layers!r}"
+        )
     layers = [int(x) for x in exit_layers]
     if not layers:
-        raise ValueError("exit_layers must name at least one layer, got an empty list")
+        raise ValueError(
+            f"exit_layers must name at least one layer, got an empty list (omit the field for the default "
+            f"{example})"
+        )
     bad = [x for x in layers if x < 1 or x > num_hidden_layers]
     if bad:
         raise ValueError(

@@ -94,6 +94,24 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
+def check_runtime_options(
+    num_threads: int | None = None,
+    batch_size: int | None = None,
+    max_batch_seconds: float | None = None,
+) -> None:
+    """A ``ValueError`` naming the option and its accepted range for ``--num-threads`` (an integer
+    >= 1), ``--batch-size`` (an integer >= 1) or ``--max-batch-seconds`` (a number > 0) out of range;
+    ``None`` is "the default". Called by the option dataclasses' ``__post_init__``, so the message names
+    the flag rather than the ``RuntimeError`` of ``torch.set_num_threads`` or an empty batch."""
+    for flag, value in (("--num-threads", num_threads), ("--batch-size", batch_size)):
+        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    if max_batch_seconds is not None and not float(max_batch_seconds) > 0:  # nan fails too
+        raise ValueError(
+            f"--max-batch-seconds must be a number > 0 (seconds of padded audio per batch), got {max_batch_seconds}"
+        )
+
+
 def default_batching(
     device: torch.device | str,
     batch_size: int | None,

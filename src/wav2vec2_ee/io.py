@@ -1,5 +1,5 @@
 """Atomic file writing, the one writer of the package: a crash or Ctrl-C leaves either the old file or the
-new one, never a half-written one."""
+new one, never a half-written one; and :func:`exclusive_lock`, which keeps two runs out of one folder."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 def _file_mode() -> int:
@@ -71,3 +76,37 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     import json
 
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, or raise
+    ``ValueError(busy)`` at once when another holder has it, ``{pid}`` in ``busy`` replaced with the
+    holder's process id (which it writes into the file; ``?`` when unknown).
+
+    The lock is ``flock``'s, which belongs to the open file: another open of the file conflicts even in
+    this process, and the kernel drops it when the holder ends in whatever way (SIGKILL, out of memory),
+    so a lock file left behind by a dead run never blocks. The file is not removed on release: removing
+    it would let a third run lock a new file while a second still holds the old one. Without ``fcntl``
+    (Windows) nothing is locked.
+    """
+    path = Path(path)
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise ValueError(busy.replace("{pid}", holder if holder.isdigit() else "?")) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # no pid of a run that is over
+            fcntl.flock(fd, fcntl.LOCK_UN)  # also for forked children that share the open file
+    finally:
+        os.close(fd)

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import Wav2Vec2Config
 from transformers.masking_utils import create_bidirectional_mask
@@ -430,44 +430,123 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
 
 # --------------------------------------------------------------------------------------------------
 # loading: our checkpoints, plain Wav2Vec2ForCTC / Wav2Vec2Model ones, and the original research code's
+#
+# Inference, evaluation and a distillation teacher need the checkpoint's own weights, all of them:
+# ``load_model`` refuses a folder without weights and any tensor that is missing, of another shape
+# or left over, except the documented conversions (a plain ``Wav2Vec2ForCTC``: exit heads from
+# ``lm_head``; the original research code's ``decoders.{i}`` layout), each announced in one log
+# line. ``allow_random_init=True`` (``train --model`` only) builds a fresh model from a config alone
+# and lets tensors the checkpoint lacks start random (fresh heads on a ``Wav2Vec2Model``, a new
+# vocabulary), with one warning line.
 
 _ORIGINAL_HEAD = re.compile(r"^decoders\.(\d+)\.(weight|bias)$")
+_LAYER_KEY = re.compile(r"^(?:wav2vec2\.)?encoder\.layers\.(\d+)\.")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+_OUR_MODULES = ("wav2vec2.", "lm_head.", "exit_heads.")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def unreadable_file_error(path: str | os.PathLike, err: BaseException) -> ValueError:
+    """One-line error for a checkpoint file that cannot be read (empty, truncated, another format)."""
+    return ValueError(
+        f"{path}: cannot read this file ({_first_line(err)}): empty, truncated or not a checkpoint file"
+    )
+
+
+def _read_json(file: Path) -> object:
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{file}: not a valid JSON file ({_first_line(err)})") from err
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict:
+    """The raw ``config.json`` of a checkpoint folder (or a config file), as a dict.
+
+    Raises:
+        FileNotFoundError: a folder without ``config.json``.
+        ValueError: a file that is not a JSON object (one line naming it).
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (no config.json)")
+    values = _read_json(file)
+    if not isinstance(values, dict):
+        raise ValueError(f"{file}: not a model config (a JSON object is expected)")
+    return values
 
 
 def checkpoint_keys(path: Path) -> list[str] | None:
-    """Names of the tensors of a local checkpoint folder (``None`` for a hub id or no weights)."""
+    """Names of the tensors of a local checkpoint folder (``None`` for a hub id or no weights).
+
+    Raises:
+        ValueError: an unreadable ``model.safetensors`` or index (one line naming the file).
+    """
+    path = Path(path)
     st = path / "model.safetensors"
     if st.is_file():
-        with safe_open(str(st), framework="pt") as f:
-            return list(f.keys())
+        try:
+            with safe_open(str(st), framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as err:
+            raise unreadable_file_error(st, err) from err
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        return list(json.loads(index.read_text())["weight_map"])
+        data = _read_json(index)
+        if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+            raise ValueError(f"{index}: not a safetensors index (no weight_map)")
+        return list(data["weight_map"])
     return None
 
 
 def _has_weights(path: Path) -> bool:
-    names = (
-        "model.safetensors",
-        "model.safetensors.index.json",
-        "pytorch_model.bin",
-        "pytorch_model.bin.index.json",
+    return any((Path(path) / n).is_file() for n in _WEIGHT_FILES)
+
+
+def no_weights_error(path: str | os.PathLike) -> FileNotFoundError:
+    """One-line refusal of a config without weights (it would be a randomly initialised model)."""
+    if Path(path).is_file():
+        what = "is a config file, not a checkpoint folder with weights"
+    else:
+        what = f"holds no model weights (no {' or '.join(_WEIGHT_FILES[::2])})"
+    return FileNotFoundError(
+        f"{path} {what}: refusing to use a randomly initialised model; "
+        "only `train --model` starts from a config alone"
     )
-    return any((path / n).is_file() for n in names)
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as err:
+        raise unreadable_file_error(file, err) from err
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Weights of a local checkpoint folder: safetensors, else ``pytorch_model.bin`` unpickled safely."""
-    from safetensors.torch import load_file
-
     st = path / "model.safetensors"
     if st.is_file():
-        return load_file(str(st))
+        return _load_safetensors(st)
     index = path / "model.safetensors.index.json"
     if index.is_file():
         state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
-            state.update(load_file(str(path / shard)))
+        data = _read_json(index)
+        if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
+            raise ValueError(f"{index}: not a safetensors index (no weight_map)")
+        for shard in sorted(set(data["weight_map"].values())):
+            state.update(_load_safetensors(path / shard))
         return state
     binary = path / "pytorch_model.bin"
     if binary.is_file():
@@ -529,6 +608,13 @@ def convert_original_state_dict(
     return out, shared
 
 
+def _config_from_values(file: Path, values: dict, overrides: dict) -> Wav2Vec2EEConfig:
+    try:
+        return Wav2Vec2EEConfig(**{**values, **overrides})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{file}: not a valid model config ({_first_line(err)})") from err
+
+
 def load_config(
     model_name_or_path: str | os.PathLike | None,
     *,
@@ -539,22 +625,36 @@ def load_config(
     share_exit_heads: bool | None = None,
     **overrides,
 ) -> Wav2Vec2EEConfig:
-    """The early-exit config of a checkpoint (hub id or folder), or a fresh one, with overrides.
+    """The early-exit config of a checkpoint (hub id or folder) or a config file, or a fresh one, with
+    overrides.
 
     ``num_hidden_layers`` truncates a deeper encoder to its first N layers; exit layers beyond it are
     dropped (and default to every second layer when none remain).
+
+    Raises:
+        FileNotFoundError: a local folder without ``config.json``.
+        ValueError: a ``config.json`` (or config file) that is not valid JSON or not a valid config.
     """
+    local = Path(model_name_or_path) if model_name_or_path is not None else None
     if model_name_or_path is None:
         config = Wav2Vec2EEConfig(**overrides)
-    elif str(model_name_or_path).endswith(".json") and Path(model_name_or_path).is_file():
-        values = json.loads(Path(model_name_or_path).read_text())
-        config = Wav2Vec2EEConfig(**{**values, **overrides})
+    elif local.is_file():  # a config file (config.json or any *.json)
+        config = _config_from_values(local, read_checkpoint_config(local), overrides)
     else:
-        base = Wav2Vec2Config.from_pretrained(str(model_name_or_path))
-        config = Wav2Vec2EEConfig(
-            **{**base.to_dict(), "exit_layers": None, **overrides},
-        )
-        config.exit_layers = list(getattr(base, "exit_layers", None) or config.exit_layers)
+        if local.is_dir():
+            read_checkpoint_config(local)  # a missing or invalid config.json: one line naming it
+        try:
+            base = Wav2Vec2Config.from_pretrained(str(model_name_or_path))
+        except (OSError, TypeError, ValueError) as err:
+            if not local.is_dir():
+                raise
+            raise ValueError(
+                f"{local / 'config.json'}: not a valid model config ({_first_line(err)})"
+            ) from err
+        config = Wav2Vec2EEConfig(**{**base.to_dict(), "exit_layers": None, **overrides})
+        stored = getattr(base, "exit_layers", None)
+        if stored is not None:  # a checkpoint's own exits, checked below ([] or "2,4,6" are errors)
+            config.exit_layers = stored
         config.share_exit_heads = bool(getattr(base, "share_exit_heads", False))
     if num_hidden_layers is not None:
         if num_hidden_layers < 1:
@@ -582,24 +682,186 @@ def load_config(
     return config
 
 
+def _natural(key: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _some(items: Iterable[str], limit: int = 4) -> str:
+    """``a, b, c, d and 12 more`` (sorted naturally: layer 3 before layer 10)."""
+    items = sorted(items, key=_natural)
+    head = ", ".join(items[:limit])
+    return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _drop_load_report(record: logging.LogRecord) -> bool:
+    """A logging filter: transformers' multi-line load report (``_check_loading`` gives the account)."""
+    return "LOAD REPORT" not in record.getMessage()
+
+
+def _from_pretrained(
+    load_from: str, config: Wav2Vec2EEConfig, source: str | os.PathLike
+) -> tuple[Wav2Vec2EEForCTC, dict]:
+    """``Wav2Vec2EEForCTC.from_pretrained`` with its loading info; errors as one line naming ``source``.
+
+    Shapes that differ are loaded as fresh tensors and reported (``ignore_mismatched_sizes``), so that
+    :func:`_check_loading` decides; transformers' own load report is silenced in favour of its account.
+    """
+    report = logging.getLogger("transformers.modeling_utils")
+    report.addFilter(_drop_load_report)
+    try:  # transformers unpickles *.bin weights with torch.load(weights_only=True) only
+        return Wav2Vec2EEForCTC.from_pretrained(
+            load_from, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+        )
+    except pickle.UnpicklingError as err:
+        raise refused_pickle_error(source, err) from err
+    except SafetensorError as err:
+        raise unreadable_file_error(source, err) from err
+    except (RuntimeError, OSError) as err:
+        if isinstance(err, RuntimeError) and not any(
+            s in str(err) for s in ("loading state_dict", "conversion of the weights")
+        ):
+            raise
+        if isinstance(err, OSError) and not Path(source).is_dir():
+            raise  # a hub id: transformers' message
+        raise ValueError(f"{source}: cannot load these weights ({_first_line(err)})") from err
+    finally:
+        report.removeFilter(_drop_load_report)
+
+
+def _declares_exit_heads(path: Path) -> bool:
+    """Whether a local checkpoint's own config has separate exit heads (so its weights must hold them)."""
+    try:
+        values = read_checkpoint_config(path)
+    except (FileNotFoundError, ValueError):
+        return False
+    return len(values.get("exit_layers") or []) > 1 and not values.get("share_exit_heads", False)
+
+
+def _check_loading(
+    model: Wav2Vec2EEForCTC,
+    info: dict,
+    source: str | os.PathLike,
+    *,
+    allow_random_init: bool,
+    truncated: bool = False,
+    declares_exit_heads: bool = False,
+) -> Wav2Vec2EEForCTC:
+    """Accept what ``from_pretrained`` loaded, apply the documented head conversion, or refuse.
+
+    Strict (``allow_random_init=False``): any missing, mismatched or left-over tensor of the model's
+    own modules is a ``ValueError`` naming the keys, except exit heads that a plain ``Wav2Vec2ForCTC``
+    checkpoint lacks altogether (they start from its ``lm_head``: one INFO line). Left-over layers of
+    an encoder truncated on request (``truncated``), and tensors of modules the model has none of (a
+    pretraining quantizer, ...), are dropped. With ``allow_random_init`` the tensors the checkpoint
+    lacks start random (one WARNING line); absent exit heads still start from a loaded ``lm_head``.
+    """
+    missing = set(info.get("missing_keys", ()))
+    mismatched = {k: (tuple(ckpt), tuple(want)) for k, ckpt, want in info.get("mismatched_keys", ())}
+    unexpected = set(info.get("unexpected_keys", ()))
+    if truncated:
+        depth = model.config.num_hidden_layers
+        unexpected = {k for k in unexpected if not ((m := _LAYER_KEY.match(k)) and int(m.group(1)) >= depth)}
+    foreign = {k for k in unexpected if not k.startswith(_OUR_MODULES)}
+    if foreign:
+        logger.info("%s: ignoring %d tensors of other modules: %s", source, len(foreign), _some(foreign))
+    unexpected -= foreign
+
+    head_keys = {k for k in model.state_dict() if k.startswith("exit_heads.")}
+    absent_heads = head_keys & missing
+    lm_head_loaded = not any(k.startswith("lm_head.") for k in missing | mismatched.keys())
+    convert = bool(absent_heads) and lm_head_loaded
+    if not allow_random_init:
+        convert = convert and absent_heads == head_keys and not declares_exit_heads
+    if convert:
+        with torch.no_grad():
+            for key in absent_heads:
+                model.get_parameter(key).copy_(model.lm_head.get_parameter(key.rsplit(".", 1)[1]))
+        missing -= absent_heads
+        logger.info(
+            "%s: a plain CTC checkpoint: the exit heads start from its lm_head (%s)",
+            source,
+            _some(sorted({k.rsplit(".", 1)[0] for k in absent_heads})),
+        )
+
+    if allow_random_init:
+        fresh = missing | mismatched.keys()
+        if fresh:
+            logger.warning(
+                "%s: %d tensors are not in the checkpoint (or have another shape) and start random: %s",
+                source,
+                len(fresh),
+                _some(fresh),
+            )
+        if unexpected:
+            logger.warning(
+                "%s: %d tensors of the checkpoint do not fit the config and are ignored: %s",
+                source,
+                len(unexpected),
+                _some(unexpected),
+            )
+        return model
+
+    if {"lm_head.weight", "lm_head.bias"} <= missing and not (
+        missing - head_keys - {"lm_head.weight", "lm_head.bias"}
+    ):
+        raise ValueError(
+            f"{source}: no CTC head (lm_head) in the weights, an encoder-only (Wav2Vec2Model) checkpoint: "
+            "it cannot transcribe; fine-tune it first (`train --model` gives it fresh heads)"
+        )
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)}: {_some(missing)}")
+    if mismatched:
+        shapes = [f"{k} {list(ckpt)} vs {list(want)}" for k, (ckpt, want) in mismatched.items()]
+        problems.append(f"of another shape (weights vs config) {len(shapes)}: {_some(shapes)}")
+        if "lm_head.weight" in mismatched:  # (vocab, hidden): name the config value that differs
+            ckpt, want = mismatched["lm_head.weight"]
+            for i, name in enumerate(("vocab_size", "hidden_size")):
+                if len(ckpt) == 2 and ckpt[i] != want[i]:
+                    problems.append(f"the model is built for {name}={want[i]}, the weights have {ckpt[i]}")
+    if unexpected:
+        problems.append(f"not in the config {len(unexpected)}: {_some(unexpected)}")
+    if problems:
+        raise ValueError(f"{source}: the weights do not match the config: " + "; ".join(problems))
+    return model
+
+
 def load_model(
     model_name_or_path: str | os.PathLike | None,
     config: Wav2Vec2EEConfig | None = None,
+    *,
+    allow_random_init: bool = False,
     **config_kwargs,
 ) -> Wav2Vec2EEForCTC:
-    """Load any supported checkpoint as an early-exit model.
+    """Load any supported checkpoint as an early-exit model, with all of its weights.
 
-    Accepts (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` / ``Wav2Vec2Model`` checkpoints by
-    hub id or folder (exit heads start from ``lm_head`` when it was loaded, else fresh), (c) folders
-    written by the original research code (``decoders.{i}`` heads, ``copy_model.*`` teacher dropped).
+    Accepts (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` checkpoints by hub id or folder
+    (the exit heads start from ``lm_head``), (c) folders written by the original research code
+    (``decoders.{i}`` heads, ``copy_model.*`` teacher dropped); each conversion is logged in one line.
+    Every tensor the model needs must be in the checkpoint, with the config's shape.
     ``model_name_or_path=None`` builds a randomly initialised model from ``config`` / ``config_kwargs``.
     Extra keyword arguments go to :func:`load_config`.
+
+    Args:
+        allow_random_init: for training only: a config file or a folder without weights builds a
+            randomly initialised model, and tensors the checkpoint lacks or has in another shape (a
+            ``Wav2Vec2Model`` without CTC head, another vocabulary) start random (one warning line).
+
+    Raises:
+        FileNotFoundError: a folder without weights or a config file (without ``allow_random_init``).
+        ValueError: an unreadable weights or config file; weights that do not match the config,
+            naming the keys (without ``allow_random_init``).
     """
+    path = Path(model_name_or_path) if model_name_or_path is not None else None
+    config_only = path is not None and (path.is_file() or (path.is_dir() and not _has_weights(path)))
+    if config_only and not allow_random_init:
+        raise no_weights_error(path)
+    truncated = config_kwargs.get("num_hidden_layers") is not None
     if config is None:
         config = load_config(model_name_or_path, **config_kwargs)
-    path = Path(model_name_or_path) if model_name_or_path is not None else None
-    if path is None or path.is_file() or (path.is_dir() and not _has_weights(path)):
-        # a config alone: a randomly initialised model
+    if path is None or config_only:
+        if path is not None:
+            logger.info("%s: a config without weights: a randomly initialised model", path)
         return Wav2Vec2EEForCTC(config)
 
     keys = checkpoint_keys(path) if path.is_dir() else None
@@ -612,22 +874,24 @@ def load_model(
 
         state, shared = convert_original_state_dict(_read_state_dict(path), config.num_exits)
         config.share_exit_heads = shared
+        logger.info(
+            "%s: the original research code's layout: decoders.{i} heads (%s)%s",
+            path,
+            "shared" if shared else "one per exit",
+            ", copy_model.* teacher dropped" if any(k.startswith("copy_model.") for k in keys) else "",
+        )
         with tempfile.TemporaryDirectory() as tmp:
             config.save_pretrained(tmp)
             save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp, "model.safetensors")))
-            return Wav2Vec2EEForCTC.from_pretrained(tmp, config=config, ignore_mismatched_sizes=True)
+            model, info = _from_pretrained(tmp, config, path)
+        return _check_loading(model, info, path, allow_random_init=allow_random_init, truncated=truncated)
 
-    try:  # transformers unpickles *.bin weights with torch.load(weights_only=True) only
-        model, info = Wav2Vec2EEForCTC.from_pretrained(
-            str(model_name_or_path), config=config, ignore_mismatched_sizes=True, output_loading_info=True
-        )
-    except pickle.UnpicklingError as err:
-        raise refused_pickle_error(model_name_or_path, err) from err
-    missing = set(info.get("missing_keys", []))
-    mismatched = {k for k, *_ in info.get("mismatched_keys", [])}
-    lm_head_loaded = "lm_head.weight" not in missing and "lm_head.weight" not in mismatched
-    heads_missing = any(k.startswith("exit_heads.") for k in missing)
-    if heads_missing and lm_head_loaded:
-        logger.info("initialising the exit heads from the pretrained lm_head of %s", model_name_or_path)
-        model.init_exit_heads_from_lm_head()
-    return model
+    model, info = _from_pretrained(str(model_name_or_path), config, model_name_or_path)
+    return _check_loading(
+        model,
+        info,
+        model_name_or_path,
+        allow_random_init=allow_random_init,
+        truncated=truncated,
+        declares_exit_heads=path.is_dir() and _declares_exit_heads(path),
+    )

@@ -6,14 +6,23 @@ twice as fast as one, while processes working on different batches scale almost 
 cores). This helps on CPUs only: on a GPU the work is already parallel and ``fork`` after CUDA
 initialisation is unsafe, so :func:`default_processes` is 1 there and
 :func:`~wav2vec2_ee.evaluation.engine.iter_exit_logits` refuses more.
+
+The children end with their parent, however it ends: a parent killed with SIGKILL (or by the
+out-of-memory killer) runs no clean-up, and its children would otherwise live on for ever, adopted by
+PID 1 and blocked writing results into a pipe that nobody reads (:func:`_exit_with_parent`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import pickle
 import queue
+import signal
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -43,6 +52,49 @@ class WorkerError(RuntimeError):
 
 
 _DONE = "done"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_ORPHANED = 70  # exit code of a worker that outlived its parent (nobody reads it: the parent is gone)
+_WATCH_SECONDS = 0.5  # how often a worker without PR_SET_PDEATHSIG checks that its parent lives
+
+
+def _set_parent_death_signal() -> bool:
+    """Have Linux send this process SIGKILL when its parent ends (``prctl(PR_SET_PDEATHSIG)``); ``False``
+    where that is not available (other platforms, no C library)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent: int) -> None:
+    """End this process once ``parent`` is no longer its parent (it died and this one was adopted), from a
+    daemon thread that checks every :data:`_WATCH_SECONDS` (so also while ``fn`` runs, or while the
+    exit waits for results to drain into a pipe that nobody reads)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_SECONDS)
+        os._exit(_ORPHANED)
+
+    threading.Thread(target=watch, name="wav2vec2-ee-parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int, use_signal: bool = True) -> None:
+    """Make this forked worker end when ``parent`` (the pid that forked it) does: ``PR_SET_PDEATHSIG`` on
+    Linux, else a thread that watches ``os.getppid()``; and end it now if the parent already died
+    between the ``fork`` and here (the signal is only sent for deaths after the ``prctl``).
+
+    Linux sends the signal when the *thread* that forked ends, not the process: ``use_signal`` is
+    ``False`` when a thread other than the main one forked (it may end while the process, and the
+    iteration of :func:`run_forked`, goes on); the watching thread then does the work.
+    """
+    if not (use_signal and _set_parent_death_signal()):
+        _watch_parent(parent)
+    if os.getppid() != parent:
+        os._exit(_ORPHANED)
 
 
 def _take(counter, total: int) -> int | None:
@@ -55,7 +107,10 @@ def _take(counter, total: int) -> int | None:
     return index
 
 
-def _forked_worker(fn: Callable, tasks: Sequence, counter, results, threads: int, worker: int) -> None:
+def _forked_worker(
+    fn: Callable, tasks: Sequence, counter, results, threads: int, worker: int, parent: tuple[int, bool]
+) -> None:
+    _exit_with_parent(*parent)
     torch.set_num_threads(threads)
     try:
         while (index := _take(counter, len(tasks))) is not None:
@@ -81,7 +136,8 @@ def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iter
     ``torch.get_num_threads() // processes`` of them (this one is restored afterwards). An exception in
     a child is raised here (its type kept where it can be pickled, with the child's traceback); a child
     that dies (killed, out of memory) raises :class:`WorkerError`. The children are stopped when the
-    caller stops iterating early.
+    caller stops iterating early, and end by themselves when this process dies without stopping them
+    (SIGKILL, out-of-memory kill: :func:`_exit_with_parent`).
     """
     if processes < 2 or len(tasks) < 2:
         yield from map(fn, tasks)
@@ -91,8 +147,11 @@ def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iter
     ctx = mp.get_context("fork")
     threads = max(1, torch.get_num_threads() // processes)
     counter, results = ctx.Value("q", 0), ctx.Queue()
+    parent = (os.getpid(), threading.current_thread() is threading.main_thread())  # see _exit_with_parent
     children = [
-        ctx.Process(target=_forked_worker, args=(fn, tasks, counter, results, threads, i), daemon=True)
+        ctx.Process(
+            target=_forked_worker, args=(fn, tasks, counter, results, threads, i, parent), daemon=True
+        )
         for i in range(min(processes, len(tasks)) - 1)
     ]
     own_threads = torch.get_num_threads()

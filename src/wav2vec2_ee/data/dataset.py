@@ -19,13 +19,9 @@ from ..objectives import pad_labels
 from ..vocab import TextNormalizer
 from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
 from .augment import SpeedPerturbation
-from .sources import Utterance
+from .sources import BadItemError, Utterance, report_skipped, strict_error
 
 logger = logging.getLogger(__name__)
-
-
-class BadItemError(ValueError):
-    """Raised in ``strict`` mode for the first unusable item."""
 
 
 @dataclass
@@ -95,8 +91,10 @@ def prepare_utterances(
     that reports each skipped one once; callers set two or three options.)
 
     Each skipped item is reported once (logged with its path and the reason) and counted; with
-    ``strict`` the first one raises :class:`BadItemError` instead. Skipped: audio that is missing or
-    whose header cannot be read (empty, not audio), transcripts that are empty or mostly outside the
+    ``strict`` the first one raises :class:`BadItemError` instead. Skipped: the rows or lines that the
+    source reader left out (``utterances.skipped`` of :func:`~wav2vec2_ee.data.load_split`'s result,
+    each named ``file:line``: not UTF-8, a bad field, a repeated id; repeated ids are reported in one
+    warning), audio that is missing or whose header cannot be read (empty, not audio), transcripts that are empty or mostly outside the
     vocabulary after normalisation, utterances outside the duration limits and utterances with fewer
     CTC frames than their labels need.
 
@@ -123,9 +121,14 @@ def prepare_utterances(
     def skip(utt: Utterance, reason: str) -> None:
         where = utt.audio or utt.id
         if strict:
-            raise BadItemError(f"{where}: {reason} (--strict stops at the first bad item)")
+            raise strict_error(where, reason)
         logger.warning("skipping %s: %s", where, reason)
         report.skipped.append((where, reason))
+
+    # the rows the source reader left out come first (they come first in the files, too)
+    bad_rows = list(getattr(utterances, "skipped", ()))
+    report_skipped(bad_rows, strict=strict, log=logger)
+    report.skipped.extend(bad_rows)
 
     workers = num_workers or min(8, os.cpu_count() or 1)
     executor = ThreadPoolExecutor(max_workers=workers)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .dataset import PreparationReport, PreparedUtterance, prepare_utterances
-from .sources import load_split, source_kind
+from .sources import load_split, report_skipped, source_kind
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +50,21 @@ def resolve_splits(data: str | os.PathLike, splits: Sequence[str] | None) -> lis
     return pairs
 
 
-def read_texts(data: str | os.PathLike | None, sources: Sequence[str]) -> list[str]:
-    """Transcripts of ``sources``: each an existing manifest file, or a split of ``data``."""
+def read_texts(data: str | os.PathLike | None, sources: Sequence[str], strict: bool = False) -> list[str]:
+    """Transcripts of ``sources``: each an existing manifest file, or a split of ``data``.
+
+    Bad rows and repeated ids are left out and reported (``strict``: :class:`BadItemError` at the first).
+    """
     texts: list[str] = []
     for source in sources:
         if Path(source).is_file():
-            texts += [u.text for u in load_split(source, None)]
+            utterances = load_split(source, None, strict=strict)
         elif data is None:
             raise FileNotFoundError(f"{source}: no such manifest file (and no --data to find a split in)")
         else:
-            texts += [u.text for u in load_split(data, [source])]
+            utterances = load_split(data, [source], strict=strict)
+        report_skipped(utterances.skipped, strict=strict, log=logger)
+        texts += [u.text for u in utterances]
     return texts
 
 
@@ -70,17 +75,21 @@ def load_prepared_split(
     tokenizer,
     min_duration: float,
     progress: bool = True,
+    strict: bool = False,
 ) -> tuple[list[PreparedUtterance], PreparationReport]:
     """The usable utterances of ``split`` of ``data`` (named ``name`` in messages), with references:
     transcripts normalised to the vocabulary, durations read from the headers, audio shorter than
-    ``min_duration`` seconds (too short for one CTC frame) and unusable items reported and left out.
-    Raises ``ValueError`` when none is usable."""
+    ``min_duration`` seconds (too short for one CTC frame) and unusable items (bad rows of the source
+    and repeated ids included, each named ``file:line``) reported, counted in the report and left out.
+    Raises ``ValueError`` when none is usable; with ``strict``, :class:`BadItemError` at the first
+    unusable item."""
     utterances = load_split(data, [split] if split is not None else None)
     prepared, report = prepare_utterances(
         utterances,
         tokenizer,
         require_text=True,
         min_duration=min_duration,
+        strict=strict,
         progress=progress,
         desc=f"checking {name}",
         tokenize=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..device import check_runtime_options
 from .decoder_spec import LexiconDecoderSpec
 
 EXIT_STATS = ("entropy", "posterior")
@@ -128,6 +129,7 @@ class EvaluationArguments:
     plot: bool = field(default=True, metadata={"help": "write wer_by_exit.png"})
 
     def __post_init__(self) -> None:
+        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
         self.exit_stats = list(dict.fromkeys(self.exit_stats))
         bad = [s for s in self.exit_stats if s not in EXIT_STATS]
         if bad:

@@ -11,7 +11,12 @@ orchestrator over the pieces that each have one home:
    (:func:`decode_split`), score with jiwer;
 3. write the split's files atomically, then its ``<split>_summary.json`` (the completion marker: a
    rerun with the same settings skips the split; :mod:`.results`);
-4. write ``wer_results.txt`` / ``.json`` and ``wer_by_exit.png`` for all splits and print a table.
+4. write ``wer_results.txt`` / ``.json`` and ``wer_by_exit.png`` for this run's splits and those that
+   earlier runs finished in the folder with comparable settings
+   (:func:`~.results.merge_finished_splits`), and print a table of them.
+
+The output folder is locked for the whole run (``.evaluate.lock``): a second run on it at the same time
+is refused at once rather than the last writer winning.
 
 Transcripts are compared lower-cased with white space normalised (the seed lower-cased both sides).
 """
@@ -32,6 +37,7 @@ from transformers import Wav2Vec2CTCTokenizer
 
 from ..data import PreparedUtterance, SpeechDataset, load_prepared_split, resolve_splits
 from ..device import DeviceArguments, default_batching
+from ..io import exclusive_lock
 from ..options import resolve_options
 from ..vocab import normalize_transcript
 from .arguments import EvaluationArguments
@@ -49,11 +55,15 @@ from .results import (
     atomic_write_json,
     completed_summary,
     format_table,
+    merge_finished_splits,
     write_overview,
     write_split_files,
 )
 
 logger = logging.getLogger(__name__)
+
+#: Held in the output folder by the ``evaluate`` run that writes it (:func:`~wav2vec2_ee.io.exclusive_lock`).
+LOCK_FILE = ".evaluate.lock"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,15 +246,34 @@ def evaluate_checkpoint(
             ``evaluate_checkpoint(ckpt, out, data="corpus", splits=["test"], device="cpu")``.
 
     Returns:
-        the content of ``wer_results.json``.
+        the content of ``wer_results.json`` (this run's splits and the comparable ones finished earlier).
+
+    Raises:
+        ValueError: among others, when another ``evaluate`` run is writing ``output_dir``.
     """
     args, device = resolve_options((args, runtime), (EvaluationArguments, DeviceArguments), options)
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
     output_dir = Path(output_dir)
     pairs = resolve_splits(args.data, args.splits)
-    em = load_evaluation_model(checkpoint, args.exits, device.device, device.dtype)
     output_dir.mkdir(parents=True, exist_ok=True)
+    busy = (
+        f"{output_dir} is being written by another evaluate run (pid {{pid}}); "
+        "wait for it or choose another output folder"
+    )
+    with exclusive_lock(output_dir / LOCK_FILE, busy):  # busy: "{pid}" filled in by the lock
+        return _evaluate_locked(checkpoint, output_dir, args, device, pairs)
+
+
+def _evaluate_locked(
+    checkpoint: str | os.PathLike,
+    output_dir: Path,
+    args: EvaluationArguments,
+    device: DeviceArguments,
+    pairs: Sequence[tuple[str, str | None]],
+) -> dict:
+    """:func:`evaluate_checkpoint` once the output folder is locked."""
+    em = load_evaluation_model(checkpoint, args.exits, device.device, device.dtype)
     beam = None
     if args.decoder == "beam":
         beam = BeamSearchDecoder(em.tokenizer, args.beam_width, args.kenlm, args.lm_alpha, args.lm_beta)
@@ -269,6 +298,7 @@ def evaluate_checkpoint(
         atomic_write_json(output_dir / f"{name}{SUMMARY_SUFFIX}", summary)  # written last: the marker
         summaries[name] = summary
 
+    summaries = merge_finished_splits(output_dir, base_settings, summaries)
     overview = write_overview(output_dir, checkpoint, em.has_exits, em.layers, em.labels, summaries)
     if args.plot:
         by_layer = {

@@ -7,7 +7,6 @@ on ``--device`` in ``--dtype`` (:mod:`wav2vec2_ee.device`: the CPU speed-ups on 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -18,7 +17,13 @@ import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
 from ..device import autocast_dtype, model_device, prepare_for_inference
-from ..modeling import Wav2Vec2EEForCTC, checkpoint_keys, is_original_layout, load_model
+from ..modeling import (
+    Wav2Vec2EEForCTC,
+    checkpoint_keys,
+    is_original_layout,
+    load_model,
+    read_checkpoint_config,
+)
 from ..vocab import SAMPLING_RATE, build_feature_extractor, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -29,12 +34,12 @@ def checkpoint_has_exits(checkpoint: str | os.PathLike) -> bool:
 
     Ours have ``exit_layers`` in ``config.json``; the original research code's have ``decoders.*``
     heads (or an ``EE...`` architecture name); plain CTC checkpoints have neither.
+
+    Raises:
+        FileNotFoundError: no ``config.json``; ValueError: an invalid one, or unreadable weights.
     """
     path = Path(checkpoint)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: not a checkpoint folder (no config.json)")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config = read_checkpoint_config(path)
     if "exit_layers" in config:
         return True
     if any("EE" in name for name in config.get("architectures") or []):
@@ -83,6 +88,11 @@ def load_evaluation_model(
 
     A plain ``Wav2Vec2ForCTC`` checkpoint is evaluated at its final layer (label ``predicted``); with
     ``exits`` its intermediate layers are read through its ``lm_head`` (labels ``layer_<l>``).
+
+    The checkpoint's weights must all be there and match its config (:func:`~wav2vec2_ee.modeling.load_model`):
+    a folder without weights, an unreadable file or a tensor that is missing or of another shape is an
+    error (``FileNotFoundError`` / ``ValueError``, one line naming the folder or file), never a model
+    evaluated with random parts.
     """
     path = Path(checkpoint)
     if not path.is_dir():
@@ -100,7 +110,9 @@ def load_evaluation_model(
         indices = [available.index(x) for x in requested]
         labels = [f"layer_{x}" for x in requested]
     else:
-        top = json.loads((path / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        top = read_checkpoint_config(path).get("num_hidden_layers")
+        if not isinstance(top, int) or top < 1:
+            raise ValueError(f"{path / 'config.json'}: no valid num_hidden_layers ({top!r})")
         layers = requested or [int(top)]
         bad = [x for x in layers if not 1 <= x <= int(top)]
         if bad:

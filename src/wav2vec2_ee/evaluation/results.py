@@ -15,6 +15,9 @@ Files of an evaluation output folder (``<split>`` is the split's name, e.g. ``te
   WERs are those of the lexicon decoder's best hypothesis).
 * ``<split>_summary.json``: the split's numbers and settings, written last: the completion marker.
 * ``wer_results.json``, ``wer_by_exit.png``: all splits, machine-readable and plotted.
+  ``wer_results.*`` and ``wer_by_exit.png`` cover every finished split of the folder that belongs
+  with the run that writes them, not only that run's splits (:func:`merge_finished_splits`).
+* ``.evaluate.lock``: held by the ``evaluate`` run writing the folder (its pid inside).
 
 Files of ``sweep`` / ``calibrate``: ``<split>_sweep.csv`` / ``.json`` / ``.png`` (operating points),
 ``<split>_decisions.csv`` (every point's exit layer per utterance), ``<split>_exit_table.jsonl`` (every
@@ -29,6 +32,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -37,6 +41,8 @@ from pathlib import Path
 
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import WordErrors, split_errors, word_errors
+
+logger = logging.getLogger(__name__)
 
 WER_LINE = re.compile(r"^(?P<label>layer_\d+|predicted) WER: (?P<wer>\S+)$")
 SPLIT_LINE = re.compile(r"^split: (?P<split>.+)$")
@@ -211,20 +217,95 @@ def write_split_files(
     return files, metrics
 
 
+def _read_summary(marker: Path) -> dict | None:
+    try:
+        summary = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
+
+
+def _files_exist(output_dir: Path, summary: dict) -> bool:
+    return all((output_dir / f).is_file() for f in summary.get("files", []))
+
+
 def completed_summary(output_dir: Path, name: str, settings: dict) -> dict | None:
     """The split's summary when a previous run completed it with the same settings and its files exist."""
     marker = output_dir / f"{name}{SUMMARY_SUFFIX}"
     if not marker.is_file():
         return None
-    try:
-        summary = json.loads(marker.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    summary = _read_summary(marker)
+    if summary is None or summary.get("settings") != settings:
         return None
-    if summary.get("settings") != settings:
-        return None
-    if not all((output_dir / f).is_file() for f in summary.get("files", [])):
+    if not _files_exist(output_dir, summary):
         return None
     return summary
+
+
+#: Settings in which the splits of one overview (``wer_results.*``, ``wer_by_exit.png``) may differ:
+#: the split and where it was read from, and the optional per-split statistics (exit statistics and the
+#: lexicon decoder: ``mean_entropy``, ``lexicon_beam``, ``mean_posterior``, each described by the
+#: split's own summary). Every other setting must be equal: the checkpoint (its resolved path), the
+#: exits (labels and layers), the decoder and its options, the precision, the text normalisation; so
+#: the overview's WER table compares like with like.
+PER_SPLIT_SETTINGS = frozenset(
+    {"split", "data", "exit_stats", "nbest", "lexicon_beam_size", "word_score", "lexicon", "lexicon_lm",
+     "lexicon_lm_weight"}
+)  # fmt: skip
+
+
+def overview_settings(settings: Mapping) -> dict:
+    """The part of a split's settings that all splits of one overview share (:data:`PER_SPLIT_SETTINGS`)."""
+    return {k: v for k, v in settings.items() if k not in PER_SPLIT_SETTINGS}
+
+
+def merge_finished_splits(
+    output_dir: Path, settings: Mapping, summaries: Mapping[str, dict]
+) -> dict[str, dict]:
+    """This run's ``summaries`` plus the splits that earlier runs finished in ``output_dir`` and that belong
+    in the same overview: a ``<split>_summary.json`` that reads, whose files all exist, and whose
+    :func:`overview_settings` equal those of ``settings`` (this run's, any split's). Others (another
+    checkpoint, other exits or decoder, files deleted) are left out with a warning that says why; their
+    files stay.
+
+    Order: that of the previous ``wer_results.json``, then the other earlier splits by name, then this
+    run's new ones in run order; a split of this run replaces its earlier result in place.
+    """
+    wanted = json.loads(json.dumps(overview_settings(settings)))  # as the summaries store it
+    labels = wanted.get("labels", [])
+    earlier: dict[str, dict] = {}
+    for marker in sorted(output_dir.glob(f"*{SUMMARY_SUFFIX}")):
+        name = marker.name[: -len(SUMMARY_SUFFIX)]
+        if name in summaries:
+            continue
+        summary = _read_summary(marker)
+        if summary is not None and (summary.get("split") != name or "settings" not in summary):
+            continue  # another command's file (training's run_summary.json), not a split's
+        exits = summary.get("exits") if summary is not None else None
+        if summary is None or not isinstance(summary["settings"], dict) or not isinstance(exits, dict):
+            reason = "its summary cannot be read"
+        elif overview_settings(summary["settings"]) != wanted:
+            theirs = overview_settings(summary["settings"])
+            differ = sorted(k for k in wanted.keys() | theirs.keys() if wanted.get(k) != theirs.get(k))
+            reason = f"evaluated with other settings: {', '.join(differ)}"
+        elif not all(isinstance(exits.get(label), dict) and "wer" in exits[label] for label in labels):
+            reason = "its summary lacks the WER of some exits"
+        elif not _files_exist(output_dir, summary):
+            reason = "some of its files are missing"
+        else:
+            earlier[name] = summary
+            continue
+        logger.warning("%s: left out of wer_results in %s (%s)", name, output_dir, reason)
+    previous = _read_summary(output_dir / "wer_results.json") or {}
+    previous_splits = previous.get("splits")
+    order = (
+        [n for n in previous_splits if n in earlier or n in summaries]
+        if isinstance(previous_splits, dict)
+        else []
+    )
+    order += [n for n in earlier if n not in order]
+    order += [n for n in summaries if n not in order]
+    return {n: summaries[n] if n in summaries else earlier[n] for n in order}
 
 
 def write_overview(

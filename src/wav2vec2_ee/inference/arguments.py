@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..device import check_runtime_options
 from ..evaluation.decoder_spec import LexiconDecoderSpec
-from .policies import POLICY_NAMES
+from .policies import POLICIES, POLICY_NAMES
 
 
 @dataclass
@@ -79,12 +80,29 @@ class TranscribeArguments:
     max_layer: int | None = field(
         default=None, metadata={"help": "layer budget: never compute beyond this layer (with any policy)"}
     )
-    json: bool = field(default=False, metadata={"help": "print a JSON list of results instead of lines"})
+    json: bool = field(
+        default=False,
+        metadata={"help": "print a JSON list of results instead of lines (a failed file has an 'error')"},
+    )
     batch_size: int = field(default=16, metadata={"help": "utterances per length-sorted batch"})
     max_batch_seconds: float = field(default=160.0, metadata={"help": "seconds of padded audio per batch"})
+    max_seconds: float | None = field(
+        default=60.0,
+        metadata={
+            "help": "refuse (report as failed) a file longer than this many seconds: it would run in one "
+            "forward pass, for minutes and much memory; split long recordings first (a larger value "
+            "lifts the limit)"
+        },
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
+
+    def __post_init__(self) -> None:
+        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
+        if self.max_seconds is not None and not float(self.max_seconds) > 0:
+            raise ValueError(f"--max-seconds must be a number > 0, got {self.max_seconds}")
+        _check_max_layer_flag(self.max_layer)  # the value flags: policy_from_flags (inference/cli.py)
 
 
 @dataclass
@@ -138,6 +156,17 @@ class SweepArguments:
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     plot: bool = field(default=True, metadata={"help": "write <split>_sweep.png"})
 
+    def __post_init__(self) -> None:
+        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
+        _check_max_layer_flag(self.max_layer)
+        if self.thresholds:  # out-of-range values fail now, not after the split's exits are computed
+            from .sweep import parse_thresholds  # (sweep imports this module)
+
+            tunable = [p for p in dict.fromkeys(self.policies) if p in POLICIES and POLICIES[p].parameter]
+            for name, values in parse_thresholds(self.thresholds, tunable).items():
+                for value in values:
+                    _check_value(POLICIES[name], "--thresholds", value)
+
 
 @dataclass
 class CalibrateArguments:
@@ -182,6 +211,33 @@ class CalibrateArguments:
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
     progress: bool = field(default=False, metadata={"help": "show progress bars (on stderr)"})
+
+    def __post_init__(self) -> None:
+        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
+        _check_max_layer_flag(self.max_layer)
+        cls = POLICIES.get(self.policy)
+        if cls is not None and cls.parameter is not None:
+            for value in self.thresholds or []:
+                _check_value(cls, "--thresholds", value)
+
+
+def _check_max_layer_flag(max_layer: int | None) -> None:
+    """``--max-layer`` is a layer number; whether it is one of the model's exit layers is checked where
+    the policy meets the model (:func:`~.policies.check_max_layer`)."""
+    if max_layer is not None and (
+        isinstance(max_layer, bool) or int(max_layer) != max_layer or max_layer < 1
+    ):
+        raise ValueError(
+            f"--max-layer must be one of the model's exit layers (an integer >= 1), got {max_layer}"
+        )
+
+
+def _check_value(cls, flag: str, value: float) -> None:
+    """``cls.check_value(value)``, its ``ValueError`` prefixed with the flag that gave the value."""
+    try:
+        cls.check_value(value)
+    except ValueError as err:
+        raise ValueError(f"{flag} {value}: {err}") from None
 
 
 def posterior_spec(

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from transformers import HfArgumentParser
 
@@ -27,7 +29,7 @@ from .arguments import (
     TranscribeArguments,
     posterior_spec,
 )
-from .policies import POLICIES, POLICY_NAMES, ExitPolicy, policy_with_value
+from .policies import POLICIES, POLICY_NAMES, ExitPolicy, check_max_layer, policy_with_value
 
 # --------------------------------------------------------------------------------------------------
 # shared pieces
@@ -42,6 +44,21 @@ def _parser(dataclass_types, prog: str, description: str) -> HfArgumentParser:
     parser = HfArgumentParser(dataclass_types, prog=prog, description=description)
     parser.error = _raise_value_error
     return parser
+
+
+def _check_max_layer(checkpoint: str, max_layer: int | None) -> None:
+    """``--max-layer`` must be one of the exit layers that ``sweep`` / ``calibrate`` evaluate: checked
+    from the checkpoint's config before the split's exits are computed (minutes), not after."""
+    if max_layer is None or not Path(checkpoint, "config.json").is_file():
+        return  # no budget; a missing checkpoint is reported by the loader
+    from ..evaluation.model import checkpoint_has_exits
+    from ..modeling import load_config
+
+    if checkpoint_has_exits(checkpoint):
+        layers = load_config(checkpoint).exit_layers
+    else:  # a plain CTC checkpoint is evaluated at its final layer (load_evaluation_model)
+        layers = [int(load_config(checkpoint).num_hidden_layers)]
+    check_max_layer(max_layer, layers)
 
 
 def _logging(quiet: bool = False) -> None:
@@ -81,6 +98,11 @@ def policy_from_flags(
     if wanted and cls.parameter_required and value is None:
         example = f"{_VALUE_FLAGS[wanted]} {cls.example_value}"
         raise ValueError(f"--policy {policy} needs {_VALUE_FLAGS[wanted]} (e.g. {example})")
+    if value is not None:
+        try:
+            cls.check_value(value)
+        except ValueError as err:  # the range, with the flag that gave the value
+            raise ValueError(f"{_VALUE_FLAGS[wanted]} {value}: {err}") from None
     return policy_with_value(policy, value, max_layer)
 
 
@@ -98,8 +120,15 @@ def _transcribe_parser() -> HfArgumentParser:
 
 
 def transcribe_main(argv: list[str] | None = None) -> int:
+    """Prints one line (or JSON object) per transcribed file. A file that cannot be transcribed (not
+    audio, too short, longer than ``--max-seconds``, ...) does not stop the others: its error goes to
+    stderr (and into the JSON as ``error``) and the exit status is 1. A path that does not exist is a
+    usage error (exit 2, before the model loads)."""
     args, lex, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
+    missing = [a for a in positional.audio if not os.path.exists(a)]
+    if missing:
+        raise ValueError(f"{', '.join(missing)}: no such file")
     import torch
 
     from .transcriber import Transcriber
@@ -114,6 +143,7 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         dtype=device.dtype,
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
+        max_seconds=args.max_seconds,
     )
     if POLICIES.get(args.policy) is not None and POLICIES[args.policy].needs_lexicon:
         if not lex.lexicon:
@@ -122,13 +152,23 @@ def transcribe_main(argv: list[str] | None = None) -> int:
             )
         spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
         transcriber.decoders.lexicon_decoder = spec.build()
-    results = transcriber.transcribe(list(positional.audio))
+    results = transcriber.transcribe(list(positional.audio), raise_errors=False)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     else:
         for r in results:
-            print(f"{r.source}\tlayer {r.exit_layer}/{r.num_layers}\t{r.seconds:.3f} s\t{r.text}")
-    return 0
+            if r.ok:
+                print(f"{r.source}\tlayer {r.exit_layer}/{r.num_layers}\t{r.seconds:.3f} s\t{r.text}")
+    sys.stdout.flush()
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"wav2vec2-ee transcribe: error: {r.error}", file=sys.stderr)
+    if failed:
+        print(
+            f"wav2vec2-ee transcribe: {len(failed)} of {len(results)} file(s) could not be transcribed",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,6 +187,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
     )
     args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging()
+    _check_max_layer(positional.checkpoint, args.max_layer)
     from .sweep import run_sweep
 
     run_sweep(positional.checkpoint, positional.output_dir, args, lexicon, source, scoring, device)
@@ -166,6 +207,7 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
     args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
+    _check_max_layer(positional.checkpoint, args.max_layer)
     from .calibrate import run_calibration
 
     run_calibration(positional.checkpoint, args, lexicon, source, scoring, device)

@@ -20,6 +20,14 @@ name            class                        stops at the first exit where
 ``oracle``      :class:`OracleExit`          evaluation only: the shallowest exit with the fewest errors
 =============== ============================ ====================================================
 
+Accepted values (:meth:`ExitPolicy.check_value`, applied by :func:`build_policy` and the commands; a
+``ValueError`` naming the range otherwise): an entropy threshold is a finite number ``>= 0`` (the
+statistic lies in ``[0, log(vocab)]``), a confidence or posterior threshold lies in ``(0, 1]`` (the
+statistics lie in ``[1/vocab, 1]`` and ``[0, 1]``), patience is an integer ``>= 1``, and a layer
+budget is one of the model's exit layers (:func:`check_max_layer`, checked where the policy meets the
+model: :meth:`ExitPolicy.deepest_exit`). The classes themselves take any threshold but NaN: one
+outside the range is a constant decision (``EntropyThreshold(-1)`` never stops early).
+
 :func:`build_policy` is the only place that maps names to classes.
 """
 
@@ -183,14 +191,21 @@ class ExitView:
 # policies
 
 
-def _deepest_exit_at_or_below(exit_layers: Sequence[int], max_layer: int) -> int:
-    allowed = [k for k, layer in enumerate(exit_layers) if layer <= max_layer]
-    if not allowed:
+def check_max_layer(max_layer: int, exit_layers: Sequence[int]) -> int:
+    """0-based index of the exit at layer ``max_layer``: a layer budget must be one of the model's exit
+    layers (a budget between two exits would silently mean the shallower one; one beyond the last exit
+    would mean no budget). Raises a ``ValueError`` naming the exit layers otherwise."""
+    layers = [int(x) for x in exit_layers]
+    if max_layer < layers[0]:
         raise ValueError(
-            f"layer budget {max_layer} is below the first exit "
-            f"(layer {exit_layers[0]}; exits at {list(exit_layers)})"
+            f"--max-layer {max_layer} is below the first exit (layer {layers[0]}): "
+            f"choose one of the model's exit layers {layers}"
         )
-    return allowed[-1]
+    if max_layer not in layers:
+        raise ValueError(
+            f"--max-layer {max_layer} is not an exit layer of this model: choose one of its exit layers {layers}"
+        )
+    return layers.index(max_layer)
 
 
 class ExitPolicy(ABC):
@@ -224,6 +239,13 @@ class ExitPolicy(ABC):
     @abstractmethod
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         """``(batch,)`` bool: stop at ``history[-1]``'s exit (all views hold the same utterances)."""
+
+    @classmethod
+    def check_value(cls, value: float | int) -> float | int:
+        """``value`` as the policy's parameter, or a ``ValueError`` naming the accepted range."""
+        if cls.parameter is None:
+            raise ValueError(f"the {cls.name} policy takes no parameter, got {value}")
+        return value
 
     @classmethod
     def candidate_values(
@@ -305,7 +327,13 @@ class FixedExit(ExitPolicy):
     always_swept = True
 
     def __init__(self, layer: int | None = None):
-        self.layer = None if layer is None else int(layer)
+        self.layer = None if layer is None else self.check_value(layer)
+
+    @classmethod
+    def check_value(cls, value: float | int) -> int:
+        if not _is_integer(value) or int(value) < 1:
+            raise ValueError(f"the fixed policy's layer must be an exit layer (an integer >= 1), got {value}")
+        return int(value)
 
     @classmethod
     def candidate_values(cls, stats, allowed_layers, num=12) -> list[int]:
@@ -327,6 +355,13 @@ class FixedExit(ExitPolicy):
         return torch.full((len(view),), stop, dtype=torch.bool)
 
 
+def _is_integer(value) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value)) and float(value) == int(value)
+    except (TypeError, ValueError):
+        return False
+
+
 def _between(low: float, high: float) -> float:
     """The shortest decimal strictly between ``low`` and ``high`` (also in float32, as statistics are)."""
     mid = (low + high) / 2
@@ -337,18 +372,25 @@ def _between(low: float, high: float) -> float:
     return mid
 
 
-def threshold_cuts(values: torch.Tensor) -> list[float]:
+def threshold_cuts(
+    values: torch.Tensor, low: float = -math.inf, high: float = math.inf, low_inclusive: bool = True
+) -> list[float]:
     """Thresholds that separate the sorted distinct ``values``: one below all, one between each pair of
-    neighbours (short decimals, so engine and simulation cannot differ by a float tie), one above all."""
+    neighbours (short decimals, so engine and simulation cannot differ by a float tie), one above all.
+
+    Every threshold lies in the accepted range ``[low, high]`` (``(low, high]`` unless
+    ``low_inclusive``): the outer ones are moved inside it, to the range's end when no value of the
+    range lies beyond every observed value (e.g. a confidence of exactly 1.0), or left out when not even
+    the end qualifies (an open lower end at an observed value)."""
     u = torch.unique(values[torch.isfinite(values)].double()).tolist()
     if not u:
         return []
     margin = max(1e-6, 1e-3 * (u[-1] - u[0]))
-    return (
-        [_between(u[0] - 2 * margin, u[0])]
-        + [_between(a, b) for a, b in zip(u, u[1:])]
-        + [_between(u[-1], u[-1] + 2 * margin)]
-    )
+    inner = [_between(a, b) for a, b in zip(u, u[1:])]
+    below = _between(max(u[0] - 2 * margin, low), u[0]) if u[0] > low else (low if low_inclusive else None)
+    above = _between(u[-1], min(u[-1] + 2 * margin, high)) if u[-1] < high else high
+    cuts = [c for c in (below, *inner, above) if c is not None]
+    return list(dict.fromkeys(c for c in cuts if (low <= c if low_inclusive else low < c) and c <= high))
 
 
 class ThresholdPolicy(ExitPolicy):
@@ -359,12 +401,42 @@ class ThresholdPolicy(ExitPolicy):
     statistic: ClassVar[str]
     #: True: stop when ``statistic >= threshold``; False: when ``statistic <= threshold``.
     stop_when_above: ClassVar[bool]
+    #: The accepted thresholds: ``[low, high]`` (``(low, high]`` unless ``low_inclusive``), finite.
+    low: ClassVar[float]
+    high: ClassVar[float]
+    low_inclusive: ClassVar[bool] = True
+    #: What the statistic can take, for messages.
+    statistic_range: ClassVar[str]
 
     def __init__(self, threshold: float):
+        # Any number: one outside the accepted range is a constant decision (EntropyThreshold(-1) never
+        # stops early), which tests and simulations use; build_policy and the commands check the range.
         threshold = float(threshold)
         if math.isnan(threshold):
             raise ValueError(f"{self.name} threshold must be a number, got nan")
         self.threshold = threshold
+
+    @classmethod
+    def accepted_range(cls) -> str:
+        """``"a finite number >= 0"``, ``"a number in (0, 1]"``: the accepted thresholds, in words."""
+        if math.isinf(cls.high):
+            return f"a finite number {'>=' if cls.low_inclusive else '>'} {cls.low:g}"
+        return f"a number in {'[' if cls.low_inclusive else '('}{cls.low:g}, {cls.high:g}]"
+
+    @classmethod
+    def check_value(cls, value: float | int) -> float:
+        """``value`` as a threshold: a ``ValueError`` naming the accepted range unless it lies in it."""
+        try:
+            threshold = float(value)
+        except (TypeError, ValueError):
+            threshold = math.nan
+        above_low = cls.low <= threshold if cls.low_inclusive else cls.low < threshold
+        if not (math.isfinite(threshold) and above_low and threshold <= cls.high):
+            raise ValueError(
+                f"the {cls.name} policy's threshold must be {cls.accepted_range()}, got {value} "
+                f"({cls.statistic_range})"
+            )
+        return threshold
 
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         value = history[-1].stat(self.statistic)
@@ -384,7 +456,7 @@ class ThresholdPolicy(ExitPolicy):
                 f"the {cls.name} policy needs the {cls.statistic} statistic, which was not computed{hint}"
             )
         deciding = stats[cls.statistic][: max(1, len(allowed_layers) - 1)]
-        cuts = threshold_cuts(deciding.flatten())
+        cuts = threshold_cuts(deciding.flatten(), cls.low, cls.high, cls.low_inclusive)
         if num is None or len(cuts) <= num:
             return cuts
         picks = torch.linspace(0, len(cuts) - 1, max(2, num)).round().long().unique().tolist()
@@ -399,6 +471,11 @@ class EntropyThreshold(ThresholdPolicy):
     stop_when_above = False
     larger_is_more_aggressive = True
     example_value = "0.4"
+    low, high = 0.0, math.inf
+    statistic_range = (
+        "the mean frame entropy lies in [0, log(vocabulary size)] nats; a threshold at or above "
+        "log(vocabulary size) stops every utterance at the first exit"
+    )
 
 
 class ConfidenceThreshold(ThresholdPolicy):
@@ -410,6 +487,11 @@ class ConfidenceThreshold(ThresholdPolicy):
     stop_when_above = True
     larger_is_more_aggressive = False
     example_value = "0.9"
+    low, high, low_inclusive = 0.0, 1.0, False
+    statistic_range = (
+        "the mean max-probability lies in [1/vocabulary size, 1]; a threshold at or below "
+        "1/vocabulary size stops every utterance at the first exit"
+    )
 
 
 class PosteriorThreshold(ThresholdPolicy):
@@ -424,6 +506,8 @@ class PosteriorThreshold(ThresholdPolicy):
     larger_is_more_aggressive = False
     example_value = "0.9"
     needs_lexicon = True
+    low, high, low_inclusive = 0.0, 1.0, False
+    statistic_range = "the n-best posterior lies in [0, 1]"
 
 
 class Patience(ExitPolicy):
@@ -443,9 +527,16 @@ class Patience(ExitPolicy):
         return list(range(1, len(allowed_layers) + 1))
 
     def __init__(self, patience: int):
-        if int(patience) != patience or int(patience) < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience}")
-        self.patience = int(patience)
+        self.patience = self.check_value(patience)
+
+    @classmethod
+    def check_value(cls, value: float | int) -> int:
+        if not _is_integer(value) or int(value) < 1:
+            raise ValueError(
+                f"the patience policy's patience must be an integer >= 1 (consecutive exits that agree), "
+                f"got {value}"
+            )
+        return int(value)
 
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         n = len(history[-1])
@@ -462,8 +553,10 @@ class LayerBudget(ExitPolicy):
     name = "budget"
 
     def __init__(self, policy: ExitPolicy, max_layer: int):
-        if int(max_layer) < 1:
-            raise ValueError(f"max_layer must be >= 1, got {max_layer}")
+        if not _is_integer(max_layer) or int(max_layer) < 1:
+            raise ValueError(
+                f"--max-layer must be one of the model's exit layers (an integer >= 1), got {max_layer}"
+            )
         self.policy = policy
         self._max_layer = int(max_layer)
 
@@ -479,9 +572,9 @@ class LayerBudget(ExitPolicy):
         return {**self.policy.describe(), "max_layer": self._max_layer}
 
     def deepest_exit(self, exit_layers: Sequence[int]) -> int:
-        return min(
-            self.policy.deepest_exit(exit_layers), _deepest_exit_at_or_below(exit_layers, self._max_layer)
-        )
+        """The wrapped policy's deepest exit, capped at the exit at ``max_layer``, which must be one of
+        ``exit_layers`` (:func:`check_max_layer`: a ``ValueError`` naming them otherwise)."""
+        return min(self.policy.deepest_exit(exit_layers), check_max_layer(self._max_layer, exit_layers))
 
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
         return self.policy.should_exit(history)
@@ -570,6 +663,8 @@ def build_policy(name: str, max_layer: int | None = None, **params) -> ExitPolic
         )
     if cls.parameter is not None and cls.parameter not in params and cls.parameter_required:
         raise ValueError(f"the {name} policy needs its {cls.parameter} (e.g. {cls.example_value})")
+    if cls.parameter is not None and params.get(cls.parameter) is not None:
+        params[cls.parameter] = cls.check_value(params[cls.parameter])  # the accepted range, or a ValueError
     policy = cls(**params)
     return LayerBudget(policy, max_layer) if max_layer is not None else policy
 
@@ -579,8 +674,4 @@ def policy_with_value(name: str, value: float | int | None, max_layer: int | Non
     cls = POLICIES.get(name)
     if cls is None or cls.parameter is None or value is None:
         return build_policy(name, max_layer=max_layer)
-    if cls.integer_parameter:
-        if float(value) != int(value):
-            raise ValueError(f"the {name} policy's {cls.parameter} must be an integer, got {value}")
-        value = int(value)
     return build_policy(name, max_layer=max_layer, **{cls.parameter: value})

@@ -43,6 +43,23 @@ def _raise_value_error(message: str):
     raise ValueError(f"{message} (wav2vec2-ee train --help lists the options)")
 
 
+def _check_value_types(path: str, values: dict, actions: dict) -> None:
+    """A config file's numbers must have the type of their flag (argparse converts flags, not defaults):
+    ``max_steps: 2.5`` is refused naming the file and the key, before it fails deep in the Trainer."""
+    for key, value in values.items():
+        kind = getattr(actions.get(key), "type", None)
+        if value is None or kind not in (int, float) or isinstance(value, list):
+            continue
+        ok = (
+            isinstance(value, int) and not isinstance(value, bool)
+            if kind is int
+            else (isinstance(value, int | float) and not isinstance(value, bool))
+        )
+        if not ok:
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"{path}: {key} must be {expected}, got {type(value).__name__} {value!r}")
+
+
 def parse_args(argv: list[str]):
     """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
     parser = HfArgumentParser(ALL_ARGS)
@@ -54,6 +71,7 @@ def parse_args(argv: list[str]):
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{argv[0]}: unknown argument(s) {', '.join(unknown)}")
+        _check_value_types(argv[0], values, {a.dest: a for a in parser._actions})
         parser.set_defaults(**values)
         argv = argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)

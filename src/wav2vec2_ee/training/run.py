@@ -7,14 +7,15 @@ import logging
 import os
 import pickle
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
-from transformers import TrainingArguments, set_seed
+from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
 
-from ..data import DataError, SpeechDataset, load_split, prepare_utterances
+from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
 from ..data.augment import SpeedPerturbation
 from ..data.dataset import DataCollatorCTCWithPadding
 from ..io import atomic_write_text
@@ -22,7 +23,9 @@ from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
 from ..objectives import build_objective
 from ..vocab import build_processor
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
-from .trainer import EarlyExitTrainer, TeacherLabels
+from .skips import gather_skip_counts
+from .teacher import build_teacher_labels
+from .trainer import EarlyExitTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,8 @@ def _checkpoint_problem(ckpt: Path) -> str | None:
 
     ``Trainer._save_checkpoint`` (transformers 5.x) writes the weights, then optimizer.pt,
     scheduler.pt and rng_state*.pth, and ``trainer_state.json`` last (``EarlyExitTrainer`` adds a
-    barrier so that, with several processes, every process's files come before it). A complete
+    barrier so that, with several processes, every process's files come before it; the skip counts
+    come first, from :class:`~.callbacks.SaveSkipCounts`). A complete
     checkpoint therefore has a ``trainer_state.json`` that parses and names the folder's step. The
     other files are checked too, cheaply, in case the file system lost unsynced data: safetensors
     headers must open and every torch pickle (a zip archive) must have its end-of-archive record.
@@ -99,9 +103,11 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
 
 
 def build_model(model_args: ModelArguments, vocab_size: int, pad_token_id: int) -> Wav2Vec2EEForCTC:
-    """Step 2: the student, from a checkpoint or a config, shaped by the model arguments."""
+    """Step 2: the student, from a checkpoint or a config, shaped by the model arguments (the one place
+    where a config alone gives a randomly initialised model)."""
     model = load_model(
         model_args.model,
+        allow_random_init=True,
         vocab_size=vocab_size,
         pad_token_id=pad_token_id,
         num_hidden_layers=model_args.num_hidden_layers,
@@ -116,15 +122,22 @@ def build_model(model_args: ModelArguments, vocab_size: int, pad_token_id: int) 
     return model
 
 
-def run_training(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    objective_args: ObjectiveArguments,
-    run_args: RunArguments,
-    training_args: TrainingArguments,
-) -> EarlyExitTrainer:
-    """Train; returns the trainer (its model is the trained student)."""
-    # 1. inputs that must exist before any work is done
+def log_model(model: Wav2Vec2EEForCTC, objective) -> None:
+    """Log the model's shape, size and objective."""
+    logger.info(
+        "model: %d layers, exits after %s, %.2f M parameters (%.2f M trainable); objective %s",
+        model.config.num_hidden_layers,
+        model.config.exit_layers,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
+        objective.name,
+    )
+
+
+def check_arguments(
+    data_args: DataArguments, run_args: RunArguments, training_args: TrainingArguments
+) -> None:
+    """Step 1: the inputs that must exist before any work is done (``ValueError`` / ``DataError``)."""
     if not training_args.output_dir:
         raise ValueError("--output-dir is required")
     if data_args.data is None:
@@ -137,6 +150,153 @@ def run_training(
         )
     if run_args.time_budget is not None and run_args.time_budget <= 0:
         raise ValueError(f"--time-budget must be a positive number of seconds, got {run_args.time_budget}")
+
+
+def speed_perturbation(factors: list[float] | None, seed: int) -> SpeedPerturbation | None:
+    """The training audio's speed perturbation by ``factors`` (``None``: off), drawn from ``seed``."""
+    if not factors:
+        return None
+    try:
+        perturbation = SpeedPerturbation(tuple(factors), seed=seed)
+    except ValueError as err:
+        raise ValueError(f"--speed-perturbation: {err}") from err
+    logger.info("speed perturbation of the training audio: factors %s", list(perturbation.factors))
+    return perturbation
+
+
+def build_train_dataset(
+    data_args: DataArguments,
+    processor: Wav2Vec2Processor,
+    frames: Callable[[int], int],
+    training_args: TrainingArguments,
+) -> tuple[SpeechDataset, PreparationReport]:
+    """Step 3a: the checked training utterances, and the report of those left out.
+
+    ``frames`` maps a number of samples to the model's number of CTC frames.
+    """
+    train_utts = load_split(data_args.data, data_args.train_splits)
+    if data_args.max_train_samples:
+        train_utts = train_utts[: data_args.max_train_samples]
+    train_items, report = prepare_utterances(
+        train_utts,
+        processor.tokenizer,
+        frames_for_samples=frames,
+        max_duration=data_args.max_duration,
+        min_duration=data_args.min_duration,
+        strict=data_args.strict,
+        progress=not training_args.disable_tqdm,
+        desc="checking training data",
+        verify_audio=data_args.verify_audio,
+    )
+    logger.info("training data: %s", report.summary())
+    if not train_items:
+        raise DataError(f"{data_args.data}: no usable training utterances in {data_args.train_splits}")
+    dataset = SpeechDataset(
+        train_items,
+        processor.feature_extractor,
+        cache_audio=data_args.cache_audio,
+        strict=data_args.strict,
+        speed_perturbation=speed_perturbation(data_args.speed_perturbation, training_args.seed),
+        frames_for_samples=frames,
+    )
+    return dataset, report
+
+
+def build_eval_dataset(
+    data_args: DataArguments,
+    processor: Wav2Vec2Processor,
+    frames: Callable[[int], int],
+    training_args: TrainingArguments,
+) -> SpeechDataset | None:
+    """Step 3b: the checked evaluation utterances of ``--eval-splits`` (``None`` without them)."""
+    if not data_args.eval_splits:
+        return None
+    eval_items, eval_report = prepare_utterances(
+        load_split(data_args.data, data_args.eval_splits),
+        processor.tokenizer,
+        frames_for_samples=frames,
+        strict=data_args.strict,
+        progress=not training_args.disable_tqdm,
+        desc="checking evaluation data",
+        verify_audio=data_args.verify_audio,
+    )
+    logger.info("evaluation data: %s", eval_report.summary())
+    return SpeechDataset(
+        eval_items, processor.feature_extractor, cache_audio=data_args.cache_audio, strict=data_args.strict
+    )
+
+
+def set_objective_arguments(training_args: TrainingArguments, objective, model: Wav2Vec2EEForCTC) -> None:
+    """Step 5: the Trainer settings the objective needs (in place)."""
+    training_args.remove_unused_columns = False
+    training_args.label_names = ["labels"]
+    training_args.prediction_loss_only = True
+    if training_args.ddp_find_unused_parameters is None:
+        # manual exit activation leaves the upper layers and heads without gradient
+        training_args.ddp_find_unused_parameters = (
+            objective.exits_needed < model.config.num_exits or model.config.layerdrop > 0
+        )
+
+
+def train(trainer: EarlyExitTrainer, resume: bool) -> TrainOutput:
+    """Step 6: ``trainer.train()``, from the last complete checkpoint of the output folder with
+    ``resume`` (the skip counts too), else from scratch."""
+    checkpoint = last_complete_checkpoint(trainer.args.output_dir) if resume else None
+    if resume:
+        logger.info("resuming from %s", checkpoint or "scratch (no complete checkpoint found)")
+    trainer.restore_skip_counts(checkpoint)
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except pickle.UnpicklingError as err:  # the Trainer unpickles optimizer/scheduler/RNG with weights_only
+        if checkpoint is None:
+            raise
+        raise refused_pickle_error(checkpoint, err) from err
+
+
+def save_results(
+    trainer: EarlyExitTrainer,
+    processor: Wav2Vec2Processor,
+    result: TrainOutput,
+    report: PreparationReport,
+    counts: dict,
+) -> None:
+    """Step 7 (process 0): the final model with its processor, and ``run_summary.json`` with the data
+    report and the run's skip counts (``counts``, gathered over the processes)."""
+    output_dir = trainer.args.output_dir
+    trainer.save_model(output_dir)
+    processor.save_pretrained(output_dir)
+    summary = {
+        "train_metrics": result.metrics,
+        "data": {"kept": report.kept, "skipped": report.skipped, "skip_counts": dict(report.counts())},
+        "bad_items_at_training_time": counts["bad_audio"],
+        "skipped_nonfinite_batches": counts["skipped_nonfinite_batches"],
+        "skipped_updates": counts["skipped_updates"],
+        "objective": trainer.objective.name,
+        "exit_layers": trainer.model.config.exit_layers,
+    }
+    atomic_write_text(Path(output_dir, "run_summary.json"), json.dumps(summary, indent=2))
+    anything = report.skipped or any(counts.values())
+    (logger.warning if anything else logger.info)(
+        "data: %s; unreadable at training time: %d; non-finite batches skipped: %d; "
+        "optimizer steps skipped: %d (details in %s)",
+        report.summary(),
+        len(counts["bad_audio"]),
+        counts["skipped_nonfinite_batches"],
+        counts["skipped_updates"],
+        Path(output_dir, "run_summary.json"),
+    )
+
+
+def run_training(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    objective_args: ObjectiveArguments,
+    run_args: RunArguments,
+    training_args: TrainingArguments,
+) -> EarlyExitTrainer:
+    """Train, in the numbered steps of the functions above; returns the trainer (its model is the
+    trained student)."""
+    check_arguments(data_args, run_args, training_args)
     model_dir = model_args.model if model_args.model and Path(model_args.model).is_dir() else None
     processor = build_processor(model_dir)
     tokenizer = processor.tokenizer
@@ -152,89 +312,17 @@ def run_training(
         inverse_confidence=objective_args.inverse_confidence,
         word_delimiter_id=tokenizer.word_delimiter_token_id,
     )
-    logger.info(
-        "model: %d layers, exits after %s, %.2f M parameters (%.2f M trainable); objective %s",
-        model.config.num_hidden_layers,
-        model.config.exit_layers,
-        sum(p.numel() for p in model.parameters()) / 1e6,
-        sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6,
-        objective.name,
-    )
+    log_model(model, objective)
 
-    # 3. data
+    # 3. data; 4. pseudo-labels (kd: a frozen teacher, outside the student, never saved with it)
     frames = model._get_feat_extract_output_lengths
-    train_utts = load_split(data_args.data, data_args.train_splits)
-    if data_args.max_train_samples:
-        train_utts = train_utts[: data_args.max_train_samples]
-    train_items, report = prepare_utterances(
-        train_utts,
-        tokenizer,
-        frames_for_samples=frames,
-        max_duration=data_args.max_duration,
-        min_duration=data_args.min_duration,
-        strict=data_args.strict,
-        progress=not training_args.disable_tqdm,
-        desc="checking training data",
-        verify_audio=data_args.verify_audio,
-    )
-    logger.info("training data: %s", report.summary())
-    if not train_items:
-        raise DataError(f"{data_args.data}: no usable training utterances in {data_args.train_splits}")
-    perturbation = None
-    if data_args.speed_perturbation:
-        try:
-            perturbation = SpeedPerturbation(tuple(data_args.speed_perturbation), seed=training_args.seed)
-        except ValueError as err:
-            raise ValueError(f"--speed-perturbation: {err}") from err
-        logger.info("speed perturbation of the training audio: factors %s", list(perturbation.factors))
-    train_dataset = SpeechDataset(
-        train_items,
-        processor.feature_extractor,
-        cache_audio=data_args.cache_audio,
-        strict=data_args.strict,
-        speed_perturbation=perturbation,
-        frames_for_samples=frames,
-    )
-    eval_dataset = None
-    if data_args.eval_splits:
-        eval_items, eval_report = prepare_utterances(
-            load_split(data_args.data, data_args.eval_splits),
-            tokenizer,
-            frames_for_samples=frames,
-            strict=data_args.strict,
-            progress=not training_args.disable_tqdm,
-            desc="checking evaluation data",
-            verify_audio=data_args.verify_audio,
-        )
-        logger.info("evaluation data: %s", eval_report.summary())
-        eval_dataset = SpeechDataset(
-            eval_items,
-            processor.feature_extractor,
-            cache_audio=data_args.cache_audio,
-            strict=data_args.strict,
-        )
+    train_dataset, report = build_train_dataset(data_args, processor, frames, training_args)
+    eval_dataset = build_eval_dataset(data_args, processor, frames, training_args)
+    teacher_path = objective_args.teacher or model_args.model
+    teacher_labels = build_teacher_labels(objective, teacher_path, tokenizer, training_args)
 
-    # 4. teacher (kd): frozen, outside the student, never saved with it
-    teacher_labels = None
-    if objective.needs_teacher:
-        teacher_path = objective_args.teacher or model_args.model
-        if teacher_path is None:
-            raise ValueError(
-                "--objective kd needs a teacher: pass --teacher or start from a --model checkpoint"
-            )
-        teacher = load_model(teacher_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        teacher.to(training_args.device)
-        teacher_labels = TeacherLabels(teacher, tokenizer.pad_token_id, tokenizer.word_delimiter_token_id)
-
-    # 5. trainer settings the objective needs
-    training_args.remove_unused_columns = False
-    training_args.label_names = ["labels"]
-    training_args.prediction_loss_only = True
-    if training_args.ddp_find_unused_parameters is None:
-        # manual exit activation leaves the upper layers and heads without gradient
-        training_args.ddp_find_unused_parameters = (
-            objective.exits_needed < model.config.num_exits or model.config.layerdrop > 0
-        )
+    # 5. the trainer; 6. train; 7. save the final model with its processor, and the summary
+    set_objective_arguments(training_args, objective, model)
     trainer = EarlyExitTrainer(
         model=model,
         args=training_args,
@@ -248,60 +336,8 @@ def run_training(
         teacher_labels=teacher_labels,
         time_budget=run_args.time_budget,
     )
-
-    # 6. train (resuming where asked), then save the final model with its processor
-    resume = last_complete_checkpoint(training_args.output_dir) if run_args.resume else None
-    if run_args.resume:
-        logger.info("resuming from %s", resume or "scratch (no complete checkpoint found)")
-    trainer.restore_skip_counts(resume)
-    try:
-        result = trainer.train(resume_from_checkpoint=resume)
-    except (
-        pickle.UnpicklingError
-    ) as err:  # the Trainer unpickles optimizer/scheduler/RNG with weights_only=True
-        if resume is None:
-            raise
-        raise refused_pickle_error(resume, err) from err
-    counts = _gather_skip_counts(trainer)
+    result = train(trainer, run_args.resume)
+    counts = gather_skip_counts(trainer.skip_counts())  # in every process: a collective
     if trainer.is_world_process_zero():
-        trainer.save_model(training_args.output_dir)
-        processor.save_pretrained(training_args.output_dir)
-        summary = {
-            "train_metrics": result.metrics,
-            "data": {"kept": report.kept, "skipped": report.skipped, "skip_counts": dict(report.counts())},
-            "bad_items_at_training_time": counts["bad_audio"],
-            "skipped_nonfinite_batches": counts["skipped_nonfinite_batches"],
-            "skipped_updates": counts["skipped_updates"],
-            "objective": objective.name,
-            "exit_layers": model.config.exit_layers,
-        }
-        atomic_write_text(Path(training_args.output_dir, "run_summary.json"), json.dumps(summary, indent=2))
-        anything = report.skipped or any(counts.values())
-        (logger.warning if anything else logger.info)(
-            "data: %s; unreadable at training time: %d; non-finite batches skipped: %d; "
-            "optimizer steps skipped: %d (details in %s)",
-            report.summary(),
-            len(counts["bad_audio"]),
-            counts["skipped_nonfinite_batches"],
-            counts["skipped_updates"],
-            Path(training_args.output_dir, "run_summary.json"),
-        )
+        save_results(trainer, processor, result, report, counts)
     return trainer
-
-
-def _gather_skip_counts(trainer: EarlyExitTrainer) -> dict:
-    """The trainer's skip counts summed over all processes (each process sees its own batches)."""
-    counts = trainer.skip_counts()
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return counts
-    everyone: list = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(everyone, counts)
-    bad_audio: dict[str, str] = {}
-    for c in everyone:
-        bad_audio.update(c["bad_audio"])
-    return {
-        "skipped_nonfinite_batches": sum(c["skipped_nonfinite_batches"] for c in everyone),
-        # every process takes the same decision on a shared gradient: the count is the same on all
-        "skipped_updates": max(c["skipped_updates"] for c in everyone),
-        "bad_audio": bad_audio,
-    }
