@@ -13,7 +13,7 @@ $(BIN)/activate:
 
 install: $(BIN)/activate
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[all]"
 
 test:
 	$(BIN)/python -m pytest -q

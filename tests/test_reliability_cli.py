@@ -513,3 +513,26 @@ def test_a_train_config_with_a_number_of_the_wrong_type_is_one_line(tmp_path, ca
     assert _main(["train", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run.json: max_steps must be an integer, got float 2.5" in err[0]
+
+
+def test_report_to_tensorboard_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from wav2vec2_ee.cli import main as _main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
+    )
+    argv = [
+        "train",
+        "--model",
+        str(tmp_path / "none.json"),
+        "--data",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    assert _main([*argv, "--report-to", "tensorboard"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install wav2vec2-ee[tensorboard]" in err[0]

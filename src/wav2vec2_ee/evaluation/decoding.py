@@ -186,12 +186,15 @@ class BeamSearchDecoder:
                 self.labels, kenlm_model_path=kenlm_model, unigrams=unigrams, alpha=alpha, beta=beta
             )
             return
-        from flashlight.lib.text.decoder import (
-            CriterionType,
-            LexiconFreeDecoder,
-            LexiconFreeDecoderOptions,
-            ZeroLM,
-        )
+        try:
+            from flashlight.lib.text.decoder import (
+                CriterionType,
+                LexiconFreeDecoder,
+                LexiconFreeDecoderOptions,
+                ZeroLM,
+            )
+        except ImportError as err:
+            raise ValueError("--decoder beam needs flashlight-text: pip install wav2vec2-ee[lm]") from err
 
         options = LexiconFreeDecoderOptions(
             beam_size=self.beam_width,
@@ -304,7 +307,7 @@ class LexiconBeamDecoder:
             from flashlight.lib.text.dictionary import Dictionary
         except ImportError as err:
             raise ValueError(
-                "the n-best posterior needs flashlight-text: pip install flashlight-text"
+                "the lexicon beam search needs flashlight-text: pip install wav2vec2-ee[lm]"
             ) from err
         if nbest < 1:
             raise ValueError(f"nbest must be >= 1, got {nbest}")

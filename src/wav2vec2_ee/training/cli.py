@@ -60,6 +60,25 @@ def _check_value_types(path: str, values: dict, actions: dict) -> None:
             raise ValueError(f"{path}: {key} must be {expected}, got {type(value).__name__} {value!r}")
 
 
+#: ``--report-to`` integrations whose package comes with an extra of ours.
+REPORTING_EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
+
+
+def check_reporting_extras(report_to) -> None:
+    """Refuse a ``--report-to`` integration whose package is not installed, naming the extra to install
+    (instead of the Trainer's traceback when it starts logging)."""
+    import importlib.util
+
+    wanted = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    for name in wanted:
+        if name in REPORTING_EXTRAS:
+            module, extra = REPORTING_EXTRAS[name]
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(
+                    f"--report-to {name} needs the {module} package: pip install wav2vec2-ee[{extra}]"
+                )
+
+
 def parse_args(argv: list[str]):
     """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
     parser = HfArgumentParser(ALL_ARGS)
@@ -85,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     cpu_processes_need_cpu_backend()
     args = parse_args(argv)
+    check_reporting_extras(args[-1].report_to)
     run_training(*args)
     return 0
 
