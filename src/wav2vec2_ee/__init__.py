@@ -21,7 +21,15 @@ _EXPORTS = {
     "load_model": ".modeling",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Transcriber",
+    "Wav2Vec2EEConfig",
+    "Wav2Vec2EEForCTC",
+    "Wav2Vec2EEOutput",
+    "build_objective",
+    "greedy_pseudo_labels",
+    "load_model",
+]
 
 if TYPE_CHECKING:
     from .configuration import Wav2Vec2EEConfig
