@@ -86,29 +86,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _describe(pid: int) -> str:
+    """State, parent and wait channel of a process, for a failure message."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as err:
+        return repr(err)
+    return (
+        " ".join(line for line in status if line.startswith(("State", "PPid", "Threads"))) + f" wchan {wchan}"
+    )
+
+
 @needs_fork
 @pytest.mark.parametrize("mechanism", ["prctl", "poll"])
-def test_workers_exit_when_the_parent_is_killed(mechanism):
+def test_workers_exit_when_the_parent_is_killed(mechanism, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PARENT, mechanism],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as err:  # a file: surviving children must not block on a full pipe
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_PARENT, mechanism],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
     children: list[int] = []
     try:
         line = proc.stdout.readline()
-        assert line, f"the script ended early (exit code {proc.poll()})"
+        assert line, f"the script ended early (exit code {proc.wait()}):\n{stderr.read_text()[-3000:]}"
         children = json.loads(line)
-        assert len(children) == 2 and all(_alive(pid) for pid in children)
+        assert len(children) == 2 and all(_alive(pid) for pid in children), children
         time.sleep(1.0)  # the children are now sleeping in a task, or blocked writing to the full pipe
-        assert all(_alive(pid) for pid in children)
+        assert all(_alive(pid) for pid in children), {pid: _describe(pid) for pid in children}
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
         deadline = time.monotonic() + 5.0
         while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
             time.sleep(0.05)
-        survivors = [pid for pid in children if _alive(pid)]
-        assert not survivors, f"forked workers {survivors} outlived their SIGKILLed parent"
+        survivors = {pid: _describe(pid) for pid in children if _alive(pid)}
+        assert not survivors, f"forked workers outlived their SIGKILLed parent: {survivors}"
     finally:
         if proc.poll() is None:
             proc.kill()
