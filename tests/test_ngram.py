@@ -3,6 +3,7 @@ effect in the lexicon decoder."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -93,3 +94,47 @@ def test_language_model_changes_the_lexicon_decoders_choice():
     assert fused.decode(logits) == "A CAR"
     # the n-best scores now include the LM: the best one gains its log-probabilities
     assert fused.nbest(logits)[0].score != plain.nbest(logits)[0].score
+
+
+def test_kenlm_fusion_of_an_arpa_file_in_both_beam_searches(tmp_path):
+    """flashlight's native KenLM reads our ARPA files; weights stay on natural-log probabilities, so an
+    ARPA file of a model decodes as the model itself; the lexicon-free beam search fuses it over the
+    model's own (lower-case) words."""
+    from wav2vec2_ee.evaluation.decoding import BeamSearchDecoder
+
+    tokenizer = build_tokenizer()
+    texts = ["A CAR"] * 20 + ["THE CAT"] * 2 + ["A BIG CAR", "THE CAR"]
+    lexicon = lexicon_from_texts(texts, tokenizer)
+    logits = _mixed_logits(tokenizer, [("A CAT", 0.3), ("A CAR", 0.0)])
+    lm = NgramLM([t.split() for t in texts], order=2)
+    lm.to_arpa(tmp_path / "lm.arpa")
+    in_memory = LexiconBeamDecoder(
+        tokenizer, lexicon, nbest=2, beam_size=50, word_score=0.0, lm=lm, lm_weight=1.0
+    )
+    from_file = LexiconBeamDecoder(
+        tokenizer,
+        lexicon,
+        nbest=2,
+        beam_size=50,
+        word_score=0.0,
+        lm=ArpaLM(tmp_path / "lm.arpa"),
+        lm_weight=1.0,
+    )
+    a, b = in_memory.nbest(logits), from_file.nbest(logits)
+    assert [h.text for h in a] == [h.text for h in b] and a[0].text == "A CAR"
+    assert abs(a[0].score - b[0].score) < 1e-3
+    # natural-log weights: the best hypothesis's score gains lm_weight * ln P(words) over the plain search
+    plain = LexiconBeamDecoder(tokenizer, lexicon, nbest=2, beam_size=50, word_score=0.0)
+    expected = sum(
+        math.log(lm.prob(w, ctx)) for w, ctx in [("A", ()), ("CAR", ("A",)), ("</s>", ("A", "CAR"))]
+    )
+    car = next(h for h in plain.nbest(logits) if h.text == "A CAR")
+    assert abs(a[0].score - car.score - expected) < 1e-3
+    lower = tmp_path / "lower.arpa"  # a model of lower-case words, as most ARPA files are
+    NgramLM([t.lower().split() for t in texts], order=2).to_arpa(lower)
+    beam = BeamSearchDecoder(tokenizer, beam_width=50, kenlm_model=str(lower), alpha=1.0, beta=0.0)
+    assert beam.decode(logits) == "a car"
+    bad = tmp_path / "spaces.arpa"
+    bad.write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1.0 a\n\n\\end\\\n")
+    with pytest.raises(ValueError, match="spaces.arpa"):
+        LexiconBeamDecoder(tokenizer, lexicon, lm=ArpaLM(bad), lm_weight=1.0)

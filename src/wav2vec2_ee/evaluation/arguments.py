@@ -57,9 +57,14 @@ class EvaluationArguments:
     beam_width: int = field(default=100, metadata={"help": "beam width of --decoder beam"})
     kenlm: str | None = field(
         default=None,
-        metadata={"help": "KenLM model (.arpa/.bin) for --decoder beam (needs the kenlm package)"},
+        metadata={
+            "help": "word n-gram model (ARPA file) fused into --decoder beam through flashlight's KenLM, over the "
+            "model's words (the [lm] extra)"
+        },
     )
-    lm_alpha: float = field(default=0.5, metadata={"help": "language-model weight with --kenlm"})
+    lm_alpha: float = field(
+        default=0.5, metadata={"help": "language-model weight with --kenlm (on natural-log probabilities)"}
+    )
     lm_beta: float = field(default=1.5, metadata={"help": "word insertion bonus with --kenlm"})
     exit_stats: list[str] = field(
         default_factory=list,

@@ -144,16 +144,17 @@ def ctc_labels(tokenizer: Wav2Vec2CTCTokenizer) -> list[str]:
 class BeamSearchDecoder:
     """CTC beam search over the tokenizer's characters: flashlight-text's lexicon-free decoder.
 
-    Without a language model (the default) it searches with ``ZeroLM``. With ``kenlm_model`` it uses
-    pyctcdecode's word-level KenLM shallow fusion instead (an optional extra: pyctcdecode and kenlm are
-    not installed by default because pyctcdecode pins ``numpy<2``).
+    Without a language model (the default) it searches with ``ZeroLM``. With ``kenlm_model`` (an ARPA
+    file) it is a word-level shallow fusion instead: flashlight's lexicon decoder over the model's words
+    with its native KenLM (:class:`LexiconBeamDecoder`; weight ``alpha`` on natural-log probabilities,
+    word insertion bonus ``beta``), as pyctcdecode's unigram-constrained KenLM decoding does.
 
     Args:
         tokenizer: gives the labels (pad = blank, ``|`` = word boundary).
         beam_width: beams kept per frame.
-        kenlm_model: path of a KenLM ``.arpa`` / ``.bin`` model.
+        kenlm_model: path of a word n-gram model in the ARPA format.
         alpha / beta: LM weight and word insertion bonus (used only with ``kenlm_model``).
-        unigrams: the LM's vocabulary (optional, with ``kenlm_model``).
+        unigrams: the words the search may output (default, with ``kenlm_model``: the model's own).
     """
 
     def __init__(
@@ -172,18 +173,25 @@ class BeamSearchDecoder:
         self._tokens = {i: t for t, i in tokenizer.get_vocab().items()}
         self._blank = tokenizer.pad_token_id
         self._delimiter = tokenizer.word_delimiter_token
-        self._pyctc = None
+        self._fused = None
         if kenlm_model is not None:
-            try:
-                import kenlm  # noqa: F401
-                from pyctcdecode import build_ctcdecoder
-            except ImportError as err:
-                raise ValueError(
-                    f"--kenlm {kenlm_model}: KenLM fusion needs the kenlm and pyctcdecode packages "
-                    "(pip install kenlm; pip install --no-deps pyctcdecode pygtrie)"
-                ) from err
-            self._pyctc = build_ctcdecoder(
-                self.labels, kenlm_model_path=kenlm_model, unigrams=unigrams, alpha=alpha, beta=beta
+            from ..vocab import TextNormalizer
+            from .lexicon import spell
+            from .ngram import ArpaLM
+
+            lm = ArpaLM(kenlm_model)
+            normalize = TextNormalizer(tokenizer)
+            # the model's own words (its spelling, so that KenLM finds them), spelled in the tokenizer's letters
+            spelled = {w: normalize(w) for w in sorted(unigrams if unigrams is not None else lm.vocab)}
+            lexicon = {w: [spell(n, tokenizer)] for w, n in spelled.items() if n and " " not in n}
+            self._fused = LexiconBeamDecoder(
+                tokenizer,
+                lexicon,
+                nbest=1,
+                beam_size=self.beam_width,
+                word_score=beta,
+                lm=lm,
+                lm_weight=alpha,
             )
             return
         try:
@@ -214,8 +222,8 @@ class BeamSearchDecoder:
         frames, vocab = log_probs.shape
         if frames == 0:
             return ""
-        if self._pyctc is not None:
-            return " ".join(self._pyctc.decode(log_probs, beam_width=self.beam_width).split())
+        if self._fused is not None:
+            return self._fused.decode(logits, output_length)
         results = self._decoder.decode(log_probs.ctypes.data, frames, vocab)
         if not results:
             return ""
@@ -335,10 +343,10 @@ class LexiconBeamDecoder:
         self.word_dict.set_default_index(self.word_dict.get_index(unk_word))
 
         if lm is not None:
-            from .ngram import FlashlightLM
+            from .ngram import kenlm_for
 
-            words = [self.word_dict.get_entry(i) for i in range(self.word_dict.index_size())]
-            self._lm = FlashlightLM(lm, words)
+            self._lm, to_natural_log = kenlm_for(lm, self.word_dict)
+            lm_weight = float(lm_weight) * to_natural_log  # KenLM scores are log10
         else:
             self._lm = ZeroLM()
             lm_weight = 0.0

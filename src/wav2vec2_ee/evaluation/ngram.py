@@ -4,11 +4,10 @@
 Chen & Goodman 1998) estimated from transcripts, e.g. the training split of a corpus. It is small
 and exact: ``prob(word, context)`` sums to one over the vocabulary plus ``</s>`` for every context
 (tested), words outside the vocabulary map to ``<unk>``. It can be written in the ARPA back-off format
-(:meth:`NgramLM.to_arpa`) for KenLM-based tools such as pyctcdecode, and read back from it.
+(:meth:`NgramLM.to_arpa`), which KenLM reads (:func:`kenlm_for`), and read back from it.
 
-:class:`FlashlightLM` adapts a model to flashlight-text's ``LM`` interface (the wheels on PyPI are
-built without KenLM): its states are the last ``order - 1`` words, so hypotheses that share them merge
-in the beam.
+:func:`kenlm_for` gives the beam search either model as flashlight-text's native KenLM (the
+flashlight-text wheels carry KenLM, which reads ARPA files).
 
 Why here and not a dependency: KenLM's estimator (``lmplz``) is a C++ program that pip cannot install,
 the ``kenlm`` wheel only queries models, and the LM fusion of ``wav2vec2-ee evaluate --lm`` needs an
@@ -27,7 +26,7 @@ from .results import atomic_write_text
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-__all__ = ["BOS", "EOS", "UNK", "FlashlightLM", "NgramLM", "read_arpa"]
+__all__ = ["BOS", "EOS", "UNK", "ArpaLM", "NgramLM", "kenlm_for", "read_arpa"]
 
 
 class NgramLM:
@@ -217,6 +216,7 @@ class ArpaLM:
     """An ARPA back-off model (from :func:`read_arpa`) with the ``prob`` interface of :class:`NgramLM`."""
 
     def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
         self.order, self._table = read_arpa(path)
         self.vocab = frozenset(g[0] for g in self._table if len(g) == 1) - {BOS, EOS, UNK}
 
@@ -240,55 +240,25 @@ class ArpaLM:
         return 10.0 ** self.log10_prob(word, context)
 
 
-class FlashlightLM:
-    """A word n-gram model (:class:`NgramLM` or :class:`ArpaLM`) as a flashlight-text ``LM``.
+def kenlm_for(lm: NgramLM | ArpaLM, word_dict):
+    """``lm`` as flashlight-text's native KenLM over the decoder's ``word_dict`` (the flashlight-text
+    wheels carry KenLM: ``flashlight.lib.text.decoder.kenlm.KenLM``), with the factor that turns its
+    log10 scores into natural logarithms, the unit of ``lm_weight``.
 
-    The decoder's states are the last ``order - 1`` words (one ``LMState`` object per distinct
-    context, so equal contexts merge); scores are natural-log probabilities.
-
-    Args:
-        lm: the model; ``words``: the decoder's word dictionary entries by index (``<unk>`` included).
+    An :class:`ArpaLM` is loaded from its file; an :class:`NgramLM` estimated in memory is written to a
+    temporary ARPA file first. Raises ``ValueError`` naming the file when KenLM cannot read it.
     """
+    import tempfile
 
-    def __new__(cls, lm, words: Sequence[str]):
-        from flashlight.lib.text.decoder import LM, LMState
+    from flashlight.lib.text.decoder.kenlm import KenLM
 
-        class _Adapter(LM):
-            def __init__(self):
-                LM.__init__(self)
-                self._root = LMState()
-                self._context: dict[LMState, tuple[str, ...]] = {self._root: ()}
-                self._by_context: dict[tuple[str, ...], LMState] = {(): self._root}
-                self._scores: dict[tuple, tuple] = {}
-
-            def _state(self, context: tuple[str, ...]):
-                state = self._by_context.get(context)
-                if state is None:
-                    parent = self._state(context[:-1]) if context else self._root
-                    state = parent.child(len(self._by_context))
-                    self._by_context[context] = state
-                    self._context[state] = context
-                return state
-
-            def start(self, start_with_nothing: bool):
-                return self._root
-
-            def _score(self, state, word: str):
-                key = (self._context[state], word)
-                hit = self._scores.get(key)
-                if hit is None:
-                    context = key[0]
-                    score = math.log(10.0) * lm.log10_prob(word, context)
-                    keep = max(lm.order - 1, 0)
-                    following = (context + (word,))[-keep:] if keep else ()
-                    hit = (self._state(following), score)
-                    self._scores[key] = hit
-                return hit
-
-            def score(self, state, token_index: int):
-                return self._score(state, words[token_index])
-
-            def finish(self, state):
-                return self._score(state, EOS)
-
-        return _Adapter()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = lm.path if isinstance(lm, ArpaLM) else Path(tmp, "lm.arpa")
+        if not isinstance(lm, ArpaLM):
+            lm.to_arpa(path)
+        try:
+            model = KenLM(str(path), word_dict)
+        except RuntimeError as err:
+            detail = str(err).strip().splitlines()[-1]
+            raise ValueError(f"{path}: KenLM cannot read this language model ({detail})") from err
+    return model, math.log(10.0)
