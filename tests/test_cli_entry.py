@@ -20,7 +20,9 @@ def test_python_m_and_help_import_neither_torch_nor_transformers():
     elapsed = time.perf_counter() - start
     assert help_.returncode == 0 and "transcribe" in help_.stdout and "evaluate" in help_.stdout
     assert elapsed < 3.0  # an interpreter start; importing torch alone takes longer on this machine
-    version = subprocess.run([sys.executable, "-m", "wav2vec2_ee", "--version"], capture_output=True, text=True)
+    version = subprocess.run(
+        [sys.executable, "-m", "wav2vec2_ee", "--version"], capture_output=True, text=True
+    )
     assert version.returncode == 0 and version.stdout.strip()
 
 

@@ -1,6 +1,8 @@
 """Reliability, untrusted checkpoints: a pickle that would run code when unpickled is refused everywhere
 a checkpoint is read (model weights by our loader and by transformers', and a Trainer checkpoint on
-resume), with a clear error, and the code never runs.
+resume), with a clear error, and the code never runs. And `train` never deletes or overwrites what it did
+not write: a folder of other files is refused without --overwrite-output-dir, and --save-total-limit
+rotates only the run's own checkpoint folders.
 """
 
 from __future__ import annotations
@@ -308,3 +310,68 @@ def test_a_good_checkpoint_loads_without_any_report(tmp_path, caplog):
     assert model.config.exit_layers == [2, 4]
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and r.name.startswith("wav2vec2_ee")]
     assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+
+
+# --------------------------------------------------------------------------------------------------
+# the output folder: train never deletes or overwrites what it did not write without being told
+
+
+def _tree(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_refuses_a_folder_of_other_files_and_never_deletes_their_checkpoints(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    write_librispeech(corpus, "train", good_items(4, seconds=0.5))
+    model_json = write_model_json(tmp_path / "tiny.json")
+    out = tmp_path / "user"
+    for name, text in [("config.json", "{}"), ("model.safetensors", "user weights"), ("vocab.json", "{}"),
+                       ("checkpoint-1/notes.txt", "user's run 1"), ("checkpoint-100/notes.txt", "user's run 100")]:  # fmt: skip
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    users = _tree(out)
+    argv = ["train", "--model", str(model_json), "--data", str(corpus), "--train-splits", "train",
+            "--output-dir", str(out), "--max-steps", "3", "--save-steps", "1", "--save-total-limit", "1",
+            "--per-device-train-batch-size", "4", "--report-to", "none", "--disable-tqdm", "true"]  # fmt: skip
+
+    assert cli_main(argv) == 2
+    line = _error_lines(capsys.readouterr().err)[0]
+    assert f"--output-dir {out} is not empty (checkpoint-1, checkpoint-100, config.json" in line
+    assert "not a run of wav2vec2-ee train" in line and "--overwrite-output-dir" in line
+    assert _tree(out) == users  # nothing written, nothing deleted
+
+    assert cli_main([*argv, "--overwrite-output-dir"]) == 0
+    # the user's checkpoint folders are all there (checkpoint-1 was written into, as allowed, but not
+    # deleted); --save-total-limit 1 rotated the run's own: checkpoint-2 went, checkpoint-3 stays
+    assert (out / "checkpoint-100" / "notes.txt").read_text() == "user's run 100"
+    assert (out / "checkpoint-1" / "notes.txt").read_text() == "user's run 1"
+    assert not (out / "checkpoint-2").exists() and (out / "checkpoint-3" / "trainer_state.json").is_file()
+    assert load_model(out).config.exit_layers == [2, 4]  # the files of the same names were overwritten
+
+    # the folder is now a run of ours: the same run again needs no flag, and still keeps the user's
+    assert cli_main(argv) == 0
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-1",
+        "checkpoint-100",
+        "checkpoint-3",
+    ]
+    assert (out / "checkpoint-1" / "notes.txt").is_file() and (out / "checkpoint-100" / "notes.txt").is_file()
+
+
+def test_rotation_deletes_only_the_runs_own_checkpoints(tmp_path):
+    from wav2vec2_ee.training.outputs import RunFolder
+
+    for step in (1, 2, 3, 4, 5):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    folder = RunFolder(tmp_path, owned={"checkpoint-2"})  # listed by the run it resumes
+    folder.begin()  # checkpoint-1, 3, 4, 5 were there and are not the run's
+    assert not folder.claim("checkpoint-3") and folder.claim("checkpoint-6") and folder.claim("checkpoint-7")
+    for step in (6, 7):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    assert folder.rotate(1, {"checkpoint-7"}) == ["checkpoint-2", "checkpoint-6"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"checkpoint-{s}" for s in (1, 3, 4, 5, 7)]
+    # the best checkpoint is kept beside the newest; at the end, with a limit of 1, only the best
+    folder.claim("checkpoint-8")
+    (tmp_path / "checkpoint-8").mkdir()
+    assert folder.rotate(1, {"checkpoint-7", "checkpoint-8"}) == []
+    assert folder.rotate(1, {"checkpoint-7"}, keep_newest=False) == ["checkpoint-8"]

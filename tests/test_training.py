@@ -125,3 +125,27 @@ def test_seed_config_files_parse(path):
     model_args, data_args, objective_args, run_args, training_args = parse_args([str(path)])
     assert objective_args.objective in {"ee", "kd", "dkd", "confidence"}
     assert training_args.weight_decay == 0.01 and model_args.freeze_feature_encoder
+
+
+def test_run_settings_are_what_defines_the_run(corpus, model_json, tmp_path):
+    from wav2vec2_ee.training.outputs import LENGTH_KEYS, run_settings, settings_differences
+
+    base = ["--model", str(model_json), *_common(corpus, tmp_path / "a", "--max-steps", "2")]
+    settings = run_settings(*parse_args(base)[:3], parse_args(base)[4])
+    assert settings["model"] == str(model_json.resolve()) and settings["data"] == str(corpus.resolve())
+    assert settings["objective"] == "ee" and settings["train_splits"] == ["train"]
+    assert json.loads(json.dumps(settings)) == settings
+    # what may change on resume is not in them: the output folder, logging, saving, workers, time budget
+    same = parse_args(
+        [*base, "--output-dir", str(tmp_path / "b"), "--logging-steps", "7", "--save-steps", "9",
+         "--dataloader-num-workers", "2", "--time-budget", "60", "--pad-to-multiple-of", "1600"]
+    )  # fmt: skip
+    assert run_settings(*same[:3], same[4]) == settings
+    other = parse_args(
+        [*base, "--learning-rate", "1e-3", "--seed", "5", "--max-steps", "9", "--ee-alpha", "0.5"]
+    )
+    differences = settings_differences(settings, run_settings(*other[:3], other[4]))
+    assert [d.split(":")[0] for d in differences] == ["ee_alpha", "learning_rate", "max_steps", "seed"]
+    assert settings_differences(settings, run_settings(*other[:3], other[4]), ignore=LENGTH_KEYS)[-1] == (
+        "seed: 0 recorded, 5 now"
+    )

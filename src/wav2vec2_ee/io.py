@@ -23,10 +23,10 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder's entries (a rename in it), to disk; a no-op where that is not possible."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -52,7 +52,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())  # mkstemp creates 0600; a result file follows the umask
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -110,3 +110,9 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_UN)  # also for forked children that share the open file
     finally:
         os.close(fd)
+
+
+def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a finished file over ``target`` in one atomic rename (same file system): ``target`` is the old
+    file or the new one, never a mix. Used to publish a folder's files in a chosen order."""
+    os.replace(source, target)

@@ -29,6 +29,7 @@ CNN (``feat_extract_norm="group"``, e.g. wav2vec2-base) normalises each channel 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import Wav2Vec2Config
+from transformers import PreTrainedConfig, Wav2Vec2Config, Wav2Vec2Processor
+from transformers.core_model_loading import WeightRenaming, set_param_for_module
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
@@ -172,9 +174,17 @@ def per_utterance_features(
 
 
 class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
-    """Wav2vec2 encoder with CTC exit heads after the layers of ``config.exit_layers``."""
+    """Wav2vec2 encoder with CTC exit heads after the layers of ``config.exit_layers``.
+
+    ``from_pretrained`` loads every supported checkpoint layout (see "loading" below): ours, a plain
+    ``Wav2Vec2ForCTC`` (the exit heads start from its ``lm_head``) and the original research code's
+    (``decoders.{i}`` heads renamed by ``transformers``' ``key_mapping``, its ``copy_model.*`` teacher
+    ignored); each conversion is announced in one INFO line.
+    """
 
     config_class = Wav2Vec2EEConfig
+    # the original research code's checkpoints hold a teacher copy: never part of the model
+    _keys_to_ignore_on_load_unexpected = [r"^copy_model\."]
 
     def __init__(self, config: Wav2Vec2EEConfig):
         if not isinstance(config, Wav2Vec2EEConfig):
@@ -427,16 +437,95 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         for head in self.exit_heads:
             head.load_state_dict(self.lm_head.state_dict())
 
+    # ----------------------------------------------------------------------------------------------
+    # loading (transformers' own machinery; the layouts and rules are described at "loading" below)
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
+        """``transformers``' ``from_pretrained``, for every supported checkpoint layout.
+
+        * ours: as saved;
+        * a plain ``Wav2Vec2ForCTC``: the exit heads, absent from it, are loaded from its ``lm_head``
+          (during loading, see :meth:`_finalize_model_loading`), one INFO line;
+        * a local folder of the original research code (``decoders.{i}`` heads beside ``lm_head``, a
+          ``copy_model.*`` teacher): the heads are renamed onto ours with ``transformers``'
+          ``key_mapping`` (:func:`original_key_mapping`), ``config.share_exit_heads`` follows the stored
+          heads, the teacher is ignored, one INFO line. The renaming is not kept for saving: a converted
+          model saves in our layout.
+
+        Anything else the checkpoint lacks is handled as ``transformers`` does (initialised and listed
+        in its load report); :func:`load_model` is the strict entry that refuses it.
+        """
+        folder = _local_folder(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
+        keys = checkpoint_keys(folder) if folder is not None else None
+        if not keys or not is_original_layout(keys):
+            return super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, config=config, **kwargs
+            )
+
+        if isinstance(config, PreTrainedConfig):
+            config = copy.deepcopy(config)
+            if not isinstance(config, Wav2Vec2EEConfig):
+                config = Wav2Vec2EEConfig(**config.to_dict())
+            num_exits = config.num_exits
+        else:  # transformers reads the config; only the number of exits is needed here
+            overrides = {k: kwargs[k] for k in ("exit_layers", "num_hidden_layers") if k in kwargs}
+            num_exits = cls.config_class.from_pretrained(config or folder, **overrides).num_exits
+        mapping, shared = original_key_mapping(folder, keys, num_exits)
+        if isinstance(config, PreTrainedConfig):
+            config.share_exit_heads = shared
+        else:
+            kwargs["share_exit_heads"] = shared  # a config attribute: applied when transformers reads it
+        user_mapping = kwargs.pop("key_mapping", None) or {}
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path,
+            *model_args,
+            config=config,
+            key_mapping={**mapping, **user_mapping},
+            output_loading_info=True,
+            **kwargs,
+        )
+        # transformers keeps the renamings it used to reverse them on save: ours must not be reversed
+        model._weight_conversions = [
+            c
+            for c in getattr(model, "_weight_conversions", None) or []
+            if not (isinstance(c, WeightRenaming) and c._original_source_patterns[0] in mapping)
+        ]
+        logger.info(
+            "%s: the original research code's layout: decoders.{i} heads (%s)%s",
+            pretrained_model_name_or_path,
+            "shared" if shared else "one per exit",
+            ", copy_model.* teacher dropped" if any(k.startswith("copy_model.") for k in keys) else "",
+        )
+        return (model, info) if want_info else model
+
+    @staticmethod
+    def _finalize_model_loading(model, load_config, loading_info):
+        """``transformers``' last loading step (initialise what the checkpoint lacked, tie, report),
+        preceded by the documented conversion of a plain CTC checkpoint: exit heads that it lacks
+        altogether are loaded from its ``lm_head`` (:func:`_load_absent_exit_heads`), so they are
+        neither initialised at random first nor reported missing."""
+        if isinstance(model, Wav2Vec2EEForCTC):
+            _load_absent_exit_heads(model, load_config, loading_info)
+        return Wav2Vec2PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
+
 
 # --------------------------------------------------------------------------------------------------
 # loading: our checkpoints, plain Wav2Vec2ForCTC / Wav2Vec2Model ones, and the original research code's
 #
+# The documented conversions happen in ``Wav2Vec2EEForCTC.from_pretrained``, with ``transformers``'
+# own machinery, each announced in one INFO line: a plain ``Wav2Vec2ForCTC`` gets its exit heads
+# from its ``lm_head`` (loaded in ``transformers``' post-load step, ``_finalize_model_loading``,
+# before missing weights are initialised and reported); the original research code's
+# ``decoders.{i}`` layout is renamed by ``from_pretrained(key_mapping=...)`` (the mechanism
+# ``transformers`` offers for checkpoints of another naming), its ``copy_model.*`` teacher ignored
+# (``_keys_to_ignore_on_load_unexpected``).
+#
 # Inference, evaluation and a distillation teacher need the checkpoint's own weights, all of them:
-# ``load_model`` refuses a folder without weights and any tensor that is missing, of another shape
-# or left over, except the documented conversions (a plain ``Wav2Vec2ForCTC``: exit heads from
-# ``lm_head``; the original research code's ``decoders.{i}`` layout), each announced in one log
-# line. ``allow_random_init=True`` (``train --model`` only) builds a fresh model from a config alone
-# and lets tensors the checkpoint lacks start random (fresh heads on a ``Wav2Vec2Model``, a new
+# ``load_model`` (``from_pretrained`` plus the config options and a strict check) refuses a folder
+# without weights and any tensor that is missing, of another shape or left over.
+# ``allow_random_init=True`` (``train --model`` only) builds a fresh model from a config alone and
+# lets tensors the checkpoint lacks start random (fresh heads on a ``Wav2Vec2Model``, a new
 # vocabulary), with one warning line.
 
 _ORIGINAL_HEAD = re.compile(r"^decoders\.(\d+)\.(weight|bias)$")
@@ -576,36 +665,89 @@ def is_original_layout(keys: list[str]) -> bool:
     return any(_ORIGINAL_HEAD.match(k) for k in keys)
 
 
-def convert_original_state_dict(
-    state: dict[str, torch.Tensor], num_exits: int
-) -> tuple[dict[str, torch.Tensor], bool]:
-    """Map the original research code's tensor names onto ours.
+def _read_tensors(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Some tensors of a local safetensors checkpoint (single file or sharded), by name."""
+    names = list(names)
+    single = path / "model.safetensors"
+    if single.is_file():
+        files = dict.fromkeys(names, single.name)
+    else:
+        files = _read_json(path / "model.safetensors.index.json")["weight_map"]
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted({files[n] for n in names}):
+        try:
+            with safe_open(str(path / file), framework="pt") as f:
+                for name in names:
+                    if files[name] == file:
+                        out[name] = f.get_tensor(name)
+        except (SafetensorError, OSError) as err:
+            raise unreadable_file_error(path / file, err) from err
+    return out
+
+
+def original_key_mapping(path: Path, keys: list[str], num_exits: int) -> tuple[dict[str, str], bool]:
+    """The ``key_mapping`` (for ``from_pretrained``) of a checkpoint of the original research code.
 
     The original kept its exit heads as ``decoders.{i}`` (one module shared by all exits, so
-    safetensors may store only some of them), beside ``lm_head`` and ``wav2vec2``, and sometimes a
-    teacher copy under ``copy_model.*``, which is dropped.
+    safetensors may store only some of them), beside an ``lm_head`` and ``wav2vec2``, and sometimes a
+    teacher copy under ``copy_model.*`` (ignored: ``_keys_to_ignore_on_load_unexpected``). The heads
+    are shared when fewer than ``num_exits`` are stored or all stored ones are equal: then every
+    ``decoders.{i}`` names our one ``lm_head``; otherwise ``decoders.{i}`` is ``exit_heads.{i}`` and the
+    deepest, ``decoders.{num_exits - 1}``, is our ``lm_head``. The checkpoint's own ``lm_head`` is not
+    an exit head and is not used: where two checkpoint tensors name one parameter, ``transformers``
+    loads the first in its (sorted) key order, and ``decoders.*`` sorts before ``lm_head.*``.
 
     Returns:
-        the converted state dict and whether the heads are shared (all stored decoders identical).
+        the mapping (regular expressions over checkpoint keys) and whether the heads are shared.
     """
-    out = {k: v for k, v in state.items() if not k.startswith("copy_model.") and not _ORIGINAL_HEAD.match(k)}
-    heads: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        m = _ORIGINAL_HEAD.match(key)
-        if m:
-            heads.setdefault(int(m.group(1)), {})[m.group(2)] = value
-    stored = [heads[i] for i in sorted(heads)]
-    shared = len(stored) < num_exits or all(
-        torch.equal(h["weight"], stored[0]["weight"]) and torch.equal(h["bias"], stored[0]["bias"])
-        for h in stored
-    )
+    stored = sorted({int(m.group(1)) for k in keys if (m := _ORIGINAL_HEAD.match(k))})
+    shared = len(stored) < num_exits
+    if not shared:
+        heads = _read_tensors(path, [f"decoders.{i}.{p}" for i in stored for p in ("weight", "bias")])
+        first = stored[0]
+        shared = all(
+            torch.equal(heads[f"decoders.{i}.{p}"], heads[f"decoders.{first}.{p}"])
+            for i in stored
+            for p in ("weight", "bias")
+        )
     if shared:
-        out["lm_head.weight"], out["lm_head.bias"] = stored[0]["weight"], stored[0]["bias"]
-    else:
-        for i in range(num_exits):
-            name = "lm_head" if i == num_exits - 1 else f"exit_heads.{i}"
-            out[f"{name}.weight"], out[f"{name}.bias"] = heads[i]["weight"], heads[i]["bias"]
-    return out, shared
+        return {r"^decoders\.\d+\.": "lm_head."}, True
+    mapping = {rf"^decoders\.{i}\.": f"exit_heads.{i}." for i in range(num_exits - 1)}
+    mapping[rf"^decoders\.{num_exits - 1}\."] = "lm_head."
+    return mapping, False
+
+
+def _local_folder(name_or_path: str | os.PathLike | None, subfolder: str = "") -> Path | None:
+    """The local checkpoint folder ``from_pretrained`` reads (``None`` for a hub id)."""
+    if name_or_path is None:
+        return None
+    folder = Path(name_or_path, subfolder or "")
+    return folder if folder.is_dir() else None
+
+
+def _load_absent_exit_heads(model: Wav2Vec2EEForCTC, load_config, loading_info) -> None:
+    """The documented conversion of a plain CTC checkpoint, during loading: when the checkpoint holds
+    none of the model's exit heads but its ``lm_head``, and its own config does not declare separate
+    exit heads, every exit head is loaded from that ``lm_head`` (one INFO line). A checkpoint that
+    holds some exit heads, or declares heads it lacks, is incomplete: left to ``transformers`` (and
+    refused by :func:`load_model`)."""
+    heads = [name for name, _ in model.named_parameters() if name.startswith("exit_heads.")]
+    missing = loading_info.missing_keys
+    not_loaded = missing | {k for k, *_ in loading_info.mismatched_keys}
+    if not heads or not set(heads) <= missing or {"lm_head.weight", "lm_head.bias"} & not_loaded:
+        return
+    source = load_config.pretrained_model_name_or_path
+    folder = _local_folder(source)
+    if folder is not None and _declares_exit_heads(folder):
+        return
+    for name in heads:
+        value = model.lm_head.get_parameter(name.rsplit(".", 1)[1]).detach().clone()
+        set_param_for_module(model, name, value, loading_info, load_config.hf_quantizer)
+    logger.info(
+        "%s: a plain CTC checkpoint: the exit heads start from its lm_head (%s)",
+        source,
+        _some(sorted({k.rsplit(".", 1)[0] for k in heads})),
+    )
 
 
 def _config_from_values(file: Path, values: dict, overrides: dict) -> Wav2Vec2EEConfig:
@@ -746,14 +888,15 @@ def _check_loading(
     truncated: bool = False,
     declares_exit_heads: bool = False,
 ) -> Wav2Vec2EEForCTC:
-    """Accept what ``from_pretrained`` loaded, apply the documented head conversion, or refuse.
+    """Accept what ``from_pretrained`` loaded (its conversions done), or refuse.
 
     Strict (``allow_random_init=False``): any missing, mismatched or left-over tensor of the model's
-    own modules is a ``ValueError`` naming the keys, except exit heads that a plain ``Wav2Vec2ForCTC``
-    checkpoint lacks altogether (they start from its ``lm_head``: one INFO line). Left-over layers of
-    an encoder truncated on request (``truncated``), and tensors of modules the model has none of (a
-    pretraining quantizer, ...), are dropped. With ``allow_random_init`` the tensors the checkpoint
-    lacks start random (one WARNING line); absent exit heads still start from a loaded ``lm_head``.
+    own modules is a ``ValueError`` naming the keys (``from_pretrained`` has already loaded the exit
+    heads of a plain ``Wav2Vec2ForCTC`` checkpoint from its ``lm_head``; should it not have, that is
+    done here, with the same INFO line). Left-over layers of an encoder truncated on request
+    (``truncated``), and tensors of modules the model has none of (a pretraining quantizer, ...), are
+    dropped. With ``allow_random_init`` the tensors the checkpoint lacks start random (one WARNING
+    line); absent exit heads, even some of them, start from a loaded ``lm_head``.
     """
     missing = set(info.get("missing_keys", ()))
     mismatched = {k: (tuple(ckpt), tuple(want)) for k, ckpt, want in info.get("mismatched_keys", ())}
@@ -835,10 +978,12 @@ def load_model(
 ) -> Wav2Vec2EEForCTC:
     """Load any supported checkpoint as an early-exit model, with all of its weights.
 
-    Accepts (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` checkpoints by hub id or folder
+    A convenience over :meth:`Wav2Vec2EEForCTC.from_pretrained`, which does the loading and the
+    conversions: (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` checkpoints by hub id or folder
     (the exit heads start from ``lm_head``), (c) folders written by the original research code
     (``decoders.{i}`` heads, ``copy_model.*`` teacher dropped); each conversion is logged in one line.
-    Every tensor the model needs must be in the checkpoint, with the config's shape.
+    Here: the config options (:func:`load_config`), one-line errors, and strictness: every tensor the
+    model needs must be in the checkpoint, with the config's shape.
     ``model_name_or_path=None`` builds a randomly initialised model from ``config`` / ``config_kwargs``.
     Extra keyword arguments go to :func:`load_config`.
 
@@ -864,28 +1009,7 @@ def load_model(
             logger.info("%s: a config without weights: a randomly initialised model", path)
         return Wav2Vec2EEForCTC(config)
 
-    keys = checkpoint_keys(path) if path.is_dir() else None
-    if keys is not None and is_original_layout(keys):
-        # Rewrite the original layout into ours in a scratch folder, then load it the ordinary way so
-        # that transformers' own key renaming (weight norm, old names) applies.
-        import tempfile
-
-        from safetensors.torch import save_file
-
-        state, shared = convert_original_state_dict(_read_state_dict(path), config.num_exits)
-        config.share_exit_heads = shared
-        logger.info(
-            "%s: the original research code's layout: decoders.{i} heads (%s)%s",
-            path,
-            "shared" if shared else "one per exit",
-            ", copy_model.* teacher dropped" if any(k.startswith("copy_model.") for k in keys) else "",
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            config.save_pretrained(tmp)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(Path(tmp, "model.safetensors")))
-            model, info = _from_pretrained(tmp, config, path)
-        return _check_loading(model, info, path, allow_random_init=allow_random_init, truncated=truncated)
-
+    # every layout (ours, plain CTC, the original research code's) through from_pretrained's conversions
     model, info = _from_pretrained(str(model_name_or_path), config, model_name_or_path)
     return _check_loading(
         model,
@@ -895,3 +1019,16 @@ def load_model(
         truncated=truncated,
         declares_exit_heads=path.is_dir() and _declares_exit_heads(path),
     )
+
+
+def save_checkpoint_files(
+    model: Wav2Vec2EEForCTC, processor: Wav2Vec2Processor, folder: str | os.PathLike
+) -> Path:
+    """Write a checkpoint folder: the model (``config.json``, ``model.safetensors``) and its processor
+    (feature extractor and tokenizer), so that :func:`load_model`, ``Wav2Vec2EEForCTC.from_pretrained``,
+    ``AutoProcessor.from_pretrained`` and ``pipeline("automatic-speech-recognition", model=folder)``
+    (plain ``Wav2Vec2ForCTC``: the final exit) all read it. Every folder the package writes is one."""
+    folder = Path(folder)
+    model.save_pretrained(str(folder))
+    processor.save_pretrained(str(folder))
+    return folder

@@ -7,6 +7,7 @@ The package ships the standard 32-symbol English character vocabulary of wav2vec
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+from transformers.utils import FEATURE_EXTRACTOR_NAME, PROCESSOR_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +36,44 @@ def default_vocab_file() -> str:
     return str(resources.files("wav2vec2_ee").joinpath("resources/vocab.json"))
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def has_tokenizer_files(model_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds a CTC tokenizer (``vocab.json``)."""
+    return Path(model_dir, "vocab.json").is_file()
+
+
+def has_feature_extractor_files(model_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds feature-extractor settings where ``transformers`` reads them: the
+    ``feature_extractor`` entry of ``processor_config.json`` (what ``Wav2Vec2Processor.save_pretrained``
+    writes in transformers 5) or a ``preprocessor_config.json`` (transformers 4 and
+    ``Wav2Vec2FeatureExtractor.save_pretrained``)."""
+    if Path(model_dir, FEATURE_EXTRACTOR_NAME).is_file():
+        return True
+    file = Path(model_dir, PROCESSOR_NAME)
+    if not file.is_file():
+        return False
+    try:
+        values = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{file}: not a valid JSON file ({_first_line(err)})") from err
+    return isinstance(values, dict) and ("feature_extractor" in values or "audio_processor" in values)
+
+
+def _load(what: str, model_dir: str | os.PathLike, load):
+    try:
+        return load(str(model_dir))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{model_dir}: cannot read its {what} ({_first_line(err)})") from err
+
+
 def build_tokenizer(model_dir: str | os.PathLike | None = None) -> Wav2Vec2CTCTokenizer:
     """The tokenizer of ``model_dir`` when it has one, else the bundled 32-symbol vocabulary."""
-    if model_dir is not None and Path(model_dir, "vocab.json").is_file():
-        return Wav2Vec2CTCTokenizer.from_pretrained(str(model_dir))
+    if model_dir is not None and has_tokenizer_files(model_dir):
+        return _load("tokenizer", model_dir, Wav2Vec2CTCTokenizer.from_pretrained)
     return Wav2Vec2CTCTokenizer(
         default_vocab_file(),
         unk_token="<unk>",
@@ -48,9 +84,10 @@ def build_tokenizer(model_dir: str | os.PathLike | None = None) -> Wav2Vec2CTCTo
 
 
 def build_feature_extractor(model_dir: str | os.PathLike | None = None) -> Wav2Vec2FeatureExtractor:
-    """The feature extractor of ``model_dir`` when it has one, else wav2vec2's 16 kHz default."""
-    if model_dir is not None and Path(model_dir, "preprocessor_config.json").is_file():
-        return Wav2Vec2FeatureExtractor.from_pretrained(str(model_dir))
+    """The feature extractor of ``model_dir`` when it has one (read as ``AutoProcessor`` reads it:
+    ``processor_config.json`` first, else ``preprocessor_config.json``), else wav2vec2's 16 kHz default."""
+    if model_dir is not None and has_feature_extractor_files(model_dir):
+        return _load("feature extractor", model_dir, Wav2Vec2FeatureExtractor.from_pretrained)
     return Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=SAMPLING_RATE,
@@ -61,7 +98,12 @@ def build_feature_extractor(model_dir: str | os.PathLike | None = None) -> Wav2V
 
 
 def build_processor(model_dir: str | os.PathLike | None = None) -> Wav2Vec2Processor:
-    """A ``Wav2Vec2Processor`` from ``model_dir`` when it has its files, else built locally."""
+    """The processor of ``model_dir``: ``Wav2Vec2Processor.from_pretrained`` (the files ``AutoProcessor``
+    reads) when the folder has both parts; a part it lacks is the default (:func:`build_tokenizer`,
+    :func:`build_feature_extractor`); a folder without processor files (or ``None``) gets the bundled
+    vocabulary and wav2vec2's 16 kHz feature extractor."""
+    if model_dir is not None and has_tokenizer_files(model_dir) and has_feature_extractor_files(model_dir):
+        return _load("processor", model_dir, Wav2Vec2Processor.from_pretrained)
     return Wav2Vec2Processor(
         feature_extractor=build_feature_extractor(model_dir), tokenizer=build_tokenizer(model_dir)
     )

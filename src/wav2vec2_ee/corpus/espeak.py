@@ -56,9 +56,9 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 INSTALL_HINT = (
-    "No eSpeak NG backend available: install the demo extra (`pip install wav2vec2-ee[demo]`: the "
-    "`espeakng-loader` wheel, which bundles libespeak-ng and its voice data; preferred) or the system "
-    "package with `apt-get install espeak-ng` (provides the `espeak-ng` binary)."
+    "No eSpeak NG backend available: install the demo extra, `pip install wav2vec2-ee[demo]` (it is "
+    "`pip install espeakng-loader`: a wheel that bundles libespeak-ng and its voice data; preferred), or "
+    "the system package with `apt-get install espeak-ng` (provides the `espeak-ng` binary)."
 )
 
 

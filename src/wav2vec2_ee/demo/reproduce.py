@@ -100,7 +100,7 @@ def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[
 
 def shared_head_copy(baseline_dir: Path, exit_layers: list[int], out_dir: Path) -> Path:
     """The baseline without exits, read at ``exit_layers`` through its one final head (saved to ``out_dir``)."""
-    from ..modeling import load_model
+    from ..modeling import load_model, save_checkpoint_files
     from ..vocab import build_processor
 
     marker = out_dir / "source.json"
@@ -110,8 +110,7 @@ def shared_head_copy(baseline_dir: Path, exit_layers: list[int], out_dir: Path) 
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == source:
         return out_dir
     model = load_model(str(baseline_dir), exit_layers=exit_layers, share_exit_heads=True)
-    model.save_pretrained(str(out_dir))
-    build_processor(baseline_dir).save_pretrained(str(out_dir))
+    save_checkpoint_files(model, build_processor(baseline_dir), out_dir)
     atomic_write_text(marker, json.dumps(source, indent=2) + "\n")
     return out_dir
 

@@ -67,7 +67,8 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False, time_budget: fl
     from ..training.run import run_training
 
     run_dir = out / spec.name
-    config = {**spec.train, "output_dir": str(run_dir)}
+    # the demo owns its run folders: a rerun with other settings retrains there
+    config = {**spec.train, "output_dir": str(run_dir), "overwrite_output_dir": True}
     marker = run_dir / "demo_run.json"
     if not overwrite and _model_is_complete(run_dir, config):
         record = json.loads(marker.read_text(encoding="utf-8"))

@@ -155,7 +155,26 @@ class RunArguments:
         default=False,
         metadata={
             "help": "Resume from the last complete checkpoint in --output-dir (optimizer, scheduler, RNG and "
-            "data order included); starts fresh when there is none."
+            "data order included) written with this run's settings (run_settings.json: objective, model, "
+            "data, schedule, batch size, seed, ...; --max-steps and --num-train-epochs may change); newer "
+            "checkpoints of another run are passed over, and a checkpoint of another run alone is refused "
+            "naming the settings that differ. Starts fresh when there is no checkpoint."
+        },
+    )
+    resume_ignore_settings: bool = field(
+        default=False,
+        metadata={
+            "help": "With --resume: continue the last complete checkpoint even when it was written with other "
+            "settings (or records none), e.g. to change the learning rate of a run on purpose."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an --output-dir that holds other files than a run of ours with these settings "
+            "(another program's, or a run with other settings). Files of the same names are overwritten; "
+            "folders this run did not write (checkpoint-* included) are never deleted. Without it such a "
+            "folder is refused."
         },
     )
     time_budget: float | None = field(

@@ -2,7 +2,9 @@
 
 * :class:`SkipBadUpdates`: the non-finite-step guard (``on_pre_optimizer_step``);
 * :class:`SaveSkipCounts`: the skip counts in every checkpoint (``on_step_end``, ``on_epoch_end``,
-  ``on_save``).
+  ``on_save``);
+* :class:`RotateOwnCheckpoints`: ``--save-total-limit`` over the run's own checkpoint folders only
+  (``on_train_begin``, ``on_step_end``, ``on_epoch_end``, ``on_save``, ``on_train_end``).
 
 The time budget is a callback too, beside the schedule it re-plans (:class:`.budget.TimeBudget`).
 """
@@ -18,6 +20,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .outputs import RunFolder
 from .skips import SkipCounts
 
 logger = logging.getLogger(__name__)
@@ -156,3 +159,68 @@ class SaveSkipCounts(TrainerCallback):
         """After a checkpoint: write the counts again, as they are now."""
         if self.checkpoint_folder(args, state).is_dir():
             self._write(args, state)
+
+
+class RotateOwnCheckpoints(TrainerCallback):
+    """``--save-total-limit`` that deletes only checkpoint folders this run wrote.
+
+    The Trainer's own rotation deletes the oldest ``checkpoint-*`` folders of the output folder, whoever
+    wrote them (and, with ``load_best_model_at_end`` and a limit of 1, every one but the best at the end);
+    ``EarlyExitTrainer.train`` turns it off (``save_total_limit=None`` while training) and hands the limit
+    to this callback, which applies the same rule (keep the newest and the best) to the folders the
+    :class:`~.outputs.RunFolder` owns. A checkpoint is claimed when the Trainer decides to save it
+    (``on_step_end`` / ``on_epoch_end``) and again once saved (``on_save``); the folder's
+    ``run_settings.json`` lists the claimed ones, so a resumed run may rotate them too. Only the process
+    that saves (``args.should_save``) writes or deletes.
+
+    Args:
+        folder: the run's :class:`~.outputs.RunFolder`.
+    """
+
+    def __init__(self, folder: RunFolder):
+        self.folder = folder
+        self.limit: int | None = None
+
+    @staticmethod
+    def _name(state: TrainerState) -> str:
+        return f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+
+    def _claim(self, args: TrainingArguments, state: TrainerState) -> None:
+        name = self._name(state)
+        if name in self.folder.owned or not self.folder.claim(name):
+            return
+        if args.should_save:
+            self.folder.write_record()
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        """Note the checkpoint folders already there that are not the run's (never deleted)."""
+        self.folder.begin()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        """Claim the checkpoint about to be saved."""
+        if control.should_save:
+            self._claim(args, state)
+
+    def on_epoch_end(self, args, state, control, **kwargs) -> None:
+        """Claim the checkpoint about to be saved."""
+        if control.should_save:
+            self._claim(args, state)
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        """Claim the checkpoint just saved, then delete the run's oldest beyond the limit."""
+        self._claim(args, state)
+        if not args.should_save:
+            return
+        keep = {self._name(state)}
+        if state.best_model_checkpoint:
+            keep.add(Path(state.best_model_checkpoint).name)
+        if self.folder.rotate(self.limit, keep):
+            self.folder.write_record()
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        """As the Trainer with ``load_best_model_at_end`` and a limit of 1: keep only the best of the
+        run's checkpoints."""
+        if args.should_save and self.limit == 1 and state.best_model_checkpoint:
+            best = Path(state.best_model_checkpoint).name
+            if self.folder.rotate(1, {best}, keep_newest=False):
+                self.folder.write_record()

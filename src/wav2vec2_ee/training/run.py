@@ -18,11 +18,21 @@ from transformers.trainer_utils import TrainOutput
 from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
 from ..data.augment import SpeedPerturbation
 from ..data.dataset import DataCollatorCTCWithPadding
-from ..io import atomic_write_text
 from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
 from ..objectives import build_objective
 from ..vocab import build_processor
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
+from .outputs import (
+    LENGTH_KEYS,
+    SUMMARY_NAME,
+    RunFolder,
+    check_output_dir,
+    checkpoint_folders,
+    read_settings,
+    run_settings,
+    save_final_model,
+    settings_differences,
+)
 from .skips import gather_skip_counts
 from .teacher import build_teacher_labels
 from .trainer import EarlyExitTrainer
@@ -81,25 +91,98 @@ def _checkpoint_problem(ckpt: Path) -> str | None:
     return None
 
 
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """The ``checkpoint-N`` folders whose save finished (see :func:`_checkpoint_problem`), newest first.
+
+    A crash while saving leaves a partial folder; it is passed over (with a warning).
+    """
+    complete = []
+    for ckpt in reversed(checkpoint_folders(output_dir)):
+        problem = _checkpoint_problem(ckpt)
+        if problem is None:
+            complete.append(str(ckpt))
+        else:
+            logger.warning("%s is incomplete (interrupted save?): %s; passed over", ckpt, problem)
+    return complete
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` folder whose save finished (see :func:`_checkpoint_problem`).
 
     A crash while saving leaves a partial folder; it is passed over (with a warning) so the previous
     checkpoint is used.
     """
-    if not Path(output_dir).is_dir():
+    complete = complete_checkpoints(output_dir)
+    return complete[0] if complete else None
+
+
+def resume_checkpoint(
+    output_dir: str | os.PathLike, settings: dict, ignore_settings: bool = False
+) -> str | None:
+    """The checkpoint ``--resume`` continues: the newest complete one written with ``settings``.
+
+    Every checkpoint records the settings of its run (``run_settings.json``); they must equal
+    ``settings`` except :data:`~.outputs.LENGTH_KEYS` (a run may be continued for more steps). Newer
+    complete checkpoints of another run (a run started in the same folder with ``--overwrite-output-dir``)
+    are passed over with a warning; when no complete checkpoint is the run's, ``ValueError`` names the
+    settings in which the newest differs. ``ignore_settings`` (``--resume-ignore-settings``): the newest
+    complete checkpoint, whatever its settings. ``None``: no complete checkpoint.
+    """
+    complete = complete_checkpoints(output_dir)
+    if not complete:
         return None
-    candidates = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and p.is_dir()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    for ckpt in candidates:
-        problem = _checkpoint_problem(ckpt)
-        if problem is None:
-            return str(ckpt)
-        logger.warning("%s is incomplete (interrupted save?): %s; passed over", ckpt, problem)
-    return None
+    problems: list[tuple[str, str]] = []
+    for ckpt in complete:
+        record = read_settings(ckpt)
+        if record is None:
+            why = "it records no run settings (written by an older version of wav2vec2-ee or another program)"
+        else:
+            differences = settings_differences(record["settings"], settings, ignore=LENGTH_KEYS)
+            if not differences:
+                break
+            why = "it was written with other settings (" + "; ".join(differences) + ")"
+        if ignore_settings:
+            logger.warning("--resume-ignore-settings: resuming %s although %s", ckpt, why)
+            return ckpt
+        problems.append((ckpt, why))
+    else:
+        newest, why = problems[0]
+        raise ValueError(
+            f"--resume: {newest} is not this run's: {why}; resume with that run's settings, start a new "
+            "run without --resume, or pass --resume-ignore-settings to continue it with these settings"
+        )
+    for passed, why in problems:
+        logger.warning(
+            "--resume: %s passed over: %s (this run writes its own checkpoint of that step over it)",
+            passed,
+            why,
+        )
+    return ckpt
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, settings: dict, run_args: RunArguments
+) -> tuple[RunFolder, str | None]:
+    """Step 1b: the run's output folder and the checkpoint to resume (``None``: start fresh).
+
+    With ``--resume`` and a checkpoint of this run (:func:`resume_checkpoint`), the run continues it and
+    the checkpoints the folder's ``run_settings.json`` lists stay the run's. Otherwise the run starts
+    fresh, into a folder :func:`~.outputs.check_output_dir` accepts (``--overwrite-output-dir``).
+    Raises ``ValueError`` before any work is done.
+    """
+    checkpoint = None
+    if run_args.resume:
+        checkpoint = resume_checkpoint(output_dir, settings, run_args.resume_ignore_settings)
+    if checkpoint is None:
+        return check_output_dir(output_dir, settings, run_args.overwrite_output_dir), None
+    folder = RunFolder(Path(output_dir), settings)
+    record = read_settings(output_dir)
+    if record is not None and (
+        run_args.resume_ignore_settings
+        or not settings_differences(record["settings"], settings, ignore=LENGTH_KEYS)
+    ):
+        folder.owned = {str(name) for name in record.get("checkpoints", [])}
+    return folder, checkpoint
 
 
 def build_model(model_args: ModelArguments, vocab_size: int, pad_token_id: int) -> Wav2Vec2EEForCTC:
@@ -238,10 +321,9 @@ def set_objective_arguments(training_args: TrainingArguments, objective, model: 
         )
 
 
-def train(trainer: EarlyExitTrainer, resume: bool) -> TrainOutput:
-    """Step 6: ``trainer.train()``, from the last complete checkpoint of the output folder with
-    ``resume`` (the skip counts too), else from scratch."""
-    checkpoint = last_complete_checkpoint(trainer.args.output_dir) if resume else None
+def train(trainer: EarlyExitTrainer, resume: bool, checkpoint: str | None) -> TrainOutput:
+    """Step 6: ``trainer.train()``, from ``checkpoint`` (:func:`prepare_output_dir`'s choice with
+    ``resume``; the skip counts too), else from scratch."""
     if resume:
         logger.info("resuming from %s", checkpoint or "scratch (no complete checkpoint found)")
     trainer.restore_skip_counts(checkpoint)
@@ -261,10 +343,9 @@ def save_results(
     counts: dict,
 ) -> None:
     """Step 7 (process 0): the final model with its processor, and ``run_summary.json`` with the data
-    report and the run's skip counts (``counts``, gathered over the processes)."""
+    report and the run's skip counts (``counts``, gathered over the processes), written so that they
+    appear together or not at all (:func:`~.outputs.save_final_model`)."""
     output_dir = trainer.args.output_dir
-    trainer.save_model(output_dir)
-    processor.save_pretrained(output_dir)
     summary = {
         "train_metrics": result.metrics,
         "data": {"kept": report.kept, "skipped": report.skipped, "skip_counts": dict(report.counts())},
@@ -274,7 +355,15 @@ def save_results(
         "objective": trainer.objective.name,
         "exit_layers": trainer.model.config.exit_layers,
     }
-    atomic_write_text(Path(output_dir, "run_summary.json"), json.dumps(summary, indent=2))
+
+    def write(folder: Path) -> None:
+        trainer.save_model(str(folder), _internal_call=True)  # internal: no hub push of a temporary folder
+        processor.save_pretrained(folder)
+        Path(folder, SUMMARY_NAME).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+
+    save_final_model(output_dir, write)
+    if trainer.args.push_to_hub:  # what save_model did before the save became atomic
+        trainer.push_to_hub(commit_message="Model save", revision=trainer.args.hub_revision)
     anything = report.skipped or any(counts.values())
     (logger.warning if anything else logger.info)(
         "data: %s; unreadable at training time: %d; non-finite batches skipped: %d; "
@@ -297,6 +386,8 @@ def run_training(
     """Train, in the numbered steps of the functions above; returns the trainer (its model is the
     trained student)."""
     check_arguments(data_args, run_args, training_args)
+    settings = run_settings(model_args, data_args, objective_args, training_args)
+    run_folder, checkpoint = prepare_output_dir(training_args.output_dir, settings, run_args)
     model_dir = model_args.model if model_args.model and Path(model_args.model).is_dir() else None
     processor = build_processor(model_dir)
     tokenizer = processor.tokenizer
@@ -321,8 +412,13 @@ def run_training(
     teacher_path = objective_args.teacher or model_args.model
     teacher_labels = build_teacher_labels(objective, teacher_path, tokenizer, training_args)
 
-    # 5. the trainer; 6. train; 7. save the final model with its processor, and the summary
+    # 5. the trainer (the output folder marked as this run's); 6. train; 7. save the final model with
+    # its processor, and the summary
     set_objective_arguments(training_args, objective, model)
+    if training_args.should_save:
+        run_folder.path.mkdir(parents=True, exist_ok=True)
+        run_folder.remove_stale_temporary_folders()
+        run_folder.write_record()
     trainer = EarlyExitTrainer(
         model=model,
         args=training_args,
@@ -335,8 +431,9 @@ def run_training(
         objective=objective,
         teacher_labels=teacher_labels,
         time_budget=run_args.time_budget,
+        run_folder=run_folder,
     )
-    result = train(trainer, run_args.resume)
+    result = train(trainer, run_args.resume, checkpoint)
     counts = gather_skip_counts(trainer.skip_counts())  # in every process: a collective
     if trainer.is_world_process_zero():
         save_results(trainer, processor, result, report, counts)

@@ -6,6 +6,8 @@ Everything else the run needs sits beside it, on public ``Trainer`` hooks where 
 * the non-finite-step guard and the skip counts in checkpoints: :mod:`.callbacks`, counting into
   :class:`.skips.SkipCounts`;
 * the time budget: :class:`.budget.TimeBudget` (a callback) and ``create_scheduler``;
+* the output folder: the run's settings in every checkpoint (``save_model``) and ``--save-total-limit``
+  over the run's own checkpoints only (:class:`.callbacks.RotateOwnCheckpoints`, ``train``);
 * the resumable training order: :mod:`.sampler`.
 
 Two private ``Trainer`` hooks remain, each with its reason beside it (``_get_train_sampler``,
@@ -18,14 +20,17 @@ import logging
 import math
 import os
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..objectives import ObjectiveOutput
 from .budget import CompressedLambdaLR, TimeBudget
-from .callbacks import SaveSkipCounts, SkipBadUpdates
+from .callbacks import RotateOwnCheckpoints, SaveSkipCounts, SkipBadUpdates
+from .outputs import RunFolder
 from .sampler import epoch_seeded_sampler
 from .skips import SkipCounts
 from .teacher import TeacherLabels
@@ -55,11 +60,17 @@ class EarlyExitTrainer(Trainer):
     With ``time_budget`` (seconds), the run plans fewer steps when the measured pace would overrun it
     and plays the configured learning-rate schedule compressed to them (:mod:`.budget`).
 
+    ``--save-total-limit`` deletes only checkpoint folders this run wrote (``run_folder``'s; the
+    Trainer's own rotation, which deletes any ``checkpoint-*`` folder, is off while training), and
+    every checkpoint records the run's settings (``run_settings.json``, before ``trainer_state.json``).
+
     Args:
         objective: a :func:`~wav2vec2_ee.objectives.build_objective` objective.
         teacher_labels: the objective's pseudo-labels (default: :meth:`TeacherLabels.for_objective`,
             without a frozen teacher).
         time_budget: wall-clock seconds for the training loop, or ``None``.
+        run_folder: the output folder's :class:`~.outputs.RunFolder` (its settings and the checkpoints
+            the run owns); default: no recorded settings, the run owns the checkpoint folders it creates.
         *args, **kwargs: as for ``Trainer``.
     """
 
@@ -69,9 +80,12 @@ class EarlyExitTrainer(Trainer):
         objective,
         teacher_labels: TeacherLabels | None = None,
         time_budget: float | None = None,
+        run_folder: RunFolder | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.run_folder = run_folder if run_folder is not None else RunFolder(Path(self.args.output_dir))
+        self.rotation = RotateOwnCheckpoints(self.run_folder)
         self.objective = objective
         if teacher_labels is None:
             teacher_labels = TeacherLabels.for_objective(objective)
@@ -85,13 +99,15 @@ class EarlyExitTrainer(Trainer):
             self.add_callback(callback)
 
     def _bookkeeping_callbacks(self) -> list[TrainerCallback]:
-        """The time budget, the non-finite-step guard and the skip counts' checkpoint files."""
+        """The time budget, the non-finite-step guard, the skip counts' checkpoint files and the
+        rotation of the run's own checkpoints."""
         callbacks: list[TrainerCallback] = []
         if self.time_budget is not None:
             callbacks.append(TimeBudget(self.time_budget))
         if not (self.is_deepspeed_enabled or self.is_fsdp_enabled):  # their engines step the optimizer
             callbacks.append(SkipBadUpdates(self.counts))
         callbacks.append(SaveSkipCounts(self.counts))
+        callbacks.append(self.rotation)
         return callbacks
 
     # ----------------------------------------------------------------------------------------------
@@ -114,6 +130,29 @@ class EarlyExitTrainer(Trainer):
 
     # ----------------------------------------------------------------------------------------------
     # public hooks
+    def train(self, *args, **kwargs):
+        """``Trainer.train`` with ``--save-total-limit`` applied to the run's own checkpoints only
+        (:class:`~.callbacks.RotateOwnCheckpoints`): ``args.save_total_limit`` is ``None`` meanwhile (as
+        the ``training_args.bin`` of the checkpoints records it)."""
+        limit = self.args.save_total_limit
+        self.rotation.limit = limit
+        self.args.save_total_limit = None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self.args.save_total_limit = limit
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """As ``Trainer.save_model``; into a checkpoint folder (the Trainer's first write of a checkpoint,
+        well before ``trainer_state.json``) the run's settings too."""
+        super().save_model(output_dir, _internal_call)
+        if (
+            output_dir is not None
+            and self.args.should_save
+            and Path(output_dir).name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+        ):
+            self.run_folder.write_settings_into(output_dir)
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         """The configured schedule; under a time budget, as a :class:`CompressedLambdaLR`."""
         fresh = self.lr_scheduler is None
