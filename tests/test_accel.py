@@ -52,6 +52,15 @@ LAYER_NORM = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}
 GROUP_NORM = {"feat_extract_norm": "group", "do_stable_layer_norm": False}
 
 
+@pytest.fixture(autouse=True)
+def _onednn_measured_faster(monkeypatch):
+    """The swap of linear layers is decided by a measurement on this CPU; these tests test the swapped
+    layers, so the measurement says faster (test_linears_stay_plain_where_onednn_is_slower: the other way)."""
+    import wav2vec2_ee.accel as accel
+
+    monkeypatch.setattr(accel, "onednn_linear_is_faster", lambda *a, **k: (True, 2.0, 1.0))
+
+
 def _model(**overrides) -> Wav2Vec2EEForCTC:
     torch.manual_seed(0)
     model = Wav2Vec2EEForCTC(tiny_config(**overrides)).eval()
@@ -130,6 +139,26 @@ def test_optimized_model_equals_the_plain_one_and_saves_the_same_checkpoint(norm
     assert changed == done.linears + 2 and not is_optimized(fast)
     assert all(type(m) is nn.Linear for m in fast.modules() if isinstance(m, nn.Linear))
     assert optimize_for_cpu_inference(fast).feature_encoder == "time-major"  # and again
+
+
+def test_linears_stay_plain_where_onednn_is_slower(monkeypatch, caplog):
+    import wav2vec2_ee.accel as accel
+
+    monkeypatch.setattr(accel, "onednn_linear_is_faster", lambda *a, **k: (False, 69.0, 79.0))
+    model = _model()
+    with caplog.at_level(logging.INFO, logger="wav2vec2_ee.accel"):
+        done = optimize_for_cpu_inference(model)
+    assert done.linears == 0 and done.feature_encoder == "time-major" and done.positional_conv == "fft"
+    assert all(type(m) is nn.Linear for m in model.modules() if isinstance(m, nn.Linear))
+    assert any("not used: 69 vs 79 GFLOPS" in r.message for r in caplog.records)
+
+
+@needs_onednn
+def test_the_measurement_compares_both_products():
+    from wav2vec2_ee.accel.onednn import onednn_linear_is_faster
+
+    faster, onednn_gflops, blas_gflops = onednn_linear_is_faster(16, 64, rows=64)
+    assert onednn_gflops > 0 and blas_gflops > 0 and faster == (onednn_gflops > 1.05 * blas_gflops)
 
 
 def test_optimizing_needs_a_cpu_model():

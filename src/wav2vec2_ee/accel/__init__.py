@@ -6,7 +6,9 @@ faster on a CPU, and changes a model only through :func:`optimize_for_cpu_infere
 commands (``evaluate``, ``transcribe``, ``sweep``, ``calibrate``, the demo) call when, and only when,
 they run on a CPU (:func:`wav2vec2_ee.device.prepare_for_inference`):
 
-* :mod:`.onednn`: linear layers and the feed-forward block's fused GELU through oneDNN;
+* :mod:`.onednn`: linear layers and the feed-forward block's fused GELU through oneDNN, where a short
+  measurement on this CPU finds it faster than ``F.linear`` (it is on AVX-512 processors, not on every
+  AVX2 one);
 * :mod:`.cnn`: the CNN feature encoder computed time-major (narrow CNNs) or one utterance at a time
   (wide CNNs, where each utterance needs its own group-norm statistics);
 * :mod:`.posconv`: the positional convolution by FFT;
@@ -32,7 +34,7 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 
 from .cnn import PerUtteranceFeatureEncoder, TimeMajorFeatureEncoder, prefers_time_major, supports_time_major
-from .onednn import onednn_linear_available, swap_linears
+from .onednn import onednn_linear_available, onednn_linear_is_faster, swap_linears
 from .posconv import FFTPositionalConvEmbedding, supports_positional_conv_fft
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,8 @@ class Acceleration:
     """What :func:`optimize_for_cpu_inference` changed.
 
     Args:
-        linears: linear layers and feed-forward blocks now on the oneDNN route (0 where it is unavailable).
+        linears: linear layers and feed-forward blocks now on the oneDNN route (0 where it is unavailable
+            or measured slower than ``F.linear`` on this CPU).
         feature_encoder: ``"time-major"``, ``"per-utterance"`` or ``None`` (left as it was).
         positional_conv: ``"fft"`` or ``None``.
     """
@@ -64,7 +67,18 @@ def optimize_for_cpu_inference(model: nn.Module) -> Acceleration:
         raise ValueError(f"optimize_for_cpu_inference needs a model on the CPU, not on {sorted(devices)}")
     done = Acceleration()
     if onednn_linear_available():
-        done.linears = swap_linears(model, enabled=True)
+        size = getattr(getattr(model, "config", None), "hidden_size", 256)
+        faster, onednn_gflops, blas_gflops = onednn_linear_is_faster(size, 4 * size)
+        if faster:
+            done.linears = swap_linears(model, enabled=True)
+        logger.info(
+            "oneDNN linear layers %s: %.0f vs %.0f GFLOPS for F.linear on this CPU (%d x %d)",
+            "used" if faster else "not used",
+            onednn_gflops,
+            blas_gflops,
+            size,
+            4 * size,
+        )
     for module in model.modules():
         if type(module) is Wav2Vec2FeatureEncoder and supports_time_major(module):
             if prefers_time_major(module):
