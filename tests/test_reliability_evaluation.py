@@ -236,7 +236,7 @@ def test_a_second_run_on_a_locked_folder_is_refused(assets, tmp_path, monkeypatc
             run_quiet(**common)
         assert sorted(p.name for p in out.iterdir()) == [".evaluate.lock"]  # nothing written or removed
         capsys.readouterr()
-        rc = cli_main(["evaluate", str(assets["ee"]), str(out), "--data", str(assets["data"]),
+        rc = cli_main(["evaluate", str(assets["ee"]), "--output-dir", str(out), "--data", str(assets["data"]),
                        "--splits", "test-other", "--no-progress"])  # fmt: skip
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and f"(pid {holder.pid})" in err

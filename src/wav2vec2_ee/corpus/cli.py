@@ -1,9 +1,9 @@
 """`wav2vec2-ee make-corpus`: synthesise the embedded eSpeak NG speech corpus (a thin CLI over
 :func:`wav2vec2_ee.corpus.build_corpus`).
 
-    wav2vec2-ee make-corpus data/espeak                  # default size: 4000 / 200 / 200 utterances
-    wav2vec2-ee make-corpus data/espeak --hours 3        # ~3 h of train audio
-    wav2vec2-ee make-corpus data/tiny --size quick       # 300 / 40 / 40, for smoke tests
+    wav2vec2-ee make-corpus --output-dir data/espeak            # default size: 4000 / 200 / 200 utterances
+    wav2vec2-ee make-corpus --output-dir data/espeak --hours 3  # ~3 h of train audio
+    wav2vec2-ee make-corpus --output-dir data/tiny --size quick # 300 / 40 / 40, for smoke tests
 
 The folder is in LibriSpeech layout (``train``, ``dev``, ``test``), ready for
 ``wav2vec2-ee train --data <dir> --train-splits train`` and ``wav2vec2-ee evaluate ... --splits test``.
@@ -15,23 +15,27 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..cli import finish_parser
 from .build import PRESETS, CorpusSummary, build_corpus
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..cli import HelpFormatter, add_output_dir
+
     parser = argparse.ArgumentParser(
         prog="wav2vec2-ee make-corpus",
         description="Synthesise the English eSpeak NG speech corpus (train / dev / test, LibriSpeech "
         "layout; dev and test voices never occur in train).",
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("output_dir", help="Folder to write the corpus to (created if needed).")
+    add_output_dir(parser, "Folder to write the corpus to (created if needed).")
     parser.add_argument(
         "--size",
         choices=sorted(PRESETS),
         default="default",
         help="Preset utterance counts (train/dev/test): "
         + ", ".join(f"{name} = {'/'.join(map(str, counts))}" for name, counts in PRESETS.items())
-        + " (default: %(default)s).",
+        + ".",
     )
     parser.add_argument(
         "--hours",
@@ -39,20 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Approximate hours of train audio (replaces the preset's count).",
     )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice (default: 0).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of every random choice.")
     parser.add_argument(
-        "--workers", type=int, default=None, help="Synthesis processes (default: the number of CPU cores)."
+        "--num-workers",
+        type=int,
+        default=None,
+        help="Worker processes synthesising audio (default: the number of CPU cores).",
     )
     parser.add_argument(
         "--overwrite",
         action="store_true",
         help="Allow replacing train/dev/test folders that another tool wrote into the output folder.",
     )
-    parser.add_argument("--no-progress", action="store_true", help="Do not show a progress bar.")
+    parser.add_argument(
+        "--progress", type=_to_bool, nargs="?", const=True, default=True, help="Show a progress bar."
+    )
     # exact counts, for tests and scripted builds
     for split in ("train", "dev", "test"):
         parser.add_argument(f"--num-{split}", type=int, default=None, help=argparse.SUPPRESS)
-    return parser
+    return finish_parser(parser, "make-corpus")
+
+
+def _to_bool(value: str) -> bool:
+    from transformers.hf_argparser import string_to_bool
+
+    return string_to_bool(value)
 
 
 def format_summary(summary: CorpusSummary) -> str:
@@ -69,9 +84,12 @@ def format_summary(summary: CorpusSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus and print its summary; returns the exit status."""
+    from ..cli import output_dir_of
+
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    args.output_dir = output_dir_of("make-corpus", args)
+    if args.num_workers is not None and args.num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
     try:
         summary = _build(args)
     except FileExistsError as err:  # a folder with someone else's train/dev/test: say so in one line
@@ -90,8 +108,8 @@ def _build(args: argparse.Namespace) -> CorpusSummary:
         num_test=args.num_test,
         size=args.size,
         seed=args.seed,
-        workers=args.workers,
-        progress=not args.no_progress,
+        workers=args.num_workers,
+        progress=args.progress,
         overwrite=args.overwrite,
     )
 

@@ -67,17 +67,17 @@ class DemoArguments:
         default=None,
         metadata={"help": "Training steps of the EE run and the baselines (default: the preset's)."},
     )
-    time_budget: float = field(
+    time_budget_minutes: float = field(
         default=10.0,
         metadata={
             "help": "Minutes for the whole demo (corpus, training, evaluation): when this machine's pace "
             "would overrun them, the training plans fewer steps than --max-steps and fits its learning-rate "
-            "schedule to them (train --time-budget), so the demo ends on time; the steps it ran are "
-            "reported. 0: no budget (the preset's steps, e.g. to compare machines). --reproduce's runs "
+            "schedule to them (train --time-budget-minutes), so the demo ends on time; the steps it ran "
+            "are reported. 0: no budget (the preset's steps, e.g. to compare machines). --reproduce's runs "
             "are not budgeted."
         },
     )
-    threads: int | None = field(
+    num_threads: int | None = field(
         default=None,
         metadata={
             "help": "torch CPU threads (default: torch's choice, the physical cores, lowered to the cores "
@@ -90,6 +90,9 @@ class DemoArguments:
     no_lexicon: bool = field(
         default=False,
         metadata={"help": "Greedy decoding only (skip the lexicon-constrained beam search column)."},
+    )
+    progress: bool = field(
+        default=True, metadata={"help": "Show a progress bar while the corpus is built (on a terminal)."}
     )
     verbose: bool = field(default=False, metadata={"help": "Show the library's INFO logs."})
 
@@ -140,7 +143,7 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    threads = args.threads or idle_threads()
+    threads = args.num_threads or idle_threads()
     if threads:
         torch.set_num_threads(int(threads))
     say(f"torch threads: {torch.get_num_threads()} ({os.cpu_count()} cores)")
@@ -159,12 +162,12 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
     return preset, out, corpus
 
 
-def build_demo_corpus(preset: DemoPreset, corpus: Path) -> dict:
+def build_demo_corpus(preset: DemoPreset, corpus: Path, progress: bool = True) -> dict:
     """Step 1: the corpus (a finished build with the same parameters is reused at once)."""
     from ..corpus import build_corpus
 
     start = time.perf_counter()
-    summary = build_corpus(corpus, **preset.corpus, progress=sys.stderr.isatty())
+    summary = build_corpus(corpus, **preset.corpus, progress=progress and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     n = summary.num_utterances
     state = "reused" if summary.cached else f"built in {seconds:.0f} s"
@@ -181,13 +184,13 @@ def build_demo_corpus(preset: DemoPreset, corpus: Path) -> dict:
 
 
 def _train_budget(args: DemoArguments, preset: DemoPreset, start: float) -> float | None:
-    """Seconds for the EE run's training: what ``--time-budget`` leaves after the time since ``start``
+    """Seconds for the EE run's training: what ``--time-budget-minutes`` leaves after the time since ``start``
     and the preset's share for the evaluation (at least a minute); ``None`` without a budget."""
-    if not (args.time_budget and args.time_budget > 0):
+    if not (args.time_budget_minutes and args.time_budget_minutes > 0):
         return None
-    left = 60 * args.time_budget - (time.perf_counter() - start) - preset.evaluation_seconds
+    left = 60 * args.time_budget_minutes - (time.perf_counter() - start) - preset.evaluation_seconds
     train_budget = max(left, 60.0)
-    say(f"time budget {args.time_budget:g} min: {train_budget:.0f} s for training")
+    say(f"time budget {args.time_budget_minutes:g} min: {train_budget:.0f} s for training")
     return train_budget
 
 
@@ -256,17 +259,31 @@ def _write_summary(preset: DemoPreset, out: Path, corpus: Path, spec: RunSpec, r
     say(f"summary:          {out / 'demo_summary.json'}")
 
 
+def build_parser() -> HfArgumentParser:
+    """The parser of ``wav2vec2-ee demo``."""
+    from ..cli import HelpFormatter, finish_parser
+
+    parser = HfArgumentParser(
+        (DemoArguments, DeviceArguments),
+        prog="wav2vec2-ee demo",
+        description="The embedded default end to end on this machine: synthesise the eSpeak NG corpus, "
+        "train a small early-exit model from scratch, evaluate every exit on held-out voices and print "
+        "the WER-by-exit table (--quick: a < 2 min smoke test; --reproduce: the seed's table).",
+        formatter_class=HelpFormatter,
+    )
+    return finish_parser(parser, "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status: 0, or 1 when ``--reproduce`` had a failed run (its row
     in ``reproduce.md`` says why; rerunning retries only the unfinished runs)."""
-    parser = HfArgumentParser((DemoArguments, DeviceArguments))
-    parser.prog = "wav2vec2-ee demo"
-    args, device = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    args, device = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     preset, out, corpus = _setup(args)
 
     # 1. corpus
-    timings: dict = {"corpus": build_demo_corpus(preset, corpus)}
+    quiet = {} if args.progress else {"progress": False}  # (the default: a bar on a terminal)
+    timings: dict = {"corpus": build_demo_corpus(preset, corpus, **quiet)}
 
     # 2. training from scratch (within what the time budget leaves for it)
     spec = ee_run(preset, out, corpus, args.max_steps)

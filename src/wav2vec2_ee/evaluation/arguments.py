@@ -14,7 +14,8 @@ DECODERS = ("greedy", "beam")
 
 @dataclass
 class EvaluationArguments:
-    """Options of ``wav2vec2-ee evaluate`` (the positional ``checkpoint`` and ``output_dir`` come first)."""
+    """Options of ``wav2vec2-ee evaluate`` (the positional ``checkpoint`` comes first, ``--output-dir``
+    beside these)."""
 
     data: str = field(
         metadata={
@@ -119,15 +120,16 @@ class EvaluationArguments:
         default=False,
         metadata={"help": "re-evaluate splits that a previous run completed with the same settings"},
     )
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes decoding audio"})
+    num_workers: int = field(default=0, metadata={"help": "worker processes decoding audio (DataLoader)"})
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
     processes: int | None = field(
         default=None,
         metadata={
+            "aliases": ["--num-processes"],
             "help": "processes that run and decode batches in parallel, sharing the torch threads (default on "
-            "CPU: one per thread, each running one thread; 1 on GPU). Results do not depend on it"
+            "CPU: one per thread, each running one thread; 1 on GPU). Results do not depend on it",
         },
     )
     progress: bool = field(default=True, metadata={"help": "show a progress bar per split"})

@@ -1,9 +1,9 @@
-"""``wav2vec2-ee evaluate <checkpoint> <output_dir> --data ... [options]``: layer-wise WER of a checkpoint.
+"""``wav2vec2-ee evaluate <checkpoint> --output-dir DIR --data ... [options]``: layer-wise WER of a checkpoint.
 
 Examples::
 
-    wav2vec2-ee evaluate runs/ee runs/ee/eval --data /data/LibriSpeech --splits test-clean test-other
-    wav2vec2-ee evaluate runs/ee runs/ee/eval --data /data/LibriSpeech --splits test-clean \\
+    wav2vec2-ee evaluate runs/ee --output-dir runs/ee/eval --data /data/LibriSpeech --splits test-clean test-other
+    wav2vec2-ee evaluate runs/ee --output-dir runs/ee/eval --data /data/LibriSpeech --splits test-clean \\
         --exit-stats entropy posterior --nbest 10 --lexicon lexicon.txt
 """
 
@@ -18,20 +18,26 @@ from .arguments import EvaluationArguments
 
 
 def build_parser() -> HfArgumentParser:
+    from ..cli import HelpFormatter, add_output_dir, finish_parser
+
     parser = HfArgumentParser(
         (EvaluationArguments, DeviceArguments),
         prog="wav2vec2-ee evaluate",
         description="Layer-wise WER of a checkpoint at every exit, in the seed's result files.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "checkpoint", help="checkpoint folder (early-exit, plain Wav2Vec2ForCTC, or original layout)"
     )
-    parser.add_argument("output_dir", help="folder for wer_results.txt, <split>_results.txt, ...")
-    return parser
+    add_output_dir(parser, "folder for wer_results.txt, <split>_results.txt, ...")
+    return finish_parser(parser, "evaluate")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import output_dir_of
+
     args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
+    positional.output_dir = output_dir_of("evaluate", positional)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from .evaluate import evaluate_checkpoint

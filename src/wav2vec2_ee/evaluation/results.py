@@ -23,8 +23,12 @@ Files of ``sweep`` / ``calibrate``: ``<split>_sweep.csv`` / ``.json`` / ``.png``
 ``<split>_decisions.csv`` (every point's exit layer per utterance), ``<split>_exit_table.jsonl`` (every
 exit's outputs per utterance: what the simulation replays), ``calibration_<policy>.json``.
 
+Files of ``transcribe --output``: ``results.jsonl`` / ``results.csv``, one row per file, appended as
+files finish (:class:`TranscriptionLog`).
+
 Every result file of the package is formatted and written here, through the one atomic writer of
-:mod:`wav2vec2_ee.io`. Floats are written with ``repr`` (``str``), so every number reads back exactly.
+:mod:`wav2vec2_ee.io` (or, for a log that grows as a run goes, its append-and-flush writer). Floats
+are written with ``repr`` (``str``), so every number reads back exactly.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from ..io import AppendFile, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import WordErrors, split_errors, word_errors
 
 logger = logging.getLogger(__name__)
@@ -411,3 +415,104 @@ def save_figure(fig, path: str | os.PathLike) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     atomic_write_bytes(path, buffer.getvalue())
+
+
+# --------------------------------------------------------------------------------------------------
+# ``wav2vec2-ee transcribe --output``: one row per file, appended as files finish
+
+#: The columns of a transcription log (``Transcription.to_dict`` keys).
+TRANSCRIPTION_FIELDS = (
+    "source",
+    "text",
+    "exit_layer",
+    "layers_computed",
+    "num_layers",
+    "chunks",
+    "seconds",
+    "audio_seconds",
+    "error",
+)
+
+
+class TranscriptionLog:
+    """``--output results.jsonl`` (one JSON object per line) or ``results.csv`` (a header, then one row
+    per file; empty ``exit_layer`` / ``error`` cells are ``None``): one row per finished file, appended
+    and synced to disk batch by batch (:class:`~wav2vec2_ee.io.AppendFile`), so an interrupted run
+    keeps what it finished. :meth:`finished` reads the complete rows back (``--resume``); a partial
+    last line (a run killed mid-write) is ignored, and cut off when the log is opened to append."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.csv = self.path.suffix.lower() == ".csv"
+        self._file: AppendFile | None = None
+
+    def rows(self) -> list[dict]:
+        """The complete rows already in the file (none when it does not exist)."""
+        if not self.path.is_file():
+            return []
+        text = self.path.read_bytes().decode("utf-8", errors="replace")
+        text = text[: text.rfind("\n") + 1]  # a partial last line is not a row
+        if self.csv:
+            out = []
+            for row in csv.DictReader(io.StringIO(text)):
+                if row.get("source"):
+                    out.append({k: (v if v != "" else None) for k, v in row.items()})
+            return out
+        out = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s:%d: not a JSON row, ignored", self.path, lineno)
+                continue
+            if isinstance(row, dict) and isinstance(row.get("source"), str):
+                out.append(row)
+        return out
+
+    def finished(self) -> set[str]:
+        """Sources of the rows already in the file (``--resume`` skips them)."""
+        return {row["source"] for row in self.rows()}
+
+    def open(self) -> TranscriptionLog:
+        self._file = AppendFile(self.path)
+        if self.csv and self._file.empty:
+            self._write_csv(list(TRANSCRIPTION_FIELDS))
+        return self
+
+    def _write_csv(self, values: list) -> None:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(values)
+        self._file.write(buffer.getvalue())  # type: ignore[union-attr]
+
+    def write(self, records: Sequence[Mapping]) -> None:
+        """Append rows (``Transcription.to_dict()``) and sync them to disk."""
+        if self._file is None:
+            raise RuntimeError("TranscriptionLog.write before open()")
+        for record in records:
+            if self.csv:
+                values = [record.get(k) for k in TRANSCRIPTION_FIELDS]
+                # one physical line per row: a line break inside a message becomes a space
+                self._write_csv(["" if v is None else _one_line(v) for v in values])
+            else:
+                row = {k: record.get(k) for k in TRANSCRIPTION_FIELDS}
+                self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._file.sync()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> TranscriptionLog:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _one_line(value):
+    return (
+        value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ") if isinstance(value, str) else value
+    )

@@ -3,6 +3,7 @@ lexicon decoders they describe (:class:`~wav2vec2_ee.evaluation.LexiconDecoderSp
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,6 +95,35 @@ class TranscribeArguments:
             "lifts the limit)"
         },
     )
+    chunk_seconds: float = field(
+        default=0.0,
+        metadata={
+            "help": "transcribe files longer than this in overlapping windows of this many seconds (30 is a "
+            "good value; each window exits on its own, the transcript is stitched; memory stays bounded "
+            "for hour-long files; --max-seconds then does not apply); 0 (default): off"
+        },
+    )
+    stride_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "--chunk-seconds: context on each side of a window whose frames are dropped "
+            "(default: a sixth of the window)"
+        },
+    )
+    output: str | None = field(
+        default=None,
+        metadata={
+            "help": "also write one row per file (text, exit layer, layers computed, seconds, error) to this "
+            ".jsonl or .csv file, appended and synced batch by batch"
+        },
+    )
+    resume: bool = field(
+        default=False,
+        metadata={"help": "--output exists: skip the files it already has (a partial last line is redone)"},
+    )
+    progress: bool = field(
+        default=True, metadata={"help": "a progress bar on stderr when there is more than one batch"}
+    )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
@@ -103,6 +133,13 @@ class TranscribeArguments:
         if self.max_seconds is not None and not float(self.max_seconds) > 0:
             raise ValueError(f"--max-seconds must be a number > 0, got {self.max_seconds}")
         _check_max_layer_flag(self.max_layer)  # the value flags: policy_from_flags (inference/cli.py)
+        from .transcriber import check_chunking  # (the transcriber imports this package)
+
+        check_chunking(self.chunk_seconds, self.stride_seconds)
+        if self.output is not None and not self.output.lower().endswith((".jsonl", ".csv")):
+            raise ValueError(f"--output {self.output}: must end in .jsonl or .csv")
+        if self.resume and self.output is None:
+            raise ValueError("--resume needs --output FILE (the results to continue)")
 
 
 @dataclass
@@ -112,8 +149,11 @@ class SweepArguments:
     data: str = field(
         metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
     )
-    split: str | None = field(
-        default=None, metadata={"help": "the split to sweep on (e.g. dev; a manifest is one)"}
+    splits: list[str] | None = field(
+        default=None, metadata={"help": "the split to sweep on (one; e.g. dev; a manifest is one)"}
+    )
+    split: str | None = field(  # the Python keyword of --splits' one split (the CLI spells it --splits)
+        default=None, metadata={"help": argparse.SUPPRESS}
     )
     policies: list[str] = field(
         default_factory=lambda: ["entropy", "confidence", "patience"],
@@ -157,6 +197,7 @@ class SweepArguments:
     plot: bool = field(default=True, metadata={"help": "write <split>_sweep.png"})
 
     def __post_init__(self) -> None:
+        self.split, self.splits = _one_split(self.split, self.splits)
         check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
         _check_max_layer_flag(self.max_layer)
         if self.thresholds:  # out-of-range values fail now, not after the split's exits are computed
@@ -175,8 +216,11 @@ class CalibrateArguments:
     data: str = field(
         metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
     )
-    split: str | None = field(
-        default=None, metadata={"help": "the development split to calibrate on (e.g. dev)"}
+    splits: list[str] | None = field(
+        default=None, metadata={"help": "the development split to calibrate on (one; e.g. dev)"}
+    )
+    split: str | None = field(  # the Python keyword of --splits' one split (the CLI spells it --splits)
+        default=None, metadata={"help": argparse.SUPPRESS}
     )
     policy: str = field(
         default="entropy", metadata={"help": "entropy, confidence, posterior, patience or fixed"}
@@ -213,12 +257,27 @@ class CalibrateArguments:
     progress: bool = field(default=False, metadata={"help": "show progress bars (on stderr)"})
 
     def __post_init__(self) -> None:
+        self.split, self.splits = _one_split(self.split, self.splits)
         check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
         _check_max_layer_flag(self.max_layer)
         cls = POLICIES.get(self.policy)
         if cls is not None and cls.parameter is not None:
             for value in self.thresholds or []:
                 _check_value(cls, "--thresholds", value)
+
+
+def _one_split(split: str | None, splits: list[str] | None) -> tuple[str | None, list[str] | None]:
+    """``(split, splits)`` of ``sweep`` / ``calibrate``, which run on one split: ``--splits`` takes one
+    (``split=``, its Python keyword, wins: ``dataclasses.replace(args, split=...)``)."""
+    if split is not None:
+        return split, [split]
+    if isinstance(splits, str):
+        splits = [splits]
+    if splits:
+        if len(splits) != 1:
+            raise ValueError(f"--splits takes one split here, got {len(splits)}: {' '.join(splits)}")
+        return splits[0], list(splits)
+    return None, None
 
 
 def _check_max_layer_flag(max_layer: int | None) -> None:

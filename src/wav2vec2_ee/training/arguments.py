@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 
@@ -177,12 +178,31 @@ class RunArguments:
             "folder is refused."
         },
     )
-    time_budget: float | None = field(
+    time_budget_minutes: float | None = field(
         default=None,
         metadata={
-            "help": "Wall-clock seconds for the training loop: when the measured pace would overrun them, "
+            "help": "Wall-clock minutes for the training loop: when the measured pace would overrun them, "
             "the run plans fewer steps than --max-steps and plays the learning-rate schedule compressed "
             "to them (warm-up and decay intact), so it ends on time on any machine. Counts this "
             "session's training (also after --resume). Default: no budget."
         },
     )
+    time_budget: float | None = field(  # seconds: the config-file key; --time-budget is deprecated
+        default=None, metadata={"help": argparse.SUPPRESS}
+    )
+    progress: bool = field(default=True, metadata={"help": "Show the Trainer's progress bars."})
+
+    def __post_init__(self) -> None:
+        if self.time_budget_minutes is None:
+            return
+        seconds = 60.0 * float(self.time_budget_minutes)
+        if self.time_budget is not None and self.time_budget != seconds:
+            raise ValueError(
+                f"two time budgets: --time-budget-minutes {self.time_budget_minutes:g} and "
+                f"time_budget {self.time_budget:g} s (deprecated); give only --time-budget-minutes"
+            )
+        if not seconds > 0:
+            raise ValueError(
+                f"--time-budget-minutes must be a positive number, got {self.time_budget_minutes}"
+            )
+        self.time_budget = seconds

@@ -79,11 +79,34 @@ def check_reporting_extras(report_to) -> None:
                 )
 
 
+def build_parser() -> HfArgumentParser:
+    """The parser of ``wav2vec2-ee train`` (our dataclasses and transformers' ``TrainingArguments``)."""
+    from ..cli import HelpFormatter, finish_parser
+
+    parser = HfArgumentParser(
+        ALL_ARGS,
+        prog="wav2vec2-ee train",
+        description="Fine-tune or train an early-exit wav2vec2 model (objectives ee, kd, dkd, confidence) "
+        "with the Hugging Face Trainer: flags, or a JSON/YAML file of them first and flags overriding it.",
+        formatter_class=HelpFormatter,
+    )
+    parser.error = _raise_value_error  # one line naming the argument, not the full usage text
+    return finish_parser(parser, "train")
+
+
+def _check_unsupported(training_args: TrainingArguments) -> None:
+    """``TrainingArguments`` flags that ``wav2vec2-ee train`` does not honour are refused, not ignored."""
+    if training_args.resume_from_checkpoint is not None:
+        raise ValueError(
+            f"--resume-from-checkpoint {training_args.resume_from_checkpoint}: not supported by wav2vec2-ee "
+            "train; use --resume (continues the last complete checkpoint in --output-dir after checking "
+            "that it was written with this run's settings)"
+        )
+
+
 def parse_args(argv: list[str]):
     """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
-    parser = HfArgumentParser(ALL_ARGS)
-    parser.prog = "wav2vec2-ee train"
-    parser.error = _raise_value_error  # one line naming the argument, not the full usage text
+    parser = build_parser()
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         values = _read_config_file(argv[0])
         known = {a.dest for a in parser._actions}
@@ -93,7 +116,12 @@ def parse_args(argv: list[str]):
         _check_value_types(argv[0], values, {a.dest: a for a in parser._actions})
         parser.set_defaults(**values)
         argv = argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv)
+    *args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    _check_unsupported(training_args)
+    run_args = args[ALL_ARGS.index(RunArguments)]
+    if not run_args.progress:
+        training_args.disable_tqdm = True
+    return (*args, training_args)
 
 
 def main(argv: list[str] | None = None) -> int:
