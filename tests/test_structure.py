@@ -35,8 +35,10 @@ def _offenders(pattern: str, allowed: set[str]) -> list[str]:
 
 
 def test_the_encoder_runs_in_one_place():
-    """Only Wav2Vec2EEForCTC.iter_exits loops over encoder layers."""
-    assert _offenders(r"run_layer\(|encoder_layers\[|encoder\.layers\[", {"modeling.py"}) == []
+    """Only Wav2Vec2EEForCTC.iter_exits loops over encoder layers (and the ONNX export, whose segments
+    are blocks of layers between exits by design, checked against iter_exits in tests/test_export.py)."""
+    allowed = {"modeling.py", "export/segments.py"}
+    assert _offenders(r"run_layer\(|encoder_layers\[|encoder\.layers\[", allowed) == []
 
 
 def test_no_code_outside_the_policy_factory_switches_on_a_policy_name():
