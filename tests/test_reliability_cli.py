@@ -470,6 +470,7 @@ def test_all_good_files_exit_0_and_a_missing_path_is_a_usage_error(files, capsys
 
 def test_a_file_longer_than_max_seconds_is_refused_with_its_duration_and_the_flag(files, tmp_path, capsys):
     argv = ["transcribe", str(files["checkpoint"]), str(files["good0"]), str(files["long"]), "--json"]
+    argv += ["--chunk-seconds", "0"]  # the limit applies without windowing (windows take any length)
     assert cli_main([*argv, "--max-seconds", "1.5"]) == 1
     refused = json.loads(capsys.readouterr().out)[1]
     assert refused["error"].startswith(f"{files['long']}: 2.0 s of audio is longer than the limit of 1.5 s")
@@ -479,7 +480,7 @@ def test_a_file_longer_than_max_seconds_is_refused_with_its_duration_and_the_fla
     # the default limit: 60 s (a ten-minute recording is refused before it is decoded)
     ten_minutes = tmp_path / "ten_minutes.wav"
     sf.write(ten_minutes, np.zeros(16_000 * 600, dtype=np.int16), 16_000, subtype="PCM_16")
-    assert cli_main(["transcribe", str(files["checkpoint"]), str(ten_minutes)]) == 1
+    assert cli_main(["transcribe", str(files["checkpoint"]), str(ten_minutes), "--chunk-seconds", "0"]) == 1
     err = capsys.readouterr().err
     assert f"{ten_minutes}: 600.0 s of audio is longer than the limit of 60 s (--max-seconds" in err
 

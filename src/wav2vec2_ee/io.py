@@ -116,3 +116,76 @@ def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> Non
     """Move a finished file over ``target`` in one atomic rename (same file system): ``target`` is the old
     file or the new one, never a mix. Used to publish a folder's files in a chosen order."""
     os.replace(source, target)
+
+
+class AppendFile:
+    """The append-and-flush writer: text appended to a file that a run writes as it goes (one line per
+    finished item), :meth:`sync` flushing it to disk (``fsync``), so an interrupted run keeps every line
+    synced before it stopped.
+
+    Opening cuts a partial last line (a run killed in the middle of a write) off the file, so that
+    appended lines start on a line of their own; the reader of such a file ignores that partial line
+    anyway. A new file gets the mode the umask gives, and its folder is synced once it exists.
+    """
+
+    def __init__(self, path: str | os.PathLike, encoding: str = "utf-8"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists()
+        self._file = open(self.path, "a+b")  # noqa: SIM115 - closed by close() / the context
+        try:
+            self._cut_partial_line()
+        except BaseException:
+            self._file.close()
+            raise
+        self.encoding = encoding
+        if new:
+            fsync_path(self.path.parent)
+
+    def _cut_partial_line(self) -> None:
+        f = self._file
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        end, block = size, 65536
+        keep = 0
+        while end > 0:  # the last newline, read backwards
+            start = max(0, end - block)
+            f.seek(start)
+            chunk = f.read(end - start)
+            at = chunk.rfind(b"\n")
+            if at >= 0:
+                keep = start + at + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+
+    @property
+    def empty(self) -> bool:
+        return self._file.seek(0, os.SEEK_END) == 0
+
+    def write(self, text: str) -> None:
+        self._file.write(text.encode(self.encoding))
+
+    def sync(self) -> None:
+        """Flush what was written to disk."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if not self._file.closed:
+            try:
+                self.sync()
+            finally:
+                self._file.close()
+
+    def __enter__(self) -> AppendFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -96,11 +96,12 @@ class TranscribeArguments:
         },
     )
     chunk_seconds: float = field(
-        default=0.0,
+        default=30.0,
         metadata={
-            "help": "transcribe files longer than this in overlapping windows of this many seconds (30 is a "
-            "good value; each window exits on its own, the transcript is stitched; memory stays bounded "
-            "for hour-long files; --max-seconds then does not apply); 0 (default): off"
+            "help": "transcribe files longer than this in overlapping windows of this many seconds, as "
+            "transformers' pipeline(chunk_length_s=...) does (each window exits on its own, the transcript is "
+            "stitched; memory stays bounded for hour-long files); 0: off, and files longer than "
+            "--max-seconds are refused"
         },
     )
     stride_seconds: float | None = field(

@@ -41,9 +41,13 @@ def _raise_value_error(message: str):
 
 
 def _parser(dataclass_types, prog: str, description: str) -> HfArgumentParser:
-    parser = HfArgumentParser(dataclass_types, prog=prog, description=description)
+    from ..cli import HelpFormatter, finish_parser
+
+    parser = HfArgumentParser(
+        dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter
+    )
     parser.error = _raise_value_error
-    return parser
+    return finish_parser(parser, prog.split()[-1])
 
 
 def _check_max_layer(checkpoint: str, max_layer: int | None) -> None:
@@ -114,21 +118,42 @@ def _transcribe_parser() -> HfArgumentParser:
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
     parser.add_argument(
-        "audio", nargs="+", help="audio files (any format soundfile reads; resampled to 16 kHz)"
+        "audio",
+        nargs="+",
+        help="audio files (any format soundfile reads; resampled to 16 kHz), folders (searched for audio files) "
+        "or JSONL/CSV manifests",
     )
     return parser
 
 
+transcribe_parser = _transcribe_parser  # the parser of `wav2vec2-ee transcribe` (wav2vec2_ee.cli.PARSERS)
+
+
 def transcribe_main(argv: list[str] | None = None) -> int:
-    """Prints one line (or JSON object) per transcribed file. A file that cannot be transcribed (not
-    audio, too short, longer than ``--max-seconds``, ...) does not stop the others: its error goes to
-    stderr (and into the JSON as ``error``) and the exit status is 1. A path that does not exist is a
-    usage error (exit 2, before the model loads)."""
+    """Prints one line (or JSON object) per transcribed file. The audio arguments are files, folders
+    (walked for audio files) and JSONL/CSV manifests. A file that cannot be transcribed (not audio, too
+    short, longer than ``--max-seconds`` without ``--chunk-seconds``, ...) does not stop the others: its
+    error goes to stderr (and into the JSON as ``error``) and the exit status is 1. A path that does not
+    exist is a usage error (exit 2, before the model loads).
+
+    ``--output results.jsonl|.csv``: one row per file, appended and synced to disk batch by batch (rows
+    and printed lines then come in the order files finish, not input order); ``--resume`` skips the
+    files the output already has. An existing output without ``--resume`` is a usage error."""
     args, lex, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     missing = [a for a in positional.audio if not os.path.exists(a)]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such file")
+    log = None
+    if args.output is not None:
+        from ..evaluation.results import TranscriptionLog
+
+        if os.path.exists(args.output) and not args.resume:
+            raise ValueError(
+                f"--output {args.output} exists: pass --resume to continue it (its files are skipped), "
+                f"or remove it"
+            )
+        log = TranscriptionLog(args.output)
     import torch
 
     from .transcriber import Transcriber
@@ -144,6 +169,8 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
         max_seconds=args.max_seconds,
+        chunk_seconds=args.chunk_seconds,
+        stride_seconds=args.stride_seconds,
     )
     if POLICIES.get(args.policy) is not None and POLICIES[args.policy].needs_lexicon:
         if not lex.lexicon:
@@ -152,7 +179,23 @@ def transcribe_main(argv: list[str] | None = None) -> int:
             )
         spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
         transcriber.decoders.lexicon_decoder = spec.build()
-    results = transcriber.transcribe(list(positional.audio), raise_errors=False)
+    if log is None:
+        results = transcriber.transcribe(list(positional.audio), raise_errors=False, progress=args.progress)
+    else:
+        done = log.finished() if args.resume else set()
+        if done:
+            print(
+                f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped",
+                file=sys.stderr,
+            )
+        results = []
+        with log:
+            batches = transcriber.transcribe_batches(
+                list(positional.audio), skip=done, progress=args.progress
+            )
+            for batch in batches:
+                log.write([r.to_dict() for r in batch])
+                results.extend(batch)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     else:
@@ -175,22 +218,30 @@ def transcribe_main(argv: list[str] | None = None) -> int:
 # sweep
 
 
-def sweep_main(argv: list[str] | None = None) -> int:
+def sweep_parser() -> HfArgumentParser:
+    from ..cli import add_output_dir
+
     parser = _parser(
         (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
         "wav2vec2-ee sweep",
         "WER / compute trade-off of exit policies over thresholds.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
-    parser.add_argument(
-        "output_dir", help="folder for <split>_sweep.csv / .json / .png and per-utterance files"
-    )
-    args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
+    add_output_dir(parser, "folder for <split>_sweep.csv / .json / .png and per-utterance files")
+    return parser
+
+
+def sweep_main(argv: list[str] | None = None) -> int:
+    from ..cli import output_dir_of
+
+    parsed = sweep_parser().parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, device, positional = parsed
+    output_dir = output_dir_of("sweep", positional)
     _logging()
     _check_max_layer(positional.checkpoint, args.max_layer)
     from .sweep import run_sweep
 
-    run_sweep(positional.checkpoint, positional.output_dir, args, lexicon, source, scoring, device)
+    run_sweep(positional.checkpoint, output_dir, args, lexicon, source, scoring, device)
     return 0
 
 
@@ -198,14 +249,19 @@ def sweep_main(argv: list[str] | None = None) -> int:
 # calibrate
 
 
-def calibrate_main(argv: list[str] | None = None) -> int:
+def calibrate_parser() -> HfArgumentParser:
     parser = _parser(
         (CalibrateArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
         "wav2vec2-ee calibrate",
         "Choose an exit policy's threshold on a dev split; prints it on the last line.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
-    args, lexicon, source, scoring, device, positional = parser.parse_args_into_dataclasses(args=argv)
+    return parser
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    parsed = calibrate_parser().parse_args_into_dataclasses(args=argv)
+    args, lexicon, source, scoring, device, positional = parsed
     _logging(quiet=True)
     _check_max_layer(positional.checkpoint, args.max_layer)
     from .calibrate import run_calibration

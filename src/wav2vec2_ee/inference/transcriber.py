@@ -5,30 +5,50 @@
 >>> t = Transcriber.from_pretrained("runs/ee", policy=build_policy("entropy", threshold=0.4))
 >>> t.transcribe("a.wav").text                       # one path (or one array) -> one result
 >>> [r.exit_layer for r in t.transcribe(["a.wav", "b.flac"])]   # a list -> a list, in input order
+>>> t.transcribe("recordings/")                      # a folder (walked) or a manifest -> a list
+>>> for batch in t.transcribe_batches(["recordings/", "list.jsonl"]): ...   # results as they finish
 
-Inputs are batched internally, longest first, so that utterances of similar length share a batch.
+Inputs: paths of audio files, folders (walked, recursively, for files with an audio extension that
+soundfile reads, :data:`AUDIO_EXTENSIONS`, case-insensitive; sorted), JSONL/CSV manifests (the
+``audio`` column of the :func:`~wav2vec2_ee.data.read_manifest` format) and 16 kHz mono arrays.
+
+Audio is read lazily: durations come from the file headers, inputs are grouped into batches of
+similar length (longest first), and a batch's audio is decoded only when that batch runs.
+
+Long recordings (``chunk_seconds``): an input longer than ``chunk_seconds`` is cut into overlapping
+windows, as ``transformers``' ASR pipeline does for CTC (``chunk_length_s`` / ``stride_length_s``):
+each window has ``stride_seconds`` of context on either side (none at the file's ends); each window
+takes its own exit decision; the answering exit's logits of the window's central frames (the strides
+dropped) are concatenated and collapsed once (greedy CTC). A file is read from disk window by window
+(soundfile ``seek``/``read``), so memory stays bounded for an hour-long file. Its
+:class:`Transcription` reports the deepest exit that answered (``exit_layer``), the *mean* layers
+computed per window (``layers_computed``, a float) and the number of windows (``chunks``). With
+chunking on, ``max_seconds`` is not applied (long files are chunked, not refused).
 
 Bad inputs: one path or array that cannot be transcribed (missing, not audio, too short for the CNN,
-NaN or infinite samples, longer than ``max_seconds``) raises a ``ValueError`` naming it; in a list,
-each such input gets a :class:`Transcription` whose ``error`` says why (``text`` empty,
-``exit_layer`` ``None``) and the others are transcribed (``raise_errors=True``: raise instead). An array
-that is not 1-D is a caller's mistake and always raises.
+NaN or infinite samples, longer than ``max_seconds`` without chunking) raises a ``ValueError`` naming
+it; in a list (or a folder, a manifest), each such input gets a :class:`Transcription` whose ``error``
+says why (``text`` empty, ``exit_layer`` ``None``) and the others are transcribed (``raise_errors=True``:
+raise instead). An array that is not 1-D is a caller's mistake and always raises.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 from transformers import Wav2Vec2Processor
 
-from ..data import audio_duration, load_audio
-from ..data.audio import SAMPLING_RATE
+from ..data import audio_duration, load_audio, read_manifest, to_mono_16k
+from ..data.audio import SAMPLING_RATE, AudioError
+from ..data.sources import DataError, report_skipped
 from ..device import (
     autocast_dtype,
     check_runtime_options,
@@ -36,11 +56,11 @@ from ..device import (
     model_device,
     prepare_for_inference,
 )
-from ..evaluation.decoding import LexiconBeamDecoder
+from ..evaluation.decoding import LexiconBeamDecoder, ctc_collapse
 from ..evaluation.engine import length_grouped_batches
 from ..evaluation.model import min_duration_for_ctc
 from ..modeling import Wav2Vec2EEForCTC, load_model
-from ..vocab import build_processor
+from ..vocab import build_processor, normalize_transcript
 from .engine import run_early_exit
 from .policies import Decoders, ExitPolicy, FixedExit
 
@@ -48,8 +68,24 @@ logger = logging.getLogger(__name__)
 
 AudioInput = str | os.PathLike | np.ndarray
 
-#: Seconds of audio beyond which an input is refused (``Transcriber(max_seconds=)``, ``--max-seconds``).
+#: Seconds of audio beyond which an input is refused (``Transcriber(max_seconds=)``, ``--max-seconds``)
+#: when chunking is off.
 DEFAULT_MAX_SECONDS = 60.0
+
+#: The recommended window of ``chunk_seconds`` / ``--chunk-seconds`` for long recordings.
+DEFAULT_CHUNK_SECONDS = 30.0
+
+#: File extensions (lower case) walked in folders: the formats soundfile (libsndfile) reads.
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
+        ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".paf", ".svx", ".8svx", ".sf",
+        ".ircam", ".mat", ".mat4", ".mat5", ".pvf", ".xi", ".htk", ".sds", ".avr", ".sd2", ".mpc",
+    }
+)  # fmt: skip
+
+#: Suffixes of a path read as a manifest (the ``audio`` column, :func:`~wav2vec2_ee.data.read_manifest`).
+MANIFEST_EXTENSIONS = (".jsonl", ".csv")
 
 
 class TooLongError(ValueError):
@@ -59,7 +95,8 @@ class TooLongError(ValueError):
         super().__init__(
             f"{source}: {seconds:.1f} s of audio is longer than the limit of {max_seconds:g} s "
             f"(--max-seconds, Transcriber(max_seconds=...)): one forward pass over it would take minutes "
-            f"and much memory; split it into utterances, or raise the limit"
+            f"and much memory; transcribe it in windows (--chunk-seconds {DEFAULT_CHUNK_SECONDS:g}, "
+            f"Transcriber(chunk_seconds=...)), split it into utterances, or raise the limit"
         )
         self.source = source
         self.seconds = seconds
@@ -73,23 +110,28 @@ class Transcription:
     Args:
         source: the path, or ``<array i>`` for the i-th array given.
         text: the greedy transcript (lower case, single spaces); empty when ``error`` is set.
-        exit_layer: the layer of the exit that answered; ``None`` when ``error`` is set.
-        layers_computed: transformer layers run for this utterance (0 when ``error`` is set).
+        exit_layer: the layer of the exit that answered (chunked: the deepest over the windows);
+            ``None`` when ``error`` is set.
+        layers_computed: transformer layers run for this utterance (chunked: the mean over the
+            windows, a float); 0 when ``error`` is set.
         num_layers: the model's full depth (the layer of its last exit).
         seconds: wall-clock seconds from the start of its batch's computation (the CNN included,
-            audio decoding excluded) until its answer was ready (0 when ``error`` is set).
+            audio decoding excluded) until its answer was ready (chunked: summed over the windows'
+            batches); 0 when ``error`` is set.
         audio_seconds: duration of the audio (0 when it could not be read).
         error: why this input was not transcribed (``None``: it was); names the input.
+        chunks: windows the input was transcribed in (1: one forward pass; 0 when ``error`` is set).
     """
 
     source: str
     text: str
     exit_layer: int | None
-    layers_computed: int
+    layers_computed: int | float
     num_layers: int
     seconds: float
     audio_seconds: float
     error: str | None = None
+    chunks: int = 1
 
     @property
     def ok(self) -> bool:
@@ -100,6 +142,50 @@ class Transcription:
         return asdict(self)
 
 
+def find_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(
+            os.path.join(root, name)
+            for name in sorted(files)
+            if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+        )
+    return found
+
+
+def _is_manifest(path: str | os.PathLike) -> bool:
+    return os.path.isfile(path) and os.path.splitext(str(path))[1].lower() in MANIFEST_EXTENSIONS
+
+
+@dataclass
+class _Input:
+    """One input after folders and manifests are expanded: a path or an array, and its source name."""
+
+    source: str
+    path: str | os.PathLike | None = None
+    array: np.ndarray | None = None
+    error: str | None = None  # a folder without audio, an unreadable manifest
+    seconds: float = 0.0
+
+
+def _windows(total: int, chunk: int, stride: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(start, end, left, right)`` sample windows over ``total`` samples, as ``transformers``'
+    ``chunk_iter``: windows of ``chunk`` samples every ``chunk - 2 * stride``; ``left`` / ``right`` are
+    the context samples whose frames are dropped (none at the file's ends)."""
+    step = chunk - 2 * stride
+    for start in range(0, total, step):
+        end = min(start + chunk, total)
+        is_last = start + chunk >= total
+        left = 0 if start == 0 else stride
+        right = 0 if is_last else stride
+        if end - start > left:
+            yield start, end, left, right
+        if is_last:
+            break
+
+
 class Transcriber:
     """Transcribe audio with an early-exit model and an exit policy.
 
@@ -108,13 +194,17 @@ class Transcriber:
         policy: the exit policy (default: the last exit, i.e. the full model).
         processor: feature extractor + tokenizer (default: the bundled vocabulary).
         lexicon_decoder: the lexicon beam decoder that the ``posterior`` policy needs.
-        batch_size / max_batch_seconds: utterances and seconds of padded audio per batch.
+        batch_size / max_batch_seconds: utterances (or windows) and seconds of padded audio per batch.
         dtype: ``"float32"`` (default), ``"bfloat16"`` or ``"float16"``: the forward pass's precision
             (``torch.autocast``).
-        max_seconds: inputs longer than this are refused (an error naming the input, its duration and
-            the limit): an utterance runs in one forward pass, so a long recording would take minutes
-            and memory quadratic in its length (self-attention). ``None``: no limit. Split long
-            recordings into utterances first.
+        max_seconds: without chunking, inputs longer than this are refused (an error naming the input,
+            its duration and the limit): an utterance runs in one forward pass, so a long recording
+            would take minutes and memory quadratic in its length (self-attention). ``None``: no limit.
+        chunk_seconds: transcribe inputs longer than this in overlapping windows of this many seconds
+            (see the module's docstring; :data:`DEFAULT_CHUNK_SECONDS` is a good value). ``None`` or 0:
+            off (each input in one forward pass, ``max_seconds`` applies).
+        stride_seconds: context on either side of a window whose frames are dropped (default
+            ``chunk_seconds / 6``, as ``transformers``' pipeline); less than ``chunk_seconds / 2``.
 
     The model runs where it is: :meth:`from_pretrained` places it (``device=``) and applies the CPU
     speed-ups (:mod:`wav2vec2_ee.accel`) when that is a CPU.
@@ -130,10 +220,13 @@ class Transcriber:
         max_batch_seconds: float | None = 160.0,
         dtype: str = "float32",
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
+        chunk_seconds: float | None = None,
+        stride_seconds: float | None = None,
     ):
         check_runtime_options(batch_size=batch_size, max_batch_seconds=max_batch_seconds)
         if max_seconds is not None and not float(max_seconds) > 0:
             raise ValueError(f"--max-seconds must be a number > 0, got {max_seconds}")
+        self.chunk_seconds, self.stride_seconds = check_chunking(chunk_seconds, stride_seconds)
         self.model = model.eval()
         self.policy = policy if policy is not None else FixedExit()
         # fail now on a layer the model lacks (a fixed layer, a --max-layer that is no exit layer)
@@ -145,6 +238,14 @@ class Transcriber:
         self.max_seconds = None if max_seconds is None else float(max_seconds)
         self.dtype = autocast_dtype(dtype)
         self._min_seconds = min_duration_for_ctc(model)
+        if (
+            self.chunk_seconds is not None
+            and self.chunk_seconds - 2 * self.stride_seconds < self._min_seconds
+        ):
+            raise ValueError(
+                f"--chunk-seconds {self.chunk_seconds:g}: the window less its strides is shorter than the "
+                f"model's shortest input ({self._min_seconds:g} s)"
+            )
 
     @classmethod
     def from_pretrained(
@@ -165,28 +266,22 @@ class Transcriber:
     def num_layers(self) -> int:
         return int(self.model.config.exit_layers[-1])
 
+    # ----------------------------------------------------------------------------------------------
+    # inputs
+
+    def _chunked(self, seconds: float) -> bool:
+        return self.chunk_seconds is not None and seconds > self.chunk_seconds
+
     def _check_length(self, source: str, seconds: float) -> None:
-        if self.max_seconds is not None and seconds > self.max_seconds:
+        if self.chunk_seconds is None and self.max_seconds is not None and seconds > self.max_seconds:
             raise TooLongError(source, seconds, self.max_seconds)
 
-    def _load_one(self, index: int, item: AudioInput) -> tuple[str, np.ndarray]:
-        """``(source, 16 kHz waveform)`` of one input; a ``ValueError`` naming it when it cannot be used."""
-        if isinstance(item, np.ndarray | torch.Tensor):
-            source = f"<array {index}>"
-            array = np.asarray(item, dtype=np.float32)
-            if not np.isfinite(array).all():
-                raise ValueError(f"{source}: the waveform contains NaN or infinite samples")
-        else:
-            source = str(item)
-            self._check_length(source, audio_duration(item))  # from the header: before decoding it
-            array = load_audio(item)
-        self._check_length(source, len(array) / SAMPLING_RATE)
-        if len(array) / SAMPLING_RATE < self._min_seconds:
+    def _check_short(self, source: str, samples: int) -> None:
+        if samples / SAMPLING_RATE < self._min_seconds:
             raise ValueError(
-                f"{source}: {len(array)} samples is too short for the model "
+                f"{source}: {samples} samples is too short for the model "
                 f"(at least {self._min_seconds * SAMPLING_RATE:.0f} samples at 16 kHz)"
             )
-        return source, array
 
     @staticmethod
     def _check_shapes(items: Sequence[AudioInput]) -> None:
@@ -196,6 +291,56 @@ class Transcriber:
                 raise ValueError(
                     f"<array {i}>: expected a 1-D 16 kHz mono waveform, got shape {tuple(item.shape)}"
                 )
+
+    @staticmethod
+    def expand(items: Sequence[AudioInput]) -> list[_Input]:
+        """Folders walked for audio files, manifests read (their bad rows warned about), arrays named
+        ``<array i>`` by their position in ``items``."""
+        out: list[_Input] = []
+        for i, item in enumerate(items):
+            if isinstance(item, np.ndarray | torch.Tensor):
+                out.append(_Input(f"<array {i}>", array=np.asarray(item, dtype=np.float32)))
+            elif os.path.isdir(item):
+                found = find_audio_files(item)
+                out.extend(_Input(path, path=path) for path in found)
+                if not found:
+                    out.append(_Input(str(item), error=f"{item}: no audio files in this folder"))
+            elif _is_manifest(item):
+                try:
+                    rows = read_manifest(item)
+                except DataError as err:
+                    out.append(_Input(str(item), error=str(err)))
+                    continue
+                report_skipped(rows.skipped, log=logger)
+                out.extend(_Input(str(row.audio), path=str(row.audio)) for row in rows)
+            else:
+                out.append(_Input(str(item), path=item))
+        return out
+
+    def _measure(self, item: _Input) -> None:
+        """``item.seconds`` from the header (a path) or the array, checked against the limits; a
+        ``ValueError`` naming the input when it cannot be used."""
+        if item.error is not None:
+            raise ValueError(item.error)
+        if item.array is not None:
+            if not np.isfinite(item.array).all():
+                raise ValueError(f"{item.source}: the waveform contains NaN or infinite samples")
+            item.seconds = len(item.array) / SAMPLING_RATE
+            self._check_length(item.source, item.seconds)
+            self._check_short(item.source, len(item.array))
+        else:
+            item.seconds = audio_duration(item.path)  # type: ignore[arg-type]
+            self._check_length(item.source, item.seconds)
+            self._check_short(item.source, round(item.seconds * SAMPLING_RATE))
+
+    def _decode(self, item: _Input) -> np.ndarray:
+        """The 16 kHz waveform of a (not chunked) input, decoded now."""
+        if item.array is not None:
+            return item.array
+        array = load_audio(item.path, item.source)  # type: ignore[arg-type]
+        self._check_length(item.source, len(array) / SAMPLING_RATE)
+        self._check_short(item.source, len(array))
+        return array
 
     def _inputs(self, arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(batch, samples)`` normalised, padded input values and their attention mask."""
@@ -207,58 +352,132 @@ class Transcriber:
         device = model_device(self.model)
         return batch["input_values"].to(device), batch["attention_mask"].to(device)
 
+    def _run(self, arrays: Sequence[np.ndarray], return_logits: bool = False):
+        input_values, attention_mask = self._inputs(arrays)
+        with forward_precision(input_values.device, self.dtype):
+            return run_early_exit(
+                self.model, input_values, attention_mask, self.policy, self.decoders, return_logits
+            )
+
+    # ----------------------------------------------------------------------------------------------
+    # transcription
+
     def transcribe(
-        self, audio: AudioInput | Sequence[AudioInput], raise_errors: bool | None = None
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        raise_errors: bool | None = None,
+        progress: bool = False,
     ) -> Transcription | list[Transcription]:
-        """Transcribe a path, an array (16 kHz mono), or a list of them.
+        """Transcribe a path, an array (16 kHz mono), a folder, a manifest, or a list of them.
 
         Args:
             raise_errors: raise a ``ValueError`` naming the first input that cannot be transcribed
-                (missing, not audio, too short, non-finite, longer than ``max_seconds``) instead of
-                returning it with ``error`` set. Default: raise for one input, report for a list.
+                (missing, not audio, too short, non-finite, longer than ``max_seconds`` without
+                chunking) instead of returning it with ``error`` set. Default: raise for one input,
+                report for a list.
+            progress: a progress bar on stderr (in seconds of audio) when there is more than one batch.
 
         Returns:
-            one :class:`Transcription` for one input, else a list in input order (failed inputs
-            included, with ``error`` set, ``text`` empty and ``exit_layer`` ``None``).
+            one :class:`Transcription` for one file or array, else a list in input order (folders and
+            manifests expanded in place; failed inputs included, with ``error`` set, ``text`` empty
+            and ``exit_layer`` ``None``).
         """
-        single = isinstance(audio, str | os.PathLike | np.ndarray | torch.Tensor)
-        items = [audio] if single else list(audio)  # type: ignore[list-item]
+        single = isinstance(audio, np.ndarray | torch.Tensor) or (
+            isinstance(audio, str | os.PathLike) and not os.path.isdir(audio) and not _is_manifest(audio)
+        )
+        items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray | torch.Tensor) else list(audio)
         if raise_errors is None:
             raise_errors = single
         if not items:
             return []
         self._check_shapes(items)
-        results: list[Transcription | None] = [None] * len(items)
-        good: list[int] = []
-        sources: dict[int, str] = {}
-        arrays: dict[int, np.ndarray] = {}
-        for i, item in enumerate(items):
+        inputs = self.expand(items)
+        results: list[Transcription | None] = [None] * len(inputs)
+        for batch in self._batches(inputs, (), raise_errors, progress):
+            for i, result in batch:
+                results[i] = result
+        return results[0] if single else results  # type: ignore[return-value]
+
+    def transcribe_batches(
+        self,
+        audio: AudioInput | Sequence[AudioInput],
+        skip: Collection[str] = (),
+        raise_errors: bool = False,
+        progress: bool = False,
+    ) -> Iterator[list[Transcription]]:
+        """Transcribe like :meth:`transcribe`, yielding results as they are ready: a list per batch
+        (the inputs refused from their headers first; then each batch's, longest first; a chunked file
+        alone), so that a caller can save them as it goes. Inputs whose source is in ``skip`` are left
+        out (a resumed run)."""
+        items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray | torch.Tensor) else list(audio)
+        self._check_shapes(items)
+        for batch in self._batches(self.expand(items), skip, raise_errors, progress):
+            yield [result for _, result in batch]
+
+    def _batches(
+        self, inputs: list[_Input], skip: Collection[str], raise_errors: bool, progress: bool
+    ) -> Iterator[list[tuple[int, Transcription]]]:
+        failed: list[tuple[int, Transcription]] = []
+        whole: list[int] = []
+        chunked: list[int] = []
+        skip = set(skip)
+        for i, item in enumerate(inputs):
+            if item.source in skip:
+                continue
             try:
-                sources[i], arrays[i] = self._load_one(i, item)
+                self._measure(item)
             except ValueError as err:  # AudioError included: each message names its input
                 if raise_errors:
                     raise
-                source = f"<array {i}>" if isinstance(item, np.ndarray | torch.Tensor) else str(item)
-                results[i] = self._failed(source, str(err), getattr(err, "seconds", 0.0))
-            else:
-                good.append(i)
-        durations = [len(arrays[i]) / SAMPLING_RATE for i in good]
-        for batch in length_grouped_batches(durations, self.batch_size, self.max_batch_seconds):
-            rows = [good[j] for j in batch]
-            input_values, attention_mask = self._inputs([arrays[i] for i in rows])
-            with forward_precision(input_values.device, self.dtype):
-                out = run_early_exit(self.model, input_values, attention_mask, self.policy, self.decoders)
-            for j, i in enumerate(rows):
-                results[i] = Transcription(
-                    source=sources[i],
-                    text=out.transcripts[j],  # type: ignore[index]
-                    exit_layer=out.exit_layer[j],
-                    layers_computed=out.layers_computed[j],
-                    num_layers=self.num_layers,
-                    seconds=out.seconds[j],
-                    audio_seconds=len(arrays[i]) / SAMPLING_RATE,
-                )
-        return results[0] if single else results  # type: ignore[return-value]
+                failed.append((i, self._failed(item.source, str(err), getattr(err, "seconds", 0.0))))
+                continue
+            (chunked if self._chunked(item.seconds) else whole).append(i)
+        if failed:
+            yield failed
+        durations = [inputs[i].seconds for i in whole]
+        batches = length_grouped_batches(durations, self.batch_size, self.max_batch_seconds)
+        per_window = self._windows_per_batch()
+        count = len(batches) + sum(-(-self._window_count(inputs[i].seconds) // per_window) for i in chunked)
+        bar = _progress_bar(progress and count > 1, sum(durations) + sum(inputs[i].seconds for i in chunked))
+        try:
+            for batch in batches:
+                rows, arrays, out = [], [], []
+                for j in batch:
+                    i = whole[j]
+                    try:
+                        arrays.append(self._decode(inputs[i]))
+                        rows.append(i)
+                    except ValueError as err:
+                        if raise_errors:
+                            raise
+                        out.append((i, self._failed(inputs[i].source, str(err), inputs[i].seconds)))
+                if rows:
+                    result = self._run(arrays)
+                    for j, i in enumerate(rows):
+                        out.append((i, self._answer(inputs[i].source, result, j, len(arrays[j]))))
+                bar.update(sum(inputs[whole[j]].seconds for j in batch))
+                yield out
+            for i in chunked:
+                try:
+                    result = self._transcribe_chunked(inputs[i], bar)
+                except ValueError as err:
+                    if raise_errors:
+                        raise
+                    result = self._failed(inputs[i].source, str(err), inputs[i].seconds)
+                yield [(i, result)]
+        finally:
+            bar.close()
+
+    def _answer(self, source: str, out, j: int, samples: int) -> Transcription:
+        return Transcription(
+            source=source,
+            text=out.transcripts[j],
+            exit_layer=out.exit_layer[j],
+            layers_computed=out.layers_computed[j],
+            num_layers=self.num_layers,
+            seconds=out.seconds[j],
+            audio_seconds=samples / SAMPLING_RATE,
+        )
 
     def _failed(self, source: str, error: str, audio_seconds: float = 0.0) -> Transcription:
         return Transcription(
@@ -270,9 +489,140 @@ class Transcriber:
             seconds=0.0,
             audio_seconds=audio_seconds,
             error=error,
+            chunks=0,
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # long recordings
+
+    def _windows_per_batch(self) -> int:
+        if self.chunk_seconds is None:
+            return 1
+        fit = self.batch_size
+        if self.max_batch_seconds is not None:
+            fit = min(fit, int(self.max_batch_seconds // self.chunk_seconds))
+        return max(1, fit)
+
+    def _window_count(self, seconds: float) -> int:
+        chunk = round(self.chunk_seconds * SAMPLING_RATE)  # type: ignore[operator]
+        stride = round(self.stride_seconds * SAMPLING_RATE)
+        return sum(1 for _ in _windows(round(seconds * SAMPLING_RATE), chunk, stride))
+
+    def _read_windows(self, item: _Input) -> Iterator[tuple[np.ndarray, int, int]]:
+        """``(16 kHz window, left stride, right stride)`` (strides in 16 kHz samples) of a long input;
+        a file is read window by window, never whole."""
+        assert self.chunk_seconds is not None
+        if item.array is not None:
+            chunk = round(self.chunk_seconds * SAMPLING_RATE)
+            stride = round(self.stride_seconds * SAMPLING_RATE)
+            for start, end, left, right in _windows(len(item.array), chunk, stride):
+                yield item.array[start:end], left, right
+            return
+        try:
+            handle = sf.SoundFile(str(item.path))
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise AudioError(item.source, f"cannot decode audio ({err})") from err
+        with handle as f:
+            sr = f.samplerate
+            chunk, stride = round(self.chunk_seconds * sr), round(self.stride_seconds * sr)
+            for start, end, left, right in _windows(f.frames, chunk, stride):
+                try:
+                    f.seek(start)
+                    data = f.read(end - start, dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as err:
+                    raise AudioError(item.source, f"cannot decode audio ({err})") from err
+                if len(data) == 0:
+                    raise AudioError(
+                        item.source, f"cannot decode audio at {start / sr:.1f} s (truncated file)"
+                    )
+                window = to_mono_16k(data, sr, item.source)
+                scale = SAMPLING_RATE / sr
+                yield window, round(left * scale), round(right * scale)
+
+    def _transcribe_chunked(self, item: _Input, bar) -> Transcription:
+        """One long input in overlapping windows: each window exits on its own; the central frames of
+        each window's answering logits are kept (as argmax ids) and collapsed once."""
+        ids: list[torch.Tensor] = []
+        layers: list[int] = []
+        exits: list[int] = []
+        seconds = 0.0
+        samples = 0
+        per_batch = self._windows_per_batch()
+        pending: list[tuple[np.ndarray, int, int]] = []
+
+        def run() -> None:
+            nonlocal seconds
+            arrays = []
+            for window, _, _ in pending:
+                short = round(self._min_seconds * SAMPLING_RATE) + 1 - len(window)
+                arrays.append(np.pad(window, (0, short)) if short > 0 else window)  # a last sliver
+            out = self._run(arrays, return_logits=True)
+            seconds += max(out.seconds)
+            for j, (window, left, right) in enumerate(pending):
+                frames = out.output_lengths[j]
+                ratio = frames / len(arrays[j])
+                right += len(arrays[j]) - len(window)  # the padding's frames are dropped too
+                first, last = round(left * ratio), frames - round(right * ratio)
+                ids.append(out.logits[j][first:last].argmax(-1).to("cpu", torch.int32))  # type: ignore[index]
+                layers.append(out.layers_computed[j])
+                exits.append(out.exit_layer[j])
+            bar.update(sum(len(w) - left - right for w, left, right in pending) / SAMPLING_RATE)
+            pending.clear()
+
+        for window, left, right in self._read_windows(item):
+            samples += len(window) - left - right
+            pending.append((window, left, right))
+            if len(pending) >= per_batch:
+                run()
+        if pending:
+            run()
+        if not ids:
+            raise AudioError(item.source, "the file holds no audio samples")
+        text = ctc_collapse(torch.cat(ids).unsqueeze(0).long(), None, self.processor.tokenizer)[0]
+        return Transcription(
+            source=item.source,
+            text=normalize_transcript(text),
+            exit_layer=max(exits),
+            layers_computed=sum(layers) / len(layers),
+            num_layers=self.num_layers,
+            seconds=seconds,
+            audio_seconds=samples / SAMPLING_RATE,
+            chunks=len(layers),
         )
 
     def __call__(
         self, audio: AudioInput | Sequence[AudioInput], raise_errors: bool | None = None
     ) -> Transcription | list[Transcription]:
         return self.transcribe(audio, raise_errors)
+
+
+def check_chunking(chunk_seconds: float | None, stride_seconds: float | None) -> tuple[float | None, float]:
+    """``(chunk_seconds or None, stride_seconds)`` checked: a window > 0 s (0 or ``None``: off), a
+    stride >= 0 and under half the window (default: a sixth of it)."""
+    if chunk_seconds is None or chunk_seconds == 0:
+        return None, 0.0
+    chunk = float(chunk_seconds)
+    if not chunk > 0 or not np.isfinite(chunk):
+        raise ValueError(f"--chunk-seconds must be a number of seconds > 0 (0: off), got {chunk_seconds}")
+    stride = chunk / 6 if stride_seconds is None else float(stride_seconds)
+    if not 0 <= stride < chunk / 2:
+        raise ValueError(
+            f"--stride-seconds must be >= 0 and less than half of --chunk-seconds {chunk:g}, got {stride_seconds}"
+        )
+    return chunk, stride
+
+
+class _NoBar:
+    def update(self, n: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(show: bool, total: float):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=round(total, 1), desc="transcribing", unit="s", file=sys.stderr, dynamic_ncols=True)
