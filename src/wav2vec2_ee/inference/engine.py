@@ -7,18 +7,73 @@ which also trims padding no remaining utterance needs), and later layers run onl
 beyond the policy's deepest allowed exit are never run, and the loop stops as soon as every utterance
 has answered. :func:`full_forward`, the reference the engine is timed against, runs the same path at
 full depth with every exit head, so the two compute the same function.
+
+The engine runs on any *exit source* (:func:`as_exit_source`): the PyTorch model itself, or the ONNX
+segments of an exported folder run by ``onnxruntime``
+(:class:`~wav2vec2_ee.export.source.OnnxExitSource`, or an :class:`~wav2vec2_ee.export.OnnxSegments`,
+wrapped on the fly); any object with ``exit_layers`` and ``iter_exits(input_values, attention_mask,
+exits)`` yielding steps with ``exit_index, layer, logits, output_lengths, rows`` (torch tensors) and
+``retain(keep)`` works. The policies see the same :class:`~.policies.ExitView` s on every source.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ..device import synchronize
 from ..modeling import Wav2Vec2EEForCTC
 from .policies import Decoders, ExitPolicy, ExitView
+
+
+@runtime_checkable
+class ExitSource(Protocol):
+    """What the engine runs: the exits of an encoder, shallow to deep, rows droppable between exits."""
+
+    @property
+    def exit_layers(self) -> Sequence[int]: ...
+
+    def iter_exits(
+        self, input_values: Any, attention_mask: Any = None, exits: Iterable[int] | None = None
+    ) -> Iterator[Any]: ...
+
+
+class _ModelSource:
+    """A :class:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC` as an :class:`ExitSource` (its own ``iter_exits``)."""
+
+    def __init__(self, model: Wav2Vec2EEForCTC):
+        self.model = model
+
+    @property
+    def exit_layers(self) -> list[int]:
+        return list(self.model.config.exit_layers)
+
+    def iter_exits(self, input_values, attention_mask=None, exits=None):
+        return self.model.iter_exits(input_values, attention_mask, exits)
+
+
+def as_exit_source(source) -> ExitSource:
+    """``source`` as an :class:`ExitSource`: a model (``config.exit_layers`` + ``iter_exits``), ONNX
+    segments (:class:`~wav2vec2_ee.export.OnnxSegments`, wrapped in an
+    :class:`~wav2vec2_ee.export.source.OnnxExitSource`) or an exit source already."""
+    from ..export.runtime import OnnxSegments
+
+    if isinstance(source, OnnxSegments):
+        from ..export.source import OnnxExitSource
+
+        return OnnxExitSource(source)
+    if hasattr(source, "iter_exits") and hasattr(getattr(source, "config", None), "exit_layers"):
+        return _ModelSource(source)
+    if hasattr(source, "iter_exits") and hasattr(source, "exit_layers"):
+        return source
+    raise TypeError(
+        f"run_early_exit needs a Wav2Vec2EEForCTC, ONNX segments (load_segments) or an exit source "
+        f"(exit_layers + iter_exits), got {type(source).__name__}"
+    )
 
 
 @dataclass
@@ -95,7 +150,7 @@ class _Answers:
 
 @torch.inference_mode()
 def run_early_exit(
-    model: Wav2Vec2EEForCTC,
+    model: Wav2Vec2EEForCTC | ExitSource,
     input_values: torch.Tensor,
     attention_mask: torch.Tensor | None,
     policy: ExitPolicy,
@@ -105,9 +160,11 @@ def run_early_exit(
     """Transcribe a batch with dynamic early exit: layers run only for utterances still undecided.
 
     Args:
-        model: an early-exit model in eval mode.
+        model: the exit source (:func:`as_exit_source`): an early-exit model in eval mode, or the ONNX
+            segments of an exported folder (:class:`~wav2vec2_ee.export.source.OnnxExitSource`,
+            :class:`~wav2vec2_ee.export.OnnxSegments`).
         input_values: ``(batch, samples)`` normalised waveforms; attention_mask: ``(batch, samples)``,
-            both on the model's device.
+            both on the model's device (the CPU for ONNX segments).
         policy: decides after each exit which utterances stop (:mod:`.policies`).
         decoders: tokenizer (for transcripts and the patience policy) and lexicon decoder (for the
             posterior policy).
@@ -115,13 +172,14 @@ def run_early_exit(
     """
     start = time.perf_counter()
     decoders = decoders or Decoders()
-    layers = list(model.config.exit_layers)
+    source = as_exit_source(model)
+    layers = list(source.exit_layers)
     deepest = policy.deepest_exit(layers)
     answers = _Answers(
         len(input_values), layers, decoders.tokenizer is not None, return_logits, start, input_values.device
     )
     history: list[ExitView] = []  # the exits so far, restricted to the utterances still running
-    for step in model.iter_exits(input_values, attention_mask, range(deepest + 1)):
+    for step in source.iter_exits(input_values, attention_mask, range(deepest + 1)):
         logits = step.logits.float()  # float32 statistics under an autocast --dtype too
         history.append(
             ExitView(step.exit_index, step.layer, step.rows, logits, step.output_lengths, decoders)
@@ -141,14 +199,15 @@ def run_early_exit(
 
 @torch.inference_mode()
 def full_forward(
-    model: Wav2Vec2EEForCTC,
+    model: Wav2Vec2EEForCTC | ExitSource,
     input_values: torch.Tensor,
     attention_mask: torch.Tensor | None,
     decoders: Decoders | None = None,
 ) -> list[str] | None:
     """The reference the engine is timed against: every layer and every exit head on the model's one
-    encoder path (the same padding rule as the engine), then greedy decoding of the last exit."""
-    steps = list(model.iter_exits(input_values, attention_mask))
+    encoder path (the same padding rule as the engine), then greedy decoding of the last exit
+    (``model``: any exit source, :func:`as_exit_source`)."""
+    steps = list(as_exit_source(model).iter_exits(input_values, attention_mask))
     if decoders is None or decoders.tokenizer is None:
         return None
     last = steps[-1]
