@@ -254,3 +254,40 @@ def test_int8_segments_run_in_the_engine(tmp_path, tokenizer) -> None:
     out = run_early_exit(OnnxExitSource(tmp_path), x, mask, FixedExit(), Decoders(tokenizer))
     assert out.exit_layer == [4, 4] and all(isinstance(t, str) for t in out.transcripts)
     assert np.isfinite(out.seconds).all()
+
+
+def test_transcriber_and_transcribe_on_the_onnx_backend(exported, tmp_path, capsys) -> None:
+    """Transcriber.from_export and `transcribe --backend onnxruntime` give what the PyTorch model gives,
+    and pick up the export's calibrated policy.json when no policy is named."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    from wav2vec2_ee.cli import main as cli_main
+    from wav2vec2_ee.inference import Transcriber, build_policy
+
+    model, folder = exported
+    rng = np.random.default_rng(0)
+    wavs = []
+    for i, seconds in enumerate((0.5, 0.9)):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16_000 * seconds))).astype(np.float32), 16_000)
+        wavs.append(str(path))
+    policy = build_policy("entropy", threshold=1.0)
+    expected = Transcriber(model, policy, max_seconds=None).transcribe(wavs)
+    got = Transcriber.from_export(folder, policy, max_seconds=None).transcribe(wavs)
+    assert [(r.text, r.exit_layer) for r in got] == [(r.text, r.exit_layer) for r in expected]
+    assert cli_main(["transcribe", str(folder), *wavs, "--backend", "onnxruntime", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    full = Transcriber(model, max_seconds=None).transcribe(wavs)
+    assert [(r["text"], r["exit_layer"]) for r in rows] == [(r.text, r.exit_layer) for r in full]
+    (folder / "policy.json").write_text(json.dumps({"policy": "fixed", "value": model.config.exit_layers[0]}))
+    manifest = json.loads((folder / "export.json").read_text())
+    (folder / "export.json").write_text(json.dumps({**manifest, "policy": "policy.json"}))
+    try:
+        saved = Transcriber.from_export(folder, max_seconds=None).transcribe(wavs)
+        assert all(r.exit_layer == model.config.exit_layers[0] for r in saved)
+    finally:
+        (folder / "export.json").write_text(json.dumps(manifest))
+        (folder / "policy.json").unlink()

@@ -62,6 +62,20 @@ class OnnxExitSource:
         if not isinstance(segments, OnnxSegments):
             segments = load_segments(segments, precision, providers=providers, num_threads=num_threads)
         self.segments = segments
+        self._config = None
+
+    @property
+    def config(self):
+        """The exported model's :class:`~wav2vec2_ee.configuration.Wav2Vec2EEConfig` (its ``config.json``)."""
+        if self._config is None:
+            from ..configuration import Wav2Vec2EEConfig
+
+            self._config = Wav2Vec2EEConfig.from_pretrained(str(self.segments.folder))
+        return self._config
+
+    def eval(self) -> OnnxExitSource:
+        """Inference only, as the model's ``eval()``: returns itself."""
+        return self
 
     @property
     def exit_layers(self) -> list[int]:

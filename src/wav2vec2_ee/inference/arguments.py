@@ -62,8 +62,20 @@ class TranscribeArguments:
     policy: str = field(
         default="fixed",
         metadata={
-            "help": f"exit policy: {', '.join(POLICY_NAMES[:-1])} or budget (default fixed: the last exit)"
+            "help": f"exit policy: {', '.join(POLICY_NAMES[:-1])} or budget (default fixed: the last exit; "
+            "with --backend onnxruntime, the export's calibrated policy.json when it has one)"
         },
+    )
+    backend: Literal["torch", "onnxruntime"] = field(
+        default="torch",
+        metadata={
+            "help": "torch: a checkpoint folder; onnxruntime: a folder written by `wav2vec2-ee export`, each "
+            "segment run by ONNX Runtime on the CPU (the same engine and policies)"
+        },
+    )
+    precision: Literal["float", "int8"] | None = field(
+        default=None,
+        metadata={"help": "--backend onnxruntime: float or int8 segments (default: int8 where exported)"},
     )
     threshold: float | None = field(
         default=None,

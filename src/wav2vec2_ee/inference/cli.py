@@ -161,17 +161,22 @@ def transcribe_main(argv: list[str] | None = None) -> int:
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
     policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer)
-    transcriber = Transcriber.from_pretrained(
-        positional.checkpoint,
-        policy,
-        device=device.device,
-        dtype=device.dtype,
+    common = dict(
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
         max_seconds=args.max_seconds,
         chunk_seconds=args.chunk_seconds,
         stride_seconds=args.stride_seconds,
     )
+    if args.backend == "onnxruntime":
+        default_policy = args.policy == "fixed" and args.layer is None and args.max_layer is None
+        transcriber = Transcriber.from_export(
+            positional.checkpoint, None if default_policy else policy, args.precision, **common
+        )
+    else:
+        transcriber = Transcriber.from_pretrained(
+            positional.checkpoint, policy, device=device.device, dtype=device.dtype, **common
+        )
     if POLICIES.get(args.policy) is not None and POLICIES[args.policy].needs_lexicon:
         if not lex.lexicon:
             raise ValueError(

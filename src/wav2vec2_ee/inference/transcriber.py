@@ -62,7 +62,7 @@ from ..evaluation.model import min_duration_for_ctc
 from ..modeling import Wav2Vec2EEForCTC, load_model
 from ..vocab import build_processor, normalize_transcript
 from .engine import run_early_exit
-from .policies import Decoders, ExitPolicy, FixedExit
+from .policies import Decoders, ExitPolicy, FixedExit, policy_with_value
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,8 @@ class Transcriber:
         self.max_batch_seconds = max_batch_seconds
         self.max_seconds = None if max_seconds is None else float(max_seconds)
         self.dtype = autocast_dtype(dtype)
+        # an exported model's ONNX segments (from_export) run on the CPU
+        self._device = model_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
         self._min_seconds = min_duration_for_ctc(model)
         if (
             self.chunk_seconds is not None
@@ -246,6 +248,25 @@ class Transcriber:
                 f"--chunk-seconds {self.chunk_seconds:g}: the window less its strides is shorter than the "
                 f"model's shortest input ({self._min_seconds:g} s)"
             )
+
+    @classmethod
+    def from_export(
+        cls, folder: str | os.PathLike, policy: ExitPolicy | None = None, precision: str | None = None, **kwargs
+    ) -> Transcriber:
+        """A transcriber for a folder written by ``wav2vec2-ee export``: the same engine and policies,
+        each exported segment run by ONNX Runtime (``precision``: ``"float"`` or ``"int8"`` where the
+        export has it; default the best there). Without ``policy``, the folder's ``policy.json`` if it
+        has one, else the last exit."""
+        from ..export.source import OnnxExitSource
+
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"{folder}: no such export folder")
+        source = OnnxExitSource(folder, precision)
+        if policy is None:
+            saved = source.segments.policy()
+            if saved is not None and saved.get("policy") is not None:
+                policy = policy_with_value(saved["policy"], saved.get("value"), saved.get("max_layer"))
+        return cls(source, policy, build_processor(folder), **kwargs)
 
     @classmethod
     def from_pretrained(
@@ -349,8 +370,7 @@ class Transcriber:
         batch = fe.pad(
             {"input_values": values}, padding=True, return_attention_mask=True, return_tensors="pt"
         )
-        device = model_device(self.model)
-        return batch["input_values"].to(device), batch["attention_mask"].to(device)
+        return batch["input_values"].to(self._device), batch["attention_mask"].to(self._device)
 
     def _run(self, arrays: Sequence[np.ndarray], return_logits: bool = False):
         input_values, attention_mask = self._inputs(arrays)
