@@ -251,7 +251,11 @@ class Transcriber:
 
     @classmethod
     def from_export(
-        cls, folder: str | os.PathLike, policy: ExitPolicy | None = None, precision: str | None = None, **kwargs
+        cls,
+        folder: str | os.PathLike,
+        policy: ExitPolicy | None = None,
+        precision: str | None = None,
+        **kwargs,
     ) -> Transcriber:
         """A transcriber for a folder written by ``wav2vec2-ee export``: the same engine and policies,
         each exported segment run by ONNX Runtime (``precision``: ``"float"`` or ``"int8"`` where the
