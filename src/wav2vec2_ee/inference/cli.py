@@ -29,7 +29,7 @@ from .arguments import (
     TranscribeArguments,
     posterior_spec,
 )
-from .policies import POLICIES, POLICY_NAMES, ExitPolicy, check_max_layer, policy_with_value
+from .policies import POLICIES, POLICY_NAMES, ExitPolicy, FixedExit, check_max_layer, policy_with_value
 
 # --------------------------------------------------------------------------------------------------
 # shared pieces
@@ -169,7 +169,7 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         stride_seconds=args.stride_seconds,
     )
     if args.backend == "onnxruntime":
-        default_policy = args.policy == "fixed" and args.layer is None and args.max_layer is None
+        default_policy = type(policy) is FixedExit and policy.layer is None  # no policy named: the saved one
         transcriber = Transcriber.from_export(
             positional.checkpoint, None if default_policy else policy, args.precision, **common
         )
