@@ -432,11 +432,6 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
                     sub.reset_parameters()
                 self._init_weights(sub)
 
-    def init_exit_heads_from_lm_head(self) -> None:
-        """Copy ``lm_head`` into every other exit head (the start of fine-tuning from a CTC model)."""
-        for head in self.exit_heads:
-            head.load_state_dict(self.lm_head.state_dict())
-
     # ----------------------------------------------------------------------------------------------
     # loading (transformers' own machinery; the layouts and rules are described at "loading" below)
     @classmethod
