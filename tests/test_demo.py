@@ -48,7 +48,8 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the files it points to
     for path in (
         "corpus/corpus.json",
-        "configs/model.json",
+        "base/model/model.safetensors",
+        "base/model/README.md",
         "configs/ee.json",
         "ee/model.safetensors",
         "ee/demo_run.json",
@@ -61,7 +62,7 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     ):
         assert (root / path).is_file(), path
         assert str(root / path) in printed or path.startswith(
-            ("corpus", "configs", "ee/model", "ee/demo", "ee/eval/lm")
+            ("corpus", "base", "configs", "ee/model", "ee/demo", "ee/eval/lm")
         )
     summary = json.loads((root / "demo_summary.json").read_text())
     assert set(summary["wer"]["test greedy"]) == {str(x) for x in layers}
@@ -71,6 +72,9 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())
     assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")
+    # fine-tuned from the (smoke-test) pretrained base, with the preset's exits
+    assert config["model"] == str(root / "base" / "model") and config["exit_layers"] == layers
+    assert "[demo] base model: " in printed
     # the default 10-minute budget: what is left of it after the corpus, less the evaluation's share
     budget = summary["timings"]["train"]["time_budget"]
     assert config["time_budget"] == budget and 60 <= budget <= 600 - demo.PRESETS["quick"].evaluation_seconds
@@ -104,7 +108,8 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
     assert kd["ee_alpha"] == [0.3] and kd["teacher"] == kd["model"] == str(tmp_path / "ee")
     assert len(dkd["ee_alpha"]) == len(preset.model["exit_layers"]) and dkd["ee_alpha"][-1] == 1.0
     assert demo.dkd_alphas(6) == [0.65, 0.7, 0.75, 0.8, 0.85, 1.0]
-    assert [b.train["num_hidden_layers"] for b in baselines] == [2, 4, 6]
+    assert [b.train["num_hidden_layers"] for b in baselines] == [2, 4, 6, 8]
+    assert [b.train["exit_layers"] for b in baselines] == [[2], [4], [6], [8]]
     assert all(b.train["max_steps"] == preset.training["max_steps"] for b in baselines)
     assert all(b.train["model"] == "m.json" for b in baselines)
 
@@ -132,18 +137,24 @@ def test_config_files_match_the_presets(tmp_path: Path) -> None:
     written = demo.write_config_files(tmp_path / "configs")
     assert sorted(p.name for p in written) == [
         "demo.json",
-        "demo_model.json",
+        "demo_base.json",
+        "demo_base_model.json",
         "demo_quick.json",
-        "demo_quick_model.json",
     ]
     for path in written:
         data = json.loads(path.read_text())
-        if "model" in data:  # paths differ: the copies point into tmp_path
+        if path.name == "demo_base.json":  # the copy points into tmp_path
             data["model"] = f"configs/{Path(data['model']).name}"
         assert data == json.loads((configs / path.name).read_text()), path.name
     config = json.loads((configs / "demo.json").read_text())
     assert config["data"] == "demo_out/corpus" and config["output_dir"] == "demo_out/ee"
     assert {k: config[k] for k in demo.PRESETS["default"].training} == demo.PRESETS["default"].training
+    # the demo fine-tunes the packaged base, found from the repository's root
+    root = Path(__file__).resolve().parents[1]
+    assert (root / config["model"]).resolve() == demo.PACKAGED_BASE
+    base = json.loads((configs / "demo_base.json").read_text())
+    assert base["model"] == "configs/demo_base_model.json" and base["output_dir"] == "demo_out/base/train"
+    assert json.loads((configs / "demo_base_model.json").read_text())["exit_layers"] == [8]
 
 
 def test_threads_follow_the_idle_cores(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -188,7 +199,9 @@ def test_reproduce_exit_status_says_whether_a_run_failed(
         monkeypatch.setattr(module, "evaluate_run", fake_evaluate)
     monkeypatch.setattr(demo_cli, "build_demo_corpus", lambda preset, corpus: {"seconds": 0.0})
     monkeypatch.setattr(demo_cli, "idle_threads", lambda: None)
-    monkeypatch.setattr(reproduce, "shared_head_copy", lambda baseline_dir, exit_layers, out_dir: out_dir)
+    from wav2vec2_ee.demo import base
+
+    monkeypatch.setattr(base, "base_model_dir", lambda preset, out, base=None: tmp_path / "base")
 
     argv = ["demo", "--quick", "--reproduce", "--time-budget", "0", "--output-dir", str(tmp_path)]
     status = cli.main(argv)
@@ -209,10 +222,10 @@ def test_reproduce_exit_status_says_whether_a_run_failed(
 
 
 def test_demo_modules_import_only_those_before_them() -> None:
-    """presets <- runs <- reproduce <- cli: a module of the demo package imports none after it (no cycle)."""
+    """presets <- runs <- base <- reproduce <- cli: a module of the demo package imports none after it (no cycle)."""
     import ast
 
-    order = ["presets", "runs", "reproduce", "cli"]
+    order = ["presets", "runs", "base", "reproduce", "cli"]
     package = Path(demo.__file__).parent
     for i, name in enumerate(order):
         tree = ast.parse((package / f"{name}.py").read_text())

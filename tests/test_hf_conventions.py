@@ -249,14 +249,37 @@ def test_the_asr_pipeline_gives_the_final_exit(tmp_path):
     assert json.loads((folder / "config.json").read_text())["architectures"] == [type(model).__name__]
 
 
-def test_the_demo_shared_head_copy_is_a_full_checkpoint_folder(tmp_path):
-    from wav2vec2_ee.demo.reproduce import shared_head_copy
+def test_the_demo_base_is_a_plain_float16_ctc_checkpoint(tmp_path):
+    """``demo --build-base`` writes its model as ``wav2vec2-base-960h`` is: a plain ``Wav2Vec2ForCTC``
+    (float16 safetensors, no exit fields), which our loader reads in float32 with every second layer
+    read through the final head."""
+    from safetensors import safe_open
 
-    _tiny_checkpoint(tmp_path / "baseline", do_normalize=False, exit_layers=[4])  # a baseline: no exits
-    out = shared_head_copy(tmp_path / "baseline", [2, 4], tmp_path / "copy")
-    assert AutoProcessor.from_pretrained(str(out)).feature_extractor.do_normalize is False
-    audio = (0.2 * np.random.default_rng(1).standard_normal(12_000)).astype(np.float32)
-    _pipeline_equals_our_final_exit(out, audio)
+    from wav2vec2_ee.demo import export_plain_ctc
+
+    model = _tiny_checkpoint(tmp_path / "run", do_normalize=True, exit_layers=[4])  # CTC at the top only
+    out = export_plain_ctc(tmp_path / "run", tmp_path / "base")
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["Wav2Vec2ForCTC"] and "exit_layers" not in config
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}  # noqa: SIM118
+        assert not [k for k in f.keys() if k.startswith("exit_heads")]  # noqa: SIM118
+    audio = torch.from_numpy((0.2 * np.random.default_rng(3).standard_normal((2, 9_000))).astype(np.float32))
+    plain = Wav2Vec2ForCTC.from_pretrained(str(out), dtype=torch.float32).eval()
+    ours = load_model(out).eval()
+    assert {p.dtype for p in ours.parameters()} == {torch.float32}  # whatever the file stores
+    assert ours.config.exit_layers == [2, 4]
+    assert torch.equal(ours.exit_heads[0].weight, ours.lm_head.weight)  # read through the final head
+    with torch.no_grad():
+        reference = model(audio).exit_logits[-1]
+        exported = plain(audio).logits
+        read = ours(audio).exit_logits
+    assert torch.equal(read[-1], exported)
+    assert torch.allclose(exported, reference, atol=2e-2)  # float16 weights
+    assert torch.equal(read[0], ours.lm_head(ours(audio, output_hidden_states=True).hidden_states[2]))
+    with pytest.raises(ValueError, match="one head, at the top"):
+        _tiny_checkpoint(tmp_path / "ee", exit_layers=[2, 4])
+        export_plain_ctc(tmp_path / "ee", tmp_path / "no")
 
 
 def test_training_writes_the_processor_into_every_checkpoint_folder(tmp_path):

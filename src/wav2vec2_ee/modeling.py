@@ -842,12 +842,19 @@ def _from_pretrained(
 
     Shapes that differ are loaded as fresh tensors and reported (``ignore_mismatched_sizes``), so that
     :func:`_check_loading` decides; transformers' own load report is silenced in favour of its account.
+    Parameters are float32 whatever the checkpoint stores (the packaged demo base is float16): training
+    and the CPU kernels need them so; reduced precision is autocast (``--dtype``). ``from_pretrained``
+    called directly keeps transformers' choice (``dtype="auto"``: the stored one).
     """
     report = logging.getLogger("transformers.modeling_utils")
     report.addFilter(_drop_load_report)
     try:  # transformers unpickles *.bin weights with torch.load(weights_only=True) only
         return Wav2Vec2EEForCTC.from_pretrained(
-            load_from, config=config, ignore_mismatched_sizes=True, output_loading_info=True
+            load_from,
+            config=config,
+            ignore_mismatched_sizes=True,
+            output_loading_info=True,
+            dtype=torch.float32,
         )
     except pickle.UnpicklingError as err:
         raise refused_pickle_error(source, err) from err

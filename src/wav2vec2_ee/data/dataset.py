@@ -18,7 +18,7 @@ from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 from ..objectives import pad_labels
 from ..vocab import TextNormalizer
 from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
-from .augment import SpeedPerturbation
+from .augment import NoiseAndReverb, SpeedPerturbation
 from .sources import BadItemError, Utterance, report_skipped, strict_error
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,9 @@ class SpeechDataset(Dataset):
     With ``speed_perturbation`` (training), each item is played faster or slower by the factor that
     :meth:`SpeedPerturbation.factor` gives for ``(epoch, index)`` (:meth:`set_epoch`, called by the data
     loader each epoch) and carries it as ``speed``; a factor that would leave fewer CTC frames
-    (``frames_for_samples``) than the item's labels need falls back to 1.0.
+    (``frames_for_samples``) than the item's labels need falls back to 1.0. With ``noise_and_reverb``
+    (training), the audio is then reverberated and/or mixed with noise (:class:`NoiseAndReverb`) and
+    normalised again when the feature extractor normalises.
     """
 
     def __init__(
@@ -201,8 +203,10 @@ class SpeechDataset(Dataset):
         strict: bool = False,
         speed_perturbation: SpeedPerturbation | None = None,
         frames_for_samples: Callable[[int], int] | None = None,
+        noise_and_reverb: NoiseAndReverb | None = None,
     ):
         self.utterances = list(utterances)
+        self.noise_and_reverb = noise_and_reverb if noise_and_reverb and noise_and_reverb.enabled else None
         self.feature_extractor = feature_extractor
         self.cache_audio = cache_audio
         self.strict = strict
@@ -264,10 +268,18 @@ class SpeechDataset(Dataset):
             item = {"input_values": values, "labels": labels, "utt_index": i}
             if self.speed_perturbation is not None:
                 item["input_values"], item["speed"] = self._perturb(values, labels, i)
+            if self.noise_and_reverb is not None:
+                item["input_values"] = self._noise_and_reverb(item["input_values"], i)
             if skipped:
                 item["skipped_audio"] = skipped
             return item
         raise AudioError("<dataset>", "no readable audio in the whole dataset")
+
+    def _noise_and_reverb(self, values: np.ndarray, index: int) -> np.ndarray:
+        augmented = self.noise_and_reverb(values, self.epoch, index)
+        if augmented is values or not self.feature_extractor.do_normalize:
+            return augmented
+        return ((augmented - augmented.mean()) / np.sqrt(augmented.var() + 1e-7)).astype(np.float32)
 
     def _perturb(self, values: np.ndarray, labels: Sequence[int], index: int) -> tuple[np.ndarray, float]:
         factor = self.speed_perturbation.factor(self.epoch, index)

@@ -2,18 +2,21 @@
 
 Modules, each importing only those before it (no cycle):
 
-* :mod:`.presets`: the preset dataclasses and values, the train configs they make;
+* :mod:`.presets`: the preset dataclasses and values (the demo's and its base's), the train configs they make;
 * :mod:`.runs`: one run (:class:`RunSpec`): its training, its evaluation, the WER-by-exit table, and
   :func:`say`, the demo's progress printer;
+* :mod:`.base`: ``--build-base``, the pretrained CTC base the demo fine-tunes;
 * :mod:`.reproduce`: ``--reproduce``, the seed's result table re-run on the synthetic corpus;
 * :mod:`.cli`: the command (:class:`DemoArguments`, :func:`main`).
 """
 
+from .base import build_base, export_plain_ctc
 from .cli import DemoArguments, build_demo_corpus, busy_cores, idle_threads, main
 from .presets import (
+    BASE_PRESETS,
     DEMO_FINETUNE,
-    DEMO_MODEL,
     DEMO_TRAINING,
+    PACKAGED_BASE,
     PRESETS,
     RUN_DEFAULTS,
     TRAIN_SPLITS,
@@ -27,9 +30,10 @@ from .reproduce import RunResult, format_reproduce_table, reproduce_runs, run_re
 from .runs import RunSpec, ee_run, evaluate_run, format_wer_by_exit, say, train_run
 
 __all__ = [
+    "BASE_PRESETS",
     "DEMO_FINETUNE",
-    "DEMO_MODEL",
     "DEMO_TRAINING",
+    "PACKAGED_BASE",
     "PRESETS",
     "RUN_DEFAULTS",
     "TRAIN_SPLITS",
@@ -39,10 +43,12 @@ __all__ = [
     "RunResult",
     "RunSpec",
     "build_demo_corpus",
+    "build_base",
     "busy_cores",
     "dkd_alphas",
     "ee_run",
     "evaluate_run",
+    "export_plain_ctc",
     "format_reproduce_table",
     "format_wer_by_exit",
     "idle_threads",

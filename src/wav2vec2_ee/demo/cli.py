@@ -1,20 +1,23 @@
 """`wav2vec2-ee demo`: the embedded default, end to end on a laptop CPU.
 
-    wav2vec2-ee demo                  # ~10 min on 2 CPU cores: corpus, training from scratch, evaluation
+    wav2vec2-ee demo                  # ~10 min on 2 CPU cores: corpus, EE fine-tuning of the base, evaluation
     wav2vec2-ee demo --quick          # < 2 min smoke test of the same pipeline (tiny corpus and model)
-    wav2vec2-ee demo --reproduce      # the seed's table of objectives and baselines on this corpus (~1 h)
+    wav2vec2-ee demo --reproduce      # the seed's table of objectives and baselines on this corpus (~45 min)
+    wav2vec2-ee demo --build-base     # (re)train the pretrained CTC base the demo starts from (~2.5 h)
 
 Steps (each skipped when a previous run finished it, so an interrupted demo resumes where it stopped):
 
 1. synthesise the eSpeak NG corpus (:func:`wav2vec2_ee.corpus.build_corpus`; held-out voices in dev/test);
-2. train a small early-exit wav2vec2 model from scratch with the library's training code
+2. fine-tune the packaged pretrained CTC base (``wav2vec2_ee/resources/demo_base``, made by ``--build-base``,
+   :mod:`.base`) into an early-exit model with the library's training code
    (:func:`wav2vec2_ee.training.run.run_training`, the ``wav2vec2-ee train`` command), from a train
    config written to ``<output_dir>/configs/<run>.json`` (``wav2vec2-ee train <that file>`` reruns it);
 3. evaluate every exit on the held-out test voices with the evaluation suite
    (:func:`wav2vec2_ee.evaluation.evaluate.evaluate_checkpoint`) and print the WER-by-exit table;
-4. with ``--reproduce``: KD, DKD, confidence and manual-activation runs starting from the EE model,
-   baselines without exits of 2, 4 and 6 layers trained with the same budget, and ``reproduce.md``
-   (the layout of the seed's result table); the command exits 1 when any of these runs failed.
+4. with ``--reproduce``: the base read through its final head, KD, DKD, confidence and
+   manual-activation runs starting from the EE model, baselines of 2, 4, 6 and 8 layers (the base
+   truncated, fine-tuned with the EE run's budget), and ``reproduce.md`` (the layout of the seed's
+   result table); the command exits 1 when any of these runs failed.
 """
 
 from __future__ import annotations
@@ -57,8 +60,29 @@ class DemoArguments:
         default=False,
         metadata={
             "help": "Also run the seed's table on this corpus (KD, DKD, confidence, manual activation from "
-            "the EE model; baselines of 2, 4, 6 layers) and write reproduce.md (~1 h; resumable)."
+            "the EE model; the base read through its final head; baselines of the base truncated to 2, 4, 6, 8 "
+            "layers) and write reproduce.md (~45 min; resumable)."
         },
+    )
+    build_base: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the demo's pretrained CTC base (the packaged wav2vec2_ee/resources/demo_base was "
+            "made so) into <output-dir>/base/model instead of running the demo: a larger corpus, CTC at "
+            "the last layer only, augmentation; --base-minutes of training (~2.5 h in all on 2 CPU cores; "
+            "resumes when interrupted). With --quick: a smoke test of it."
+        },
+    )
+    base: str | None = field(
+        default=None,
+        metadata={
+            "help": "The CTC model the demo fine-tunes (default: the packaged base, wav2vec2_ee/resources/"
+            "demo_base; e.g. <output-dir>/base/model after --build-base)."
+        },
+    )
+    base_minutes: float | None = field(
+        default=None,
+        metadata={"help": "--build-base: minutes for its training loop (default: the base preset's)."},
     )
     corpus_dir: str | None = field(
         default=None, metadata={"help": "Where to build (or find) the corpus (default: <output-dir>/corpus)."}
@@ -267,7 +291,7 @@ def build_parser() -> HfArgumentParser:
         (DemoArguments, DeviceArguments),
         prog="wav2vec2-ee demo",
         description="The embedded default end to end on this machine: synthesise the eSpeak NG corpus, "
-        "train a small early-exit model from scratch, evaluate every exit on held-out voices and print "
+        "fine-tune the packaged pretrained CTC base into an early-exit model, evaluate every exit on held-out voices and print "
         "the WER-by-exit table (--quick: a < 2 min smoke test; --reproduce: the seed's table).",
         formatter_class=HelpFormatter,
     )
@@ -280,13 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     args, device = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     preset, out, corpus = _setup(args)
+    if args.build_base:
+        from .base import build_base
+
+        build_base(out / "base", quick=args.quick, train_minutes=args.base_minutes, overwrite=args.overwrite)
+        return 0
 
     # 1. corpus
     quiet = {} if args.progress else {"progress": False}  # (the default: a bar on a terminal)
     timings: dict = {"corpus": build_demo_corpus(preset, corpus, **quiet)}
 
-    # 2. training from scratch (within what the time budget leaves for it)
-    spec = ee_run(preset, out, corpus, args.max_steps)
+    # 2. EE fine-tuning of the pretrained base (within what the time budget leaves for it)
+    from .base import base_model_dir
+
+    base = base_model_dir(preset, out, args.base)
+    say(f"base model: {base}")
+    spec = ee_run(preset, base, corpus, args.max_steps)
     train_budget = _train_budget(args, preset, start)
     timings["train"] = train_run(spec, out, overwrite=args.overwrite, time_budget=train_budget)
 
@@ -313,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     _write_summary(preset, out, corpus, spec, {"wer": columns, "timings": timings, "total": total})
 
     if args.reproduce:
-        return run_reproduce(preset, out, corpus, spec, overwrite=args.overwrite)
+        return run_reproduce(preset, out, corpus, spec, base, overwrite=args.overwrite)
     return 0
 
 

@@ -18,14 +18,16 @@ from ..objectives import DEFAULT_DKD_ALPHA
 #: The corpus split the demo trains on (its words are the lexicon of the lexicon decoder).
 TRAIN_SPLITS = ("train",)
 
-#: The demo model: a wav2vec2 encoder sized for a CPU. The CNN front end is cheaper than wav2vec2's
-#: (5 layers, first stride 10, group norm on the first layer only) with the same 20 ms frame rate;
-#: pre-LN (stable layer norm) transformer of 6 layers, exits after layers 2, 4 and 6.
-DEMO_MODEL: dict = {
-    "hidden_size": 192,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 4,
-    "intermediate_size": 768,
+#: Where the packaged base lives (``wav2vec2_ee/resources/demo_base``).
+PACKAGED_BASE = Path(__file__).resolve().parent.parent / "resources" / "demo_base"
+#: Where ``--build-base --quick`` puts its smoke-test base, under the demo's output folder.
+QUICK_BASE = Path("base") / "model"
+
+#: The base model: a wav2vec2 encoder sized for a CPU. The CNN front end is cheaper than wav2vec2's
+#: (5 layers, first stride 10, group norm on the first layer only) with the same 20 ms frame rate; a
+#: pre-LN (stable layer norm) transformer of 8 layers; one CTC head at the top (``exit_layers`` = the
+#: last layer only: CTC at the last layer, as ``wav2vec2-base-960h``).
+BASE_MODEL: dict = {
     "conv_dim": [64, 128, 128, 128, 128],
     "conv_stride": [10, 4, 2, 2, 2],
     "conv_kernel": [20, 4, 4, 4, 2],
@@ -33,36 +35,109 @@ DEMO_MODEL: dict = {
     "do_stable_layer_norm": True,
     "num_conv_pos_embeddings": 64,
     "num_conv_pos_embedding_groups": 8,
-    "hidden_dropout": 0.0,
     "attention_dropout": 0.0,
     "activation_dropout": 0.0,
     "feat_proj_dropout": 0.0,
     "final_dropout": 0.0,
     "layerdrop": 0.0,
-    "mask_time_prob": 0.0,
     "ctc_loss_reduction": "mean",
-    "exit_layers": [2, 4, 6],
+    "hidden_size": 256,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 4,
+    "intermediate_size": 1024,
+    "hidden_dropout": 0.05,
+    "mask_time_prob": 0.05,
+    "mask_time_length": 5,
+    "exit_layers": [8],
 }
 
-#: Training arguments of the EE run from scratch (names of ``wav2vec2-ee train``'s options).
-DEMO_TRAINING: dict = {
+#: The base's corpus: the builder's every train voice, sentences of another seed than the demo's corpus.
+BASE_CORPUS: dict = {"num_train": 20000, "num_dev": 200, "num_test": 200, "seed": 1}
+
+#: The base's training (names of ``wav2vec2-ee train``'s options); ``max_steps`` is an upper bound, the
+#: time budget decides the steps (and fits the learning-rate schedule to them).
+BASE_TRAINING: dict = {
     "objective": "ee",
     "freeze_feature_encoder": False,
     "train_splits": list(TRAIN_SPLITS),
     "cache_audio": True,
     "train_sampling_strategy": "group_by_length",
-    # held-out voices are the hard part: in 4600-step runs the model reached 5 % WER on training voices
-    # and 51 % on unheard ones; speed perturbation (tempo, pitch and formants) took the latter to 44 %
-    # (docs/results.md has the runs)
+    "speed_perturbation": [0.9, 1.0, 1.1],
+    "noise_prob": 0.3,
+    "noise_snr_db": [5.0, 30.0],
+    "reverb_prob": 0.3,
+    "reverb_rt60": [0.15, 0.6],
+    "pad_to_multiple_of": 1600,
+    "per_device_train_batch_size": 16,
+    "learning_rate": 2e-3,
+    "warmup_steps": 500,
+    "lr_scheduler_type": "cosine_with_min_lr",
+    "lr_scheduler_kwargs": {"min_lr_rate": 0.05},
+    "max_steps": 30000,
+    "max_grad_norm": 5.0,
+    "weight_decay": 0.01,
+    "seed": 0,
+}
+
+
+@dataclass(frozen=True)
+class BasePreset:
+    """What ``--build-base`` builds: the corpus, the model, the training and its time budget."""
+
+    name: str
+    corpus: dict
+    model: dict
+    training: dict
+    #: minutes for the training loop (``train --time-budget-minutes``)
+    train_minutes: float
+    #: greedy evaluation of the training voices on at most this many utterances of the demo corpus
+    train_voice_utterances: int = 400
+
+
+BASE_PRESETS: dict[str, BasePreset] = {
+    "default": BasePreset("default", BASE_CORPUS, BASE_MODEL, BASE_TRAINING, train_minutes=140.0),
+    # smoke test of the command: tiny corpus and model, a few steps
+    "quick": BasePreset(
+        "quick",
+        {"num_train": 200, "num_dev": 20, "num_test": 20, "seed": 1},
+        {
+            **BASE_MODEL,
+            "hidden_size": 32,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "conv_dim": [16, 32, 32, 32, 32],
+            "num_conv_pos_embeddings": 16,
+            "num_conv_pos_embedding_groups": 4,
+            "exit_layers": [4],
+        },
+        {**BASE_TRAINING, "max_steps": 12, "warmup_steps": 2, "per_device_train_batch_size": 4},
+        train_minutes=5.0,
+        train_voice_utterances=20,
+    ),
+}
+
+
+#: The early-exit model of the demo: the base with exits after every second layer.
+DEMO_EXIT_LAYERS = [2, 4, 6, 8]
+
+#: Training arguments of the demo's EE fine-tuning of the base (names of ``wav2vec2-ee train``'s
+#: options; the time budget may cut ``max_steps``). The CNN stays frozen, as the original's fine-tuning.
+DEMO_TRAINING: dict = {
+    "objective": "ee",
+    "freeze_feature_encoder": True,
+    "train_splits": list(TRAIN_SPLITS),
+    "cache_audio": True,
+    "train_sampling_strategy": "group_by_length",
     "speed_perturbation": [0.9, 1.0, 1.1],
     # batches in few shapes: oneDNN reuses its CNN convolution kernels (1.25-1.5x faster steps on CPU)
     "pad_to_multiple_of": 1600,
     "per_device_train_batch_size": 8,
-    "learning_rate": 3e-3,
-    "warmup_steps": 300,
+    "learning_rate": 1e-3,
+    "warmup_steps": 100,
     "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1},
-    "max_steps": 4500,
+    "max_steps": 2500,
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,
@@ -102,6 +177,10 @@ class DemoPreset:
 
     name: str
     corpus: dict
+    #: the base it fine-tunes: ``"packaged"`` (:data:`PACKAGED_BASE`) or ``"quick"`` (built by
+    #: ``--build-base --quick`` into ``<output>/base/model`` when missing)
+    base: str
+    #: the EE model: the base's config with the demo's ``exit_layers``
     model: dict
     training: dict
     finetune: dict
@@ -125,23 +204,21 @@ class DemoPreset:
 
 
 PRESETS: dict[str, DemoPreset] = {
-    "default": DemoPreset("default", {"size": "default"}, DEMO_MODEL, DEMO_TRAINING, DEMO_FINETUNE),
-    # smoke test: the same pipeline on a tiny corpus and model, a few steps (WER is not the point)
+    "default": DemoPreset(
+        "default",
+        {"size": "default"},
+        "packaged",
+        {**BASE_MODEL, "exit_layers": DEMO_EXIT_LAYERS},
+        DEMO_TRAINING,
+        DEMO_FINETUNE,
+    ),
+    # smoke test: the same pipeline on a tiny corpus and base, a few steps (WER is not the point)
     "quick": DemoPreset(
         "quick",
         {"size": "quick"},
-        {
-            **DEMO_MODEL,
-            "hidden_size": 64,
-            "num_hidden_layers": 4,
-            "num_attention_heads": 2,
-            "intermediate_size": 128,
-            "conv_dim": [32, 64, 64, 64, 64],
-            "num_conv_pos_embeddings": 16,
-            "num_conv_pos_embedding_groups": 4,
-            "exit_layers": [2, 4],
-        },
-        {**DEMO_TRAINING, "max_steps": 40, "warmup_steps": 5, "learning_rate": 2e-3},
+        "quick",
+        {**BASE_PRESETS["quick"].model, "exit_layers": [2, 4]},
+        {**DEMO_TRAINING, "max_steps": 40, "warmup_steps": 5},
         {**DEMO_FINETUNE, "max_steps": 10, "warmup_steps": 2},
         lexicon_beam_size=20,
     ),
@@ -163,29 +240,66 @@ def dkd_alphas(num_exits: int) -> list[float]:
     return [float(w) for w in weights] + [float(last)]
 
 
-def train_config(preset: DemoPreset, model_file: str | os.PathLike, corpus: str | os.PathLike) -> dict:
-    """The ``wav2vec2-ee train`` arguments of the preset's EE run (``output_dir`` is set per run)."""
-    return {**preset.training, **RUN_DEFAULTS, "model": str(model_file), "data": str(corpus)}
+def train_config(preset: DemoPreset, base: str | os.PathLike, corpus: str | os.PathLike) -> dict:
+    """The ``wav2vec2-ee train`` arguments of the preset's EE run from the base model folder ``base``
+    (``output_dir`` is set per run)."""
+    return {
+        **preset.training,
+        **RUN_DEFAULTS,
+        "model": str(base),
+        "exit_layers": list(preset.model["exit_layers"]),
+        "data": str(corpus),
+    }
+
+
+def base_train_config(preset: BasePreset, model_file: str | os.PathLike, corpus: str | os.PathLike) -> dict:
+    """The ``wav2vec2-ee train`` arguments of ``--build-base``'s training (``output_dir`` set per run):
+    checkpoints every 500 steps, so that an interrupted build resumes from the last one."""
+    return {
+        **preset.training,
+        **RUN_DEFAULTS,
+        "logging_steps": 100,
+        "save_strategy": "steps",
+        "save_steps": 500,
+        "save_total_limit": 1,
+        "resume": True,
+        "model": str(model_file),
+        "data": str(corpus),
+    }
 
 
 def write_config_files(
     configs_dir: str | os.PathLike = "configs", output_dir: str = "demo_out"
 ) -> list[Path]:
-    """Write ``demo[_quick].json`` + ``demo[_quick]_model.json``: the presets' EE runs as train configs.
+    """Write the presets' runs as train configs: ``demo.json`` / ``demo_quick.json`` (the EE fine-tuning of
+    the packaged base / of the quick smoke-test base) and ``demo_base.json`` + ``demo_base_model.json``
+    (the training of the base, ``--build-base``).
 
     ``wav2vec2-ee train configs/demo.json`` then repeats the demo's training (after ``wav2vec2-ee demo``
-    or ``make-corpus demo_out/corpus`` built the corpus). Regenerate after changing a preset::
+    or ``make-corpus demo_out/corpus`` built the corpus), from the repository's root. Regenerate after
+    changing a preset::
 
         python -c "from wav2vec2_ee.demo import write_config_files; write_config_files()"
     """
-    written = []
+    configs = Path(configs_dir)
+    out = Path(output_dir)
+    packaged = PACKAGED_BASE.relative_to(PACKAGED_BASE.parents[2])  # wav2vec2_ee/resources/demo_base
+    bases = {"default": Path("src") / packaged, "quick": out / "quick" / QUICK_BASE}
+    files: dict[Path, dict] = {}
     for name, preset in PRESETS.items():
-        stem = "demo" if name == "default" else f"demo_{name}"
-        root = Path(output_dir) if name == "default" else Path(output_dir) / name
-        model_file = Path(configs_dir) / f"{stem}_model.json"
-        config = {**train_config(preset, model_file.as_posix(), (root / "corpus").as_posix())}
-        config["output_dir"] = (root / "ee").as_posix()
-        for path, data in ((model_file, preset.model), (Path(configs_dir) / f"{stem}.json", config)):
-            atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-            written.append(path)
-    return written
+        root = out if name == "default" else out / name
+        config = train_config(preset, bases[name].as_posix(), (root / "corpus").as_posix())
+        files[configs / ("demo.json" if name == "default" else f"demo_{name}.json")] = {
+            **config,
+            "output_dir": (root / "ee").as_posix(),
+        }
+    base = BASE_PRESETS["default"]
+    model_file = configs / "demo_base_model.json"
+    files[model_file] = base.model
+    files[configs / "demo_base.json"] = {
+        **base_train_config(base, model_file.as_posix(), (out / "base" / "corpus").as_posix()),
+        "output_dir": (out / "base" / "train").as_posix(),
+    }
+    for path, data in files.items():
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    return list(files)

@@ -2,14 +2,15 @@
 
 Rows, as in the seed's ``wer_results`` (see ``reproduce.md`` for the budgets actually used):
 
-* EE training from scratch (the demo's model);
+* the pretrained CTC base read at every exit layer through its final head (the seed's first row,
+  ``wav2vec2-base-960h`` without early-exit training);
+* EE fine-tuning of the base (the demo's model);
 * starting from the EE model, like the seed's fine-tuning runs: EE + KD (``ee_alpha`` 0.3, the
   objective's default, the EE model as the frozen teacher), EE + dynamic KD (one ``ee_alpha`` per exit, see
   :func:`~wav2vec2_ee.demo.presets.dkd_alphas`), confidence-weighted CTC (inverse and not), manual exit
   activation with one exit (plain and with inverse confidence);
-* baselines without exits of 2, 4, 6 layers trained from scratch with the EE run's budget, and the
-  deepest baseline read at every exit layer through its one head (the seed's "no early-exit training"
-  row).
+* baselines without exits: the base truncated to its first N layers (``num_hidden_layers``; N = 2, 4,
+  ... each exit layer) and fine-tuned with CTC at that last layer, with the EE run's budget.
 
 Every run is skipped when its final model exists (``demo_run.json`` in its folder), and every
 evaluation when its result files exist, so an interrupted reproduction resumes where it stopped. A
@@ -33,8 +34,6 @@ from .runs import RunSpec, evaluate_run, say, train_run
 
 logger = logging.getLogger(__name__)
 
-SHARED_HEAD_SUFFIX = "_shared_head"
-
 
 @dataclass
 class RunResult:
@@ -48,7 +47,8 @@ class RunResult:
 
 
 def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[RunSpec], list[RunSpec]]:
-    """The runs of the table after the EE run: those starting from the EE model, and the baselines."""
+    """The runs of the table after the EE run: those starting from the EE model, and the baselines
+    (the EE run's base, ``ee.train["model"]``, truncated)."""
     exit_layers = list(preset.model["exit_layers"])
     finetune = {**ee.train, **preset.finetune, "model": str(ee_dir)}
     n = finetune["max_steps"]
@@ -86,33 +86,15 @@ def reproduce_runs(preset: DemoPreset, ee: RunSpec, ee_dir: Path) -> tuple[list[
             {**finetune, "objective": "confidence", "num_exits": 1, "inverse_confidence": True},
         ),
     ]
-    depth = int(preset.model["num_hidden_layers"])
     baselines = [
         RunSpec(
             f"non-ee_{layers}layer",
             f"{layers} layers",
             {**ee.train, "objective": "ee", "num_hidden_layers": layers, "exit_layers": [layers]},
         )
-        for layers in range(2, depth + 1, 2)
+        for layers in exit_layers
     ]
     return from_ee, baselines
-
-
-def shared_head_copy(baseline_dir: Path, exit_layers: list[int], out_dir: Path) -> Path:
-    """The baseline without exits, read at ``exit_layers`` through its one final head (saved to ``out_dir``)."""
-    from ..modeling import load_model, save_checkpoint_files
-    from ..vocab import build_processor
-
-    marker = out_dir / "source.json"
-    source = {"baseline": str(baseline_dir), "exit_layers": exit_layers}
-    model_file = baseline_dir / "model.safetensors"
-    source["baseline_mtime"] = model_file.stat().st_mtime if model_file.is_file() else None
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == source:
-        return out_dir
-    model = load_model(str(baseline_dir), exit_layers=exit_layers, share_exit_heads=True)
-    save_checkpoint_files(model, build_processor(baseline_dir), out_dir)
-    atomic_write_text(marker, json.dumps(source, indent=2) + "\n")
-    return out_dir
 
 
 def _cell(wer: dict[str, dict[int, float]] | None, layer: int, splits: tuple[str, ...]) -> str:
@@ -157,9 +139,23 @@ def _error(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
 
 
-def _evaluate(result: RunResult, model_dir: Path, corpus: Path, preset: DemoPreset, overwrite: bool) -> None:
+def _evaluate(
+    result: RunResult,
+    model_dir: Path,
+    corpus: Path,
+    preset: DemoPreset,
+    overwrite: bool,
+    eval_dir: Path | None = None,
+) -> None:
+    """Evaluate ``model_dir`` at the preset's exit layers into ``eval_dir`` (default ``<model_dir>/eval``)."""
     evaluated = evaluate_run(
-        model_dir, model_dir / "eval", corpus, preset.reproduce_splits, preset.decoding(), overwrite=overwrite
+        model_dir,
+        eval_dir or model_dir / "eval",
+        corpus,
+        preset.reproduce_splits,
+        preset.decoding(),
+        overwrite=overwrite,
+        exits=None if eval_dir is None else list(preset.model["exit_layers"]),
     )
     result.wer = {
         "greedy": evaluated["greedy"],
@@ -209,29 +205,21 @@ def _train_all(
     return rows, baselines
 
 
-def _shared_head_row(
-    deepest: RunResult, runs_dir: Path, corpus: Path, preset: DemoPreset, overwrite: bool
-) -> RunResult:
-    """The seed's first row: the deepest baseline read at every exit through its one head."""
-    no_ee = RunResult(
+def _base_row(base: Path, corpus: Path, preset: DemoPreset, out: Path, overwrite: bool) -> RunResult:
+    """The seed's first row: the pretrained base read at every exit layer through its final head."""
+    row = RunResult(
         RunSpec(
-            deepest.spec.name + SHARED_HEAD_SUFFIX,
-            f"baseline without exits ({deepest.spec.train['num_hidden_layers']} layers), no early-exit "
-            "training (exits read with the shared final head)",
-            deepest.spec.train,
+            "base_read_through",
+            f"pretrained CTC base, no early-exit training (exits read through its final head): {base}",
+            {"model": str(base)},
         )
     )
-    if deepest.wer is None:
-        no_ee.error = "failed: its baseline failed"
-        return no_ee
-    exit_layers = list(preset.model["exit_layers"])
     try:
-        copy_dir = shared_head_copy(runs_dir / deepest.spec.name, exit_layers, runs_dir / no_ee.spec.name)
-        _evaluate(no_ee, copy_dir, corpus, preset, overwrite)
+        _evaluate(row, base, corpus, preset, overwrite, out / "reproduce" / row.spec.name / "eval")
     except Exception as err:
-        logger.error("shared-head evaluation failed:\n%s", traceback.format_exc())
-        no_ee.error = _error(err)
-    return no_ee
+        logger.error("evaluation of the base failed:\n%s", traceback.format_exc())
+        row.error = _error(err)
+    return row
 
 
 def _notes(preset: DemoPreset, all_runs: list[RunResult], runs_dir: Path, seconds: float) -> str:
@@ -250,11 +238,12 @@ def _notes(preset: DemoPreset, all_runs: list[RunResult], runs_dir: Path, second
     )
     ft = preset.finetune
     return (
-        "Budgets: the EE run and the baselines train from scratch with the same schedule "
+        "Budgets: the EE run and the baselines fine-tune the pretrained base with the same schedule "
         f"({ee_steps or ee['max_steps']} steps, batch {ee['per_device_train_batch_size']}, peak learning rate "
         f"{ee['learning_rate']}); the KD, DKD, confidence and manual-activation runs start from the EE model "
         f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
-        f"peak learning rate {ft['learning_rate']}. The seed's layer-12 baseline has no counterpart here.\n\n"
+        f"peak learning rate {ft['learning_rate']}. The baselines are the base truncated to N layers (its final "
+        "head on layer N), as the seed's N-layer models.\n\n"
         f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
         f"command {seconds / 60:.1f} min):\n\n{per_run}"
     )
@@ -274,9 +263,9 @@ def _report(
     header = (
         "# Reproduction of the seed's results on the synthetic eSpeak NG corpus\n\n"
         f"Word error rates (%) on the held-out voices of the corpus `{corpus}`: "
-        f"{' / '.join(splits)} (voices never heard in training). Model: the demo's "
-        f"wav2vec2 configuration ({preset.model['num_hidden_layers']} layers, hidden size "
-        f"{preset.model['hidden_size']}), trained from scratch on this CPU; exits after layers "
+        f"{' / '.join(splits)} (voices never heard in training). Model: the demo's pretrained CTC "
+        f"base ({preset.model['num_hidden_layers']} layers, hidden size "
+        f"{preset.model['hidden_size']}, `wav2vec2-ee demo --build-base`) fine-tuned on this CPU; exits after layers "
         f"{', '.join(map(str, exit_layers))}."
     )
     parts = [
@@ -306,16 +295,18 @@ def _report(
     return "\n".join([*parts, "", notes, ""])
 
 
-def run_reproduce(preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool = False) -> int:
+def run_reproduce(
+    preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, base: Path, overwrite: bool = False
+) -> int:
     """Train and evaluate every run of the table (skipping finished ones); write ``reproduce.md`` and
-    ``reproduce.json``.
+    ``reproduce.json``. ``base``: the pretrained model ``ee`` fine-tunes.
 
     Returns 0, or 1 when a run failed (its row says why; rerunning retries only the unfinished runs).
     """
     start = time.perf_counter()
     runs_dir = out / "reproduce"
     rows, baselines = _train_all(preset, out, corpus, ee, overwrite)
-    rows.insert(0, _shared_head_row(baselines[-1], runs_dir, corpus, preset, overwrite))
+    rows.insert(0, _base_row(base, corpus, preset, out, overwrite))
     seconds = time.perf_counter() - start
     text = _report(preset, corpus, rows, baselines, runs_dir, seconds)
     atomic_write_text(out / "reproduce.md", text)

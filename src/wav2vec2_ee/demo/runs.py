@@ -32,16 +32,13 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def ee_run(preset: DemoPreset, out: Path, corpus: Path, max_steps: int | None) -> RunSpec:
-    """The main run: EE training from scratch of the preset's model (its model config is written to
-    ``out/configs/model.json``)."""
-    model_file = out / "configs" / "model.json"
-    atomic_write_text(model_file, json.dumps(preset.model, indent=2) + "\n")
-    train = train_config(preset, model_file, corpus)
+def ee_run(preset: DemoPreset, base: Path, corpus: Path, max_steps: int | None) -> RunSpec:
+    """The main run: EE fine-tuning of the base model folder ``base`` with the preset's exits."""
+    train = train_config(preset, base, corpus)
     if max_steps is not None:
         train["max_steps"] = max_steps
     steps = train["max_steps"]
-    return RunSpec("ee", f"EE training from scratch (sum of exit CTC losses), {steps} steps", train)
+    return RunSpec("ee", f"EE fine-tuning of the base (sum of exit CTC losses), {steps} steps", train)
 
 
 def _model_is_complete(run_dir: Path, train_config: dict) -> bool:
@@ -132,9 +129,11 @@ def evaluate_run(
     overwrite: bool = False,
     device: str | None = None,
     dtype: str = "float32",
+    exits: list[int] | None = None,
 ) -> dict:
     """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured),
-    on ``device`` in ``dtype`` (:class:`~wav2vec2_ee.device.DeviceArguments`).
+    on ``device`` in ``dtype`` (:class:`~wav2vec2_ee.device.DeviceArguments`); ``exits``: the layers
+    evaluated (default: the checkpoint's exits; a plain CTC checkpoint's read through its final head).
 
     Greedy decoding always; with ``decoding.lexicon_beam_size`` also flashlight's lexicon-constrained
     beam search (no language model, as the seed) over the words of the corpus's training transcripts (the
@@ -160,6 +159,7 @@ def evaluate_run(
             overwrite=overwrite,
             device=device,
             dtype=dtype,
+            exits=exits,
             **lexicon,
         )
         with_lm = None
@@ -177,6 +177,7 @@ def evaluate_run(
                 lexicon_lm_weight=decoding.lm_weight,
                 device=device,
                 dtype=dtype,
+                exits=exits,
             )
     return {
         "seconds": round(time.perf_counter() - start, 1),

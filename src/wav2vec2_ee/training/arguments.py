@@ -102,6 +102,28 @@ class DataArguments:
             "e.g. 0.9 1.0 1.1. Default off."
         },
     )
+    noise_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of adding white, pink or brown noise to a training utterance, at an SNR drawn "
+            "from --noise-snr-db (default 0: off)."
+        },
+    )
+    noise_snr_db: list[float] = field(
+        default_factory=lambda: [5.0, 30.0],
+        metadata={"help": "Range of the signal-to-noise ratio of --noise-prob, in dB (low high)."},
+    )
+    reverb_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of reverberating a training utterance with a synthetic room impulse response "
+            "(exponentially decaying noise) whose RT60 is drawn from --reverb-rt60 (default 0: off)."
+        },
+    )
+    reverb_rt60: list[float] = field(
+        default_factory=lambda: [0.15, 0.6],
+        metadata={"help": "Range of the reverberation time (RT60) of --reverb-prob, in seconds (low high)."},
+    )
     pad_to_multiple_of: int | None = field(
         default=None,
         metadata={

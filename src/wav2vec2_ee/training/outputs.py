@@ -92,6 +92,8 @@ def run_settings(model_args, data_args, objective_args, training_args) -> dict:
         "min_duration": data_args.min_duration,
         "max_train_samples": data_args.max_train_samples,
         "speed_perturbation": data_args.speed_perturbation,
+        "noise": [data_args.noise_prob, data_args.noise_snr_db] if data_args.noise_prob else None,
+        "reverb": [data_args.reverb_prob, data_args.reverb_rt60] if data_args.reverb_prob else None,
         "optim": t.optim,
         "optim_args": t.optim_args,
         "learning_rate": t.learning_rate,

@@ -16,7 +16,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 
 from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
-from ..data.augment import SpeedPerturbation
+from ..data.augment import NoiseAndReverb, SpeedPerturbation
 from ..data.dataset import DataCollatorCTCWithPadding
 from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
 from ..objectives import build_objective
@@ -247,6 +247,24 @@ def speed_perturbation(factors: list[float] | None, seed: int) -> SpeedPerturbat
     return perturbation
 
 
+def noise_and_reverb(data_args: DataArguments, seed: int) -> NoiseAndReverb | None:
+    """The training audio's noise and reverberation (``None``: both off)."""
+    if not (data_args.noise_prob or data_args.reverb_prob):
+        return None
+    try:
+        augmentation = NoiseAndReverb(
+            noise_prob=data_args.noise_prob,
+            snr_db=tuple(data_args.noise_snr_db),
+            reverb_prob=data_args.reverb_prob,
+            rt60=tuple(data_args.reverb_rt60),
+            seed=seed,
+        )
+    except ValueError as err:
+        raise ValueError(f"--noise-prob/--reverb-prob: {err}") from err
+    logger.info("training audio augmentation: %s", augmentation)
+    return augmentation
+
+
 def build_train_dataset(
     data_args: DataArguments,
     processor: Wav2Vec2Processor,
@@ -281,6 +299,7 @@ def build_train_dataset(
         strict=data_args.strict,
         speed_perturbation=speed_perturbation(data_args.speed_perturbation, training_args.seed),
         frames_for_samples=frames,
+        noise_and_reverb=noise_and_reverb(data_args, training_args.seed),
     )
     return dataset, report
 
@@ -354,6 +373,7 @@ def save_results(
         "skipped_updates": counts["skipped_updates"],
         "objective": trainer.objective.name,
         "exit_layers": trainer.model.config.exit_layers,
+        "log_history": trainer.state.log_history,  # the Trainer's log (loss, learning rate, ...)
     }
 
     def write(folder: Path) -> None:

@@ -1,0 +1,229 @@
+"""``wav2vec2-ee demo --build-base``: the demo's pretrained CTC base, the embedded ``wav2vec2-base-960h``.
+
+The original research fine-tunes a pretrained CTC model (``facebook/wav2vec2-base-960h``: CTC at its
+last layer only) into an early-exit model. The demo does the same from a small base trained here:
+
+1. a larger synthetic corpus than the demo's (:data:`BASE_CORPUS`: every train voice of the corpus
+   builder, other sentences than the demo's, ~6 h); the demo's dev and test voices are never in it;
+2. a wav2vec2 CTC model (:data:`BASE_MODEL`) trained from scratch with CTC at its last layer only, with
+   speed perturbation, additive noise and reverberation (:class:`~wav2vec2_ee.data.augment.NoiseAndReverb`);
+   its checkpoints let an interrupted build resume;
+3. the final model saved as a plain ``Wav2Vec2ForCTC`` checkpoint (no exit heads; ``float16``
+   safetensors), loadable by ``transformers`` alone, with its processor files, ``training_log.json``
+   and a model card (``README.md``: the command, time, steps, data and WER per layer read through
+   the final head, on the demo's held-out test voices and on training voices).
+
+The presets (:data:`~.presets.BASE_PRESETS`) are in :mod:`.presets`. The packaged copy
+(:data:`~.presets.PACKAGED_BASE`, installed with the package) is what this command wrote on the
+project's 2-core machine; ``wav2vec2-ee demo`` fine-tunes it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from ..io import atomic_write_text
+from .presets import BASE_PRESETS, PACKAGED_BASE, QUICK_BASE, BasePreset, DemoPreset, base_train_config
+from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, train_run
+
+
+def base_model_dir(preset: DemoPreset, out: Path, base: str | None = None) -> Path:
+    """The base the demo fine-tunes: ``base`` when given (a folder of ``--build-base`` or any CTC
+    checkpoint), else the preset's: the packaged one, or for ``--quick`` the smoke-test base in
+    ``<out>/base/model`` (built first when missing)."""
+    if base is not None:
+        if not Path(base).is_dir():
+            raise FileNotFoundError(f"--base {base}: no such checkpoint folder")
+        return Path(base)
+    if preset.base == "packaged":
+        if not (PACKAGED_BASE / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"{PACKAGED_BASE}: the packaged demo base is missing (a broken installation?); build one "
+                "with `wav2vec2-ee demo --build-base` and pass --base <output-dir>/base/model"
+            )
+        return PACKAGED_BASE
+    model_dir = out / QUICK_BASE
+    if not (model_dir / "model.safetensors").is_file():
+        build_base(out / "base", quick=True)
+    return model_dir
+
+
+def export_plain_ctc(run_dir: Path, model_dir: Path, dtype: str = "float16") -> Path:
+    """Save the trained base in ``run_dir`` as a plain ``Wav2Vec2ForCTC`` checkpoint in ``model_dir``.
+
+    The config loses the early-exit fields (a ``Wav2Vec2Config``; loading it here gives the default exits
+    read through ``lm_head``); weights are written as ``dtype`` safetensors, with the processor files.
+    Raises ``ValueError`` when ``run_dir``'s model has exits below its top layer.
+    """
+    import torch
+    from transformers import AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from ..modeling import load_model
+
+    model = load_model(str(run_dir))
+    if model.config.exit_layers != [model.config.num_hidden_layers]:
+        raise ValueError(
+            f"{run_dir}: exits after layers {model.config.exit_layers}; a CTC base has one head, at the top"
+        )
+    values = model.config.to_dict()
+    for key in ("exit_layers", "share_exit_heads", "architectures", "auto_map"):
+        values.pop(key, None)
+    config = Wav2Vec2Config(**values)
+    config.architectures = ["Wav2Vec2ForCTC"]
+    plain = Wav2Vec2ForCTC(config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("exit_heads.")}
+    plain.load_state_dict(state, strict=True)
+    plain.to(getattr(torch, dtype)).save_pretrained(str(model_dir))
+    AutoProcessor.from_pretrained(str(run_dir)).save_pretrained(str(model_dir))
+    return model_dir
+
+
+def _train_spec(preset: BasePreset, out: Path, corpus: Path) -> RunSpec:
+    model_file = out / "configs" / "model.json"
+    atomic_write_text(model_file, json.dumps(preset.model, indent=2) + "\n")
+    train = base_train_config(preset, model_file, corpus)
+    return RunSpec("train", "CTC at the last layer only, from scratch", train)
+
+
+def _model_card(preset: BasePreset, command: str, record: dict) -> str:
+    """The base's ``README.md``."""
+    wer = record["wer"]
+    test = format_wer_by_exit({"test (held-out voices)": wer["test"]})
+    train_voices = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer["train_voices"].items())
+    model = preset.model
+    timing = record["timing"]
+    corpus = record["corpus"]
+    return f"""---
+library_name: transformers
+pipeline_tag: automatic-speech-recognition
+tags: [wav2vec2, ctc, wav2vec2-ee, synthetic-speech]
+---
+# wav2vec2-ee demo base
+
+A small wav2vec2 CTC model (the embedded counterpart of `facebook/wav2vec2-base-960h`): CTC at its last
+layer only, no exit heads. `wav2vec2-ee demo` fine-tunes it into an early-exit model. It is a plain
+`Wav2Vec2ForCTC` checkpoint (float16 safetensors): `Wav2Vec2ForCTC.from_pretrained(this_folder)` and
+`pipeline("automatic-speech-recognition", model=this_folder)` read it.
+
+## How it was made
+```
+{command}
+```
+- model: {model["num_hidden_layers"]} transformer layers, hidden size {model["hidden_size"]}, \
+{model["num_attention_heads"]} heads, feed-forward {model["intermediate_size"]}, pre-LN; CNN \
+{model["conv_dim"]} strides {model["conv_stride"]} (20 ms frames); {record["parameters"] / 1e6:.2f} M parameters
+- data: the eSpeak NG corpus builder (`wav2vec2-ee make-corpus`), {corpus["num_utterances"]["train"]} \
+training utterances ({corpus["hours"]["train"]:.2f} h), every training voice of the builder (seed \
+{preset.corpus["seed"]}); the demo's dev and test voices are never in it
+- augmentation: speed perturbation {preset.training["speed_perturbation"]}, additive white/pink/brown \
+noise (p={preset.training["noise_prob"]}, SNR {preset.training["noise_snr_db"]} dB), synthetic \
+reverberation (p={preset.training["reverb_prob"]}, RT60 {preset.training["reverb_rt60"]} s), SpecAugment \
+time masks (p={model["mask_time_prob"]})
+- training: {timing["steps"]} steps of batch {preset.training["per_device_train_batch_size"]} in \
+{timing["train_runtime"] / 60:.1f} min ({timing["seconds_per_step"]:.2f} s/step) on \
+{record["machine"]}; AdamW, peak learning rate {preset.training["learning_rate"]}, cosine schedule \
+(time budget {record["train_minutes"]:g} min); final training loss {record["final_loss"]}
+- `training_log.json`: the Trainer's log (loss, learning rate, gradient norm every 100 steps)
+
+## WER per layer, read through the final head (greedy)
+On the demo corpus's test split (voices never heard in training), every second layer's hidden states
+read by the final `lm_head` (the original research's first table row):
+```
+{test}
+```
+On training voices (the demo corpus's train split, other sentences than this model's training,
+{record["train_voice_utterances"]} utterances), at the final layer: {train_voices}.
+"""
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+
+
+def build_base(
+    out: Path, quick: bool = False, train_minutes: float | None = None, overwrite: bool = False
+) -> Path:
+    """Build the demo base into ``out`` (``<out>/model`` is the result) and return that folder.
+
+    Steps: the base corpus (``<out>/corpus``), the demo corpus beside ``out`` (``<out>/../corpus``, its
+    test voices are the held-out evaluation), the training (``<out>/train``, resumed from its last
+    checkpoint when interrupted), the plain CTC export, the evaluations and the model card.
+    """
+    import contextlib
+    import io
+
+    from ..corpus import build_corpus
+    from ..evaluation.evaluate import evaluate_checkpoint
+    from .presets import PRESETS
+
+    preset = BASE_PRESETS["quick" if quick else "default"]
+    corpus_dir = out / "corpus"
+    summary = build_corpus(corpus_dir, **preset.corpus, progress=sys.stderr.isatty())
+    say(
+        f"base corpus {corpus_dir}: train {summary.num_utterances['train']} utterances "
+        f"({summary.hours['train']:.2f} h)"
+    )
+    demo_corpus = out.parent / "corpus"
+    demo = build_corpus(demo_corpus, **PRESETS["quick" if quick else "default"].corpus, progress=False)
+    say(f"demo corpus {demo_corpus}: test {demo.num_utterances['test']} utterances of held-out voices")
+
+    spec = _train_spec(preset, out, corpus_dir)
+    minutes = preset.train_minutes if train_minutes is None else train_minutes
+    timing = train_run(spec, out, overwrite=overwrite, time_budget=60.0 * minutes)
+    run_dir = out / spec.name
+    model_dir = export_plain_ctc(run_dir, out / "model")
+    say(f"base model (plain Wav2Vec2ForCTC, float16): {model_dir}")
+
+    top = int(preset.model["num_hidden_layers"])
+    layers = list(range(2, top + 1, 2))  # every second layer through the final head
+    test = evaluate_run(model_dir, out / "eval", demo_corpus, ("test",), overwrite=True, exits=layers)
+    test = test["greedy"]["test"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        train_eval = evaluate_checkpoint(
+            str(model_dir),
+            str(out / "eval_train_voices"),
+            data=str(demo_corpus),
+            splits=["train"],
+            exits=[top],
+            progress=False,
+            overwrite=True,
+            plot=False,
+        )
+    split = train_eval["splits"]["train"]
+    train_wer = {int(e["layer"]): float(e["wer"]) for e in split["exits"].values()}
+    run_summary = json.loads((run_dir / "run_summary.json").read_text(encoding="utf-8"))
+    log = run_summary.get("log_history", [])
+    losses = [e["loss"] for e in log if "loss" in e]
+    record = {
+        "command": "wav2vec2-ee demo --build-base"
+        + (" --quick" if quick else "")
+        + (f" --base-minutes {train_minutes:g}" if train_minutes is not None else ""),
+        "train_minutes": minutes,
+        "timing": timing,
+        "corpus": {"num_utterances": summary.num_utterances, "hours": summary.hours, **preset.corpus},
+        "wer": {"test": test, "train_voices": train_wer},
+        "train_voice_utterances": int(split.get("utterances", 0)),
+        "parameters": _count_parameters(model_dir),
+        "machine": _machine(),
+        "final_loss": round(float(losses[-1]), 4) if losses else None,
+    }
+    atomic_write_text(model_dir / "training_log.json", json.dumps(log, indent=1) + "\n")
+    atomic_write_text(model_dir / "build_record.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(model_dir / "README.md", _model_card(preset, record["command"], record))
+    print(format_wer_by_exit({"test (held-out voices), read through the final head": test}))
+    say(f"training voices, layer {top}: {100 * train_wer[top]:.1f} % WER")
+    return model_dir
+
+
+def _count_parameters(model_dir: Path) -> int:
+    """Number of weights in ``model_dir/model.safetensors`` (read from the header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not iterable)
