@@ -6,6 +6,14 @@ fewest mean layers computed wins (ties: the lower WER, then the less aggressive 
 every distinct decision is tried (all midpoints between observed values of the statistic), so the
 choice is the exact optimum of the rule on dev. A test split, when given, only receives the chosen
 value: nothing is tuned on it.
+
+The learned policy (``--policy learned``) is first fitted on the dev table (:meth:`~.policies.LearnedExit.fit`),
+then its threshold is chosen by the same rule on the same dev table; the test split is only scored.
+
+``--save-policy`` writes the outcome as a saved policy (:func:`saved_policy`, format
+:data:`~.policies.SAVED_POLICY_FORMAT`) to ``<checkpoint>/exit_policy.json`` (or ``--output``), where
+``transcribe`` and :class:`~.transcriber.Transcriber` pick it up when no policy is named and ``export``
+copies it in as ``policy.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,15 @@ from .arguments import (
     posterior_spec,
     scoring_spec,
 )
-from .policies import POLICIES, policy_with_value
+from .policies import (
+    POLICIES,
+    SAVED_POLICY,
+    SAVED_POLICY_FORMAT,
+    ExitPolicy,
+    LayerBudget,
+    OracleExit,
+    policy_with_value,
+)
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -92,12 +108,30 @@ class Calibration:
     test: OperatingPoint | None = None
     test_reference_wer: float | None = None
     splits: dict[str, str] = field(default_factory=dict)
+    #: the oracle on the dev split (every exit allowed up to ``max_layer``): ``{"wer", "mean_layers"}``
+    oracle: dict = field(default_factory=dict)
+    #: the policy's fitted arguments (the learned model, fitted on the dev split); saved by
+    #: :meth:`to_dict` as the policy's :meth:`~.policies.ExitPolicy.saved_fields`
+    fitted: dict = field(default_factory=dict, repr=False)
+
+    def build(self) -> ExitPolicy:
+        """The calibrated policy."""
+        return policy_with_value(self.policy, self.value, self.max_layer, **self.fitted)
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("dev", "test")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("dev", "test", "fitted")}
         out["dev"] = self.dev.to_dict()
         out["test"] = None if self.test is None else self.test.to_dict()
+        out.update(self.build().saved_fields())
         return out
+
+
+def oracle_figures(table: ExitTable, max_layer: int | None = None) -> dict:
+    """``{"wer", "mean_layers"}`` of the oracle (the shallowest exit with the fewest errors, among the
+    exits at or below ``max_layer``) on ``table``: the bound a policy's dev figures compare with."""
+    oracle = OracleExit() if max_layer is None else LayerBudget(OracleExit(), max_layer)
+    point = evaluate_policy(table, oracle)[0]
+    return {"wer": point.wer, "mean_layers": point.mean_layers_computed, "errors": point.errors}
 
 
 def calibrate_table(
@@ -106,15 +140,24 @@ def calibrate_table(
     max_wer_increase: float = 0.05,
     values: Sequence[float] | None = None,
     max_layer: int | None = None,
+    fitted: dict | None = None,
+    fit_settings: dict | None = None,
 ) -> Calibration:
-    """Choose ``policy``'s parameter on ``table`` (every distinct decision unless ``values`` are given)."""
+    """Choose ``policy``'s parameter on ``table`` (every distinct decision unless ``values`` are given).
+
+    A fitted policy (the learned one) uses ``fitted`` (``{"model": ...}``) or, without it, is fitted on
+    ``table`` first (:meth:`~.policies.ExitPolicy.fit` with ``fit_settings``, e.g. ``hidden``)."""
     if policy not in POLICIES or POLICIES[policy].parameter is None:
         tunable = [n for n, c in POLICIES.items() if c.parameter is not None]
         raise ValueError(
             f"cannot calibrate {policy!r}: choose a policy with a parameter: {', '.join(tunable)}"
         )
-    grid = list(values) if values else threshold_grid(table, policy, None, max_layer)
-    points = [evaluate_policy(table, policy_with_value(policy, v, max_layer))[0] for v in grid]
+    cls = POLICIES[policy]
+    if cls.fitted_arguments and not fitted:
+        fitted = cls.fit(table, max_layer, **(fit_settings or {}))
+    fitted = dict(fitted or {})
+    grid = list(values) if values else threshold_grid(table, policy, None, max_layer, fitted)
+    points = [evaluate_policy(table, policy_with_value(policy, v, max_layer, **fitted))[0] for v in grid]
     reference = table.wer_of_exit(len(table.layers) - 1)
     best = choose_operating_point(points, reference, max_wer_increase)
     return Calibration(
@@ -127,13 +170,14 @@ def calibrate_table(
         wer_limit=reference * (1 + max_wer_increase),
         dev=best,
         candidates=len(points),
+        oracle=oracle_figures(table, max_layer),
+        fitted=fitted,
     )
 
 
 def apply_to_table(calibration: Calibration, table: ExitTable) -> None:
     """Evaluate the calibrated value on another split (``calibration.test``); nothing is re-tuned."""
-    policy = policy_with_value(calibration.policy, calibration.value, calibration.max_layer)
-    calibration.test = evaluate_policy(table, policy)[0]
+    calibration.test = evaluate_policy(table, calibration.build())[0]
     calibration.test_reference_wer = table.wer_of_exit(len(table.layers) - 1)
 
 
@@ -147,6 +191,19 @@ def format_calibration(c: Calibration) -> list[str]:
         f"{dev_name}: {c.dev.label}: WER {100 * c.dev.wer:.2f} %, mean layers computed "
         f"{c.dev.mean_layers_computed:.3f} / {depth:g} ({c.dev.depth_fraction:.3f} of full depth)",
     ]
+    if c.oracle:
+        lines.append(
+            f"{dev_name}: oracle (shallowest exit with the fewest errors): WER {100 * c.oracle['wer']:.2f} %, "
+            f"mean layers computed {c.oracle['mean_layers']:.3f}"
+        )
+    for name, value in c.fitted.items():
+        fit = getattr(value, "fit", {}) or {}
+        if fit:
+            lines.append(
+                f"{dev_name}: {c.policy} {name} fitted on {fit.get('rows')} exit decisions of "
+                f"{fit.get('utterances')} utterances (positive rate {fit.get('positive_rate', 0):.3f}, "
+                f"training accuracy {fit.get('train_accuracy', 0):.3f})"
+            )
     if c.test is not None:
         lines.append(
             f"{test_name} (value from {dev_name}, not tuned on {test_name}): {c.test.label}: WER {100 * c.test.wer:.2f} % "
@@ -154,6 +211,28 @@ def format_calibration(c: Calibration) -> list[str]:
             f"{c.test.mean_layers_computed:.3f} ({c.test.depth_fraction:.3f} of full depth)"
         )
     return lines
+
+
+def saved_policy(calibration: Calibration, checkpoint: str | os.PathLike | None = None) -> dict:
+    """The saved-policy JSON object of a calibration (``exit_policy.json``): format and version, the
+    policy, its value and budget, the dev figures (WER and mean layers at the chosen value, the final
+    exit's and the oracle's), the test figures when a test split was given, and what the policy itself
+    saves (the learned model: features, standardisation, weights and how it was fitted)."""
+    out = {"format": SAVED_POLICY_FORMAT, "version": 1}
+    if checkpoint is not None:
+        out["checkpoint"] = str(Path(checkpoint).resolve())
+    out["exit_layers"] = sorted(int(k) for k in calibration.dev.exit_counts)
+    out.update(calibration.to_dict())
+    return out
+
+
+def saved_policy_path(checkpoint: str | os.PathLike, output: str | os.PathLike | None = None) -> Path:
+    """Where ``--save-policy`` writes: ``output`` (a ``.json`` file, or a folder to write
+    ``exit_policy.json`` into), default ``<checkpoint>/exit_policy.json``."""
+    if output is None:
+        return Path(checkpoint) / SAVED_POLICY
+    output = Path(output)
+    return output if output.suffix.lower() == ".json" else output / SAVED_POLICY
 
 
 def _exit_table(em, data, which, posterior, scoring_decoder, batching, progress) -> tuple[str, ExitTable]:
@@ -189,7 +268,8 @@ def run_calibration(
     Takes the command's option dataclasses (:mod:`.arguments`), or their fields as keywords
     (:func:`~wav2vec2_ee.options.resolve_options`). With ``output_dir``, also writes
     ``<split>_exit_table.jsonl`` per split (every number traces back to them) and
-    ``calibration_<policy>.json``. With ``--score-lm-order``, the WERs are those of the lexicon beam
+    ``calibration_<policy>.json``; with ``save_policy``, the saved policy (:func:`saved_policy`) to
+    :func:`saved_policy_path`. With ``--score-lm-order``, the WERs are those of the lexicon beam
     search with a word n-gram model (:func:`~.arguments.scoring_spec`).
     """
     args, lexicon, source, scoring, device = resolve_options(
@@ -217,7 +297,10 @@ def run_calibration(
 
     split, test_split, output_dir = args.split, args.test_split, args.output_dir
     dev_name, dev = table_of(split)
-    result = calibrate_table(dev, policy, args.max_wer_increase, args.thresholds, args.max_layer)
+    fit_settings = {"hidden": args.learned_hidden, "l2": args.learned_l2, "split": dev_name}
+    result = calibrate_table(
+        dev, policy, args.max_wer_increase, args.thresholds, args.max_layer, fit_settings=fit_settings
+    )
     result.splits["dev"] = dev_name
     tables = {dev_name: dev}
     if test_split is not None:
@@ -229,11 +312,17 @@ def run_calibration(
         out = Path(output_dir)
         for name, table in tables.items():
             write_exit_table(table, out / f"{name}_exit_table.jsonl")
-        atomic_write_json(out / f"calibration_{policy}.json", result.to_dict())
+        atomic_write_json(out / f"calibration_{policy}.json", saved_policy(result, checkpoint))
+    saved_to = None
+    if args.save_policy:
+        saved_to = saved_policy_path(checkpoint, args.output)
+        atomic_write_json(saved_to, saved_policy(result, checkpoint))
     if args.json:
         print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
     else:
         for line in format_calibration(result):
             print(line)
+        if saved_to is not None:
+            print(f"saved the policy to {saved_to}")
         print(f"{result.value!r}")
     return result

@@ -17,26 +17,41 @@ name            class                        stops at the first exit where
 ``posterior``   :class:`PosteriorThreshold`  n-best posterior of a lexicon beam search ``>= threshold``
 ``patience``    :class:`Patience`            the greedy transcripts of ``patience`` consecutive exits agree
 ``budget``      :class:`LayerBudget`         never beyond layer ``max_layer`` (wraps any policy)
+``learned``     :class:`LearnedExit`         a fitted model's score of several exit features ``>= threshold``
 ``oracle``      :class:`OracleExit`          evaluation only: the shallowest exit with the fewest errors
 =============== ============================ ====================================================
+
+The learned policy holds a model fitted on a development split's exit table (:meth:`ExitPolicy.fit`,
+:mod:`.learned`); policies with such fitted arguments (:attr:`ExitPolicy.fitted_arguments`) are built
+with them (``build_policy("learned", threshold=0.6, model=model)``) or from a saved file.
+
+Saved policies (``calibrate --save-policy``): one JSON format, :data:`SAVED_POLICY_FORMAT`, written as
+:data:`SAVED_POLICY` (``exit_policy.json``) into the checkpoint folder and read back by
+:func:`policy_from_saved`: ``{"format", "version", "policy", "parameter", "value", "max_layer", ...}``
+plus what :meth:`ExitPolicy.saved_fields` adds (the learned policy: its ``model``). ``calibrate
+--output-dir``'s ``calibration_<policy>.json`` and an export's ``policy.json`` are the same format.
 
 Accepted values (:meth:`ExitPolicy.check_value`, applied by :func:`build_policy` and the commands; a
 ``ValueError`` naming the range otherwise): an entropy threshold is a finite number ``>= 0`` (the
 statistic lies in ``[0, log(vocab)]``), a confidence or posterior threshold lies in ``(0, 1]`` (the
 statistics lie in ``[1/vocab, 1]`` and ``[0, 1]``), patience is an integer ``>= 1``, and a layer
 budget is one of the model's exit layers (:func:`check_max_layer`, checked where the policy meets the
-model: :meth:`ExitPolicy.deepest_exit`). The classes themselves take any threshold but NaN: one
-outside the range is a constant decision (``EntropyThreshold(-1)`` never stops early).
+model: :meth:`ExitPolicy.deepest_exit`); a learned threshold lies in ``(0, 1]`` (a probability). The
+classes themselves take any threshold but NaN: one outside the range is a constant decision
+(``EntropyThreshold(-1)`` never stops early).
 
 :func:`build_policy` is the only place that maps names to classes.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -46,6 +61,17 @@ from transformers import Wav2Vec2CTCTokenizer
 from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode, nbest_posterior
 from ..evaluation.metrics import mean_frame_entropy, mean_max_prob
 from ..vocab import normalize_transcript
+from .learned import (
+    FEATURES,
+    LearnedModel,
+    agreements,
+    exit_labels,
+    fit_exit_model,
+    log_frames,
+    low_quantile_max_prob,
+    mean_top_margin,
+    non_blank_share,
+)
 
 # --------------------------------------------------------------------------------------------------
 # what a policy sees
@@ -76,10 +102,23 @@ def _posterior(logits: torch.Tensor, lengths: torch.Tensor, decoders: Decoders) 
     return torch.tensor([0.0 if math.isnan(v) else v for v in values], dtype=torch.float32)
 
 
-#: Per-utterance statistics of one exit, computed from ``(logits, output_lengths, decoders)``.
+def _blank_id(decoders: Decoders) -> int:
+    if decoders.tokenizer is None:
+        raise ValueError(
+            "the non_blank statistic (the learned policy) needs a tokenizer: its pad id is the blank"
+        )
+    return int(decoders.tokenizer.pad_token_id)
+
+
+#: Per-utterance statistics of one exit, computed from ``(logits, output_lengths, decoders)``
+#: (the learned policy's features: :mod:`.learned`).
 STATISTICS: dict[str, Callable[[torch.Tensor, torch.Tensor, Decoders], torch.Tensor | list[str]]] = {
     "entropy": lambda z, n, d: mean_frame_entropy(z, n),
     "max_prob": lambda z, n, d: mean_max_prob(z, n),
+    "max_prob_p10": lambda z, n, d: low_quantile_max_prob(z, n),
+    "margin": lambda z, n, d: mean_top_margin(z, n),
+    "non_blank": lambda z, n, d: non_blank_share(z, n, _blank_id(d)),
+    "log_frames": lambda z, n, d: log_frames(n),
     "posterior": _posterior,
     "transcripts": _transcripts,
 }
@@ -153,6 +192,13 @@ class ExitView:
             if name not in STATISTICS:
                 raise ValueError(f"unknown exit statistic {name!r}: choose from {sorted(STATISTICS)}")
             self._stats[name] = STATISTICS[name](self.logits, self.output_lengths, self.decoders)
+        return self._stats[name]
+
+    def derived(self, name: str, compute: Callable[[], torch.Tensor | list]) -> torch.Tensor | list:
+        """A per-utterance value that needs more than this exit's logits (e.g. the previous exit's
+        transcripts): ``compute()`` once, then cached like a statistic (precomputed ones win)."""
+        if name not in self._stats:
+            self._stats[name] = compute()
         return self._stats[name]
 
     @property
@@ -235,6 +281,9 @@ class ExitPolicy(ABC):
     always_swept: ClassVar[bool] = False
     #: The matplotlib marker of the policy's curve in ``sweep``'s plot.
     marker: ClassVar[str] = "o"
+    #: Constructor arguments fitted on a development split (the learned policy's ``model``): such a
+    #: policy is built with them, from :meth:`fit` or a saved file (:meth:`fitted_from_saved`).
+    fitted_arguments: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
@@ -260,6 +309,37 @@ class ExitPolicy(ABC):
     def deepest_exit(self, exit_layers: Sequence[int]) -> int:
         """0-based index of the deepest exit the policy may use (it answers for everything left)."""
         return len(exit_layers) - 1
+
+    # fitted policies (the learned one): how sweep / calibrate / saved files get their arguments
+
+    @classmethod
+    def fit(cls, table, max_layer: int | None = None, **settings) -> dict:
+        """The :attr:`fitted_arguments` fitted on an exit table (:class:`~.table.ExitTable`) whose
+        exits at or below ``max_layer`` the policy may use; ``{}`` for a rule."""
+        return {}
+
+    @classmethod
+    def fitted_from_saved(cls, values: Mapping) -> dict:
+        """The :attr:`fitted_arguments` from a saved policy's JSON (``{}`` for a rule)."""
+        return {}
+
+    @classmethod
+    def prepare_table(cls, table, **fitted) -> None:
+        """Add to an exit table the statistic that the policy built with ``fitted`` thresholds (so that
+        :meth:`candidate_values` and simulation read it); nothing for a rule on the table's statistics."""
+        return None
+
+    def fitted_values(self) -> dict:
+        """This policy's :attr:`fitted_arguments` (``{}`` for a rule)."""
+        return {name: getattr(self, name) for name in self.fitted_arguments}
+
+    def prepare(self, table) -> None:
+        """:meth:`prepare_table` with this policy's fitted arguments (``evaluate_policy`` calls it)."""
+        type(self).prepare_table(table, **self.fitted_values())
+
+    def saved_fields(self) -> dict:
+        """What a saved policy holds beyond its name, value and budget (the learned model); ``{}``."""
+        return {}
 
     @property
     def value(self) -> float | int | None:
@@ -546,6 +626,151 @@ class Patience(ExitPolicy):
         return torch.tensor([all(t[i] == recent[-1][i] for t in recent) for i in range(n)], dtype=torch.bool)
 
 
+def _agreement(history: Sequence[ExitView]) -> torch.Tensor:
+    view = history[-1]
+    if len(history) < 2:  # the first exit: no previous transcript to agree with
+        return view.derived("agreement", lambda: torch.zeros(len(view), dtype=torch.float32))  # type: ignore[return-value]
+    return view.derived("agreement", lambda: agreements(history[-2].transcripts, view.transcripts))  # type: ignore[return-value]
+
+
+#: Features that need more than the current exit's logits: the previous exit's transcript, the index.
+_HISTORY_FEATURES: dict[str, Callable[[Sequence[ExitView]], torch.Tensor]] = {
+    "agreement": _agreement,
+    "exit_index": lambda h: torch.full((len(h[-1]),), float(h[-1].exit_index)),
+}
+
+
+def learned_features(history: Sequence[ExitView], names: Sequence[str] = FEATURES) -> torch.Tensor:
+    """``(batch, F)`` float32 features (:mod:`.learned`) of ``history[-1]``'s utterances, read from the
+    exits so far only (the current one and, for ``agreement``, the previous one's transcripts)."""
+    columns = []
+    for name in names:
+        try:
+            value = _HISTORY_FEATURES[name](history) if name in _HISTORY_FEATURES else history[-1].stat(name)
+        except ValueError as err:
+            raise ValueError(
+                f"the learned policy needs the {name} feature at exit {history[-1].exit_index}: {err} "
+                f"(exit tables of this version have every feature)"
+            ) from None
+        columns.append(torch.as_tensor(value).to("cpu", torch.float32))
+    return torch.stack(columns, 1)
+
+
+class LearnedExit(ThresholdPolicy):
+    """Stop when a fitted model's score (:class:`~.learned.LearnedModel`: the probability that stopping
+    here costs no word errors against the deeper exits) of several exit features is at or above
+    ``threshold``. The features (:data:`~.learned.FEATURES`: entropy, max-probability and its low
+    quantile, top-1/top-2 margin, non-blank share, agreement with the previous exit's transcript, the
+    exit index, the length) read the current exit and the previous exit's transcript only.
+
+    Fitted on a development split's exit table (:meth:`fit`, ``calibrate --policy learned``) or read
+    from a saved policy (``exit_policy.json``, :meth:`fitted_from_saved`)."""
+
+    name = "learned"
+    marker = "P"
+    statistic = "learned"
+    stop_when_above = True
+    larger_is_more_aggressive = False
+    example_value = "0.5"
+    fitted_arguments = ("model",)
+    low, high, low_inclusive = 0.0, 1.0, False
+    statistic_range = "the learned score is a probability in [0, 1]"
+
+    def __init__(self, threshold: float, model: LearnedModel | Mapping | None = None):
+        super().__init__(threshold)
+        if model is None:
+            raise ValueError(
+                "the learned policy needs its fitted model: `wav2vec2-ee calibrate --policy learned "
+                "--save-policy` fits one and saves it as exit_policy.json"
+            )
+        self.model = model if isinstance(model, LearnedModel) else LearnedModel.from_dict(model)
+
+    def features(self, history: Sequence[ExitView]) -> torch.Tensor:
+        """``(batch, F)`` the model's features of ``history[-1]``'s utterances (:func:`learned_features`)."""
+        return learned_features(history, self.model.features)
+
+    def score(self, history: Sequence[ExitView]) -> torch.Tensor:
+        """``(batch,)`` float64 scores of ``history[-1]``'s utterances (cached in the view as ``learned``)."""
+        return history[-1].derived(self.statistic, lambda: self.model.score(self.features(history)))  # type: ignore[return-value]
+
+    def should_exit(self, history: Sequence[ExitView]) -> torch.Tensor:
+        return self.score(history) >= self.threshold
+
+    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
+        fitted = self.model.exit_layers
+        if fitted is not None and list(fitted) != [int(x) for x in exit_layers]:
+            raise ValueError(
+                f"the learned policy was fitted for a model with exits at {list(fitted)}; this model has "
+                f"exits at {list(exit_layers)} (fit it again: calibrate --policy learned)"
+            )
+        return len(exit_layers) - 1
+
+    @classmethod
+    def candidate_values(cls, stats, allowed_layers, num=12) -> list[float]:
+        if cls.statistic not in stats:
+            raise ValueError(
+                "the learned policy's thresholds come from its scores on the table: fit or load its model "
+                "and score the table first (LearnedExit.prepare_table)"
+            )
+        return super().candidate_values(stats, allowed_layers, num)
+
+    @classmethod
+    def fit(
+        cls,
+        table,
+        max_layer: int | None = None,
+        hidden: int = 0,
+        l2: float = 1e-3,
+        split: str | None = None,
+        features: Sequence[str] = FEATURES,
+    ) -> dict:
+        """``{"model": ...}`` fitted on every utterance at every exit before the deepest allowed one,
+        labelled 1 where stopping costs no errors against the deeper allowed exits
+        (:func:`~.learned.exit_labels`); ``hidden`` > 0: a tanh MLP of that width."""
+        layers = list(table.layers)
+        deepest = len(layers) - 1 if max_layer is None else check_max_layer(max_layer, layers)
+        if deepest == 0:
+            raise ValueError(
+                f"the learned policy needs two exits or more to choose from, got {layers[: deepest + 1]}"
+            )
+        views = table.views()
+        x = torch.cat([learned_features(views[: k + 1], features) for k in range(deepest)])
+        y = exit_labels(table.errors, deepest).reshape(-1)
+        model = fit_exit_model(x, y, features, hidden=hidden, l2=l2)
+        model.exit_layers = layers
+        model.fit.update(split=split, utterances=table.num_utterances, deciding_exits=layers[:deepest])
+        return {"model": model}
+
+    @classmethod
+    def fitted_from_saved(cls, values: Mapping) -> dict:
+        if "model" not in values:
+            raise ValueError(
+                "a saved learned policy needs its 'model' (calibrate --policy learned --save-policy)"
+            )
+        return {"model": LearnedModel.from_dict(values["model"])}
+
+    @classmethod
+    def prepare_table(cls, table, model: LearnedModel | None = None, **fitted) -> None:
+        """``table.stats["learned"]`` ``(exits, n)``: the scores of ``model`` at every exit (computed by
+        :meth:`score` on the table's views, as the engine computes them); kept when ``model`` scored the
+        table already (``table.scored_by``)."""
+        if model is None:
+            return
+        if table.scored_by.get(cls.statistic) == model.fingerprint and cls.statistic in table.stats:
+            return
+        views = table.views()
+        table.stats[cls.statistic] = torch.stack(
+            [model.score(learned_features(views[: k + 1], model.features)) for k in range(len(views))]
+        )
+        table.scored_by[cls.statistic] = model.fingerprint
+
+    def saved_fields(self) -> dict:
+        return {"model": self.model.to_dict()}
+
+    def __repr__(self) -> str:
+        return f"LearnedExit(threshold={self.threshold!r}, model={self.model.kind}:{self.model.fingerprint})"
+
+
 class LayerBudget(ExitPolicy):
     """Never compute beyond layer ``max_layer`` (a device's compute limit): ``policy`` decides, and
     the deepest exit at or below ``max_layer`` answers for whatever is left."""
@@ -583,6 +808,15 @@ class LayerBudget(ExitPolicy):
         self, views: Sequence[ExitView], errors: torch.Tensor | None, deepest: int
     ) -> torch.Tensor:
         return self.policy.simulate_until(views, errors, deepest)
+
+    def fitted_values(self) -> dict:
+        return self.policy.fitted_values()
+
+    def prepare(self, table) -> None:
+        self.policy.prepare(table)
+
+    def saved_fields(self) -> dict:
+        return self.policy.saved_fields()
 
     def __repr__(self) -> str:
         return f"LayerBudget({self.policy!r}, max_layer={self._max_layer})"
@@ -634,7 +868,15 @@ class ScheduledExit(ExitPolicy):
 
 POLICIES: dict[str, type[ExitPolicy]] = {
     cls.name: cls
-    for cls in (FixedExit, EntropyThreshold, ConfidenceThreshold, PosteriorThreshold, Patience, OracleExit)
+    for cls in (
+        FixedExit,
+        EntropyThreshold,
+        ConfidenceThreshold,
+        PosteriorThreshold,
+        Patience,
+        LearnedExit,
+        OracleExit,
+    )
 }
 #: Policy names ``build_policy`` accepts (``budget`` = :class:`LayerBudget` over the last exit).
 POLICY_NAMES: tuple[str, ...] = (*POLICIES, LayerBudget.name)
@@ -644,7 +886,8 @@ def build_policy(name: str, max_layer: int | None = None, **params) -> ExitPolic
     """The policy called ``name`` with its parameters, capped at ``max_layer`` when given.
 
     ``build_policy("entropy", threshold=0.4)``, ``build_policy("patience", patience=2, max_layer=4)``,
-    ``build_policy("fixed", layer=4)``, ``build_policy("budget", max_layer=4)``.
+    ``build_policy("fixed", layer=4)``, ``build_policy("budget", max_layer=4)``,
+    ``build_policy("learned", threshold=0.6, model=model)`` (its fitted arguments as keywords).
     """
     if name == LayerBudget.name:
         if max_layer is None:
@@ -655,7 +898,7 @@ def build_policy(name: str, max_layer: int | None = None, **params) -> ExitPolic
     if name not in POLICIES:
         raise ValueError(f"unknown exit policy {name!r}: choose from {', '.join(POLICY_NAMES)}")
     cls = POLICIES[name]
-    accepted = [] if cls.parameter is None else [cls.parameter]
+    accepted = ([] if cls.parameter is None else [cls.parameter]) + list(cls.fitted_arguments)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(
@@ -669,9 +912,56 @@ def build_policy(name: str, max_layer: int | None = None, **params) -> ExitPolic
     return LayerBudget(policy, max_layer) if max_layer is not None else policy
 
 
-def policy_with_value(name: str, value: float | int | None, max_layer: int | None = None) -> ExitPolicy:
-    """``build_policy(name)`` with its one parameter set to ``value`` (what sweeps and the CLI use)."""
+def policy_with_value(
+    name: str, value: float | int | None, max_layer: int | None = None, **fitted
+) -> ExitPolicy:
+    """``build_policy(name)`` with its one parameter set to ``value`` (what sweeps and the CLI use) and
+    its fitted arguments ``fitted`` (the learned policy's ``model``)."""
     cls = POLICIES.get(name)
     if cls is None or cls.parameter is None or value is None:
-        return build_policy(name, max_layer=max_layer)
-    return build_policy(name, max_layer=max_layer, **{cls.parameter: value})
+        return build_policy(name, max_layer=max_layer, **fitted)
+    return build_policy(name, max_layer=max_layer, **{cls.parameter: value}, **fitted)
+
+
+# --------------------------------------------------------------------------------------------------
+# saved policies
+
+#: The file a saved policy is written to in a checkpoint folder (``calibrate --save-policy``), and read
+#: from by ``transcribe`` / :class:`~.transcriber.Transcriber` when no policy is named.
+SAVED_POLICY = "exit_policy.json"
+#: The ``format`` of a saved policy (the same for ``calibration_<policy>.json`` and an export's
+#: ``policy.json``, which older versions wrote without the field).
+SAVED_POLICY_FORMAT = "wav2vec2-ee-exit-policy"
+
+
+def policy_from_saved(values: Mapping, source: str = "saved policy") -> ExitPolicy:
+    """The policy of a saved policy's JSON object: ``{"policy", "value", "max_layer", ...}`` and its
+    fitted arguments (:meth:`ExitPolicy.fitted_from_saved`); a ``ValueError`` naming ``source``."""
+    if not isinstance(values, Mapping) or "policy" not in values:
+        raise ValueError(
+            f"{source}: not a saved exit policy (no 'policy' field; see `wav2vec2-ee calibrate --save-policy`)"
+        )
+    name = values["policy"]
+    cls = POLICIES.get(name)
+    try:
+        fitted = cls.fitted_from_saved(values) if cls is not None else {}
+        return policy_with_value(name, values.get("value"), values.get("max_layer"), **fitted)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
+def read_saved_policy(path: str | os.PathLike) -> dict:
+    """The JSON object of a saved policy file (a ``ValueError`` naming the file when it is not one)."""
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(values, dict) or "policy" not in values:
+        raise ValueError(f"{path}: not a saved exit policy (no 'policy' field; see `wav2vec2-ee calibrate`)")
+    return values
+
+
+def load_saved_policy(path: str | os.PathLike) -> ExitPolicy:
+    """The policy saved in ``path`` (``exit_policy.json``, ``calibration_<policy>.json``, ``policy.json``)."""
+    return policy_from_saved(read_saved_policy(path), str(path))

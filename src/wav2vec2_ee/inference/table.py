@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
 import torch
 from tqdm.auto import tqdm
@@ -33,6 +33,7 @@ from ..evaluation.metrics import mean_frame_entropy, mean_max_prob, word_errors
 from ..evaluation.model import EvaluationModel, min_duration_for_ctc
 from ..evaluation.results import write_jsonl
 from ..vocab import normalize_transcript
+from .learned import agreements, log_frames, low_quantile_max_prob, mean_top_margin, non_blank_share
 from .policies import POLICIES, ExitPolicy, ExitView, policy_with_value
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class ExitTable:
         layers: the exits' layer numbers, shallow to deep.
         hypotheses: ``[exit][utterance]`` normalised greedy transcripts.
         stats: ``{name: (exits, n) float32}`` per-utterance exit statistics (``entropy``,
-            ``max_prob``, and ``posterior`` when a lexicon decoder was given).
+            ``max_prob``, the learned policy's features ``max_prob_p10``, ``margin``, ``non_blank``,
+            ``log_frames``, ``agreement`` (:mod:`.learned`), and ``posterior`` when a lexicon decoder was
+            given); a fitted policy adds its score (``learned``, :meth:`~.policies.ExitPolicy.prepare`).
         errors: ``(exits, n)`` long word errors of each hypothesis.
         reference_words: ``(n,)`` long.
         audio_seconds: ``(n,)`` durations.
@@ -84,6 +87,8 @@ class ExitTable:
     #: what policies see as each exit's transcript (the patience policy): the greedy transcripts, which
     #: differ from ``hypotheses`` only when those come from a scoring decoder
     policy_transcripts: list[list[str]] | None = None
+    #: which fitted model computed a score in ``stats`` (statistic name -> the model's fingerprint)
+    scored_by: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_utterances(self) -> int:
@@ -155,7 +160,8 @@ def compute_exit_table(
     n, num_exits = len(prepared), len(em.model.config.exit_layers)
     hyps: list[list[str]] = [[""] * n for _ in range(num_exits)]
     greedy: list[list[str]] = [[""] * n for _ in range(num_exits)]
-    names = ["entropy", "max_prob"] + (["posterior"] if lexicon_decoder is not None else [])
+    names = ["entropy", "max_prob", "max_prob_p10", "margin", "non_blank", "log_frames"]
+    names += ["posterior"] if lexicon_decoder is not None else []
     stats = {s: torch.full((num_exits, n), float("nan")) for s in names}
     seen = torch.zeros(n, dtype=torch.bool)
     bar = tqdm(total=n, desc=desc, unit="utt", disable=not progress, dynamic_ncols=True)
@@ -166,6 +172,10 @@ def compute_exit_table(
         logits, lengths = torch.stack(batch.exit_logits), batch.output_lengths
         stats["entropy"][:, index] = mean_frame_entropy(logits, lengths).cpu()
         stats["max_prob"][:, index] = mean_max_prob(logits, lengths).cpu()
+        stats["max_prob_p10"][:, index] = low_quantile_max_prob(logits, lengths).cpu()
+        stats["margin"][:, index] = mean_top_margin(logits, lengths).cpu()
+        stats["non_blank"][:, index] = non_blank_share(logits, lengths, em.tokenizer.pad_token_id).cpu()
+        stats["log_frames"][:, index] = log_frames(lengths).cpu()
         for k, texts in enumerate(greedy_decode_exits(batch.exit_logits, lengths, em.tokenizer)):
             for j, i in enumerate(batch.indices):
                 greedy[k][i] = hyps[k][i] = normalize_transcript(texts[j])
@@ -186,6 +196,10 @@ def compute_exit_table(
         hyps = [[h[i] for i in keep] for h in hyps]
         greedy = [[h[i] for i in keep] for h in greedy]
         stats = {s: v[:, keep] for s, v in stats.items()}
+    # agreement of each exit's greedy transcript with the previous exit's (what the learned policy reads)
+    stats["agreement"] = torch.stack(
+        [agreements(greedy[k - 1] if k else None, greedy[k]) for k in range(num_exits)]
+    )
     refs = [normalize_transcript(u.text) for u in prepared]
     errors = torch.tensor(
         [[word_errors(r, h).errors for r, h in zip(refs, hk)] for hk in hyps], dtype=torch.long
@@ -238,6 +252,8 @@ class OperatingPoint:
     engine_mean_layers: float | None = None
     pareto_layers: bool = False
     pareto_wall: bool = False
+    #: the policy's fitted arguments (the learned model): not written to result files
+    fitted: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -247,10 +263,10 @@ class OperatingPoint:
 
     def build(self) -> ExitPolicy:
         """The policy of this point (not for the oracle)."""
-        return policy_with_value(self.policy, self.value, self.max_layer)
+        return policy_with_value(self.policy, self.value, self.max_layer, **self.fitted)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fitted"}
         out["exit_counts"] = {str(k): v for k, v in self.exit_counts.items()}
         return out
 
@@ -278,11 +294,14 @@ def point_from_exits(table: ExitTable, policy: ExitPolicy, exits: torch.Tensor) 
         mean_layers_computed=float(layers.mean()),
         depth_fraction=float(layers.mean()) / table.full_depth,
         exit_counts={layer: c for layer, c in zip(table.layers, counts)},
+        fitted=policy.fitted_values(),
     )
 
 
 def evaluate_policy(table: ExitTable, policy: ExitPolicy) -> tuple[OperatingPoint, torch.Tensor]:
-    """Simulate ``policy`` on the table: its operating point and ``(n,)`` exit per utterance."""
+    """Simulate ``policy`` on the table: its operating point and ``(n,)`` exit per utterance (a fitted
+    policy first adds its score to the table, :meth:`~.policies.ExitPolicy.prepare`)."""
+    policy.prepare(table)
     exits = policy.simulate(table.views(), table.errors)
     return point_from_exits(table, policy, exits), exits
 
@@ -292,12 +311,18 @@ def evaluate_policy(table: ExitTable, policy: ExitPolicy) -> tuple[OperatingPoin
 
 
 def threshold_grid(
-    table: ExitTable, name: str, num: int | None = 12, max_layer: int | None = None
+    table: ExitTable,
+    name: str,
+    num: int | None = 12,
+    max_layer: int | None = None,
+    fitted: Mapping | None = None,
 ) -> list[float | int | None]:
     """The parameter values to try for policy ``name`` on this split (the policy's own
-    :meth:`~.policies.ExitPolicy.candidate_values` over the exits at or below ``max_layer``)."""
+    :meth:`~.policies.ExitPolicy.candidate_values` over the exits at or below ``max_layer``); a fitted
+    policy's score comes from its ``fitted`` arguments (``{"model": ...}``), added to the table first."""
     if name not in POLICIES:
         raise ValueError(f"cannot sweep the policy {name!r}: choose from {', '.join(POLICIES)}")
+    POLICIES[name].prepare_table(table, **(fitted or {}))
     allowed = [layer for layer in table.layers if max_layer is None or layer <= max_layer]
     if not allowed:
         raise ValueError(f"max_layer {max_layer} is below the first exit (layer {table.layers[0]})")
