@@ -244,3 +244,36 @@ def test_dkd_weights_come_from_the_objective(monkeypatch: pytest.MonkeyPatch) ->
     assert demo.dkd_alphas(3) == [0.5, 0.6, 0.9]
     assert demo.dkd_alphas(2) == [0.5, 0.9]
     assert demo.dkd_alphas(4) == [0.5, 0.6, 0.7, 0.9]
+
+
+def test_the_packaged_base_is_installed_and_loads_as_a_plain_ctc_model() -> None:
+    """The demo's base ships with the package: a plain float16 ``Wav2Vec2ForCTC`` (<= 25 MB) with its
+    processor files and a model card that states how it was made and its WER per layer."""
+    import torch
+    from transformers import AutoProcessor, Wav2Vec2ForCTC
+
+    base = demo.PACKAGED_BASE
+    files = {p.name for p in base.iterdir()}
+    assert {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "training_log.json",
+        "build_record.json",
+    } <= files
+    assert (base / "model.safetensors").stat().st_size <= 25 * 2**20
+    model = Wav2Vec2ForCTC.from_pretrained(str(base))
+    assert model.dtype == torch.float16 and model.config.num_hidden_layers == 8
+    assert len(AutoProcessor.from_pretrained(str(base)).tokenizer) == model.config.vocab_size
+    card = (base / "README.md").read_text()
+    record = json.loads((base / "build_record.json").read_text())
+    assert record["command"] in card and "wav2vec2-ee demo --build-base" in record["command"]
+    assert record["timing"]["steps"] > 1000 and set(record["wer"]["test"]) == {"2", "4", "6", "8"}
+    # the packaged base is the default preset's: its EE model is this config with exits
+    config = model.config.to_dict()
+    differing = {
+        k: (config.get(k), v)
+        for k, v in presets.BASE_MODEL.items()
+        if k != "exit_layers" and (list(config[k]) if isinstance(v, list) else config.get(k)) != v
+    }
+    assert not differing and "exit_layers" not in config

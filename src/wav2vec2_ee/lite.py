@@ -11,7 +11,8 @@ What :class:`~wav2vec2_ee.inference.Transcriber` does with PyTorch, in numpy: th
 utterance when ``do_normalize``), padded into a batch with its attention mask, and run segment by
 segment (:func:`~wav2vec2_ee.export.runtime.run_onnx_exits`); after each exit a numpy exit policy
 (:class:`FixedExit`, :class:`EntropyThreshold`, :class:`ConfidenceThreshold`, :class:`Patience`, each
-with an optional layer budget; default: the folder's ``policy.json``, else the last exit) decides which
+with an optional layer budget, or a saved :class:`LearnedExit`; default: the folder's ``policy.json``,
+else the last exit) decides which
 utterances stop; those leave the batch and later blocks run on the rest only, and blocks beyond the
 deepest allowed exit never run. Answers are greedy CTC transcripts from ``vocab.json`` (repeats
 collapsed, blank dropped, the word delimiter a space), normalised as the PyTorch engine's are.
@@ -165,6 +166,46 @@ def mean_max_prob(logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return _frame_mean(np.exp(log_softmax(logits).max(-1)), lengths)
 
 
+#: The quantile of ``max_prob_p10`` (as :data:`wav2vec2_ee.inference.learned.LOW_QUANTILE`).
+LOW_QUANTILE = 0.1
+
+
+def low_quantile_max_prob(logits: np.ndarray, lengths: np.ndarray, q: float = LOW_QUANTILE) -> np.ndarray:
+    """``(batch,)`` the ``q`` quantile (``numpy.quantile``) of the valid frames' largest probability."""
+    top = np.exp(log_softmax(logits).max(-1))
+    out = np.zeros(len(top), dtype=np.float32)
+    for row, length in enumerate(np.asarray(lengths).tolist()):
+        if length > 0:
+            out[row] = np.quantile(top[row, : int(length)], q)
+    return out
+
+
+def mean_top_margin(logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``(batch,)`` mean over valid frames of the largest minus the second largest probability."""
+    top2 = -np.partition(-np.exp(log_softmax(logits)), 1, axis=-1)[..., :2]
+    return _frame_mean(top2[..., 0] - top2[..., 1], lengths)
+
+
+def non_blank_share(logits: np.ndarray, lengths: np.ndarray, blank_id: int) -> np.ndarray:
+    """``(batch,)`` share of valid frames whose argmax is not the blank."""
+    return _frame_mean((np.asarray(logits).argmax(-1) != blank_id).astype(np.float32), lengths)
+
+
+def word_agreement(previous: str | None, current: str) -> float:
+    """``1 - d / max(1, len(a), len(b))``, ``d`` the word edit distance of the two transcripts' words (0
+    without a previous transcript), as :func:`wav2vec2_ee.inference.learned.agreement`."""
+    if previous is None:
+        return 0.0
+    a, b = previous.split(), current.split()
+    row = list(range(len(b) + 1))
+    for i, word in enumerate(a, 1):
+        current_row = [i]
+        for j, other in enumerate(b, 1):
+            current_row.append(min(row[j] + 1, current_row[j - 1] + 1, row[j - 1] + (word != other)))
+        row = current_row
+    return 1.0 - row[-1] / max(1, len(a), len(b))
+
+
 class ExitView:
     """One exit's outputs for the utterances still running (statistics computed once, on first use)."""
 
@@ -195,6 +236,25 @@ class ExitView:
         if self.vocabulary is None:
             raise LiteError("transcripts need the folder's vocabulary")
         return self._stat("transcripts", lambda: self.vocabulary.decode(self.logits, self.output_lengths))
+
+    @property
+    def max_prob_p10(self) -> np.ndarray:
+        return self._stat("max_prob_p10", lambda: low_quantile_max_prob(self.logits, self.output_lengths))
+
+    @property
+    def margin(self) -> np.ndarray:
+        return self._stat("margin", lambda: mean_top_margin(self.logits, self.output_lengths))
+
+    @property
+    def non_blank(self) -> np.ndarray:
+        if self.vocabulary is None:
+            raise LiteError("the non_blank statistic needs the folder's vocabulary (the blank id)")
+        pad = self.vocabulary.pad_id
+        return self._stat("non_blank", lambda: non_blank_share(self.logits, self.output_lengths, pad))
+
+    @property
+    def log_frames(self) -> np.ndarray:
+        return self._stat("log_frames", lambda: np.log(np.maximum(self.output_lengths, 1).astype(np.float32)))
 
     def select(self, keep: np.ndarray) -> ExitView:
         """The view of the utterances ``keep`` (indices into this view)."""
@@ -297,6 +357,87 @@ class Patience(ExitPolicy):
         return np.array([all(t[i] == recent[-1][i] for t in recent) for i in range(n)], dtype=bool)
 
 
+def _agreement(history: Sequence[ExitView]) -> np.ndarray:
+    view = history[-1]
+    if len(history) < 2:
+        return np.zeros(len(view), dtype=np.float32)
+    previous = history[-2].transcripts
+    return view._stat(
+        "agreement",
+        lambda: np.array(
+            [word_agreement(p, c) for p, c in zip(previous, view.transcripts)], dtype=np.float32
+        ),
+    )
+
+
+#: How the learned policy's features are read from the exits so far (numpy twins of
+#: :data:`wav2vec2_ee.inference.learned.FEATURES`).
+_FEATURES = {
+    "entropy": lambda h: h[-1].entropy,
+    "max_prob": lambda h: h[-1].max_prob,
+    "max_prob_p10": lambda h: h[-1].max_prob_p10,
+    "margin": lambda h: h[-1].margin,
+    "non_blank": lambda h: h[-1].non_blank,
+    "agreement": _agreement,
+    "exit_index": lambda h: np.full(len(h[-1]), float(h[-1].exit_index), dtype=np.float32),
+    "log_frames": lambda h: h[-1].log_frames,
+}
+
+
+class LearnedExit(ExitPolicy):
+    """Stop when a saved learned model's score of the exit features is at or above ``threshold`` (the
+    numpy twin of :class:`wav2vec2_ee.inference.policies.LearnedExit`; ``model`` is the ``model`` object
+    of a saved policy: ``p = sigmoid(a . w + b)``, ``a = tanh(z @ W + c)`` or ``a = z``,
+    ``z = (x - mean) / std``, in float64)."""
+
+    name = "learned"
+
+    def __init__(self, threshold: float, model: dict):
+        self.threshold = float(threshold)
+        if math.isnan(self.threshold):
+            raise LiteError("the learned threshold must be a number, got nan")
+        if not isinstance(model, dict) or not {"features", "mean", "std", "output"} <= set(model):
+            raise LiteError("policy.json: the learned policy's model needs features, mean, std and output")
+        unknown = [f for f in model["features"] if f not in _FEATURES]
+        if unknown or model.get("low_quantile", LOW_QUANTILE) != LOW_QUANTILE:
+            raise LiteError(f"policy.json: the lite runtime cannot compute the features {unknown or model}")
+        self.features = list(model["features"])
+        self.mean = np.asarray(model["mean"], dtype=np.float64)
+        self.std = np.asarray(model["std"], dtype=np.float64)
+        hidden = model.get("hidden")
+        self.hidden_weight = None if hidden is None else np.asarray(hidden["weight"], dtype=np.float64)
+        self.hidden_bias = None if hidden is None else np.asarray(hidden["bias"], dtype=np.float64)
+        self.weight = np.asarray(model["output"]["weight"], dtype=np.float64)
+        self.bias = float(model["output"].get("bias", 0.0))
+        self.exit_layers = model.get("exit_layers")
+
+    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
+        if self.exit_layers is not None and list(self.exit_layers) != list(exit_layers):
+            raise LiteError(
+                f"the learned policy was fitted for exits at {list(self.exit_layers)}, this model has "
+                f"{list(exit_layers)}"
+            )
+        return len(exit_layers) - 1
+
+    def score(self, history: Sequence[ExitView]) -> np.ndarray:
+        """``(batch,)`` float64 scores of ``history[-1]``'s utterances."""
+
+        def compute() -> np.ndarray:
+            x = np.stack([np.asarray(_FEATURES[f](history), dtype=np.float32) for f in self.features], 1)
+            z = (x.astype(np.float64) - self.mean) / self.std
+            if self.hidden_weight is not None:
+                z = np.tanh(z @ self.hidden_weight + self.hidden_bias)
+            return 1.0 / (1.0 + np.exp(-(z @ self.weight + self.bias)))
+
+        return history[-1]._stat("learned", compute)
+
+    def should_exit(self, history):
+        return self.score(history) >= self.threshold
+
+    def __repr__(self) -> str:
+        return f"LearnedExit(threshold={self.threshold!r}, features={self.features!r})"
+
+
 class LayerBudget(ExitPolicy):
     """``policy`` decides; nothing beyond layer ``max_layer`` (one of the exit layers) is computed."""
 
@@ -319,6 +460,8 @@ class LayerBudget(ExitPolicy):
 _POLICIES = {cls.name: cls for cls in (FixedExit, EntropyThreshold, ConfidenceThreshold, Patience)}
 #: The policies of the lite runtime (numpy twins of :mod:`wav2vec2_ee.inference.policies`, which imports torch).
 POLICY_NAMES = (*_POLICIES, LayerBudget.name)
+#: Policies built from a saved ``policy.json`` only (they hold a fitted model).
+_SAVED_ONLY = {LearnedExit.name: LearnedExit}
 
 
 def build_policy(name: str, value: float | int | None = None, max_layer: int | None = None) -> ExitPolicy:
@@ -328,6 +471,11 @@ def build_policy(name: str, value: float | int | None = None, max_layer: int | N
         if max_layer is None:
             raise LiteError("the budget policy needs max_layer (the deepest layer it may compute)")
         return LayerBudget(FixedExit(), max_layer)
+    if name in _SAVED_ONLY:
+        raise LiteError(
+            f"the {name} policy holds a fitted model: it comes from the folder's policy.json "
+            f"(calibrate --policy {name} --save-policy, then export)"
+        )
     if name not in _POLICIES:
         raise LiteError(
             f"unknown exit policy {name!r} for the lite runtime: choose from {', '.join(POLICY_NAMES)}"
@@ -339,10 +487,18 @@ def build_policy(name: str, value: float | int | None = None, max_layer: int | N
 
 
 def policy_from_json(values: dict) -> ExitPolicy:
-    """A policy from a ``policy.json`` (``{"policy", "value", "max_layer", ...}``, from ``calibrate``)."""
+    """A policy from a ``policy.json`` (``{"policy", "value", "max_layer", ...}`` and, for the learned
+    policy, its ``model``: a saved policy of ``calibrate``)."""
     if not isinstance(values, dict) or "policy" not in values:
         raise LiteError("policy.json: not a calibrated policy (no 'policy' field)")
-    return build_policy(values["policy"], values.get("value"), values.get("max_layer"))
+    fitted = _SAVED_ONLY.get(values["policy"])
+    if fitted is None:
+        return build_policy(values["policy"], values.get("value"), values.get("max_layer"))
+    if values.get("value") is None or "model" not in values:
+        raise LiteError(f"policy.json: the {values['policy']} policy needs its value and model")
+    policy = fitted(values["value"], values["model"])
+    max_layer = values.get("max_layer")
+    return policy if max_layer is None else LayerBudget(policy, max_layer)
 
 
 # --------------------------------------------------------------------------------------------------

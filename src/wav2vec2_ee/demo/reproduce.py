@@ -210,7 +210,7 @@ def _base_row(base: Path, corpus: Path, preset: DemoPreset, out: Path, overwrite
     row = RunResult(
         RunSpec(
             "base_read_through",
-            f"pretrained CTC base, no early-exit training (exits read through its final head): {base}",
+            "pretrained CTC base, no early-exit training (exits read through its final head)",
             {"model": str(base)},
         )
     )

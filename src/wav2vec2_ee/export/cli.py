@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--policy",
         default=None,
-        help="a calibrated exit policy (calibration_<policy>.json of `wav2vec2-ee calibrate`), "
-        "copied in as policy.json",
+        help="a saved exit policy (exit_policy.json or calibration_<policy>.json of `wav2vec2-ee calibrate`), "
+        "copied in as policy.json (default: the checkpoint's exit_policy.json when it has one)",
     )
     parser.add_argument(
         "--no-check",

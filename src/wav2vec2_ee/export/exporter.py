@@ -19,7 +19,6 @@ Batch, sample and frame axes are dynamic; padded batches give every utterance wh
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -113,26 +112,36 @@ def _drop_preprocess_advice(record: logging.LogRecord) -> bool:
 
 
 def read_policy(file: str | os.PathLike, exit_layers: list[int]) -> dict:
-    """A calibrated policy for ``policy.json``: a ``calibration_<policy>.json`` of ``wav2vec2-ee calibrate``
-    (or a ``policy.json``): ``{"policy", "value", "max_layer", ...}``, checked to build."""
-    from ..inference.policies import policy_with_value
+    """A calibrated policy for ``policy.json``: a saved policy of ``wav2vec2-ee calibrate`` (its
+    ``exit_policy.json`` or ``calibration_<policy>.json``, or a ``policy.json``): ``{"policy", "value",
+    "max_layer", ...}`` and, for the learned policy, its ``model``; checked to build for ``exit_layers``."""
+    from ..inference.policies import policy_from_saved, read_saved_policy
 
     file = Path(file)
-    try:
-        values = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
-    if not isinstance(values, dict) or "policy" not in values:
-        raise ValueError(f"{file}: not a calibrated policy (no 'policy' field; see `wav2vec2-ee calibrate`)")
+    values = read_saved_policy(file)
     max_layer = values.get("max_layer")
     if max_layer is not None and int(max_layer) not in exit_layers:
         raise ValueError(f"{file}: max_layer {max_layer} is not an exit layer of the model ({exit_layers})")
+    policy = policy_from_saved(values, str(file))
     try:
-        policy_with_value(values["policy"], values.get("value"), max_layer)
+        policy.deepest_exit(exit_layers)  # a learned model fitted for other exits
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from err
-    keep = ("policy", "parameter", "value", "max_layer", "max_wer_increase", "reference_wer", "dev")
-    return {"source": file.name, **{k: values[k] for k in keep if k in values}}
+    keep = (
+        "format",
+        "version",
+        "policy",
+        "parameter",
+        "value",
+        "max_layer",
+        "max_wer_increase",
+        "reference_wer",
+        "dev",
+        "oracle",
+        "splits",
+        "exit_layers",
+    )
+    return {"source": file.name, **{k: values[k] for k in keep if k in values}, **policy.saved_fields()}
 
 
 @torch.no_grad()
@@ -169,7 +178,8 @@ def export_model(
         processor: the checkpoint's processor (tokenizer + feature extractor); default the bundled one.
         opset: the ONNX opset.
         int8: also write int8 (dynamically quantized) blocks and heads.
-        policy: a calibration file (``calibration_<policy>.json``) to copy in as ``policy.json``.
+        policy: a saved policy (``exit_policy.json`` or ``calibration_<policy>.json`` of ``calibrate``) to
+            copy in as ``policy.json``.
         check: run the exported segments on a padded batch and record the largest difference to PyTorch.
         progress: called with one line per file written.
     """
@@ -305,10 +315,14 @@ def export_checkpoint(
     progress: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Load a checkpoint (plain, not accelerated; :func:`~wav2vec2_ee.modeling.load_model`) with its
-    processor and :func:`export_model` it."""
+    processor and :func:`export_model` it. Without ``policy``, the checkpoint's saved policy
+    (``exit_policy.json`` of ``calibrate --save-policy``) is copied in when it has one."""
+    from ..inference.policies import SAVED_POLICY
     from ..modeling import load_config, load_model
     from ..vocab import build_processor
 
+    if policy is None and (Path(checkpoint) / SAVED_POLICY).is_file():
+        policy = Path(checkpoint) / SAVED_POLICY
     if policy is not None:  # a bad policy file is refused before the weights are read
         read_policy(policy, list(load_config(checkpoint).exit_layers))
     model = load_model(checkpoint)

@@ -59,11 +59,13 @@ class ScoringArguments:
 class TranscribeArguments:
     """Options of ``wav2vec2-ee transcribe`` (the positional checkpoint and audio files come first)."""
 
-    policy: str = field(
-        default="fixed",
+    policy: str | None = field(
+        default=None,
         metadata={
-            "help": f"exit policy: {', '.join(POLICY_NAMES[:-1])} or budget (default fixed: the last exit; "
-            "with --backend onnxruntime, the export's calibrated policy.json when it has one)"
+            "help": f"exit policy: {', '.join(POLICY_NAMES[:-1])} or budget (default: the policy saved in the "
+            "checkpoint folder by `calibrate --save-policy` (exit_policy.json; with --backend onnxruntime, the "
+            "export's policy.json) when it has one, else fixed: the last exit); learned: the saved learned "
+            "model, its saved threshold unless --threshold is given"
         },
     )
     backend: Literal["torch", "onnxruntime"] = field(
@@ -81,7 +83,7 @@ class TranscribeArguments:
         default=None,
         metadata={
             "help": "entropy: stop at mean frame entropy <= this (nats); confidence: mean max-probability >= this; "
-            "posterior: n-best posterior >= this"
+            "posterior: n-best posterior >= this; learned: the learned model's score >= this"
         },
     )
     patience: int | None = field(
@@ -171,9 +173,30 @@ class SweepArguments:
     policies: list[str] = field(
         default_factory=lambda: ["entropy", "confidence", "patience"],
         metadata={
-            "help": "policies to sweep: entropy confidence posterior patience (every fixed exit and the oracle "
-            "are always included)"
+            "help": "policies to sweep: entropy confidence posterior patience learned (every fixed exit and the "
+            "oracle are always included; learned needs a fitted model: --learned-policy, or one fitted on "
+            "--fit-split)"
         },
+    )
+    learned_policy: str | None = field(
+        default=None,
+        metadata={
+            "help": "learned policy: a saved exit_policy.json (`calibrate --policy learned --save-policy`) whose "
+            "fitted model is swept; its calibrated threshold is one of the points (the honest test figure when "
+            "the model and threshold came from dev); default: fit a model on --fit-split"
+        },
+    )
+    fit_split: str = field(
+        default="dev",
+        metadata={
+            "help": "learned policy without --learned-policy: the split of --data (or a manifest) its model is "
+            "fitted on (default dev). Never fit on the split you report: sweeping the test split fits on dev; "
+            "fitting on the swept split itself is allowed only for a dev trade-off and flagged as in-sample"
+        },
+    )
+    learned_hidden: int = field(
+        default=0,
+        metadata={"help": "learned policy fitted here: 0 = logistic regression, N = a tanh MLP with N units"},
     )
     thresholds: list[str] | None = field(
         default=None,
@@ -213,6 +236,7 @@ class SweepArguments:
         self.split, self.splits = _one_split(self.split, self.splits)
         check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
         _check_max_layer_flag(self.max_layer)
+        _check_hidden(self.learned_hidden)
         if self.thresholds:  # out-of-range values fail now, not after the split's exits are computed
             from .sweep import parse_thresholds  # (sweep imports this module)
 
@@ -236,7 +260,11 @@ class CalibrateArguments:
         default=None, metadata={"help": argparse.SUPPRESS}
     )
     policy: str = field(
-        default="entropy", metadata={"help": "entropy, confidence, posterior, patience or fixed"}
+        default="entropy",
+        metadata={
+            "help": "entropy, confidence, posterior, patience, fixed or learned (a model of several exit "
+            "features, fitted on this split, then its threshold chosen here)"
+        },
     )
     max_wer_increase: float = field(
         default=0.05,
@@ -256,6 +284,25 @@ class CalibrateArguments:
     output_dir: str | None = field(
         default=None,
         metadata={"help": "also write <split>_exit_table.jsonl per split and calibration_<policy>.json here"},
+    )
+    save_policy: bool = field(
+        default=False,
+        metadata={
+            "help": "save the calibrated policy (value, dev figures; learned: features, standardisation, "
+            "weights) as exit_policy.json in the checkpoint folder (or --output), where transcribe and "
+            "Transcriber use it when no policy is named and export copies it as policy.json"
+        },
+    )
+    output: str | None = field(
+        default=None,
+        metadata={"help": "--save-policy: write to this .json file, or exit_policy.json in this folder"},
+    )
+    learned_hidden: int = field(
+        default=0,
+        metadata={"help": "learned policy: 0 = logistic regression (default), N = a tanh MLP with N units"},
+    )
+    learned_l2: float = field(
+        default=1e-3, metadata={"help": "learned policy: L2 penalty on the weights (standardised features)"}
     )
     batch_size: int | None = field(
         default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
@@ -277,6 +324,11 @@ class CalibrateArguments:
         if cls is not None and cls.parameter is not None:
             for value in self.thresholds or []:
                 _check_value(cls, "--thresholds", value)
+        _check_hidden(self.learned_hidden)
+        if not self.learned_l2 >= 0:
+            raise ValueError(f"--learned-l2 must be >= 0, got {self.learned_l2}")
+        if self.output is not None and not self.save_policy:
+            raise ValueError("--output is where --save-policy writes: pass --save-policy too")
 
 
 def _one_split(split: str | None, splits: list[str] | None) -> tuple[str | None, list[str] | None]:
@@ -302,6 +354,11 @@ def _check_max_layer_flag(max_layer: int | None) -> None:
         raise ValueError(
             f"--max-layer must be one of the model's exit layers (an integer >= 1), got {max_layer}"
         )
+
+
+def _check_hidden(hidden: int) -> None:
+    if isinstance(hidden, bool) or int(hidden) != hidden or hidden < 0:
+        raise ValueError(f"--learned-hidden must be an integer >= 0 (0: logistic regression), got {hidden}")
 
 
 def _check_value(cls, flag: str, value: float) -> None:

@@ -235,7 +235,9 @@ def saved_policy_path(checkpoint: str | os.PathLike, output: str | os.PathLike |
     return output if output.suffix.lower() == ".json" else output / SAVED_POLICY
 
 
-def _exit_table(em, data, which, posterior, scoring_decoder, batching, progress) -> tuple[str, ExitTable]:
+def split_exit_table(
+    em, data, which, posterior, scoring_decoder, batching, progress
+) -> tuple[str, ExitTable]:
     """The exit table of split ``which`` of ``data`` (or of ``which`` as its own manifest file)."""
     if which is not None and Path(which).is_file():  # a split given as its own manifest file
         name, prepared = load_prepared_split(em, which, None, progress)
@@ -293,7 +295,7 @@ def run_calibration(
     )
 
     def table_of(which: str | None) -> tuple[str, ExitTable]:
-        return _exit_table(em, data, which, posterior, scoring_decoder, batching, progress)
+        return split_exit_table(em, data, which, posterior, scoring_decoder, batching, progress)
 
     split, test_split, output_dir = args.split, args.test_split, args.output_dir
     dev_name, dev = table_of(split)

@@ -29,7 +29,16 @@ from .arguments import (
     TranscribeArguments,
     posterior_spec,
 )
-from .policies import POLICIES, POLICY_NAMES, ExitPolicy, FixedExit, check_max_layer, policy_with_value
+from .policies import (
+    POLICIES,
+    POLICY_NAMES,
+    ExitPolicy,
+    FixedExit,
+    LayerBudget,
+    check_max_layer,
+    policy_from_saved,
+    policy_with_value,
+)
 
 # --------------------------------------------------------------------------------------------------
 # shared pieces
@@ -80,25 +89,45 @@ _VALUE_FLAGS = {"threshold": "--threshold", "patience": "--patience", "layer": "
 
 
 def policy_from_flags(
-    policy: str,
+    policy: str | None,
     threshold: float | None = None,
     patience: int | None = None,
     layer: int | None = None,
     max_layer: int | None = None,
+    saved: dict | None = None,
 ) -> ExitPolicy:
-    """The policy named by ``--policy`` and its value flag (``--threshold``, ``--patience``, ``--layer``)."""
+    """The policy named by ``--policy`` and its value flag (``--threshold``, ``--patience``, ``--layer``).
+
+    ``saved``: the checkpoint's saved policy (its JSON object, :func:`~.transcriber.saved_policy_values`):
+    without ``--policy``, that policy (under ``--max-layer`` when given), else the last exit; a fitted
+    policy named by ``--policy`` (learned) takes its fitted model from it, and its value unless given."""
+    given = {"threshold": threshold, "patience": patience, "layer": layer}
+    if policy is None:
+        stray = [_VALUE_FLAGS[k] for k, v in given.items() if v is not None]
+        if stray:
+            raise ValueError(f"{' '.join(stray)} needs --policy (the policy it is the value of)")
+        base = policy_from_saved(saved, "the saved exit policy") if saved is not None else FixedExit()
+        return base if max_layer is None else LayerBudget(base, max_layer)
     if policy not in POLICY_NAMES:
         raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICY_NAMES)}")
     cls = POLICIES.get(policy)
     if cls is not None and cls.needs_references:
         raise ValueError(f"--policy {policy} needs the reference transcripts: it exists only in `sweep`")
-    given = {"threshold": threshold, "patience": patience, "layer": layer}
     wanted = cls.parameter if cls is not None else None
     stray = [_VALUE_FLAGS[k] for k, v in given.items() if v is not None and k != wanted]
     if stray:
         needs = f"takes {_VALUE_FLAGS[wanted]}" if wanted else "takes only --max-layer"
         raise ValueError(f"--policy {policy} {needs}, not {' '.join(stray)}")
     value = given.get(wanted) if wanted else None
+    fitted: dict = {}
+    if cls is not None and cls.fitted_arguments:
+        if saved is None or saved.get("policy") != policy:
+            raise ValueError(
+                f"--policy {policy} needs its fitted model: the checkpoint has no saved {policy} policy "
+                f"(fit and save one: wav2vec2-ee calibrate CHECKPOINT --policy {policy} --save-policy)"
+            )
+        fitted = cls.fitted_from_saved(saved)
+        value = saved.get("value") if value is None else value
     if wanted and cls.parameter_required and value is None:
         example = f"{_VALUE_FLAGS[wanted]} {cls.example_value}"
         raise ValueError(f"--policy {policy} needs {_VALUE_FLAGS[wanted]} (e.g. {example})")
@@ -107,7 +136,7 @@ def policy_from_flags(
             cls.check_value(value)
         except ValueError as err:  # the range, with the flag that gave the value
             raise ValueError(f"{_VALUE_FLAGS[wanted]} {value}: {err}") from None
-    return policy_with_value(policy, value, max_layer)
+    return policy_with_value(policy, value, max_layer, **fitted)
 
 
 def _transcribe_parser() -> HfArgumentParser:
@@ -156,11 +185,14 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         log = TranscriptionLog(args.output)
     import torch
 
-    from .transcriber import Transcriber
+    from .transcriber import Transcriber, saved_policy_values
 
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
-    policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer)
+    cls = POLICIES.get(args.policy) if args.policy is not None else None
+    wants_saved = args.policy is None or (cls is not None and bool(cls.fitted_arguments))
+    saved = saved_policy_values(positional.checkpoint) if wants_saved else None
+    policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer, saved)
     common = dict(
         batch_size=args.batch_size,
         max_batch_seconds=args.max_batch_seconds,
@@ -169,19 +201,15 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         stride_seconds=args.stride_seconds,
     )
     if args.backend == "onnxruntime":
-        default_policy = type(policy) is FixedExit and policy.layer is None  # no policy named: the saved one
-        transcriber = Transcriber.from_export(
-            positional.checkpoint, None if default_policy else policy, args.precision, **common
-        )
+        transcriber = Transcriber.from_export(positional.checkpoint, policy, args.precision, **common)
     else:
         transcriber = Transcriber.from_pretrained(
             positional.checkpoint, policy, device=device.device, dtype=device.dtype, **common
         )
-    if POLICIES.get(args.policy) is not None and POLICIES[args.policy].needs_lexicon:
+    name = policy.describe()["policy"]  # the named or the saved policy
+    if POLICIES.get(name) is not None and POLICIES[name].needs_lexicon:
         if not lex.lexicon:
-            raise ValueError(
-                f"--policy {args.policy} needs --lexicon FILE (the words the beam search may output)"
-            )
+            raise ValueError(f"--policy {name} needs --lexicon FILE (the words the beam search may output)")
         spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
         transcriber.decoders.lexicon_decoder = spec.build()
     if log is None:

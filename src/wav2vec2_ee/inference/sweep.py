@@ -12,6 +12,11 @@ How each number is obtained:
   run (:mod:`.timing`). The timed run's own WER and mean layers are stored beside the simulated ones
   (``engine_wer``, ``engine_mean_layers``) as a check. The oracle is timed by scheduling each
   utterance's oracle exit (:class:`~.policies.ScheduledExit`): what a rule that guessed right would cost.
+* The learned policy (``--policies learned``) needs a fitted model: ``--learned-policy exit_policy.json``
+  (fitted and thresholded on dev by ``calibrate --policy learned --save-policy``; its calibrated threshold
+  is added to the grid: on the test split, that point is the honest figure) or one fitted here on
+  ``--fit-split`` (default dev; never the test split: fitting on the swept split itself is flagged
+  ``in_sample`` in ``<split>_sweep.json``). Its grid is spread over its scores on the swept split.
 
 Files written to ``output_dir`` (atomically; ``<split>`` is the split's name):
 
@@ -43,8 +48,9 @@ from .arguments import (
     posterior_spec,
     scoring_spec,
 )
+from .calibrate import split_exit_table
 from .plots import plot_tradeoff
-from .policies import POLICIES, Decoders, FixedExit, ScheduledExit, policy_with_value
+from .policies import POLICIES, Decoders, FixedExit, ScheduledExit, policy_with_value, read_saved_policy
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -99,8 +105,14 @@ def sweep_points(
     thresholds: Mapping[str, Sequence[float]] | None = None,
     num_thresholds: int | None = 12,
     max_layer: int | None = None,
+    fitted: Mapping[str, Mapping] | None = None,
+    also: Mapping[str, Sequence[float]] | None = None,
 ) -> list[tuple[OperatingPoint, torch.Tensor]]:
     """Every fixed exit, the oracle, and each policy over its grid, simulated on ``table``.
+
+    Args:
+        fitted: per fitted policy (the learned one), its fitted arguments (``{"model": ...}``).
+        also: per policy, values added to its grid (a calibrated threshold).
 
     Returns:
         ``(point, exits)`` pairs, ``exits`` ``(n,)`` the 0-based exit per utterance.
@@ -109,10 +121,14 @@ def sweep_points(
     names = [*always, *[p for p in dict.fromkeys(policies) if p not in always]]
     out = []
     for name in names:
+        arguments = dict((fitted or {}).get(name) or {})
+        if POLICIES[name].fitted_arguments and not arguments:
+            raise ValueError(f"the {name} policy needs a fitted model (--learned-policy, or --fit-split)")
         given = (thresholds or {}).get(name)
-        values = list(given) if given else threshold_grid(table, name, num_thresholds, max_layer)
+        values = list(given) if given else threshold_grid(table, name, num_thresholds, max_layer, arguments)
+        values += [v for v in (also or {}).get(name, []) if v not in values]
         for value in values:
-            out.append(evaluate_policy(table, policy_with_value(name, value, max_layer)))
+            out.append(evaluate_policy(table, policy_with_value(name, value, max_layer, **arguments)))
     runnable = [x for x in out if not POLICIES[x[0].policy].needs_references]  # the oracle is a bound
     flags = pareto_front(*zip(*[(p.mean_layers_computed, p.wer) for p, _ in runnable]))
     for (point, _), flag in zip(runnable, flags):
@@ -233,6 +249,7 @@ def run_sweep(
         resolved = posterior_spec(lexicon, source).resolve(args.data, em.tokenizer)
         decoders.lexicon_decoder = resolved.build(name, [u.text for u in prepared])
     score = scoring_spec(lexicon, source, scoring)
+    scoring_decoder = score.resolve(args.data, em.tokenizer).build() if score is not None else None
     table = compute_exit_table(
         em,
         prepared,
@@ -240,9 +257,10 @@ def run_sweep(
         *batching,
         args.progress,
         desc=f"exits {name}",
-        scoring_decoder=score.resolve(args.data, em.tokenizer).build() if score is not None else None,
+        scoring_decoder=scoring_decoder,
     )
-    results = sweep_points(table, policies, overrides, args.num_thresholds, args.max_layer)
+    fitted, also, fits = fitted_policies(em, args, name, table, scoring_decoder, batching, policies)
+    results = sweep_points(table, policies, overrides, args.num_thresholds, args.max_layer, fitted, also)
 
     seconds: dict[str, float] = {}
     if args.timing != "none":
@@ -252,12 +270,68 @@ def run_sweep(
             if args.timing == "all" or p.pareto_layers or POLICIES[p.policy].always_swept
         ]
         seconds = time_points(em, table, prepared, chosen, decoders, args.repeats, *batching)
-    return _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, batching[0])
+    summary = _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, fits)
+    return summary
 
 
-def _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, batch_size) -> dict:
+def fitted_policies(
+    em, args: SweepArguments, name: str, table: ExitTable, scoring_decoder, batching, policies: Sequence[str]
+) -> tuple[dict[str, dict], dict[str, list[float]], dict[str, dict]]:
+    """``(fitted, also, info)`` for the fitted policies among ``policies`` (the learned one): their
+    fitted arguments, read from ``--learned-policy`` (its calibrated value added to the grid, ``also``)
+    or fitted on ``--fit-split`` (whose exit table is computed here unless it is the swept split
+    ``name``, then flagged in-sample), and what ``<split>_sweep.json`` says about each (``info``)."""
+    fitted: dict[str, dict] = {}
+    also: dict[str, list[float]] = {}
+    info: dict[str, dict] = {}
+    for policy in policies:
+        cls = POLICIES[policy]
+        if not cls.fitted_arguments:
+            continue
+        if args.learned_policy is not None:
+            values = read_saved_policy(args.learned_policy)
+            if values["policy"] != policy:
+                raise ValueError(
+                    f"--learned-policy {args.learned_policy}: a {values['policy']} policy, not {policy}"
+                )
+            fitted[policy] = cls.fitted_from_saved(values)
+            if values.get("value") is not None:
+                also[policy] = [float(values["value"])]
+            fit_split = (values.get("splits") or {}).get("dev")
+            info[policy] = {
+                "source": str(Path(args.learned_policy).resolve()),
+                "fit_split": fit_split,
+                "calibrated_value": values.get("value"),
+                "in_sample": fit_split == name,
+            }
+        else:
+            if args.fit_split in (args.split, name):
+                fit_name, fit_table = name, table
+            else:
+                fit_name, fit_table = split_exit_table(
+                    em, args.data, args.fit_split, None, scoring_decoder, batching, args.progress
+                )
+            settings = {"hidden": args.learned_hidden, "split": fit_name}
+            fitted[policy] = cls.fit(fit_table, args.max_layer, **settings)
+            info[policy] = {
+                "source": f"fitted on {fit_name}",
+                "fit_split": fit_name,
+                "in_sample": fit_name == name,
+            }
+        if info[policy]["in_sample"]:
+            logger.warning(
+                "the %s policy was fitted on %s, the split swept: its points are in-sample (fit on dev, "
+                "sweep the test split for honest figures)",
+                policy,
+                name,
+            )
+    return fitted, also, info
+
+
+def _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, fits) -> dict:
     """Write the sweep's files (CSV, decisions, exit table, plot, then the JSON) and print the table.
     (Ten parameters: the results of :func:`run_sweep`'s steps, handed over as they are.)"""
+    batch_size = default_batching(em.device, args.batch_size, args.max_batch_seconds, cpu=(16, 320.0))[0]
     points = [p for p, _ in results]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -293,6 +367,7 @@ def _write_sweep(checkpoint, output_dir, args, device, em, name, table, results,
             "decoding); wall_relative_engine = seconds / the engine at full depth",
         },
         "simulation": "WER and layers replayed on every exit's outputs (exit_table.jsonl)",
+        "fitted_policies": fits,
         "points": [p.to_dict() for p in points],
         "oracle_curve": [{"mean_layers": d, "wer": w} for d, w in curve],
         "files": files,

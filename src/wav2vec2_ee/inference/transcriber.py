@@ -7,6 +7,7 @@
 >>> [r.exit_layer for r in t.transcribe(["a.wav", "b.flac"])]   # a list -> a list, in input order
 >>> t.transcribe("recordings/")                      # a folder (walked) or a manifest -> a list
 >>> for batch in t.transcribe_batches(["recordings/", "list.jsonl"]): ...   # results as they finish
+>>> Transcriber.from_pretrained("runs/ee")   # no policy: the saved exit_policy.json, else the last exit
 
 Inputs: paths of audio files, folders (walked, recursively, for files with an audio extension that
 soundfile reads, :data:`AUDIO_EXTENSIONS`, case-insensitive; sorted), JSONL/CSV manifests (the
@@ -62,7 +63,7 @@ from ..evaluation.model import min_duration_for_ctc
 from ..modeling import Wav2Vec2EEForCTC, load_model
 from ..vocab import build_processor, normalize_transcript
 from .engine import run_early_exit
-from .policies import Decoders, ExitPolicy, FixedExit, policy_with_value
+from .policies import SAVED_POLICY, Decoders, ExitPolicy, FixedExit, policy_from_saved, read_saved_policy
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +141,31 @@ class Transcription:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def saved_policy_values(folder: str | os.PathLike) -> dict | None:
+    """The policy saved with a checkpoint folder (``exit_policy.json``, ``calibrate --save-policy``) or an
+    exported folder (the ``policy.json`` its ``export.json`` names), as its JSON object; ``None``: none."""
+    folder = Path(folder)
+    if (folder / SAVED_POLICY).is_file():
+        return read_saved_policy(folder / SAVED_POLICY)
+    if (folder / "export.json").is_file():
+        from ..export.runtime import read_manifest
+
+        name = read_manifest(folder).get("policy")
+        if name:
+            return read_saved_policy(folder / name)
+    return None
+
+
+def saved_policy(folder: str | os.PathLike) -> ExitPolicy | None:
+    """The policy saved with a checkpoint or an exported folder (:func:`saved_policy_values`), or ``None``."""
+    values = saved_policy_values(folder)
+    if values is None:
+        return None
+    policy = policy_from_saved(values, f"{folder}: saved policy")
+    logger.info("%s: using the saved exit policy %r", folder, policy)
+    return policy
 
 
 def find_audio_files(folder: str | os.PathLike) -> list[str]:
@@ -260,7 +286,7 @@ class Transcriber:
         """A transcriber for a folder written by ``wav2vec2-ee export``: the same engine and policies,
         each exported segment run by ONNX Runtime (``precision``: ``"float"`` or ``"int8"`` where the
         export has it; default the best there). Without ``policy``, the folder's ``policy.json`` if it
-        has one, else the last exit."""
+        has one (any saved policy, the learned one included), else the last exit."""
         from ..export.source import OnnxExitSource
 
         if not Path(folder).is_dir():
@@ -269,7 +295,7 @@ class Transcriber:
         if policy is None:
             saved = source.segments.policy()
             if saved is not None and saved.get("policy") is not None:
-                policy = policy_with_value(saved["policy"], saved.get("value"), saved.get("max_layer"))
+                policy = policy_from_saved(saved, f"{folder}: policy.json")
         return cls(source, policy, build_processor(folder), **kwargs)
 
     @classmethod
@@ -281,9 +307,13 @@ class Transcriber:
         **kwargs,
     ) -> Transcriber:
         """A transcriber for a checkpoint folder (its own vocabulary when it has one), on ``device``
-        (default ``cuda`` when available, else ``cpu``, :func:`~wav2vec2_ee.device.resolve_device`)."""
+        (default ``cuda`` when available, else ``cpu``, :func:`~wav2vec2_ee.device.resolve_device`).
+        Without ``policy``, the folder's saved policy (``exit_policy.json``, written by ``calibrate
+        --save-policy``) if it has one, else the last exit."""
         if not Path(checkpoint).is_dir():
             raise FileNotFoundError(f"{checkpoint}: no such checkpoint folder")
+        if policy is None:
+            policy = saved_policy(checkpoint)
         model = prepare_for_inference(load_model(str(checkpoint)), device)
         return cls(model, policy, build_processor(checkpoint), **kwargs)
 
