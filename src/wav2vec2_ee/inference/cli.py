@@ -7,6 +7,13 @@ Examples::
         --policies entropy confidence patience posterior
     wav2vec2-ee calibrate runs/ee --data corpus --split dev --policy entropy --max-wer-increase 0.05 \\
         --test-split test
+
+The learned policy, fitted and thresholded on dev, reported on test only::
+
+    wav2vec2-ee calibrate runs/ee --data corpus --split dev --policy learned --save-policy  # runs/ee/exit_policy.json
+    wav2vec2-ee sweep runs/ee runs/ee/sweep-test --data corpus --split test \\
+        --policies entropy confidence patience learned --learned-policy runs/ee/exit_policy.json
+    wav2vec2-ee transcribe runs/ee a.wav          # no --policy: the saved exit_policy.json
 """
 
 from __future__ import annotations

@@ -939,7 +939,7 @@ def policy_from_saved(values: Mapping, source: str = "saved policy") -> ExitPoli
     fitted arguments (:meth:`ExitPolicy.fitted_from_saved`); a ``ValueError`` naming ``source``."""
     if not isinstance(values, Mapping) or "policy" not in values:
         raise ValueError(
-            f"{source}: not a saved exit policy (no 'policy' field; see `wav2vec2-ee calibrate --save-policy`)"
+            f"{source}: not a calibrated policy (no 'policy' field; see `wav2vec2-ee calibrate --save-policy`)"
         )
     name = values["policy"]
     cls = POLICIES.get(name)
@@ -958,7 +958,7 @@ def read_saved_policy(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(values, dict) or "policy" not in values:
-        raise ValueError(f"{path}: not a saved exit policy (no 'policy' field; see `wav2vec2-ee calibrate`)")
+        raise ValueError(f"{path}: not a calibrated policy (no 'policy' field; see `wav2vec2-ee calibrate`)")
     return values
 
 

@@ -318,6 +318,7 @@ def fitted_policies(
                 "fit_split": fit_name,
                 "in_sample": fit_name == name,
             }
+        info[policy]["fit"] = {k: getattr(v, "fit", None) for k, v in fitted[policy].items()}
         if info[policy]["in_sample"]:
             logger.warning(
                 "the %s policy was fitted on %s, the split swept: its points are in-sample (fit on dev, "
