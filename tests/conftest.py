@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from wav2vec2_ee.configuration import Wav2Vec2EEConfig
+from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+from wav2vec2_ee.vocab import build_tokenizer
 
 
 def tiny_config(**overrides) -> Wav2Vec2EEConfig:
@@ -43,3 +45,30 @@ def config() -> Wav2Vec2EEConfig:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models gain nothing from threads, and OpenMP threads on a busy machine cost seconds."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """The bundled 32-symbol character tokenizer."""
+    return build_tokenizer()
+
+
+def sharpened_model(**overrides) -> Wav2Vec2EEForCTC:
+    """A tiny random model (:func:`tiny_config` with ``overrides``) whose exit heads are sharpened, so
+    exits differ in entropy and transcript."""
+    torch.manual_seed(0)
+    model = Wav2Vec2EEForCTC(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for k in range(model.config.num_exits):
+            model.head(k).weight.mul_(40.0)
+    return model

@@ -108,11 +108,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
-
-
 def spelled_logits(text: str, tokenizer, frames: int | None = None, peak: float = 20.0) -> torch.Tensor:
     """``(frames, vocab)`` logits whose best path spells ``text`` (each character then a blank)."""
     vocab = tokenizer.get_vocab()

@@ -26,25 +26,14 @@ from wav2vec2_ee.inference.policies import (
     ScheduledExit,
 )
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
-from wav2vec2_ee.vocab import build_tokenizer
 
-from conftest import tiny_config
+from conftest import sharpened_model
 
 LAYOUTS = {
     "group-postln": dict(feat_extract_norm="group", do_stable_layer_norm=False),
     "layer-preln": dict(feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True),
 }
 LENGTHS = [4000, 3300, 2600, 1500, 900]
-
-
-def sharpened_model(**overrides) -> Wav2Vec2EEForCTC:
-    """A tiny random model whose exit heads are sharpened, so exits differ in entropy and transcript."""
-    torch.manual_seed(0)
-    model = Wav2Vec2EEForCTC(tiny_config(**overrides)).eval()
-    with torch.no_grad():
-        for k in range(model.config.num_exits):
-            model.head(k).weight.mul_(40.0)
-    return model
 
 
 def padded_batch(lengths=LENGTHS, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,11 +50,6 @@ def separating_threshold(values: torch.Tensor, gap: float = 1e-3) -> float:
     cuts = [(a + b) / 2 for a, b in zip(u, u[1:]) if b - a > 2 * gap]
     assert cuts, f"no separating threshold among {u}"
     return cuts[len(cuts) // 2]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module", params=list(LAYOUTS))

@@ -50,10 +50,11 @@ from wav2vec2_ee.inference.sweep import parse_thresholds
 from wav2vec2_ee.inference.table import load_prepared_split, pareto_front
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
-from wav2vec2_ee.vocab import build_tokenizer
 
 from conftest import tiny_config
 from helpers_audio import good_items, write_librispeech
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only cost
 
 LAYER_NORM = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}
 
@@ -76,20 +77,6 @@ def _padded_batch(batch: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     for b, n in enumerate(lengths):
         mask[b, :n] = 1
     return x * mask, mask
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and OpenMP threads on a busy machine cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 # --------------------------------------------------------------------------------------------------

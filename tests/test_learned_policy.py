@@ -49,26 +49,14 @@ from wav2vec2_ee.inference.learned import exit_labels
 from wav2vec2_ee.inference.policies import learned_features
 from wav2vec2_ee.inference.table import load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
-from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from wav2vec2_ee.vocab import build_processor, build_tokenizer
 
-from conftest import tiny_config
+from conftest import sharpened_model
 from helpers_audio import good_items, write_librispeech
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only cost
+
 LAYER_NORM = {"feat_extract_norm": "layer", "do_stable_layer_norm": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -77,16 +65,6 @@ def vocab_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("vocab")
     build_processor(None).save_pretrained(str(folder))
     return folder
-
-
-def sharpened_model(**overrides) -> Wav2Vec2EEForCTC:
-    """A tiny random model whose exit heads are sharpened, so exits differ in entropy and transcript."""
-    torch.manual_seed(0)
-    model = Wav2Vec2EEForCTC(tiny_config(**overrides)).eval()
-    with torch.no_grad():
-        for k in range(model.config.num_exits):
-            model.head(k).weight.mul_(40.0)
-    return model
 
 
 def separating_threshold(values: torch.Tensor, gap: float) -> float:

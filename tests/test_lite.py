@@ -17,23 +17,12 @@ from wav2vec2_ee import lite
 from wav2vec2_ee.export.exporter import export_model
 from wav2vec2_ee.inference import policies as torch_policies
 from wav2vec2_ee.inference.engine import run_early_exit
-from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from wav2vec2_ee.vocab import build_processor
 
-from conftest import tiny_config
+from conftest import sharpened_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = [0.25, 0.19, 0.14, 0.09, 0.06]
-
-
-def sharpened_model() -> Wav2Vec2EEForCTC:
-    """A tiny random model whose exit heads are sharpened, so exits differ in entropy and transcript."""
-    torch.manual_seed(0)
-    model = Wav2Vec2EEForCTC(tiny_config()).eval()
-    with torch.no_grad():
-        for k in range(model.config.num_exits):
-            model.head(k).weight.mul_(40.0)
-    return model
 
 
 def separating_threshold(values: torch.Tensor, gap: float = 1e-3) -> float:

@@ -43,13 +43,7 @@ from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from conftest import tiny_config
 from helpers_audio import good_items, write_good, write_librispeech, write_nan_wav, write_not_audio
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only cost
 
 
 @pytest.fixture(autouse=True)

@@ -25,15 +25,9 @@ from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from conftest import tiny_config
 from helpers_audio import write_good, write_not_audio
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only cost
+
 SR = 16_000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
