@@ -158,18 +158,53 @@ class TranscribeArguments:
 
 
 @dataclass
-class SweepArguments:
-    """Options of ``wav2vec2-ee sweep`` (the positional checkpoint and output folder come first)."""
+class ExitTableArguments:
+    """What ``sweep`` and ``calibrate`` share: the one split whose exit table they compute, the layer
+    budget, the learned policy's fit and the batching."""
 
     data: str = field(
         metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
     )
     splits: list[str] | None = field(
-        default=None, metadata={"help": "the split to sweep on (one; e.g. dev; a manifest is one)"}
+        default=None,
+        metadata={
+            "help": "the one split to run on (e.g. dev: calibrate on it, or sweep it; a manifest is one)"
+        },
     )
     split: str | None = field(  # the Python keyword of --splits' one split (the CLI spells it --splits)
         default=None, metadata={"help": argparse.SUPPRESS}
     )
+    max_layer: int | None = field(
+        default=None, metadata={"help": "layer budget applied to every policy: never beyond this layer"}
+    )
+    learned_hidden: int = field(
+        default=0,
+        metadata={
+            "help": "learned policy fitted here: 0 = logistic regression (default), N = a tanh MLP of N units"
+        },
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
+    )
+    max_batch_seconds: float | None = field(
+        default=None,
+        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
+    )
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
+    )
+
+    def __post_init__(self) -> None:
+        self.split, self.splits = _one_split(self.split, self.splits)
+        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
+        _check_max_layer_flag(self.max_layer)
+        _check_hidden(self.learned_hidden)
+
+
+@dataclass
+class SweepArguments(ExitTableArguments):
+    """Options of ``wav2vec2-ee sweep`` (the positional checkpoint and output folder come first)."""
+
     policies: list[str] = field(
         default_factory=lambda: ["entropy", "confidence", "patience"],
         metadata={
@@ -194,10 +229,6 @@ class SweepArguments:
             "fitting on the swept split itself is allowed only for a dev trade-off and flagged as in-sample"
         },
     )
-    learned_hidden: int = field(
-        default=0,
-        metadata={"help": "learned policy fitted here: 0 = logistic regression, N = a tanh MLP with N units"},
-    )
     thresholds: list[str] | None = field(
         default=None,
         metadata={
@@ -208,9 +239,6 @@ class SweepArguments:
     num_thresholds: int = field(
         default=12, metadata={"help": "grid size per threshold policy (quantile-spaced)"}
     )
-    max_layer: int | None = field(
-        default=None, metadata={"help": "layer budget applied to every policy: never beyond this layer"}
-    )
     timing: Literal["all", "pareto", "none"] = field(
         default="all",
         metadata={
@@ -219,24 +247,11 @@ class SweepArguments:
         },
     )
     repeats: int = field(default=1, metadata={"help": "timed rounds per point (the fastest counts)"})
-    batch_size: int | None = field(
-        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
-    )
-    max_batch_seconds: float | None = field(
-        default=None,
-        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
-    )
-    num_threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
-    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     plot: bool = field(default=True, metadata={"help": "write <split>_sweep.png"})
 
     def __post_init__(self) -> None:
-        self.split, self.splits = _one_split(self.split, self.splits)
-        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
-        _check_max_layer_flag(self.max_layer)
-        _check_hidden(self.learned_hidden)
+        super().__post_init__()
         if self.thresholds:  # out-of-range values fail now, not after the split's exits are computed
             from .sweep import parse_thresholds  # (sweep imports this module)
 
@@ -247,18 +262,9 @@ class SweepArguments:
 
 
 @dataclass
-class CalibrateArguments:
+class CalibrateArguments(ExitTableArguments):
     """Options of ``wav2vec2-ee calibrate`` (the positional checkpoint comes first)."""
 
-    data: str = field(
-        metadata={"help": "LibriSpeech-layout folder, JSONL/CSV manifest, or Hugging Face dataset folder"}
-    )
-    splits: list[str] | None = field(
-        default=None, metadata={"help": "the development split to calibrate on (one; e.g. dev)"}
-    )
-    split: str | None = field(  # the Python keyword of --splits' one split (the CLI spells it --splits)
-        default=None, metadata={"help": argparse.SUPPRESS}
-    )
     policy: str = field(
         default="entropy",
         metadata={
@@ -279,7 +285,6 @@ class CalibrateArguments:
     thresholds: list[float] | None = field(
         default=None, metadata={"help": "candidate values (default: every distinct decision on the split)"}
     )
-    max_layer: int | None = field(default=None, metadata={"help": "layer budget: never beyond this layer"})
     json: bool = field(default=False, metadata={"help": "print one JSON object instead of lines"})
     output_dir: str | None = field(
         default=None,
@@ -297,34 +302,17 @@ class CalibrateArguments:
         default=None,
         metadata={"help": "--save-policy: write to this .json file, or exit_policy.json in this folder"},
     )
-    learned_hidden: int = field(
-        default=0,
-        metadata={"help": "learned policy: 0 = logistic regression (default), N = a tanh MLP with N units"},
-    )
     learned_l2: float = field(
         default=1e-3, metadata={"help": "learned policy: L2 penalty on the weights (standardised features)"}
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU)"}
-    )
-    max_batch_seconds: float | None = field(
-        default=None,
-        metadata={"help": "seconds of padded audio per batch (default: 320 on CPU, 1200 on GPU)"},
-    )
-    num_threads: int | None = field(
-        default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
     )
     progress: bool = field(default=False, metadata={"help": "show progress bars (on stderr)"})
 
     def __post_init__(self) -> None:
-        self.split, self.splits = _one_split(self.split, self.splits)
-        check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
-        _check_max_layer_flag(self.max_layer)
+        super().__post_init__()
         cls = POLICIES.get(self.policy)
         if cls is not None and cls.parameter is not None:
             for value in self.thresholds or []:
                 _check_value(cls, "--thresholds", value)
-        _check_hidden(self.learned_hidden)
         if not self.learned_l2 >= 0:
             raise ValueError(f"--learned-l2 must be >= 0, got {self.learned_l2}")
         if self.output is not None and not self.save_policy:
