@@ -35,7 +35,7 @@ import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -735,13 +735,29 @@ def _load_absent_exit_heads(model: Wav2Vec2EEForCTC, load_config, loading_info) 
     folder = _local_folder(source)
     if folder is not None and _declares_exit_heads(folder):
         return
-    for name in heads:
-        value = model.lm_head.get_parameter(name.rsplit(".", 1)[1]).detach().clone()
-        set_param_for_module(model, name, value, loading_info, load_config.hf_quantizer)
+    _heads_from_lm_head(
+        model,
+        heads,
+        source,
+        lambda name, value: set_param_for_module(model, name, value, loading_info, load_config.hf_quantizer),
+    )
+
+
+def _heads_from_lm_head(
+    model: Wav2Vec2EEForCTC,
+    names: Iterable[str],
+    source: str | os.PathLike,
+    assign: Callable[[str, torch.Tensor], None],
+) -> None:
+    """The plain-CTC conversion, in one place: every exit-head tensor of ``names`` (``exit_heads.{k}.weight``
+    / ``.bias``) gets a copy of ``lm_head``'s, through ``assign(name, value)``; one INFO line."""
+    names = sorted(names)
+    for name in names:
+        assign(name, model.lm_head.get_parameter(name.rsplit(".", 1)[1]).detach().clone())
     logger.info(
         "%s: a plain CTC checkpoint: the exit heads start from its lm_head (%s)",
         source,
-        _some(sorted({k.rsplit(".", 1)[0] for k in heads})),
+        _some(sorted({k.rsplit(".", 1)[0] for k in names})),
     )
 
 
@@ -919,14 +935,10 @@ def _check_loading(
         convert = convert and absent_heads == head_keys and not declares_exit_heads
     if convert:
         with torch.no_grad():
-            for key in absent_heads:
-                model.get_parameter(key).copy_(model.lm_head.get_parameter(key.rsplit(".", 1)[1]))
+            _heads_from_lm_head(
+                model, absent_heads, source, lambda name, value: model.get_parameter(name).copy_(value)
+            )
         missing -= absent_heads
-        logger.info(
-            "%s: a plain CTC checkpoint: the exit heads start from its lm_head (%s)",
-            source,
-            _some(sorted({k.rsplit(".", 1)[0] for k in absent_heads})),
-        )
 
     if allow_random_init:
         fresh = missing | mismatched.keys()
