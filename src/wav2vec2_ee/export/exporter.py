@@ -161,6 +161,51 @@ def check_against_torch(model: Wav2Vec2EEForCTC, folder: Path, precision: str) -
     return worst
 
 
+def _write_segment(
+    module, args: tuple, folder: Path, name: str, io_names: tuple, axes: dict, opset: int
+) -> dict:
+    """Export ``module`` called on ``args`` as ``folder/name``; ``io_names``: ``(inputs, outputs)``;
+    ``axes``: the dynamic axes of each input and output name. Returns its manifest entry."""
+    inputs, outputs = io_names
+    _export(module, args, folder / name, inputs, outputs, axes, opset)
+    return {"file": name, "inputs": list(inputs), "outputs": list(outputs)}
+
+
+def _write_segments(model: Wav2Vec2EEForCTC, folder: Path, opset: int, say: Callable[[str], None]) -> dict:
+    """The input stage, one block per exit and one head per exit, exported with dynamic batch and time
+    axes, each traced on the outputs of the one before (a padded example batch). Returns the manifest's
+    ``input_stage``, ``blocks`` and ``heads`` entries."""
+    input_stage, blocks, heads = build_segments(model)
+    values, mask = example_batch(model)
+    hidden = {0: "batch", 1: "frames"}
+    states = ("hidden_states", "frame_mask")
+    parts: dict = {"blocks": [], "heads": []}
+    with torch.no_grad():
+        parts["input_stage"] = _write_segment(
+            input_stage, (values, mask), folder, "input_stage.onnx", (("input_values", "attention_mask"), states),
+            {"input_values": {0: "batch", 1: "samples"}, "attention_mask": {0: "batch", 1: "samples"},
+             "hidden_states": hidden, "frame_mask": hidden}, opset,
+        )  # fmt: skip
+        say("wrote input_stage.onnx")
+        state, frame_mask = input_stage(values, mask)
+        for k, (block, head) in enumerate(zip(blocks, heads, strict=True)):
+            entry = _write_segment(
+                block, (state, frame_mask), folder, f"block_{k}.onnx", (states, ("hidden_states_out",)),
+                {"hidden_states": hidden, "frame_mask": hidden, "hidden_states_out": hidden}, opset,
+            )  # fmt: skip
+            parts["blocks"].append({**entry, "layers": [block.start + 1, block.stop]})  # 1-based, inclusive
+            say(f"wrote {entry['file']} (layers {block.start + 1}..{block.stop})")
+            state = block(state, frame_mask)
+            layer = model.config.exit_layers[k]
+            entry = _write_segment(
+                head, (state,), folder, f"head_{k}.onnx", (("hidden_states",), ("logits",)),
+                {"hidden_states": hidden, "logits": hidden}, opset,
+            )  # fmt: skip
+            parts["heads"].append({**entry, "exit_index": k, "layer": layer})
+            say(f"wrote {entry['file']} (exit {k}, layer {layer})")
+    return parts
+
+
 def export_model(
     model: Wav2Vec2EEForCTC,
     folder: str | os.PathLike,
@@ -191,11 +236,6 @@ def export_model(
     config = model.config
     policy_values = read_policy(policy, list(config.exit_layers)) if policy is not None else None
     folder.mkdir(parents=True, exist_ok=True)
-    input_stage, blocks, heads = build_segments(model)
-    values, mask = example_batch(model)
-    batch, samples, frames = "batch", "samples", "frames"
-    hidden_axes = {0: batch, 1: frames}
-
     manifest: dict = {
         "format": FORMAT,
         "version": 1,
@@ -207,70 +247,8 @@ def export_model(
         "feat_extract_norm": config.feat_extract_norm,
         "do_stable_layer_norm": bool(config.do_stable_layer_norm),
         "padding_rule": "each utterance as alone (batch_statistics=False)",
+        **_write_segments(model, folder, opset, say),
     }
-    with torch.no_grad():
-        _export(
-            input_stage,
-            (values, mask),
-            folder / "input_stage.onnx",
-            ["input_values", "attention_mask"],
-            ["hidden_states", "frame_mask"],
-            {
-                "input_values": {0: batch, 1: samples},
-                "attention_mask": {0: batch, 1: samples},
-                "hidden_states": hidden_axes,
-                "frame_mask": {0: batch, 1: frames},
-            },
-            opset,
-        )
-        say("wrote input_stage.onnx")
-        hidden, frame_mask = input_stage(values, mask)
-        manifest["input_stage"] = {
-            "file": "input_stage.onnx",
-            "inputs": ["input_values", "attention_mask"],
-            "outputs": ["hidden_states", "frame_mask"],
-        }
-        manifest["blocks"], manifest["heads"] = [], []
-        for k, (block, head) in enumerate(zip(blocks, heads, strict=True)):
-            name = f"block_{k}.onnx"
-            _export(
-                block,
-                (hidden, frame_mask),
-                folder / name,
-                ["hidden_states", "frame_mask"],
-                ["hidden_states_out"],
-                {
-                    "hidden_states": hidden_axes,
-                    "frame_mask": {0: batch, 1: frames},
-                    "hidden_states_out": hidden_axes,
-                },
-                opset,
-            )
-            say(f"wrote {name} (layers {block.start + 1}..{block.stop})")
-            hidden = block(hidden, frame_mask)
-            manifest["blocks"].append(
-                {
-                    "file": name,
-                    "layers": [block.start + 1, block.stop],  # 1-based, inclusive
-                    "inputs": ["hidden_states", "frame_mask"],
-                    "outputs": ["hidden_states_out"],
-                }
-            )
-            name = f"head_{k}.onnx"
-            _export(
-                head,
-                (hidden,),
-                folder / name,
-                ["hidden_states"],
-                ["logits"],
-                {"hidden_states": hidden_axes, "logits": hidden_axes},
-                opset,
-            )
-            manifest["heads"].append(
-                {"file": name, "exit_index": k, "layer": config.exit_layers[k], "inputs": ["hidden_states"],
-                 "outputs": ["logits"]}
-            )  # fmt: skip
-            say(f"wrote {name} (exit {k}, layer {config.exit_layers[k]})")
 
     summary = ExportSummary(folder)
     segment_entries = manifest["blocks"] + manifest["heads"]
