@@ -180,16 +180,32 @@ def transcribe_main(argv: list[str] | None = None) -> int:
     missing = [a for a in positional.audio if not os.path.exists(a)]
     if missing:
         raise ValueError(f"{', '.join(missing)}: no such file")
-    log = None
-    if args.output is not None:
-        from ..evaluation.results import TranscriptionLog
+    log = _transcription_log(args)
+    transcriber = _transcriber(args, lex, device, positional.checkpoint)
+    if log is None:
+        results = transcriber.transcribe(list(positional.audio), raise_errors=False, progress=args.progress)
+    else:
+        results = _transcribe_into(log, transcriber, list(positional.audio), args)
+    return _print_results(results, args.json)
 
-        if os.path.exists(args.output) and not args.resume:
-            raise ValueError(
-                f"--output {args.output} exists: pass --resume to continue it (its files are skipped), "
-                f"or remove it"
-            )
-        log = TranscriptionLog(args.output)
+
+def _transcription_log(args: TranscribeArguments):
+    """``--output``'s :class:`~wav2vec2_ee.evaluation.results.TranscriptionLog` (``None`` without it);
+    an existing file without ``--resume`` is a usage error."""
+    if args.output is None:
+        return None
+    from ..evaluation.results import TranscriptionLog
+
+    if os.path.exists(args.output) and not args.resume:
+        raise ValueError(
+            f"--output {args.output} exists: pass --resume to continue it (its files are skipped), or remove it"
+        )
+    return TranscriptionLog(args.output)
+
+
+def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: DeviceArguments, checkpoint: str):
+    """The :class:`~.transcriber.Transcriber` the flags describe: backend, policy (the named one, or the
+    checkpoint's saved one), batching, and the posterior policy's lexicon decoder."""
     import torch
 
     from .transcriber import Transcriber, saved_policy_values
@@ -198,7 +214,7 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(int(args.num_threads))
     cls = POLICIES.get(args.policy) if args.policy is not None else None
     wants_saved = args.policy is None or (cls is not None and bool(cls.fitted_arguments))
-    saved = saved_policy_values(positional.checkpoint) if wants_saved else None
+    saved = saved_policy_values(checkpoint) if wants_saved else None
     policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer, saved)
     common = dict(
         batch_size=args.batch_size,
@@ -208,10 +224,10 @@ def transcribe_main(argv: list[str] | None = None) -> int:
         stride_seconds=args.stride_seconds,
     )
     if args.backend == "onnxruntime":
-        transcriber = Transcriber.from_export(positional.checkpoint, policy, args.precision, **common)
+        transcriber = Transcriber.from_export(checkpoint, policy, args.precision, **common)
     else:
         transcriber = Transcriber.from_pretrained(
-            positional.checkpoint, policy, device=device.device, dtype=device.dtype, **common
+            checkpoint, policy, device=device.device, dtype=device.dtype, **common
         )
     name = policy.describe()["policy"]  # the named or the saved policy
     if POLICIES.get(name) is not None and POLICIES[name].needs_lexicon:
@@ -219,24 +235,28 @@ def transcribe_main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--policy {name} needs --lexicon FILE (the words the beam search may output)")
         spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
         transcriber.decoders.lexicon_decoder = spec.build()
-    if log is None:
-        results = transcriber.transcribe(list(positional.audio), raise_errors=False, progress=args.progress)
-    else:
-        done = log.finished() if args.resume else set()
-        if done:
-            print(
-                f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped",
-                file=sys.stderr,
-            )
-        results = []
-        with log:
-            batches = transcriber.transcribe_batches(
-                list(positional.audio), skip=done, progress=args.progress
-            )
-            for batch in batches:
-                log.write([r.to_dict() for r in batch])
-                results.extend(batch)
-    if args.json:
+    return transcriber
+
+
+def _transcribe_into(log, transcriber, audio: list[str], args: TranscribeArguments) -> list:
+    """Transcribe batch by batch, each appended to ``log`` (synced) as it finishes; with ``--resume`` the
+    files the log has are skipped."""
+    done = log.finished() if args.resume else set()
+    if done:
+        print(
+            f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped", file=sys.stderr
+        )
+    results = []
+    with log:
+        for batch in transcriber.transcribe_batches(audio, skip=done, progress=args.progress):
+            log.write([r.to_dict() for r in batch])
+            results.extend(batch)
+    return results
+
+
+def _print_results(results: list, as_json: bool) -> int:
+    """One line (or the JSON list) per result on stdout, errors on stderr; the exit status (1: any failed)."""
+    if as_json:
         print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
     else:
         for r in results:
