@@ -75,6 +75,10 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # fine-tuned from the (smoke-test) pretrained base, with the preset's exits
     assert config["model"] == str(root / "base" / "model") and config["exit_layers"] == layers
     assert "[demo] base model: " in printed
+    # the base's WER per layer before the EE training, from its build record
+    record = json.loads((root / "base" / "model" / "build_record.json").read_text())
+    cells = ", ".join(f"layer {k} {100 * v:.1f} %" for k, v in record["wer"]["test"].items())
+    assert f"the base read through its final head (greedy, its model card): {cells}" in printed
     # the default 10-minute budget: what is left of it after the corpus, less the evaluation's share
     budget = summary["timings"]["train"]["time_budget"]
     assert config["time_budget"] == budget and 60 <= budget <= 600 - demo.PRESETS["quick"].evaluation_seconds

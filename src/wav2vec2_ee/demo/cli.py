@@ -226,8 +226,24 @@ def _columns(preset: DemoPreset, result: dict) -> dict[str, dict[int, float]]:
     return columns
 
 
-def _print_table(preset: DemoPreset, result: dict, columns: dict[str, dict[int, float]]) -> None:
-    """Step 4: the WER-by-exit table on the first evaluated split and what its columns are."""
+def _base_read_through(base: Path) -> str | None:
+    """The base's greedy test WER per layer read through its final head, from its ``build_record.json``
+    (written by ``--build-base``), as one line; ``None`` when the base has no record."""
+    try:
+        wer = json.loads((base / "build_record.json").read_text(encoding="utf-8"))["wer"]["test"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    cells = ", ".join(
+        f"layer {layer} {100 * float(v):.1f} %" for layer, v in sorted(wer.items(), key=lambda kv: int(kv[0]))
+    )
+    return f"  before EE training, the base read through its final head (greedy, its model card): {cells}"
+
+
+def _print_table(
+    preset: DemoPreset, result: dict, columns: dict[str, dict[int, float]], base: Path | None = None
+) -> None:
+    """Step 4: the WER-by-exit table on the first evaluated split and what its columns are (and, when
+    ``base`` has a build record, its WER per layer before the EE training)."""
     split = preset.eval_splits[0]
     print()
     print(f"WER by exit on held-out voices ({split}: {result['utterances'][split]} utterances)")
@@ -242,6 +258,9 @@ def _print_table(preset: DemoPreset, result: dict, columns: dict[str, dict[int, 
             f"  lexicon+{preset.lm_order}-gram: the same search with a Kneser-Ney {preset.lm_order}-gram model of "
             f"the training transcripts\n  (LM weight {preset.lm_weight}, word score {preset.lm_word_score})"
         )
+    before = _base_read_through(base) if base is not None else None
+    if before and split == "test":
+        print(before)
     print()
 
 
@@ -341,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. the table and where everything is
     columns = _columns(preset, result)
-    _print_table(preset, result, columns)
+    _print_table(preset, result, columns, base)
     _print_files(timings, total, result, model_dir, preset.eval_splits[0])
     _write_summary(preset, out, corpus, spec, {"wer": columns, "timings": timings, "total": total})
 
