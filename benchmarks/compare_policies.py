@@ -37,7 +37,8 @@ def layers_for_wer(front: list[tuple[float, float]], wer: float) -> float | None
 
 
 def hull_wer_at(points: list[tuple[float, float]], layers: float) -> float | None:
-    """The lower convex hull of ``(layers, wer)`` points read at ``layers`` (linear between vertices)."""
+    """The lower convex hull of ``(layers, wer)`` points (the fixed exits and the oracle's point) read
+    at ``layers`` (linear between vertices), never above its lowest WER at a smaller depth."""
     hull: list[tuple[float, float]] = []
     for p in sorted(points):
         while len(hull) >= 2:
@@ -47,6 +48,9 @@ def hull_wer_at(points: list[tuple[float, float]], layers: float) -> float | Non
             else:
                 break
         hull.append(p)
+    best_x, best_y = min(hull, key=lambda p: (p[1], p[0]))
+    if layers >= best_x:  # more depth never costs the oracle: it may answer where it did
+        return best_y
     for (x0, y0), (x1, y1) in zip(hull, hull[1:]):
         if x0 <= layers <= x1:
             return y0 + (y1 - y0) * (layers - x0) / (x1 - x0) if x1 > x0 else min(y0, y1)
