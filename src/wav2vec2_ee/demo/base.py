@@ -155,11 +155,7 @@ def build_base(
     test voices are the held-out evaluation), the training (``<out>/train``, resumed from its last
     checkpoint when interrupted), the plain CTC export, the evaluations and the model card.
     """
-    import contextlib
-    import io
-
     from ..corpus import build_corpus
-    from ..evaluation.evaluate import evaluate_checkpoint
     from .presets import PRESETS
 
     preset = BASE_PRESETS["quick" if quick else "default"]
@@ -184,19 +180,10 @@ def build_base(
     layers = list(range(2, top + 1, 2))  # every second layer through the final head
     test = evaluate_run(model_dir, out / "eval", demo_corpus, ("test",), overwrite=True, exits=layers)
     test = test["greedy"]["test"]
-    with contextlib.redirect_stdout(io.StringIO()):
-        train_eval = evaluate_checkpoint(
-            str(model_dir),
-            str(out / "eval_train_voices"),
-            data=str(demo_corpus),
-            splits=["train"],
-            exits=[top],
-            progress=False,
-            overwrite=True,
-            plot=False,
-        )
-    split = train_eval["splits"]["train"]
-    train_wer = {int(e["layer"]): float(e["wer"]) for e in split["exits"].values()}
+    train_voices = evaluate_run(
+        model_dir, out / "eval_train_voices", demo_corpus, ("train",), overwrite=True, exits=[top]
+    )
+    train_wer = train_voices["greedy"]["train"]
     run_summary = json.loads((run_dir / "run_summary.json").read_text(encoding="utf-8"))
     log = run_summary.get("log_history", [])
     losses = [e["loss"] for e in log if "loss" in e]
@@ -208,7 +195,7 @@ def build_base(
         "timing": timing,
         "corpus": {"num_utterances": summary.num_utterances, "hours": summary.hours, **preset.corpus},
         "wer": {"test": test, "train_voices": train_wer},
-        "train_voice_utterances": int(split.get("utterances", 0)),
+        "train_voice_utterances": train_voices["utterances"]["train"],
         "parameters": _count_parameters(model_dir),
         "machine": _machine(),
         "final_loss": round(float(losses[-1]), 4) if losses else None,

@@ -146,8 +146,10 @@ def _evaluate(
     preset: DemoPreset,
     overwrite: bool,
     eval_dir: Path | None = None,
+    exits: list[int] | None = None,
 ) -> None:
-    """Evaluate ``model_dir`` at the preset's exit layers into ``eval_dir`` (default ``<model_dir>/eval``)."""
+    """Evaluate ``model_dir`` into ``eval_dir`` (default ``<model_dir>/eval``) at ``exits`` (default its
+    own exits; a plain CTC checkpoint's layers read through its final head)."""
     evaluated = evaluate_run(
         model_dir,
         eval_dir or model_dir / "eval",
@@ -155,7 +157,7 @@ def _evaluate(
         preset.reproduce_splits,
         preset.decoding(),
         overwrite=overwrite,
-        exits=None if eval_dir is None else list(preset.model["exit_layers"]),
+        exits=exits,
     )
     result.wer = {
         "greedy": evaluated["greedy"],
@@ -215,7 +217,8 @@ def _base_row(base: Path, corpus: Path, preset: DemoPreset, out: Path, overwrite
         )
     )
     try:
-        _evaluate(row, base, corpus, preset, overwrite, out / "reproduce" / row.spec.name / "eval")
+        eval_dir = out / "reproduce" / row.spec.name / "eval"
+        _evaluate(row, base, corpus, preset, overwrite, eval_dir, list(preset.model["exit_layers"]))
     except Exception as err:
         logger.error("evaluation of the base failed:\n%s", traceback.format_exc())
         row.error = _error(err)

@@ -293,9 +293,7 @@ class Transcriber:
             raise FileNotFoundError(f"{folder}: no such export folder")
         source = OnnxExitSource(folder, precision)
         if policy is None:
-            saved = source.segments.policy()
-            if saved is not None and saved.get("policy") is not None:
-                policy = policy_from_saved(saved, f"{folder}: policy.json")
+            policy = saved_policy(folder)
         return cls(source, policy, build_processor(folder), **kwargs)
 
     @classmethod
