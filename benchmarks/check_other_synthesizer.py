@@ -1,15 +1,17 @@
-"""WER on speech the corpus builder did not make: the test sentences spoken by CMU Flite's voices.
+"""WER on speech the corpus builder did not make: a corpus split's sentences spoken by other synthesizers.
 
-The demo corpus is eSpeak NG speech; a model that only learned eSpeak's rendering of words would fail
-on another synthesizer's. This script speaks the first ``--num`` transcripts of a corpus split with
-Flite (Debian package ``flite``: voices ``kal16``, ``awb``, ``rms``, ``slt``, two American and a
-Scottish male and an American female, diphone and unit-selection engines unlike eSpeak's formant
-synthesis), writes them as a LibriSpeech-layout split ``flite`` (one speaker per voice, 16 kHz FLAC)
-and evaluates the checkpoint on it with the evaluation suite (every exit, greedy WER over all voices;
-per utterance in ``<output-dir>/eval/flite_results.txt``).
+The demo corpus is eSpeak NG speech; a model that only learned eSpeak's rendering of words fails on
+another engine's. This script speaks the first ``--num`` transcripts of a split with Flite or Festival
+voices (``wav2vec2_ee.corpus.external``; Debian packages ``flite``, ``festival festvox-kdlpc16k
+festvox-kallpc16k festvox-us-slt-hts``), each sentence by every voice, writes them as a LibriSpeech-
+layout split ``check_<synthesizer>`` and evaluates the checkpoint on it with the evaluation suite (every
+exit, greedy WER over all voices, and per voice; per utterance in ``<output-dir>/eval``).
 
     python benchmarks/check_other_synthesizer.py demo_out/ee --data demo_out/corpus --split test \\
-        --output-dir demo_out/flite [--num 100] [--voices kal16 awb rms slt]
+        --output-dir demo_out/other [--synthesizer flite|festival] [--num 100] [--voices ...]
+
+Use voices no training split had: a model trained with a Flite split (``make-corpus --synthesizer
+flite``) is checked on Festival, or on a Flite voice left out of its training.
 """
 
 from __future__ import annotations
@@ -17,41 +19,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-import soundfile as sf
+import jiwer
 
-from wav2vec2_ee.data import read_texts, to_mono_16k
+from wav2vec2_ee.corpus.external import ENGINES, build_external_split
+from wav2vec2_ee.data import read_texts
 from wav2vec2_ee.evaluation.evaluate import evaluate_checkpoint
+from wav2vec2_ee.evaluation.results import parse_split_results
+from wav2vec2_ee.vocab import normalize_transcript
 
 
-def speak(text: str, voice: str, path: Path) -> None:
-    """``text`` spoken by Flite's ``voice`` into ``path`` (16 kHz mono FLAC)."""
-    with tempfile.NamedTemporaryFile(suffix=".wav") as wav:
-        subprocess.run(["flite", "-voice", voice, "-t", text.lower(), "-o", wav.name], check=True)
-        audio, rate = sf.read(wav.name, dtype="float32")
-    sf.write(path, to_mono_16k(audio, rate, source=wav.name), 16_000, format="FLAC", subtype="PCM_16")
-
-
-def build_split(texts: list[str], voices: list[str], root: Path) -> Path:
-    """The ``flite`` split under ``root``: speaker ``9000 + v`` for voice ``v``, one chapter each."""
-    split = root / "flite"
-    if split.exists():
-        shutil.rmtree(split)
-    for v, voice in enumerate(voices):
-        speaker = 9000 + v
-        folder = split / str(speaker) / "1"
-        folder.mkdir(parents=True)
-        lines = []
-        for i, text in enumerate(texts):
-            utt = f"{speaker}-1-{i:04d}"
-            speak(text, voice, folder / f"{utt}.flac")
-            lines.append(f"{utt} {text}\n")
-        (folder / f"{speaker}-1.trans.txt").write_text("".join(lines), encoding="utf-8")
-    return split
+def per_voice_wer(results_file: Path, label: str, speakers: dict[str, str]) -> dict[str, float]:
+    """WER of one exit (``label``) per voice (speaker id -> voice), from the evaluation's results file."""
+    items = parse_split_results(results_file.read_text(encoding="utf-8"))
+    out = {}
+    for sid, voice in speakers.items():
+        mine = [i for i in items if i["file"].split("-")[0] == sid]
+        refs = [normalize_transcript(i["expected"]) for i in mine]
+        out[voice] = jiwer.wer(refs, [i["hypotheses"][label] or "" for i in mine]) if mine else float("nan")
+    return out
 
 
 def main() -> None:
@@ -60,24 +47,33 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="the corpus whose transcripts are spoken")
     parser.add_argument("--split", default="test")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--num", type=int, default=100, help="transcripts per voice")
-    parser.add_argument("--voices", nargs="+", default=["kal16", "awb", "rms", "slt"])
+    parser.add_argument("--synthesizer", choices=sorted(ENGINES), default="flite")
+    parser.add_argument("--num", type=int, default=100, help="transcripts, each spoken by every voice")
+    parser.add_argument("--voices", nargs="+", default=None, help="default: every voice of the synthesizer")
     args = parser.parse_args()
-    if shutil.which("flite") is None:
-        raise SystemExit("flite is not installed (Debian: apt-get install flite)")
     texts = read_texts(args.data, [args.split])[: args.num]
     out = Path(args.output_dir)
-    build_split(texts, args.voices, out / "corpus")
+    split = f"check_{args.synthesizer}"
+    record = build_external_split(
+        out / "corpus", split, texts, args.voices, engine=args.synthesizer, every_voice=True, prosody=False
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         result = evaluate_checkpoint(
-            args.checkpoint, out / "eval", data=str(out / "corpus"), splits=["flite"], progress=False
+            args.checkpoint, out / "eval", data=str(out / "corpus"), splits=[split], progress=False
         )
-    exits = result["splits"]["flite"]["exits"]
-    print(f"{args.checkpoint} on {len(texts)} {args.split} sentences x {len(args.voices)} Flite voices")
-    print("exit layer  WER (all voices)")
-    for entry in exits.values():
-        print(f"{entry['layer']:>10}  {100 * entry['wer']:.1f} %")
-    print(f"per utterance: {out / 'eval' / 'flite_results.txt'}")
+    exits = result["splits"][split]["exits"]
+    voices = record["speakers"]
+    print(
+        f"{args.checkpoint} on {len(texts)} {args.split} sentences x {len(voices)} {args.synthesizer} voices"
+    )
+    print("exit layer  WER (all voices)  " + "  ".join(v.split(":")[1] for v in voices.values()))
+    for label, entry in exits.items():
+        by_voice = per_voice_wer(out / "eval" / f"{split}_results.txt", label, voices)
+        print(
+            f"{entry['layer']:>10}  {100 * entry['wer']:>15.1f} %  "
+            + "  ".join(f"{100 * w:.1f} %" for w in by_voice.values())
+        )
+    print(f"per utterance: {out / 'eval' / f'{split}_results.txt'}")
 
 
 if __name__ == "__main__":

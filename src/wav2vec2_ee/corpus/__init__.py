@@ -6,7 +6,9 @@ folder layout (16 kHz mono FLAC + ``*.trans.txt``). Submodules:
 * :mod:`.espeak`: ctypes wrapper around libespeak-ng (``espeakng-loader``), with an ``espeak-ng`` binary fallback;
 * :mod:`.text`: deterministic utterance generator driven by ``resources/vocabulary.json`` and ``grammar.json``;
 * :mod:`.voices`: accents x voice variants = speakers, and their disjoint train / dev / test split;
-* :mod:`.build`: planning, parallel synthesis and the on-disk layout.
+* :mod:`.build`: planning, parallel synthesis and the on-disk layout;
+* :mod:`.external`: splits spoken by other engines (CMU Flite, Festival; Debian packages), for variety in
+  training and for checks on speech the eSpeak corpus builder did not make.
 """
 
 from .build import PRESETS, CorpusSummary, build_corpus, load_summary, plan_corpus

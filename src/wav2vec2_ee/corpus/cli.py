@@ -4,10 +4,18 @@
     wav2vec2-ee make-corpus --output-dir data/espeak            # default size: 4000 / 200 / 200 utterances
     wav2vec2-ee make-corpus --output-dir data/espeak --hours 3  # ~3 h of train audio
     wav2vec2-ee make-corpus --output-dir data/tiny --size quick # 300 / 40 / 40, for smoke tests
+    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer flite --split train_flite \
+        --num-utterances 2000 --voices kal16 awb rms          # another engine's split beside it
+    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer festival --split check_festival \
+        --texts-from test --every-voice                         # the test sentences, by every voice
 
 The folder is in LibriSpeech layout (``train``, ``dev``, ``test``), ready for
 ``wav2vec2-ee train --data <dir> --train-splits train`` and ``wav2vec2-ee evaluate ... --splits test``.
 A second call with the same parameters finds the finished build and returns at once.
+
+``--synthesizer flite|festival`` writes one more split in the same layout, spoken by CMU Flite or
+Festival (Debian packages; :mod:`wav2vec2_ee.corpus.external`): more variety for training, or speech the
+eSpeak corpus builder did not make, for a robustness check.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import sys
 
 from ..cli import finish_parser
 from .build import PRESETS, CorpusSummary, build_corpus
+from .external import ENGINES, SynthesizerUnavailableError, build_external_split
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,6 +67,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--progress", type=_to_bool, nargs="?", const=True, default=True, help="Show a progress bar."
     )
+    other = parser.add_argument_group("another synthesizer's split (--synthesizer flite|festival)")
+    other.add_argument(
+        "--synthesizer",
+        choices=["espeak", *sorted(ENGINES)],
+        default="espeak",
+        help="espeak: the train/dev/test corpus; flite or festival: one split spoken by that engine "
+        "(Debian packages flite; festival festvox-kdlpc16k festvox-kallpc16k festvox-us-slt-hts).",
+    )
+    other.add_argument("--split", default=None, help="Name of that split (default: the synthesizer's name).")
+    other.add_argument(
+        "--num-utterances",
+        type=int,
+        default=None,
+        help="Sentences drawn from the corpus grammar (with --seed).",
+    )
+    other.add_argument(
+        "--texts-from", default=None, help="Speak the transcripts of this split of the output folder instead."
+    )
+    other.add_argument(
+        "--voices", nargs="+", default=None, help="Voice names (default: every voice of the synthesizer)."
+    )
+    other.add_argument(
+        "--every-voice",
+        action="store_true",
+        help="Each sentence by every voice (default: voices take turns).",
+    )
+    other.add_argument(
+        "--no-prosody", action="store_true", help="Flite: the voices' own pace and pitch (default: drawn)."
+    )
     # exact counts, for tests and scripted builds
     for split in ("train", "dev", "test"):
         parser.add_argument(f"--num-{split}", type=int, default=None, help=argparse.SUPPRESS)
@@ -90,12 +128,49 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir = output_dir_of("make-corpus", args)
     if args.num_workers is not None and args.num_workers < 1:
         raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+    if args.synthesizer != "espeak":
+        return _build_external(args)
     try:
         summary = _build(args)
     except FileExistsError as err:  # a folder with someone else's train/dev/test: say so in one line
         print(f"wav2vec2-ee make-corpus: error: {err} (on the command line: --overwrite)", file=sys.stderr)
         return 2
     print(format_summary(summary))
+    return 0
+
+
+def _build_external(args: argparse.Namespace) -> int:
+    """``--synthesizer flite|festival``: one split; prints its record's summary line."""
+    from ..data import read_texts
+
+    if (args.num_utterances is None) == (args.texts_from is None):
+        raise ValueError(
+            "--synthesizer flite|festival needs exactly one of --num-utterances and --texts-from"
+        )
+    texts = read_texts(args.output_dir, [args.texts_from]) if args.texts_from else args.num_utterances
+    split = args.split or args.synthesizer
+    try:
+        record = build_external_split(
+            args.output_dir,
+            split,
+            texts,
+            args.voices,
+            engine=args.synthesizer,
+            every_voice=args.every_voice,
+            prosody=not args.no_prosody,
+            seed=args.seed,
+            workers=args.num_workers,
+            progress=args.progress,
+        )
+    except SynthesizerUnavailableError as err:
+        print(f"wav2vec2-ee make-corpus: error: {err}", file=sys.stderr)
+        return 2
+    state = "already built (cached)" if record.get("cached") else "built"
+    voices = ", ".join(record["speakers"].values())
+    print(
+        f"split {split} of {args.output_dir}: {state}, {record['num_utterances']} utterances, "
+        f"{record['hours']:.3f} h, voices {voices}"
+    )
     return 0
 
 
