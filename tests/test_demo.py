@@ -135,6 +135,63 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
     assert "| EE | 20.0 / - | 10.0 / - | 5.0 / - |" in with_lm
 
 
+def test_reproduce_findings_verdicts(tmp_path: Path) -> None:
+    """Each of the seed's findings is judged from the numbers: the seed's own table holds every one; a
+    table where they fail says so, and a failed run is reported, not judged."""
+    from wav2vec2_ee.demo.reproduce import format_findings
+
+    preset = demo.PRESETS["default"]
+    ee = demo.RunSpec("ee", "EE", {**preset.training, "model": "m.json", "data": "c"})
+    from_ee, baselines = reproduce_runs(preset, ee, tmp_path / "ee")
+    specs = {s.name: s for s in from_ee}
+    layers = [2, 4]
+
+    def run(spec, l2, l4):
+        return RunResult(spec, {"greedy": {"test": {2: l2, 4: l4}}})
+
+    base_spec = demo.RunSpec("base_read_through", "base", {})
+    seed_like = [
+        run(base_spec, 1.0, 0.9),
+        run(ee, 0.33, 0.10),
+        run(specs["kd"], 0.31, 0.10),
+        run(specs["dkd"], 0.32, 0.11),
+        run(specs["confidence_inverse"], 0.30, 0.10),
+        run(specs["confidence"], 0.34, 0.10),
+        run(specs["manual_activation_1"], 0.20, 0.40),
+    ]
+    nlayer = [RunResult(b, {"greedy": {"test": {n: w}}}) for b, n, w in zip(baselines, layers, (0.30, 0.09))]
+    text = format_findings(seed_like, nlayer, layers, "test")
+    lines = text.splitlines()
+    assert len(lines) == 4 and all(line.startswith("- ") for line in lines)
+    assert "**holds** (EE at most half the base's WER: 0.33x)" in lines[0]
+    assert "**holds** (3 of 4 below EE)" in lines[1]
+    assert "wins layer 2 (20.0 %, best of the other runs 30.0 %)" in lines[2] and "**holds**" in lines[2]
+    assert "EE is worse at 2 of 2 exits, by at most 3.0 points" in lines[3]
+
+    # the other way round: the base already reads well, refinements hurt, manual N=1 does not win
+    flipped = [
+        run(base_spec, 0.5, 0.2),
+        run(ee, 0.40, 0.10),
+        run(specs["kd"], 0.45, 0.10),
+        run(specs["dkd"], 0.41, 0.11),
+        run(specs["confidence_inverse"], 0.39, 0.10),
+        run(specs["confidence"], 0.42, 0.10),
+        run(specs["manual_activation_1"], 0.45, 0.12),
+    ]
+    text = format_findings(flipped, nlayer, layers, "test")
+    lines = text.splitlines()
+    assert "**does not hold** (EE at most half the base's WER: 0.80x)" in lines[0]
+    assert "**does not hold** (1 of 4 below EE)" in lines[1]
+    assert "**does not hold**" in lines[2]
+    flipped[6] = RunResult(specs["manual_activation_1"], error="failed: boom")
+    nlayer_better = [
+        RunResult(b, {"greedy": {"test": {n: w}}}) for b, n, w in zip(baselines, layers, (0.5, 0.2))
+    ]
+    lines = format_findings(flipped, nlayer_better, layers, "test").splitlines()
+    assert "not measured (a run failed)" in lines[2]
+    assert "EE is at least as good at every exit" in lines[3]
+
+
 def test_config_files_match_the_presets(tmp_path: Path) -> None:
     """``configs/demo*.json`` (for ``wav2vec2-ee train``) are what :func:`write_config_files` writes."""
     configs = Path(__file__).resolve().parents[1] / "configs"
@@ -215,6 +272,8 @@ def test_reproduce_exit_status_says_whether_a_run_failed(
     runs += ["manual_activation_1_confidence", "non-ee_2layer", "non-ee_4layer"]
     # the demo's EE run, then the reproduction's runs (its EE row is the same run, found finished in reality)
     assert trained == ["ee", *(name for name in runs if name != failing)]
+    findings = table.split("## The seed's findings, checked here (greedy, test)")[1].split("Budgets:")[0]
+    assert findings.count("\n- ") == 4
     if failing is None:
         assert status == 0
         assert "failed" not in table and "failed" not in printed

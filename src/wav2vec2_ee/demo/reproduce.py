@@ -135,6 +135,94 @@ def format_reproduce_table(
     return "\n".join(lines)
 
 
+def format_findings(
+    rows: list[RunResult],
+    baselines: list[RunResult],
+    exit_layers: list[int],
+    split: str,
+    decoder: str = "greedy",
+) -> str:
+    """The seed's qualitative findings, each checked on this table (``decoder`` WERs on ``split``):
+    a markdown list whose items say *holds* or *does not hold* with the numbers behind the verdict.
+
+    ``rows``: the base read through its final head first, then the EE run, then the runs from it (found
+    by name: ``kd``, ``dkd``, ``confidence_inverse``, ``confidence``, ``manual_activation_1``);
+    ``baselines``: the N-layer runs. A finding whose runs failed or are missing is said so.
+    """
+    by_name = {r.spec.name: r for r in rows}
+    base, ee = rows[0], rows[1]
+
+    def wer(run: RunResult | None, layer: int) -> float | None:
+        if run is None or run.wer is None:
+            return None
+        return run.wer.get(decoder, {}).get(split, {}).get(layer)
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f} %"
+
+    def verdict(ok: bool) -> str:
+        return "**holds**" if ok else "**does not hold**"
+
+    first = exit_layers[0]
+    items = []
+    b, e = wer(base, first), wer(ee, first)
+    if b is None or e is None:
+        items.append("Shallow exits are usable only after EE training: not measured (a run failed).")
+    else:
+        items.append(
+            f"Shallow exits are usable only after EE training (the base at layer {first}: {pct(b)}, the EE "
+            f"model: {pct(e)}; the seed: ~100 % against 31-34 %): {verdict(e <= 0.5 * b)} (EE at most half "
+            f"the base's WER: {e / b:.2f}x)."
+        )
+    refined = [
+        n for n in ("kd", "dkd", "confidence_inverse", "confidence") if wer(by_name.get(n), first) is not None
+    ]
+    if e is None or not refined:
+        items.append("Refinements help shallow exits: not measured (a run failed).")
+    else:
+        better = [n for n in refined if wer(by_name[n], first) < e]
+        cells = ", ".join(f"{n} {pct(wer(by_name[n], first))}" for n in refined)
+        items.append(
+            f"The refinements (KD, DKD, confidence) help the shallow exits (layer {first}: EE {pct(e)}; {cells}): "
+            f"{verdict(len(better) > len(refined) / 2)} ({len(better)} of {len(refined)} below EE)."
+        )
+    manual = by_name.get("manual_activation_1")
+    m_first = wer(manual, first)
+    rivals = [wer(r, first) for r in rows[1:] if r is not manual and not r.spec.name.startswith("manual")]
+    rivals = [v for v in rivals if v is not None]
+    deeper = [(x, wer(manual, x), wer(ee, x)) for x in exit_layers[1:]]
+    if m_first is None or not rivals or any(m is None or v is None for _, m, v in deeper):
+        items.append(
+            "Manual activation with N=1 wins layer 2 and loses the rest: not measured (a run failed)."
+        )
+    else:
+        wins = m_first <= min(rivals)
+        loses = all(m > v for _, m, v in deeper)
+        cells = ", ".join(f"layer {x}: {pct(m)} vs EE {pct(v)}" for x, m, v in deeper)
+        items.append(
+            f"Manual activation with N=1 (only the first exit trained) wins layer {first} ({pct(m_first)}, best of "
+            f"the other runs {pct(min(rivals))}) and loses the rest ({cells}): {verdict(wins and loses)}."
+        )
+    pairs = [(x, wer(ee, x), next((wer(r, x) for r in baselines if int(r.spec.train["num_hidden_layers"]) == x), None))
+             for x in exit_layers]  # fmt: skip
+    pairs = [(x, v, n) for x, v, n in pairs if v is not None and n is not None]
+    if not pairs:
+        items.append("EE exit k against the k-layer baseline: not measured (a run failed).")
+    else:
+        cells = ", ".join(f"layer {x}: EE {pct(v)} vs {pct(n)}" for x, v, n in pairs)
+        worse = [x for x, v, n in pairs if v > n]
+        items.append(
+            f"EE exit k is close to (the seed: slightly worse than) a model trained with k layers ({cells}): "
+            + (
+                f"EE is worse at {len(worse)} of {len(pairs)} exits, by at most "
+                f"{100 * max(v - n for _, v, n in pairs):.1f} points."
+                if worse
+                else "EE is at least as good at every exit."
+            )
+        )
+    return "\n".join(f"- {item}" for item in items)
+
+
 def _error(err: Exception) -> str:
     return f"failed: {type(err).__name__}: {err}".splitlines()[0][:200]
 
@@ -294,6 +382,12 @@ def _report(
                 "",
                 format_reproduce_table(rows, baselines, exit_layers, splits, "lexicon_lm"),
             ]
+    parts += [
+        "",
+        f"## The seed's findings, checked here (greedy, {splits[0]})",
+        "",
+        format_findings(rows, baselines, exit_layers, splits[0]),
+    ]
     notes = _notes(preset, [*rows[1:], *baselines], runs_dir, seconds)
     return "\n".join([*parts, "", notes, ""])
 
