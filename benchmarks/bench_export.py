@@ -54,11 +54,14 @@ def main() -> None:
     parser.add_argument("--test-split", default="test")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads of every backend (default: torch's)"
+    )
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()  # every backend gets as many (onnxruntime's own default may differ)
     em = load_evaluation_model(args.checkpoint, device="cpu")  # with the CPU layer, as the commands
     decoders = Decoders(em.tokenizer)
     _, dev_utts = load_prepared_split(em, args.data, args.dev_split, progress=False)
@@ -83,8 +86,11 @@ def main() -> None:
         onnx_sizes["int8"] += (folder / "input_stage.onnx").stat().st_size
         backends = {
             "PyTorch + CPU layer": (em.model, Path(args.checkpoint, "model.safetensors").stat().st_size),
-            "ONNX Runtime float32": (OnnxExitSource(folder, "float"), onnx_sizes["float"]),
-            "ONNX Runtime int8": (OnnxExitSource(folder, "int8"), onnx_sizes["int8"]),
+            "ONNX Runtime float32": (
+                OnnxExitSource(folder, "float", num_threads=threads),
+                onnx_sizes["float"],
+            ),
+            "ONNX Runtime int8": (OnnxExitSource(folder, "int8", num_threads=threads), onnx_sizes["int8"]),
         }
         policies = {"full": FixedExit(), "entropy": EntropyThreshold(threshold)}
         for source, _ in backends.values():  # warm-up

@@ -195,6 +195,23 @@ def test_exits_subset_and_dropping_every_row(exported) -> None:
         next(run_onnx_exits(segments, values.numpy(), mask.numpy(), exits=[9]))
 
 
+def test_session_threads_and_spinning(exported) -> None:
+    """Idle intra-op threads do not spin-wait between the engine's calls unless asked; threads as asked;
+    the answers do not depend on either."""
+    model, folder, _ = exported
+    values, mask = _batch([3000, 1500])
+    default = load_segments(folder, "float")
+    spinning = load_segments(folder, "float", num_threads=2, spinning=True)
+    for segments, spin, threads in ((default, "0", 0), (spinning, "1", 2)):
+        for session in (segments.input_stage, *segments.blocks, *segments.heads):
+            options = session.get_session_options()
+            assert options.get_session_config_entry("session.intra_op.allow_spinning") == spin
+            assert options.intra_op_num_threads == threads
+    a = [s.logits for s in run_onnx_exits(default, values.numpy(), mask.numpy())]
+    b = [s.logits for s in run_onnx_exits(spinning, values.numpy(), mask.numpy())]
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+
+
 # --------------------------------------------------------------------------------------------------
 # int8
 def test_int8_runs_and_stays_close(exported) -> None:

@@ -104,6 +104,7 @@ def load_segments(
     *,
     providers: Iterable[str] | None = None,
     num_threads: int | None = None,
+    spinning: bool = False,
 ) -> OnnxSegments:
     """Open the segments of an exported folder as ``onnxruntime`` sessions.
 
@@ -112,6 +113,10 @@ def load_segments(
             input stage stays float); default int8 where the folder has it, else float.
         providers: onnxruntime execution providers (default: CPU).
         num_threads: intra-op threads per session (default: onnxruntime's).
+        spinning: let idle intra-op threads spin-wait for the next call (onnxruntime's default). Off
+            here: the engine calls many small sessions with policy work between them, and threads that
+            spin through those gaps take the cores from the main thread (measured on 2 cores: full-depth
+            wall 17.5 ms per audio second spinning, 9.0 ms not, ``docs/results.md``).
     """
     import onnxruntime as ort
 
@@ -126,6 +131,7 @@ def load_segments(
         raise ValueError(f"{folder}: no int8 segments (export with --int8)")
     key = "int8_file" if precision == "int8" else "file"
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if num_threads is not None:
         options.intra_op_num_threads = int(num_threads)
     providers = list(providers) if providers is not None else ["CPUExecutionProvider"]
