@@ -328,6 +328,12 @@ def _notes(preset: DemoPreset, all_runs: list[RunResult], runs_dir: Path, second
         for r in all_runs
     )
     ft = preset.finetune
+    trained = [r.timing for r in all_runs if r.timing]
+    total = sum(t["seconds"] for t in trained) / 60
+    earlier = sum(1 for t in trained if t.get("cached"))
+    elapsed = f"this command {seconds / 60:.1f} min; the runs' training {total:.1f} min in all" + (
+        f", {earlier} of them in an earlier invocation" if earlier else ""
+    )
     return (
         "Budgets: the EE run and the baselines fine-tune the pretrained base with the same schedule "
         f"({ee_steps or ee['max_steps']} steps, batch {ee['per_device_train_batch_size']}, peak learning rate "
@@ -335,8 +341,8 @@ def _notes(preset: DemoPreset, all_runs: list[RunResult], runs_dir: Path, second
         f"(as the seed's started from its EE fine-tuned model) and train {ft['max_steps']} more steps at "
         f"peak learning rate {ft['learning_rate']}. The baselines are the base truncated to N layers (its final "
         "head on layer N), as the seed's N-layer models.\n\n"
-        f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; total time of this "
-        f"command {seconds / 60:.1f} min):\n\n{per_run}"
+        f"Runs (folders under `{runs_dir}`, train configs under `{runs_dir / 'configs'}`; {elapsed}):"
+        f"\n\n{per_run}"
     )
 
 
