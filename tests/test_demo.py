@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from wav2vec2_ee import cli, demo
+from wav2vec2_ee.data import load_split
 from wav2vec2_ee.demo import cli as demo_cli
 from wav2vec2_ee.demo import presets, reproduce
 from wav2vec2_ee.demo.reproduce import RunResult, format_reproduce_table, reproduce_runs
@@ -133,6 +135,38 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
     rows[0].wer["lexicon_lm"] = {"test": {2: 0.2, 4: 0.1, 6: 0.05}}
     with_lm = format_reproduce_table(rows, base, [2, 4, 6], ("test", "dev"), "lexicon_lm")
     assert "| EE | 20.0 / - | 10.0 / - | 5.0 / - |" in with_lm
+
+
+@pytest.mark.skipif(
+    shutil.which("flite") is None or shutil.which("text2wave") is None,
+    reason="flite and festival not installed (apt-get install flite festival festvox-kdlpc16k)",
+)
+def test_build_base_with_other_synthesizers(tmp_path: Path, monkeypatch) -> None:
+    """A base preset with a Flite split trains on it beside the eSpeak split, and checks the final layer
+    on Festival speech of the demo's test sentences; both reach the build record and the model card."""
+    from dataclasses import replace
+
+    from wav2vec2_ee.demo import base as base_module
+
+    quick = presets.BASE_PRESETS["quick"]
+    flite = {"split": "train_flite", "num_utterances": 6, "voices": ["awb", "rms"], "seed": 3}
+    check = {"synthesizer": "festival", "voices": ["ked_diphone"], "num": 2}
+    preset = replace(quick, other_synthesizers=(flite,), robustness_check=check)
+    monkeypatch.setitem(presets.BASE_PRESETS, "quick", preset)
+    monkeypatch.setattr(base_module, "BASE_PRESETS", presets.BASE_PRESETS)
+    model_dir = base_module.build_base(tmp_path / "base", quick=True)
+    record = json.loads((model_dir / "build_record.json").read_text())
+    assert len(load_split(tmp_path / "base" / "corpus", ["train_flite"])) == 6
+    config = json.loads((tmp_path / "base" / "configs" / "train.json").read_text())
+    assert config["train_splits"] == ["train", "train_flite"]
+    assert record["corpus"]["other_synthesizers"][0]["voices"] == ["awb", "rms"]
+    assert record["corpus"]["other_synthesizers"][0]["hours"] > 0
+    assert len(load_split(tmp_path / "corpus", ["check_festival"])) == 2
+    top = str(preset.model["num_hidden_layers"])
+    assert list(record["wer"]["other_synthesizer"]) == [top]
+    card = (model_dir / "README.md").read_text()
+    assert "Also trained on `train_flite`: 6 utterances" in card
+    assert "On speech of an engine no training split used (festival" in card
 
 
 def test_reproduce_findings_verdicts(tmp_path: Path) -> None:

@@ -135,8 +135,26 @@ read by the final `lm_head` (the original research's first table row):
 {test}
 ```
 On training voices (the demo corpus's train split, other sentences than this model's training,
-{record["train_voice_utterances"]} utterances), at the final layer: {train_voices}.
+{record["train_voice_utterances"]} utterances), at the final layer: {train_voices}.{_other_lines(record)}
 """
+
+
+def _other_lines(record: dict) -> str:
+    """The model card's lines on other synthesizers (none for a base trained on eSpeak NG alone)."""
+    lines = []
+    for other in record["corpus"].get("other_synthesizers", []):
+        lines.append(
+            f"Also trained on `{other['split']}`: {other['num_utterances']} utterances ({other['hours']:.2f} h) "
+            f"spoken by {', '.join(other['voices'])} (`wav2vec2-ee make-corpus --synthesizer`)."
+        )
+    check, wer = record.get("robustness_check"), record["wer"].get("other_synthesizer")
+    if check and wer:
+        cells = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer.items())
+        lines.append(
+            f"On speech of an engine no training split used ({check['synthesizer']}, the first {check['num']} "
+            f"test sentences by each of its voices), at the final layer: {cells}."
+        )
+    return "".join(f"\n\n{line}" for line in lines)
 
 
 def _machine() -> str:
@@ -165,9 +183,11 @@ def build_base(
         f"base corpus {corpus_dir}: train {summary.num_utterances['train']} utterances "
         f"({summary.hours['train']:.2f} h)"
     )
+    other_hours = _other_synthesizers(preset, corpus_dir)
     demo_corpus = out.parent / "corpus"
     demo = build_corpus(demo_corpus, **PRESETS["quick" if quick else "default"].corpus, progress=False)
     say(f"demo corpus {demo_corpus}: test {demo.num_utterances['test']} utterances of held-out voices")
+    check_split = _robustness_split(preset, demo_corpus)
 
     spec = _train_spec(preset, out, corpus_dir)
     minutes = preset.train_minutes if train_minutes is None else train_minutes
@@ -184,6 +204,12 @@ def build_base(
         model_dir, out / "eval_train_voices", demo_corpus, ("train",), overwrite=True, exits=[top]
     )
     train_wer = train_voices["greedy"]["train"]
+    wer = {"test": test, "train_voices": train_wer}
+    if check_split is not None:
+        other = evaluate_run(
+            model_dir, out / "eval_other", demo_corpus, (check_split,), overwrite=True, exits=[top]
+        )
+        wer["other_synthesizer"] = other["greedy"][check_split]
     run_summary = json.loads((run_dir / "run_summary.json").read_text(encoding="utf-8"))
     log = run_summary.get("log_history", [])
     losses = [e["loss"] for e in log if "loss" in e]
@@ -193,8 +219,16 @@ def build_base(
         + (f" --base-minutes {train_minutes:g}" if train_minutes is not None else ""),
         "train_minutes": minutes,
         "timing": timing,
-        "corpus": {"num_utterances": summary.num_utterances, "hours": summary.hours, **preset.corpus},
-        "wer": {"test": test, "train_voices": train_wer},
+        "corpus": {
+            "num_utterances": summary.num_utterances,
+            "hours": summary.hours,
+            **preset.corpus,
+            "other_synthesizers": [
+                {**o, "hours": other_hours[o["split"]]} for o in preset.other_synthesizers
+            ],
+        },
+        "robustness_check": preset.robustness_check,
+        "wer": wer,
         "train_voice_utterances": train_voices["utterances"]["train"],
         "parameters": _count_parameters(model_dir),
         "machine": _machine(),
@@ -205,7 +239,50 @@ def build_base(
     atomic_write_text(model_dir / "README.md", _model_card(preset, record["command"], record))
     print(format_wer_by_exit({"test (held-out voices), read through the final head": test}))
     say(f"training voices, layer {top}: {100 * train_wer[top]:.1f} % WER")
+    if check_split is not None:
+        say(
+            f"{check_split} (an engine no training split used), layer {top}: {100 * wer['other_synthesizer'][top]:.1f} % WER"
+        )
     return model_dir
+
+
+def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float]:
+    """Build the preset's splits of other synthesizers into the base corpus; hours per split."""
+    from ..corpus.external import build_external_split
+
+    hours = {}
+    for other in preset.other_synthesizers:
+        record = build_external_split(
+            corpus_dir,
+            other["split"],
+            int(other["num_utterances"]),
+            other["voices"],
+            seed=int(other.get("seed", 0)),
+            progress=sys.stderr.isatty(),
+        )
+        hours[other["split"]] = record["hours"]
+        say(
+            f"base corpus {corpus_dir}: {other['split']} {record['num_utterances']} utterances ({record['hours']:.2f} h)"
+        )
+    return hours
+
+
+def _robustness_split(preset: BasePreset, demo_corpus: Path) -> str | None:
+    """The preset's check on another engine: the demo test sentences spoken by its voices (the split's
+    name), or ``None`` without one."""
+    check = preset.robustness_check
+    if not check:
+        return None
+    from ..corpus.external import build_external_split
+    from ..data import read_texts
+
+    split = f"check_{check['synthesizer']}"
+    texts = read_texts(demo_corpus, ["test"])[: int(check["num"])]
+    build_external_split(
+        demo_corpus, split, texts, check.get("voices"), engine=check["synthesizer"], every_voice=True, prosody=False,
+        progress=False,
+    )  # fmt: skip
+    return split
 
 
 def _count_parameters(model_dir: Path) -> int:

@@ -92,6 +92,12 @@ class BasePreset:
     train_minutes: float
     #: greedy evaluation of the training voices on at most this many utterances of the demo corpus
     train_voice_utterances: int = 400
+    #: splits spoken by other synthesizers, built into the base corpus and trained on beside ``train``:
+    #: ``{"split", "num_utterances", "voices", "seed"}`` (:func:`~wav2vec2_ee.corpus.external.build_external_split`)
+    other_synthesizers: tuple[dict, ...] = ()
+    #: a check on an engine no training split used: ``{"synthesizer", "voices", "num"}``, the first ``num``
+    #: sentences of the demo corpus's test split spoken by every voice, read at the final layer
+    robustness_check: dict | None = None
 
 
 BASE_PRESETS: dict[str, BasePreset] = {
@@ -257,9 +263,11 @@ def train_config(preset: DemoPreset, base: str | os.PathLike, corpus: str | os.P
 def base_train_config(preset: BasePreset, model_file: str | os.PathLike, corpus: str | os.PathLike) -> dict:
     """The ``wav2vec2-ee train`` arguments of ``--build-base``'s training (``output_dir`` set per run):
     checkpoints every 500 steps, so that an interrupted build resumes from the last one."""
+    splits = list(preset.training["train_splits"]) + [o["split"] for o in preset.other_synthesizers]
     return {
         **preset.training,
         **RUN_DEFAULTS,
+        "train_splits": splits,
         "logging_steps": 100,
         "save_strategy": "steps",
         "save_steps": 500,
