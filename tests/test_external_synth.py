@@ -144,7 +144,7 @@ def test_make_corpus_cli_speaks_a_split_texts(tmp_path, capsys):
         "1000-1-0000 GOOD MORNING\n1000-1-0001 CALL HELEN\n", encoding="utf-8"
     )
     argv = ["--output-dir", str(tmp_path), "--synthesizer", "flite", "--texts-from", "test", "--every-voice"]
-    assert main([*argv, "--voices", "awb", "slt", "--split", "check", "--progress", "false"]) == 0
+    assert main([*argv, "--voices", "awb", "slt", "--split-name", "check", "--progress", "false"]) == 0
     assert "check of" in capsys.readouterr().out
     utts = load_split(tmp_path, ["check"])
     assert sorted(u.text for u in utts) == ["CALL HELEN", "CALL HELEN", "GOOD MORNING", "GOOD MORNING"]

@@ -4,9 +4,9 @@
     wav2vec2-ee make-corpus --output-dir data/espeak            # default size: 4000 / 200 / 200 utterances
     wav2vec2-ee make-corpus --output-dir data/espeak --hours 3  # ~3 h of train audio
     wav2vec2-ee make-corpus --output-dir data/tiny --size quick # 300 / 40 / 40, for smoke tests
-    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer flite --split train_flite \
+    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer flite --split-name train_flite \
         --num-utterances 2000 --voices kal16 awb rms          # another engine's split beside it
-    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer festival --split check_festival \
+    wav2vec2-ee make-corpus --output-dir data/espeak --synthesizer festival --split-name check_festival \
         --texts-from test --every-voice                         # the test sentences, by every voice
 
 The folder is in LibriSpeech layout (``train``, ``dev``, ``test``), ready for
@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="espeak: the train/dev/test corpus; flite or festival: one split spoken by that engine "
         "(Debian packages flite; festival festvox-kdlpc16k festvox-kallpc16k festvox-us-slt-hts).",
     )
-    other.add_argument("--split", default=None, help="Name of that split (default: the synthesizer's name).")
+    other.add_argument(
+        "--split-name", default=None, help="Name of that split (default: the synthesizer's name)."
+    )
     other.add_argument(
         "--num-utterances",
         type=int,
@@ -148,7 +150,7 @@ def _build_external(args: argparse.Namespace) -> int:
             "--synthesizer flite|festival needs exactly one of --num-utterances and --texts-from"
         )
     texts = read_texts(args.output_dir, [args.texts_from]) if args.texts_from else args.num_utterances
-    split = args.split or args.synthesizer
+    split = args.split_name or args.synthesizer
     try:
         record = build_external_split(
             args.output_dir,
