@@ -29,7 +29,7 @@ import numpy as np
 
 from wav2vec2_ee.evaluation import load_evaluation_model
 from wav2vec2_ee.export.exporter import export_model
-from wav2vec2_ee.export.runtime import OnnxSegments, read_manifest
+from wav2vec2_ee.export.runtime import OnnxSegments, load_segments, read_manifest
 from wav2vec2_ee.inference.table import load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.modeling import load_model
@@ -41,28 +41,6 @@ POS_CONV = "/pos_conv_embed/conv/Conv"
 
 def segment_files(manifest: dict) -> list[str]:
     return [manifest["input_stage"]["file"], *(s["file"] for s in manifest["blocks"] + manifest["heads"])]
-
-
-def open_segments(folder: Path, threads: int) -> OnnxSegments:
-    """The folder's ``file`` entries as sessions (no spinning, as ``load_segments``)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    manifest = read_manifest(folder)
-
-    def session(name: str):
-        return ort.InferenceSession(str(folder / name), options, providers=["CPUExecutionProvider"])
-
-    return OnnxSegments(
-        folder,
-        manifest,
-        session(manifest["input_stage"]["file"]),
-        [session(s["file"]) for s in manifest["blocks"]],
-        [session(s["file"]) for s in manifest["heads"]],
-        "float",
-    )
 
 
 def calibration_feeds(segments: OnnxSegments, batches) -> dict[str, list[dict]]:
@@ -193,9 +171,13 @@ def main() -> None:
     batches = load_batches(test, em.feature_extractor, 16)
     audio = sum(u.duration for u in test)
     feeds = calibration_feeds(
-        open_segments(base, args.threads), load_batches(dev[: args.calibration], em.feature_extractor, 16)
+        load_segments(base, "float", num_threads=args.threads),
+        load_batches(dev[: args.calibration], em.feature_extractor, 16),
     )
-    segments = {n: open_segments(make_variant(n, base, work, feeds), args.threads) for n in names}
+    # a variant keeps the float file names (its segments replace them), so it opens as "float"
+    segments = {
+        n: load_segments(make_variant(n, base, work, feeds), "float", num_threads=args.threads) for n in names
+    }
     wers = {}
     for name, segs in segments.items():
         _, texts = run_chain(segs, batches, em.tokenizer)

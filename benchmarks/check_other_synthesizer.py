@@ -30,9 +30,9 @@ from wav2vec2_ee.evaluation.results import parse_split_results
 from wav2vec2_ee.vocab import normalize_transcript
 
 
-def per_voice_wer(results_file: Path, label: str, speakers: dict[str, str]) -> dict[str, float]:
-    """WER of one exit (``label``) per voice (speaker id -> voice), from the evaluation's results file."""
-    items = parse_split_results(results_file.read_text(encoding="utf-8"))
+def per_voice_wer(items: list[dict], label: str, speakers: dict[str, str]) -> dict[str, float]:
+    """WER of one exit (``label``) per voice (speaker id -> voice), from the evaluation's results file
+    read back (:func:`~wav2vec2_ee.evaluation.results.parse_split_results`)."""
     out = {}
     for sid, voice in speakers.items():
         mine = [i for i in items if i["file"].split("-")[0] == sid]
@@ -67,8 +67,9 @@ def main() -> None:
         f"{args.checkpoint} on {len(texts)} {args.split} sentences x {len(voices)} {args.synthesizer} voices"
     )
     print("exit layer  WER (all voices)  " + "  ".join(v.split(":")[1] for v in voices.values()))
+    items = parse_split_results((out / "eval" / f"{split}_results.txt").read_text(encoding="utf-8"))
     for label, entry in exits.items():
-        by_voice = per_voice_wer(out / "eval" / f"{split}_results.txt", label, voices)
+        by_voice = per_voice_wer(items, label, voices)
         print(
             f"{entry['layer']:>10}  {100 * entry['wer']:>15.1f} %  "
             + "  ".join(f"{100 * w:.1f} %" for w in by_voice.values())

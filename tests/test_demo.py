@@ -180,19 +180,16 @@ def test_reproduce_findings_verdicts(tmp_path: Path) -> None:
     specs = {s.name: s for s in from_ee}
     layers = [2, 4]
 
-    def run(spec, l2, l4):
-        return RunResult(spec, {"greedy": {"test": {2: l2, 4: l4}}})
+    order = [demo.RunSpec("base_read_through", "base", {}), ee]
+    order += [specs[n] for n in ("kd", "dkd", "confidence_inverse", "confidence", "manual_activation_1")]
 
-    base_spec = demo.RunSpec("base_read_through", "base", {})
-    seed_like = [
-        run(base_spec, 1.0, 0.9),
-        run(ee, 0.33, 0.10),
-        run(specs["kd"], 0.31, 0.10),
-        run(specs["dkd"], 0.32, 0.11),
-        run(specs["confidence_inverse"], 0.30, 0.10),
-        run(specs["confidence"], 0.34, 0.10),
-        run(specs["manual_activation_1"], 0.20, 0.40),
-    ]
+    def table(*cells: tuple[float, float]) -> list[RunResult]:
+        """The rows in the report's order (base, EE, the runs from EE), with WER at layers 2 and 4."""
+        return [RunResult(spec, {"greedy": {"test": {2: l2, 4: l4}}}) for spec, (l2, l4) in zip(order, cells)]
+
+    seed_like = table(
+        (1.0, 0.9), (0.33, 0.10), (0.31, 0.10), (0.32, 0.11), (0.30, 0.10), (0.34, 0.10), (0.20, 0.40)
+    )
     nlayer = [RunResult(b, {"greedy": {"test": {n: w}}}) for b, n, w in zip(baselines, layers, (0.30, 0.09))]
     text = format_findings(seed_like, nlayer, layers, "test")
     lines = text.splitlines()
@@ -203,15 +200,9 @@ def test_reproduce_findings_verdicts(tmp_path: Path) -> None:
     assert "EE is worse at 2 of 2 exits, by at most 3.0 points" in lines[3]
 
     # the other way round: the base already reads well, refinements hurt, manual N=1 does not win
-    flipped = [
-        run(base_spec, 0.5, 0.2),
-        run(ee, 0.40, 0.10),
-        run(specs["kd"], 0.45, 0.10),
-        run(specs["dkd"], 0.41, 0.11),
-        run(specs["confidence_inverse"], 0.39, 0.10),
-        run(specs["confidence"], 0.42, 0.10),
-        run(specs["manual_activation_1"], 0.45, 0.12),
-    ]
+    flipped = table(
+        (0.5, 0.2), (0.40, 0.10), (0.45, 0.10), (0.41, 0.11), (0.39, 0.10), (0.42, 0.10), (0.45, 0.12)
+    )
     text = format_findings(flipped, nlayer, layers, "test")
     lines = text.splitlines()
     assert "**does not hold** (EE at most half the base's WER: 0.80x)" in lines[0]
