@@ -23,13 +23,7 @@ from wav2vec2_ee.vocab import build_feature_extractor, build_processor, build_to
 from conftest import tiny_config
 from helpers_audio import good_items, write_librispeech, write_model_json
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _audio(batch=3, samples=3000):

@@ -22,14 +22,7 @@ from wav2vec2_ee.modeling import Wav2Vec2EEForCTC, _read_state_dict, load_model
 from conftest import tiny_config
 from helpers_audio import good_items, write_librispeech, write_model_json
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a busy CI machine makes them spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RunsCode:

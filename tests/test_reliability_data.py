@@ -44,13 +44,7 @@ PROCESSOR = build_processor()
 FRAMES = Wav2Vec2EEForCTC(Wav2Vec2EEConfig(**TINY_MODEL))._get_feat_extract_output_lengths
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a busy CI machine makes them spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from helpers_audio import good_items, write_librispeech, write_model_json
 BAD_STEP = 3  # the (1-based) batch that goes bad
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: tiny models gain nothing from more, and a busy CI machine makes them spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
