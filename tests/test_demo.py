@@ -169,6 +169,27 @@ def test_build_base_with_other_synthesizers(tmp_path: Path, monkeypatch) -> None
     assert "On speech of an engine no training split used (festival" in card
 
 
+def test_build_base_names_a_missing_synthesizer_before_building(tmp_path: Path, monkeypatch) -> None:
+    """The default preset needs Flite (training split) and Festival (robustness check): without one, the
+    build stops at once with the Debian package named, before the eSpeak corpus is written."""
+    from wav2vec2_ee.corpus import external
+    from wav2vec2_ee.demo import base as base_module
+
+    default = presets.BASE_PRESETS["default"]
+    assert {o["split"] for o in default.other_synthesizers} == {"train_flite"}
+    assert default.robustness_check["synthesizer"] == "festival"
+    real_which = shutil.which
+    monkeypatch.setattr(external.shutil, "which", lambda p: None if p == "text2wave" else real_which(p))
+
+    def build_corpus(*args, **kwargs):
+        raise AssertionError("the eSpeak corpus was started before the engines were checked")
+
+    monkeypatch.setattr("wav2vec2_ee.corpus.build_corpus", build_corpus)
+    with pytest.raises(external.SynthesizerUnavailableError, match="apt-get install festival"):
+        base_module.build_base(tmp_path / "base")
+    assert not (tmp_path / "base").exists() and not (tmp_path / "corpus").exists()
+
+
 def test_reproduce_findings_verdicts(tmp_path: Path) -> None:
     """Each of the seed's findings is judged from the numbers: the seed's own table holds every one; a
     table where they fail says so, and a failed run is reported, not judged."""

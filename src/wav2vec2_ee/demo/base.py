@@ -177,6 +177,7 @@ def build_base(
     from .presets import PRESETS
 
     preset = BASE_PRESETS["quick" if quick else "default"]
+    _check_engines(preset)  # a missing synthesizer is named now, not after the eSpeak corpus is built
     corpus_dir = out / "corpus"
     summary = build_corpus(corpus_dir, **preset.corpus, progress=sys.stderr.isatty())
     say(
@@ -244,6 +245,18 @@ def build_base(
             f"{check_split} (an engine no training split used), layer {top}: {100 * wer['other_synthesizer'][top]:.1f} % WER"
         )
     return model_dir
+
+
+def _check_engines(preset: BasePreset) -> None:
+    """Raise :class:`~wav2vec2_ee.corpus.external.SynthesizerUnavailableError` if an engine the preset's
+    other synthesizers or its robustness check need is not installed."""
+    from ..corpus.external import check_engine, voice_by_name
+
+    engines = {voice_by_name(v).engine for o in preset.other_synthesizers for v in o["voices"]}
+    if preset.robustness_check:
+        engines.add(preset.robustness_check["synthesizer"])
+    for engine in sorted(engines):
+        check_engine(engine)
 
 
 def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float]:

@@ -63,9 +63,9 @@ BASE_TRAINING: dict = {
     "cache_audio": True,
     "train_sampling_strategy": "group_by_length",
     "speed_perturbation": [0.9, 1.0, 1.1],
-    "noise_prob": 0.3,
+    "noise_prob": 0.15,
     "noise_snr_db": [5.0, 30.0],
-    "reverb_prob": 0.3,
+    "reverb_prob": 0.15,
     "reverb_rt60": [0.15, 0.6],
     "pad_to_multiple_of": 1600,
     "per_device_train_batch_size": 16,
@@ -78,6 +78,18 @@ BASE_TRAINING: dict = {
     "weight_decay": 0.01,
     "seed": 0,
 }
+
+#: A second engine beside eSpeak in the base's training: CMU Flite's voices ``kal16``, ``awb`` and ``rms``
+#: (Flite's ``slt`` and every Festival voice stay unheard, for the robustness check).
+BASE_FLITE_SPLIT: dict = {
+    "split": "train_flite",
+    "num_utterances": 5000,
+    "voices": ["kal16", "awb", "rms"],
+    "seed": 2,
+}
+
+#: The base's check on an engine no training split used: the demo's test sentences by Festival's voices.
+BASE_ROBUSTNESS_CHECK: dict = {"synthesizer": "festival", "voices": None, "num": 100}
 
 
 @dataclass(frozen=True)
@@ -101,7 +113,15 @@ class BasePreset:
 
 
 BASE_PRESETS: dict[str, BasePreset] = {
-    "default": BasePreset("default", BASE_CORPUS, BASE_MODEL, BASE_TRAINING, train_minutes=140.0),
+    "default": BasePreset(
+        "default",
+        BASE_CORPUS,
+        BASE_MODEL,
+        BASE_TRAINING,
+        train_minutes=125.0,
+        other_synthesizers=(BASE_FLITE_SPLIT,),
+        robustness_check=BASE_ROBUSTNESS_CHECK,
+    ),
     # smoke test of the command: tiny corpus and model, a few steps
     "quick": BasePreset(
         "quick",
