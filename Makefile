@@ -11,9 +11,16 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-install: $(BIN)/activate
+# pip runs again only when pyproject.toml changed since the last install (so `make demo` after
+# `make install` starts at once); `rm .venv/.installed` forces it.
+STAMP := $(VENV)/.installed
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml | $(BIN)/activate
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[all]"
+	touch $@
 
 test:
 	$(BIN)/python -m pytest -q
