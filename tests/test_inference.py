@@ -349,6 +349,23 @@ def test_choose_operating_point_on_a_synthetic_table():
         choose_operating_point(points, 0.2, -0.1)
 
 
+def test_exit_table_subset_keeps_each_utterance_with_its_own_columns():
+    errors = [[0, 1, 2, 3], [0, 0, 1, 2], [0, 0, 0, 1]]
+    entropy = [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 1.0, 1.1, 1.2]]
+    table = _table(errors, entropy, words=[4, 5, 6, 7])
+    table.hypotheses = [[f"h{k}{i}" for i in range(4)] for k in range(3)]
+    part = table.subset([3, 1])
+    assert part.ids == ["u3", "u1"] and part.layers == [2, 4, 6]
+    assert part.hypotheses == [["h03", "h01"], ["h13", "h11"], ["h23", "h21"]]
+    assert part.errors.tolist() == [[3, 1], [2, 0], [1, 0]]
+    torch.testing.assert_close(part.stats["entropy"], torch.tensor([[0.4, 0.2], [0.8, 0.6], [1.2, 1.0]]))
+    assert part.reference_words.tolist() == [7, 5]
+    # the final exit's WER of the subset: (1 + 0) errors / (7 + 5) words
+    assert part.wer_of_exit(2) == pytest.approx(1 / 12)
+    with pytest.raises(IndexError, match=r"\[0, 4\)"):
+        table.subset([4])
+
+
 def test_calibrate_table_picks_the_most_aggressive_threshold_within_the_limit():
     # 4 utterances x exits (2, 4, 6), 4 words each; the final exit makes 1 error in 16 words.
     # u0/u1 are right everywhere; u2 costs an error at layer 2 only; u3 needs layer 6.

@@ -529,3 +529,25 @@ def test_calibrate_save_policy_then_transcribe_and_sweep(assets, capsys, tmp_pat
     assert cli_main([*dev_sweep, "--timing", "none"]) == 0
     capsys.readouterr()
     assert json.loads((out / "dev_sweep.json").read_text())["fitted_policies"]["learned"]["in_sample"] is True
+
+
+def test_analysis_script_finds_the_feature_that_carries_the_signal():
+    """benchmarks/analyse_learned_policy.py on tables where only the margin tells when to stop: the
+    margin alone (fit on dev, applied to test) lands on the oracle's curve, entropy alone does not."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "analyse_learned_policy.py"
+    spec = importlib.util.spec_from_file_location("analyse_learned_policy", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    dev, test = synthetic_table(seed=1), synthetic_table(seed=2)
+    margin = script.run_variant(dev, test, features=("margin",))
+    assert abs(margin["gap"]) < 0.005 and margin["layers"] < 0.6
+    entropy = script.run_variant(dev, test, features=("entropy",))
+    assert entropy["layers"] > margin["layers"] + 0.2 and entropy["gap"] > margin["gap"] + 0.01
+    # the in-sample bound is fitted and calibrated on the test table itself
+    bound = script.run_variant(dev, test, fit_on=test)
+    assert bound["dev_rows"] == test.num_utterances and abs(bound["gap"]) < 0.005
+    curve = script.learning_curve(dev, test, [0.1, 1.0], draws=2, max_wer_increase=0.05, seed=0)
+    assert [(r["utterances"], r["draws"]) for r in curve] == [(30, 2), (300, 1)]
+    assert curve[1]["gap"] == pytest.approx(script.run_variant(dev, test)["gap"])

@@ -114,6 +114,28 @@ class ExitTable:
             for k, layer in enumerate(self.layers)
         ]
 
+    def subset(self, rows: Sequence[int] | torch.Tensor) -> ExitTable:
+        """The table of the utterances at ``rows`` (in that order): e.g. a learning curve over how many
+        development utterances a fitted policy sees. Fitted scores in ``stats`` are kept as they are."""
+        idx = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_utterances):
+            raise IndexError(f"rows must be in [0, {self.num_utterances}), got {idx.tolist()}")
+        pick = idx.tolist()
+        return ExitTable(
+            ids=[self.ids[i] for i in pick],
+            references=[self.references[i] for i in pick],
+            layers=list(self.layers),
+            hypotheses=[[h[i] for i in pick] for h in self.hypotheses],
+            stats={name: v[:, idx] for name, v in self.stats.items()},
+            errors=self.errors[:, idx],
+            reference_words=self.reference_words[idx],
+            audio_seconds=[self.audio_seconds[i] for i in pick] if self.audio_seconds else [],
+            policy_transcripts=(
+                [[t[i] for i in pick] for t in self.policy_transcripts] if self.policy_transcripts else None
+            ),
+            scored_by=dict(self.scored_by),
+        )
+
     def wer_of_exit(self, k: int) -> float:
         return float(self.errors[k].sum()) / max(1, int(self.reference_words.sum()))
 

@@ -1,0 +1,205 @@
+"""Why the learned exit policy stops where it does: learning curve, feature ablations, in-sample bound.
+
+Computes the dev and test exit tables of a checkpoint once (every exit's greedy transcript and
+statistics, as ``calibrate`` does), then for each variant of the learned policy fits it on (part of)
+the dev table, picks its threshold on the same dev rows under the WER budget (``calibrate``'s rule,
+``--max-wer-increase`` relative to the final exit), applies it unchanged to the test table and
+reports test WER, mean layers computed / full depth, the oracle's test WER at that depth (its lower
+convex hull) and the gap (points, and relative to the oracle). Variants:
+
+* the learned policy as ``calibrate --policy learned`` fits it (every feature, logistic), and a tanh
+  MLP (``--hidden``);
+* a learning curve: fitted and calibrated on random fractions of the dev utterances (``--fractions``,
+  ``--draws`` random subsets each; mean and range);
+* each feature alone, and every feature but one (which feature carries the signal);
+* the in-sample bound: fitted and calibrated on the test table itself. What it misses against the
+  oracle is the model class's and the features' limit, not the dev split's size;
+* the threshold rules (entropy, confidence) calibrated on dev, for reference.
+
+    python benchmarks/analyse_learned_policy.py demo_out/ee --data demo_out/corpus [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+
+import torch
+
+from wav2vec2_ee.evaluation import load_evaluation_model
+from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
+from wav2vec2_ee.inference.learned import FEATURES
+from wav2vec2_ee.inference.policies import POLICIES
+from wav2vec2_ee.inference.table import (
+    ExitTable,
+    compute_exit_table,
+    load_prepared_split,
+    oracle_curve,
+    oracle_wer_at,
+)
+
+
+def run_variant(
+    dev: ExitTable,
+    test: ExitTable,
+    policy: str = "learned",
+    max_wer_increase: float = 0.05,
+    fit_on: ExitTable | None = None,
+    **fit_settings,
+) -> dict:
+    """Fit (learned policy) and calibrate ``policy`` on ``fit_on`` (default ``dev``), apply to ``test``.
+
+    Returns the test figures: ``wer``, ``layers`` (mean layers computed / full depth), ``oracle``
+    (the oracle's test WER at that depth), ``gap`` (points) and, for a fitted policy, its fit summary.
+    """
+    table = dev if fit_on is None else fit_on
+    fitted = None
+    if POLICIES[policy].fitted_arguments:
+        fitted = POLICIES[policy].fit(table, None, **fit_settings)
+    cal = calibrate_table(table, policy, max_wer_increase, fitted=fitted)
+    apply_to_table(cal, test)
+    point = cal.test
+    layers = point.mean_layers_computed / test.full_depth
+    oracle = oracle_wer_at(oracle_curve(test), point.mean_layers_computed)
+    out = {
+        "value": cal.value,
+        "wer": point.wer,
+        "layers": layers,
+        "oracle": oracle,
+        "gap": point.wer - oracle,
+        "dev_rows": table.num_utterances,
+    }
+    if fitted:
+        fit = fitted["model"].fit
+        out["fit"] = {k: fit[k] for k in ("rows", "positive_rate", "train_accuracy") if k in fit}
+    return out
+
+
+def learning_curve(
+    dev: ExitTable, test: ExitTable, fractions: list[float], draws: int, max_wer_increase: float, seed: int
+) -> list[dict]:
+    """The learned policy fitted and calibrated on random subsets of the dev utterances."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for fraction in fractions:
+        n = max(2, round(fraction * dev.num_utterances))
+        runs = []
+        for _ in range(draws if n < dev.num_utterances else 1):
+            pick = torch.randperm(dev.num_utterances, generator=generator)[:n]
+            runs.append(run_variant(dev, test, max_wer_increase=max_wer_increase, fit_on=dev.subset(pick)))
+        rows.append(
+            {
+                "fraction": fraction,
+                "utterances": n,
+                "draws": len(runs),
+                "wer": statistics.fmean(r["wer"] for r in runs),
+                "wer_range": [min(r["wer"] for r in runs), max(r["wer"] for r in runs)],
+                "layers": statistics.fmean(r["layers"] for r in runs),
+                "gap": statistics.fmean(r["gap"] for r in runs),
+                "gap_range": [min(r["gap"] for r in runs), max(r["gap"] for r in runs)],
+            }
+        )
+    return rows
+
+
+def format_row(name: str, r: dict) -> str:
+    rel = r["gap"] / r["oracle"] if r.get("oracle") else float("nan")
+    return f"| {name} | {r['wer']:.2%} | {r['layers']:.3f} | {r['oracle']:.2%} | {100 * r['gap']:+.2f} | {rel:+.1%} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--data", required=True, help="LibriSpeech-layout corpus folder")
+    parser.add_argument("--dev-split", default="dev")
+    parser.add_argument("--test-split", default="test")
+    parser.add_argument("--max-wer-increase", type=float, default=0.05)
+    parser.add_argument("--hidden", type=int, default=8, help="width of the MLP variant")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--draws", type=int, default=5, help="random dev subsets per fraction below 1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    em = load_evaluation_model(args.checkpoint, device=args.device)
+    tables = {}
+    for role, split in (("dev", args.dev_split), ("test", args.test_split)):
+        _, utts = load_prepared_split(em, args.data, split, progress=False)
+        tables[role] = compute_exit_table(em, utts, None, args.batch_size, progress=False)
+    dev, test = tables["dev"], tables["test"]
+    final = test.wer_of_exit(len(test.layers) - 1)
+    oracle_depth, oracle_wer = oracle_curve(test)[0]
+    budget = args.max_wer_increase
+
+    started = time.perf_counter()
+    results: dict[str, dict] = {
+        "learned (all features, logistic)": run_variant(dev, test, max_wer_increase=budget)
+    }
+    fit_seconds = time.perf_counter() - started
+    results[f"learned, MLP ({args.hidden} tanh units)"] = run_variant(
+        dev, test, max_wer_increase=budget, hidden=args.hidden
+    )
+    results["learned, in-sample bound (fit + threshold on test)"] = run_variant(
+        dev, test, max_wer_increase=budget, fit_on=test
+    )
+    for rule in ("entropy", "confidence"):
+        results[f"{rule} (threshold rule)"] = run_variant(dev, test, rule, budget)
+    alone = {f: run_variant(dev, test, max_wer_increase=budget, features=(f,)) for f in FEATURES}
+    without = {
+        f: run_variant(dev, test, max_wer_increase=budget, features=tuple(g for g in FEATURES if g != f))
+        for f in FEATURES
+    }
+    curve = learning_curve(dev, test, args.fractions, args.draws, budget, args.seed)
+
+    print(
+        f"test: {test.num_utterances} utterances, final exit {final:.2%}; oracle {oracle_wer:.2%} at "
+        f"{oracle_depth / test.full_depth:.3f} of the depth; dev: {dev.num_utterances} utterances; "
+        f"thresholds chosen on dev at +{budget:.0%} relative WER; fitting + calibrating the learned "
+        f"policy on dev: {fit_seconds:.2f} s"
+    )
+    header = "| {} | test WER | layers/full | oracle WER at that depth | gap (points) | gap (relative) |"
+    print("\n" + header.format("variant") + "\n|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(format_row(name, r))
+    print("\n" + header.format("one feature alone") + "\n|---|---|---|---|---|---|")
+    for name, r in alone.items():
+        print(format_row(name, r))
+    print("\n" + header.format("every feature but") + "\n|---|---|---|---|---|---|")
+    for name, r in without.items():
+        print(format_row(name, r))
+    print(
+        "\n| dev utterances | draws | test WER (range) | layers/full | gap, points (range) |\n|---|---|---|---|---|"
+    )
+    for r in curve:
+        lo, hi = r["wer_range"]
+        glo, ghi = r["gap_range"]
+        print(
+            f"| {r['utterances']} | {r['draws']} | {r['wer']:.2%} ({lo:.2%}-{hi:.2%}) | {r['layers']:.3f} | "
+            f"{100 * r['gap']:+.2f} ({100 * glo:+.2f} to {100 * ghi:+.2f}) |"
+        )
+    if args.json:
+        payload = {
+            "checkpoint": args.checkpoint,
+            "final_exit_wer": final,
+            "oracle": {"wer": oracle_wer, "layers": oracle_depth / test.full_depth},
+            "variants": results,
+            "feature_alone": alone,
+            "feature_removed": without,
+            "learning_curve": curve,
+            "fit_seconds": fit_seconds,
+        }
+        with open(args.json, "w") as f:
+            json.dump(payload, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
