@@ -14,6 +14,10 @@ convex hull) and the gap (points, and relative to the oracle). Variants:
 * each feature alone, and every feature but one (which feature carries the signal);
 * the in-sample bound: fitted and calibrated on the test table itself. What it misses against the
   oracle is the model class's and the features' limit, not the dev split's size;
+* a hidden-state probe (``--probe-dims``): the same logistic model given, beside the exit features, the
+  exit layer's hidden states mean-pooled over the valid frames and projected on their first ``k``
+  principal directions (fitted on dev). Not the gate head trained jointly with the exits, but the
+  question it answers first: do the hidden states carry what the output distributions do not;
 * the threshold rules (entropy, confidence) calibrated on dev, for reference.
 
     python benchmarks/analyse_learned_policy.py demo_out/ee --data demo_out/corpus [--json out.json]
@@ -40,6 +44,7 @@ from wav2vec2_ee.inference.table import (
     oracle_curve,
     oracle_wer_at,
 )
+from wav2vec2_ee.inference.timing import load_batches
 
 
 def run_variant(
@@ -76,6 +81,45 @@ def run_variant(
         fit = fitted["model"].fit
         out["fit"] = {k: fit[k] for k in ("rows", "positive_rate", "train_accuracy") if k in fit}
     return out
+
+
+@torch.inference_mode()
+def pooled_hidden_states(em, prepared, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per utterance id, ``(exits, hidden)``: each exit layer's hidden states (the input of its exit
+    head's norm and projection) averaged over the utterance's valid frames."""
+    model, out = em.model, {}
+    for batch in load_batches(prepared, em.feature_extractor, batch_size, device=em.device):
+        steps = list(model.iter_exits(batch.input_values, batch.attention_mask, output_hidden_states=True))
+        lengths = steps[0].output_lengths
+        frames = torch.arange(steps[-1].hidden_states[0].shape[1], device=lengths.device)
+        mask = (frames[None, :] < lengths[:, None]).unsqueeze(-1).float()
+        pooled = torch.stack(
+            [(s.hidden_states[s.layer] * mask).sum(1) / mask.sum(1).clamp(min=1) for s in steps], 1
+        )  # (batch, exits, hidden)
+        for i, utt in enumerate(batch.ids):
+            out[utt] = pooled[i].float().cpu()
+    return out
+
+
+def add_probe_features(tables: dict[str, ExitTable], pooled: dict[str, dict], dims: int) -> tuple[str, ...]:
+    """Add ``probe_0 .. probe_<dims-1>`` statistics ``(exits, n)`` to each table: the pooled hidden states
+    projected on the first ``dims`` principal directions of the dev table's (every exit pooled together,
+    centred on the dev mean). Returns the new statistics' names."""
+
+    def stacked(name: str) -> torch.Tensor:
+        return torch.stack([pooled[name][u] for u in tables[name].ids], 1)  # (exits, n, hidden)
+
+    dev = stacked("dev").double()
+    flat = dev.reshape(-1, dev.shape[-1])
+    mean = flat.mean(0)
+    _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
+    basis = v[:dims].T  # (hidden, dims)
+    names = tuple(f"probe_{j}" for j in range(dims))
+    for name, table in tables.items():
+        projected = ((dev if name == "dev" else stacked(name).double()) - mean) @ basis  # (exits, n, dims)
+        for j, stat in enumerate(names):
+            table.stats[stat] = projected[..., j].float()
+    return names
 
 
 def learning_curve(
@@ -121,6 +165,13 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--draws", type=int, default=5, help="random dev subsets per fraction below 1")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--probe-dims",
+        type=int,
+        nargs="*",
+        default=[4, 16, 64],
+        help="hidden-state probe variants: principal directions kept (none: no probe)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default=None)
@@ -131,10 +182,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     em = load_evaluation_model(args.checkpoint, device=args.device)
-    tables = {}
+    tables, pooled = {}, {}
     for role, split in (("dev", args.dev_split), ("test", args.test_split)):
         _, utts = load_prepared_split(em, args.data, split, progress=False)
         tables[role] = compute_exit_table(em, utts, None, args.batch_size, progress=False)
+        if args.probe_dims:
+            pooled[role] = pooled_hidden_states(em, utts, args.batch_size)
     dev, test = tables["dev"], tables["test"]
     final = test.wer_of_exit(len(test.layers) - 1)
     oracle_depth, oracle_wer = oracle_curve(test)[0]
@@ -151,6 +204,11 @@ def main() -> None:
     results["learned, in-sample bound (fit + threshold on test)"] = run_variant(
         dev, test, max_wer_increase=budget, fit_on=test
     )
+    for dims in args.probe_dims or []:
+        names = add_probe_features(tables, pooled, dims)
+        results[f"learned + hidden-state probe ({dims} principal directions)"] = run_variant(
+            dev, test, max_wer_increase=budget, features=FEATURES + names
+        )
     for rule in ("entropy", "confidence"):
         results[f"{rule} (threshold rule)"] = run_variant(dev, test, rule, budget)
     alone = {f: run_variant(dev, test, max_wer_increase=budget, features=(f,)) for f in FEATURES}

@@ -534,12 +534,7 @@ def test_calibrate_save_policy_then_transcribe_and_sweep(assets, capsys, tmp_pat
 def test_analysis_script_finds_the_feature_that_carries_the_signal():
     """benchmarks/analyse_learned_policy.py on tables where only the margin tells when to stop: the
     margin alone (fit on dev, applied to test) lands on the oracle's curve, entropy alone does not."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "analyse_learned_policy.py"
-    spec = importlib.util.spec_from_file_location("analyse_learned_policy", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = analysis_script()
     dev, test = synthetic_table(seed=1), synthetic_table(seed=2)
     margin = script.run_variant(dev, test, features=("margin",))
     assert abs(margin["gap"]) < 0.005 and margin["layers"] < 0.6
@@ -551,3 +546,52 @@ def test_analysis_script_finds_the_feature_that_carries_the_signal():
     curve = script.learning_curve(dev, test, [0.1, 1.0], draws=2, max_wer_increase=0.05, seed=0)
     assert [(r["utterances"], r["draws"]) for r in curve] == [(30, 2), (300, 1)]
     assert curve[1]["gap"] == pytest.approx(script.run_variant(dev, test)["gap"])
+
+
+def test_analysis_probe_reads_the_signal_from_the_hidden_states():
+    """The probe's statistics are principal-direction projections of what it is given: when one hidden
+    direction says whether stopping costs errors, the probe with it lands on the oracle's curve."""
+    script = analysis_script()
+    dev, test = synthetic_table(seed=1), synthetic_table(seed=2)
+    g = torch.Generator().manual_seed(3)
+    pooled, signals = {}, {}
+    for name, table in (("dev", dev), ("test", test)):
+        signals[name] = (table.stats["margin"] > 0.5).float() * 4.0  # (exits, n)
+        hidden = 0.1 * torch.randn(*signals[name].shape, 6, generator=g)
+        hidden[..., 2] += signals[name]
+        for stat in FEATURES:  # no exit statistic carries the signal any more
+            if stat in table.stats and stat != "log_frames":
+                table.stats[stat] = torch.rand(table.stats[stat].shape, generator=g)
+        pooled[name] = {u: hidden[:, i] for i, u in enumerate(table.ids)}
+    blind = script.run_variant(dev, test)
+    names = script.add_probe_features({"dev": dev, "test": test}, pooled, 2)
+    assert names == ("probe_0", "probe_1")
+    # the largest principal direction of the dev states is the signal's, on both tables
+    for name, table in (("dev", dev), ("test", test)):
+        r = torch.corrcoef(torch.stack([table.stats["probe_0"].flatten(), signals[name].flatten()]))[0, 1]
+        assert abs(float(r)) > 0.99
+    probe = script.run_variant(dev, test, features=FEATURES + names)
+    assert abs(probe["gap"]) < 0.005 and probe["layers"] < blind["layers"] - 0.2
+
+
+def test_analysis_pooled_hidden_states_equal_each_utterance_alone(assets):
+    script = analysis_script()
+    em = load_evaluation_model(assets["checkpoint"])
+    _, prepared = load_prepared_split(em, assets["data"], "dev", progress=False)
+    pooled = script.pooled_hidden_states(em, prepared, batch_size=4)  # padded batches
+    assert sorted(pooled) == sorted(u.id for u in prepared)
+    for batch in load_batches(prepared, em.feature_extractor, batch_size=1):
+        steps = list(em.model.iter_exits(batch.input_values, batch.attention_mask, output_hidden_states=True))
+        alone = torch.stack([s.hidden_states[s.layer][0].mean(0) for s in steps])
+        torch.testing.assert_close(pooled[batch.ids[0]], alone, atol=1e-4, rtol=1e-4)
+
+
+def analysis_script():
+    """``benchmarks/analyse_learned_policy.py`` imported as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "analyse_learned_policy.py"
+    spec = importlib.util.spec_from_file_location("analyse_learned_policy", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
