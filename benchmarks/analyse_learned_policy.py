@@ -18,6 +18,8 @@ convex hull) and the gap (points, and relative to the oracle). Variants:
   exit layer's hidden states mean-pooled over the valid frames and projected on their first ``k``
   principal directions (fitted on dev). Not the gate head trained jointly with the exits, but the
   question it answers first: do the hidden states carry what the output distributions do not;
+* fitted on ``--train-utterances`` random utterances of the training split (voices the model heard:
+  more rows than dev has, from another distribution), thresholded on dev; also with the probe;
 * the threshold rules (entropy, confidence) calibrated on dev, for reference.
 
     python benchmarks/analyse_learned_policy.py demo_out/ee --data demo_out/corpus [--json out.json]
@@ -53,9 +55,11 @@ def run_variant(
     policy: str = "learned",
     max_wer_increase: float = 0.05,
     fit_on: ExitTable | None = None,
+    threshold_on: ExitTable | None = None,
     **fit_settings,
 ) -> dict:
-    """Fit (learned policy) and calibrate ``policy`` on ``fit_on`` (default ``dev``), apply to ``test``.
+    """Fit (learned policy) ``policy`` on ``fit_on`` (default ``dev``), choose its threshold on
+    ``threshold_on`` (default: the table it was fitted on), apply it to ``test``.
 
     Returns the test figures: ``wer``, ``layers`` (mean layers computed / full depth), ``oracle``
     (the oracle's test WER at that depth), ``gap`` (points) and, for a fitted policy, its fit summary.
@@ -64,7 +68,7 @@ def run_variant(
     fitted = None
     if POLICIES[policy].fitted_arguments:
         fitted = POLICIES[policy].fit(table, None, **fit_settings)
-    cal = calibrate_table(table, policy, max_wer_increase, fitted=fitted)
+    cal = calibrate_table(threshold_on or table, policy, max_wer_increase, fitted=fitted)
     apply_to_table(cal, test)
     point = cal.test
     layers = point.mean_layers_computed / test.full_depth
@@ -172,6 +176,14 @@ def main() -> None:
         default=[4, 16, 64],
         help="hidden-state probe variants: principal directions kept (none: no probe)",
     )
+    parser.add_argument(
+        "--train-split",
+        default="train",
+        help="variants fitted on this split's utterances (heard voices; threshold still on dev); '' for none",
+    )
+    parser.add_argument(
+        "--train-utterances", type=int, default=1000, help="random utterances of --train-split to fit on"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default=None)
@@ -183,8 +195,14 @@ def main() -> None:
 
     em = load_evaluation_model(args.checkpoint, device=args.device)
     tables, pooled = {}, {}
-    for role, split in (("dev", args.dev_split), ("test", args.test_split)):
+    roles = [("dev", args.dev_split), ("test", args.test_split)]
+    if args.train_split:
+        roles.append(("train", args.train_split))
+    for role, split in roles:
         _, utts = load_prepared_split(em, args.data, split, progress=False)
+        if role == "train":
+            pick = torch.randperm(len(utts), generator=torch.Generator().manual_seed(args.seed))
+            utts = [utts[i] for i in pick[: args.train_utterances].tolist()]
         tables[role] = compute_exit_table(em, utts, None, args.batch_size, progress=False)
         if args.probe_dims:
             pooled[role] = pooled_hidden_states(em, utts, args.batch_size)
@@ -204,11 +222,27 @@ def main() -> None:
     results["learned, in-sample bound (fit + threshold on test)"] = run_variant(
         dev, test, max_wer_increase=budget, fit_on=test
     )
+    train = tables.get("train")
+    if train is not None:
+        results[f"learned, fitted on {train.num_utterances} train utterances, threshold on dev"] = (
+            run_variant(dev, test, max_wer_increase=budget, fit_on=train, threshold_on=dev)
+        )
     for dims in args.probe_dims or []:
         names = add_probe_features(tables, pooled, dims)
         results[f"learned + hidden-state probe ({dims} principal directions)"] = run_variant(
             dev, test, max_wer_increase=budget, features=FEATURES + names
         )
+        if train is not None:
+            results[f"learned + probe ({dims}), fitted on {train.num_utterances} train utterances"] = (
+                run_variant(
+                    dev,
+                    test,
+                    max_wer_increase=budget,
+                    fit_on=train,
+                    threshold_on=dev,
+                    features=FEATURES + names,
+                )
+            )
     for rule in ("entropy", "confidence"):
         results[f"{rule} (threshold rule)"] = run_variant(dev, test, rule, budget)
     alone = {f: run_variant(dev, test, max_wer_increase=budget, features=(f,)) for f in FEATURES}
