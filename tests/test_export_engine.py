@@ -128,6 +128,29 @@ def test_onnx_source_takes_numpy_and_a_folder(exported, tokenizer) -> None:
     assert "OnnxExitSource" in repr(source)
 
 
+def test_onnx_source_runs_torch_on_its_own_thread_count_during_a_pass(exported) -> None:
+    _, folder = exported
+    x, mask = padded_batch([2000, 1200])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = [torch.get_num_threads() for _ in OnnxExitSource(folder).iter_exits(x, mask)]
+        assert seen == [1, 1, 1, 1] and torch.get_num_threads() == 2  # restored after the pass
+        steps = OnnxExitSource(folder).iter_exits(x, mask)
+        next(steps)
+        assert torch.get_num_threads() == 1
+        steps.close()  # a caller that stops early (every utterance exited) restores it too
+        assert torch.get_num_threads() == 2
+        seen = [
+            torch.get_num_threads() for _ in OnnxExitSource(folder, torch_threads=None).iter_exits(x, mask)
+        ]
+        assert seen == [2, 2, 2, 2]
+        with pytest.raises(ValueError, match="torch_threads"):
+            OnnxExitSource(folder, torch_threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_as_exit_source_refuses_other_objects() -> None:
     with pytest.raises(TypeError, match="exit source"):
         as_exit_source(object())

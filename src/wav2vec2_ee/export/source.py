@@ -5,6 +5,14 @@
 :meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.iter_exits` (``exit_layers``, ``iter_exits(input_values,
 attention_mask, exits)`` yielding steps with ``exit_index, layer, logits, output_lengths, rows`` and
 ``retain(keep)``). Imports torch (the torch-free runtime is :mod:`.runtime` and :mod:`wav2vec2_ee.lite`).
+
+Two thread pools share the process here: onnxruntime's runs the segments, torch's the policy's
+statistics and the decoding between them. torch's OpenMP threads keep spinning for a while after
+each small operation, on the cores onnxruntime's threads are about to use; on 2 cores that made an
+early-exit pass slower than the full depth (wall 1.06-1.16 of it at 0.92 of the layers, measured with
+``benchmarks/bench_export.py``). So while its steps are being consumed, the source runs torch on
+``torch_threads`` threads (default 1: the work between segments is a few small tensors) and restores
+torch's setting when the pass ends.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ class OnnxExitSource:
     Args:
         segments: an :class:`~.runtime.OnnxSegments` (:func:`~.runtime.load_segments`) or a folder to load.
         precision, providers, num_threads: passed to :func:`~.runtime.load_segments` for a folder.
+        torch_threads: torch's intra-op threads while a pass runs (the policy's work between segment
+            calls; see the module docstring); ``None`` leaves torch's setting alone.
     """
 
     def __init__(
@@ -58,7 +68,11 @@ class OnnxExitSource:
         *,
         providers: Iterable[str] | None = None,
         num_threads: int | None = None,
+        torch_threads: int | None = 1,
     ):
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None, got {torch_threads}")
+        self.torch_threads = torch_threads
         if not isinstance(segments, OnnxSegments):
             segments = load_segments(segments, precision, providers=providers, num_threads=num_threads)
         self.segments = segments
@@ -93,15 +107,22 @@ class OnnxExitSource:
         """:func:`~.runtime.run_onnx_exits` on torch (or numpy) inputs, steps as torch tensors."""
         values = _numpy(input_values, np.float32)
         mask = None if attention_mask is None else _numpy(attention_mask, np.int64)
-        for step in run_onnx_exits(self.segments, values, mask, exits):
-            yield OnnxTorchStep(
-                step.exit_index,
-                step.layer,
-                torch.from_numpy(step.logits),
-                torch.from_numpy(np.asarray(step.output_lengths, dtype=np.int64)),
-                torch.from_numpy(np.asarray(step.rows, dtype=np.int64)),
-                step,
-            )
+        before = torch.get_num_threads()
+        if self.torch_threads is not None:
+            torch.set_num_threads(self.torch_threads)
+        try:
+            for step in run_onnx_exits(self.segments, values, mask, exits):
+                yield OnnxTorchStep(
+                    step.exit_index,
+                    step.layer,
+                    torch.from_numpy(step.logits),
+                    torch.from_numpy(np.asarray(step.output_lengths, dtype=np.int64)),
+                    torch.from_numpy(np.asarray(step.rows, dtype=np.int64)),
+                    step,
+                )
+        finally:  # also when the caller stops early (the generator is closed)
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
 
 def _numpy(value, dtype) -> np.ndarray:
