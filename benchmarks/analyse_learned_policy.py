@@ -79,7 +79,7 @@ def run_variant(
         "layers": layers,
         "oracle": oracle,
         "gap": point.wer - oracle,
-        "dev_rows": table.num_utterances,
+        "fit_utterances": table.num_utterances,
     }
     if fitted:
         fit = fitted["model"].fit

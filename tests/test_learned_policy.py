@@ -543,14 +543,14 @@ def test_analysis_script_finds_the_feature_that_carries_the_signal():
     # fitted on another table (the train split's), thresholded on dev: the threshold is dev's
     other = synthetic_table(n=500, seed=4)
     moved = script.run_variant(dev, test, fit_on=other, threshold_on=dev, features=("margin",))
-    assert moved["dev_rows"] == 500 and moved["fit"]["rows"] == 1000 and abs(moved["gap"]) < 0.005
+    assert moved["fit_utterances"] == 500 and moved["fit"]["rows"] == 1000 and abs(moved["gap"]) < 0.005
     hopeless = synthetic_table(seed=1)
     hopeless.errors[:-1] = 3  # every early exit costs errors there: its threshold sends all to the last
     strict = script.run_variant(dev, test, fit_on=other, threshold_on=hopeless, features=("margin",))
     assert strict["layers"] > 0.95 > 0.6 > moved["layers"]
     # the in-sample bound is fitted and calibrated on the test table itself
     bound = script.run_variant(dev, test, fit_on=test)
-    assert bound["dev_rows"] == test.num_utterances and abs(bound["gap"]) < 0.005
+    assert bound["fit_utterances"] == test.num_utterances and abs(bound["gap"]) < 0.005
     curve = script.learning_curve(dev, test, [0.1, 1.0], draws=2, max_wer_increase=0.05, seed=0)
     assert [(r["utterances"], r["draws"]) for r in curve] == [(30, 2), (300, 1)]
     assert curve[1]["gap"] == pytest.approx(script.run_variant(dev, test)["gap"])
