@@ -143,7 +143,8 @@ def test_reproduce_runs_and_table(tmp_path: Path) -> None:
 )
 def test_build_base_with_other_synthesizers(tmp_path: Path, monkeypatch) -> None:
     """A base preset with a Flite split trains on it beside the eSpeak split, and checks the final layer
-    on Festival speech of the demo's test sentences; both reach the build record and the model card."""
+    on Festival speech of the demo's test sentences (in the demo corpus it is given); both reach the
+    build record and the model card."""
     from dataclasses import replace
 
     from wav2vec2_ee.demo import base as base_module
@@ -154,14 +155,15 @@ def test_build_base_with_other_synthesizers(tmp_path: Path, monkeypatch) -> None
     preset = replace(quick, other_synthesizers=(flite,), robustness_check=check)
     monkeypatch.setitem(presets.BASE_PRESETS, "quick", preset)
     monkeypatch.setattr(base_module, "BASE_PRESETS", presets.BASE_PRESETS)
-    model_dir = base_module.build_base(tmp_path / "base", quick=True)
+    model_dir = base_module.build_base(tmp_path / "base", quick=True, demo_corpus=tmp_path / "held_out")
     record = json.loads((model_dir / "build_record.json").read_text())
     assert len(load_split(tmp_path / "base" / "corpus", ["train_flite"])) == 6
     config = json.loads((tmp_path / "base" / "configs" / "train.json").read_text())
     assert config["train_splits"] == ["train", "train_flite"]
     assert record["corpus"]["other_synthesizers"][0]["voices"] == ["awb", "rms"]
     assert record["corpus"]["other_synthesizers"][0]["hours"] > 0
-    assert len(load_split(tmp_path / "corpus", ["check_festival"])) == 2
+    assert len(load_split(tmp_path / "held_out", ["check_festival"])) == 2  # the given demo corpus
+    assert not (tmp_path / "corpus").exists()
     top = str(preset.model["num_hidden_layers"])
     assert list(record["wer"]["other_synthesizer"]) == [top]
     card = (model_dir / "README.md").read_text()

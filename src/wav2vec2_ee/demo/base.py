@@ -165,12 +165,16 @@ def _machine() -> str:
 
 
 def build_base(
-    out: Path, quick: bool = False, train_minutes: float | None = None, overwrite: bool = False
+    out: Path,
+    quick: bool = False,
+    train_minutes: float | None = None,
+    overwrite: bool = False,
+    demo_corpus: Path | None = None,
 ) -> Path:
     """Build the demo base into ``out`` (``<out>/model`` is the result) and return that folder.
 
-    Steps: the base corpus (``<out>/corpus``), the demo corpus beside ``out`` (``<out>/../corpus``, its
-    test voices are the held-out evaluation), the training (``<out>/train``, resumed from its last
+    Steps: the base corpus (``<out>/corpus``), the demo corpus (``demo_corpus``, default beside ``out``:
+    ``<out>/../corpus``; its test voices are the held-out evaluation), the training (``<out>/train``, resumed from its last
     checkpoint when interrupted), the plain CTC export, the evaluations and the model card.
     """
     from ..corpus import build_corpus
@@ -185,7 +189,7 @@ def build_base(
         f"({summary.hours['train']:.2f} h)"
     )
     other_hours = _other_synthesizers(preset, corpus_dir)
-    demo_corpus = out.parent / "corpus"
+    demo_corpus = out.parent / "corpus" if demo_corpus is None else Path(demo_corpus)
     demo = build_corpus(demo_corpus, **PRESETS["quick" if quick else "default"].corpus, progress=False)
     say(f"demo corpus {demo_corpus}: test {demo.num_utterances['test']} utterances of held-out voices")
     check_split = _robustness_split(preset, demo_corpus)

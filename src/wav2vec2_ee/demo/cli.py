@@ -86,7 +86,11 @@ class DemoArguments:
         metadata={"help": "--build-base: minutes for its training loop (default: the base preset's)."},
     )
     corpus_dir: str | None = field(
-        default=None, metadata={"help": "Where to build (or find) the corpus (default: <output-dir>/corpus)."}
+        default=None,
+        metadata={
+            "help": "Where to build (or find) the demo corpus (default: <output-dir>/corpus); with --build-base, "
+            "the corpus whose held-out voices evaluate the base."
+        },
     )
     max_steps: int | None = field(
         default=None,
@@ -327,7 +331,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_base:
         from .base import build_base
 
-        build_base(out / "base", quick=args.quick, train_minutes=args.base_minutes, overwrite=args.overwrite)
+        build_base(
+            out / "base",
+            quick=args.quick,
+            train_minutes=args.base_minutes,
+            overwrite=args.overwrite,
+            demo_corpus=corpus,
+        )
         return 0
 
     # 1. corpus
