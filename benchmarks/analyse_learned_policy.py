@@ -20,6 +20,11 @@ convex hull) and the gap (points, and relative to the oracle). Variants:
   question it answers first: do the hidden states carry what the output distributions do not;
 * fitted on ``--train-utterances`` random utterances of the training split (voices the model heard:
   more rows than dev has, from another distribution), thresholded on dev; also with the probe;
+* other labels and row weights (``--label-variants``): stopping labelled 1 when it costs no errors
+  against every deeper exit (the policy's own label), against the final exit only, or against the
+  next exit; rows unweighted, or weighted by the word errors the decision changes (``|errors here -
+  errors of the exit compared with| + 0.5``: a cost-sensitive fit); fitted on dev and on the training
+  split;
 * the threshold rules (entropy, confidence) calibrated on dev, for reference.
 
     python benchmarks/analyse_learned_policy.py demo_out/ee --data demo_out/corpus [--json out.json]
@@ -37,8 +42,8 @@ import torch
 
 from wav2vec2_ee.evaluation import load_evaluation_model
 from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
-from wav2vec2_ee.inference.learned import FEATURES
-from wav2vec2_ee.inference.policies import POLICIES
+from wav2vec2_ee.inference.learned import FEATURES, fit_exit_model
+from wav2vec2_ee.inference.policies import POLICIES, learned_features
 from wav2vec2_ee.inference.table import (
     ExitTable,
     compute_exit_table,
@@ -59,14 +64,15 @@ def run_variant(
     **fit_settings,
 ) -> dict:
     """Fit (learned policy) ``policy`` on ``fit_on`` (default ``dev``), choose its threshold on
-    ``threshold_on`` (default: the table it was fitted on), apply it to ``test``.
+    ``threshold_on`` (default: the table it was fitted on), apply it to ``test``. ``fitted=`` (a
+    ``{"model": ...}``) skips the fit.
 
     Returns the test figures: ``wer``, ``layers`` (mean layers computed / full depth), ``oracle``
     (the oracle's test WER at that depth), ``gap`` (points) and, for a fitted policy, its fit summary.
     """
     table = dev if fit_on is None else fit_on
-    fitted = None
-    if POLICIES[policy].fitted_arguments:
+    fitted = fit_settings.pop("fitted", None)
+    if POLICIES[policy].fitted_arguments and fitted is None:
         fitted = POLICIES[policy].fit(table, None, **fit_settings)
     cal = calibrate_table(threshold_on or table, policy, max_wer_increase, fitted=fitted)
     apply_to_table(cal, test)
@@ -126,6 +132,53 @@ def add_probe_features(tables: dict[str, ExitTable], pooled: dict[str, dict], di
     return names
 
 
+#: what a label of 1 compares the exit's word errors with: every deeper exit (the learned policy's
+#: label, :func:`~wav2vec2_ee.inference.learned.exit_labels`), the final exit, or the next exit
+LABEL_VARIANTS = ("deeper", "final", "next")
+
+
+def variant_rows(
+    table: ExitTable, label: str = "deeper", weighted: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(rows, F)`` features, ``(rows,)`` labels and weights (``None`` unweighted) of every utterance at
+    every exit but the last: label 1 when the exit's word errors are at most those of what ``label``
+    names (:data:`LABEL_VARIANTS`); a weighted row counts ``|errors - compared errors| + 0.5`` (for
+    ``deeper``: against the best exit after this one), the errors a wrong decision there changes."""
+    if label not in LABEL_VARIANTS:
+        raise ValueError(f"label: choose from {LABEL_VARIANTS}, got {label!r}")
+    views = table.views()
+    deepest = len(table.layers) - 1
+    errors = table.errors.double()
+    best_from = errors.flip(0).cummin(0).values.flip(0)  # (exits, n): min over exits k..last
+    x = torch.cat([learned_features(views[: k + 1]) for k in range(deepest)])
+    ys, ws = [], []
+    for k in range(deepest):
+        if label == "deeper":
+            y, other = errors[k] <= best_from[k], best_from[k + 1]
+        else:
+            other = errors[-1] if label == "final" else errors[k + 1]
+            y = errors[k] <= other
+        ys.append(y)
+        ws.append((errors[k] - other).abs() + 0.5)
+    return x, torch.cat(ys), torch.cat(ws) if weighted else None
+
+
+def run_label_variant(
+    dev: ExitTable,
+    test: ExitTable,
+    label: str,
+    weighted: bool,
+    max_wer_increase: float,
+    fit_on: ExitTable | None = None,
+) -> dict:
+    """The learned policy fitted with another label / row weights (:func:`variant_rows`) on ``fit_on``
+    (default ``dev``), thresholded on dev, applied to test (:func:`run_variant`'s figures)."""
+    x, y, w = variant_rows(fit_on or dev, label, weighted)
+    model = fit_exit_model(x, y, FEATURES, sample_weight=w)
+    model.exit_layers = list(dev.layers)
+    return run_variant(dev, test, max_wer_increase=max_wer_increase, fitted={"model": model})
+
+
 def learning_curve(
     dev: ExitTable, test: ExitTable, fractions: list[float], draws: int, max_wer_increase: float, seed: int
 ) -> list[dict]:
@@ -174,7 +227,21 @@ def main() -> None:
         type=int,
         nargs="*",
         default=[4, 16, 64],
-        help="hidden-state probe variants: principal directions kept (none: no probe)",
+        help="hidden-state probe variants: principal directions kept (the hidden size: the whole pooled "
+        "hidden state; none: no probe)",
+    )
+    parser.add_argument(
+        "--probe-hidden",
+        type=int,
+        default=16,
+        help="also fit each probe on the training split as a tanh MLP of this width (a post-hoc gate head "
+        "on the hidden state; 0: no)",
+    )
+    parser.add_argument(
+        "--no-label-variants",
+        dest="label_variants",
+        action="store_false",
+        help="skip the other labels and the cost-weighted fits",
     )
     parser.add_argument(
         "--train-split",
@@ -233,16 +300,29 @@ def main() -> None:
             dev, test, max_wer_increase=budget, features=FEATURES + names
         )
         if train is not None:
-            results[f"learned + probe ({dims}), fitted on {train.num_utterances} train utterances"] = (
-                run_variant(
+            # logistic, and (--probe-hidden) a tanh MLP: a post-hoc gate head on the hidden state
+            for hidden in dict.fromkeys([0, args.probe_hidden]):
+                model = f", MLP ({hidden} tanh units)" if hidden else ""
+                results[
+                    f"learned + probe ({dims}){model}, fitted on {train.num_utterances} train utterances"
+                ] = run_variant(
                     dev,
                     test,
                     max_wer_increase=budget,
                     fit_on=train,
                     threshold_on=dev,
                     features=FEATURES + names,
+                    hidden=hidden,
                 )
-            )
+    if args.label_variants:
+        for label in LABEL_VARIANTS:
+            for weighted in (False, True):
+                for where, table in (("dev", dev), ("train", train)):
+                    if table is None or (label == "deeper" and not weighted and where == "dev"):
+                        continue  # (that one is the learned policy itself, above)
+                    name = f"label: no more errors than the {label} exit{'s' if label == 'deeper' else ''}"
+                    name += f"{', cost-weighted' if weighted else ''}, fitted on {where}"
+                    results[name] = run_label_variant(dev, test, label, weighted, budget, fit_on=table)
     for rule in ("entropy", "confidence"):
         results[f"{rule} (threshold rule)"] = run_variant(dev, test, rule, budget)
     alone = {f: run_variant(dev, test, max_wer_increase=budget, features=(f,)) for f in FEATURES}

@@ -256,6 +256,31 @@ def test_fit_separates_a_table_whose_label_one_feature_carries(hidden):
     assert torch.equal(again.score(x), score) and again.fingerprint == model.fingerprint
 
 
+def test_sample_weights_fit_what_repeated_rows_fit():
+    """Integer weights give the model that repeating each row that many times gives (weighted
+    standardisation, loss and accuracy); a weight of 0 drops the row."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g)
+    y = (x[:, 0] + 0.8 * torch.randn(40, generator=g)) > 0
+    weights = torch.randint(0, 4, (40,), generator=g)
+    weights[0] = 0
+    weighted = fit_exit_model(x, y, ["entropy", "margin", "non_blank"], sample_weight=weights)
+    keep = torch.repeat_interleave(torch.arange(40), weights)
+    repeated = fit_exit_model(x[keep], y[keep], ["entropy", "margin", "non_blank"])
+    torch.testing.assert_close(weighted.mean, repeated.mean)
+    torch.testing.assert_close(weighted.std, repeated.std)
+    torch.testing.assert_close(weighted.score(x), repeated.score(x), rtol=1e-6, atol=1e-7)
+    assert weighted.fit["train_accuracy"] == pytest.approx(repeated.fit["train_accuracy"])
+    assert weighted.fit["positive_rate"] == pytest.approx(float(y[keep].double().mean()))
+    assert weighted.fit["weighted"] and "weighted" not in repeated.fit
+    unweighted = fit_exit_model(x, y, ["entropy", "margin", "non_blank"])
+    assert not torch.allclose(unweighted.score(x), weighted.score(x), atol=1e-3)
+    with pytest.raises(ValueError, match="sample_weight"):
+        fit_exit_model(x, y, ["entropy", "margin", "non_blank"], sample_weight=-weights)
+    with pytest.raises(ValueError, match="every weight is 0"):
+        fit_exit_model(x, y, ["entropy", "margin", "non_blank"], sample_weight=torch.zeros(40))
+
+
 def test_fit_exit_model_checks_its_input():
     with pytest.raises(ValueError, match="no rows"):
         fit_exit_model(torch.zeros(0, 2), torch.zeros(0, dtype=torch.bool), ["entropy", "margin"])
@@ -580,6 +605,43 @@ def test_analysis_probe_reads_the_signal_from_the_hidden_states():
         assert abs(float(r)) > 0.99
     probe = script.run_variant(dev, test, features=FEATURES + names)
     assert abs(probe["gap"]) < 0.005 and probe["layers"] < blind["layers"] - 0.2
+
+
+def test_analysis_label_variants_against_brute_force():
+    """The other labels compare each exit's errors with the deeper exits, the final one or the next one;
+    the cost weights are the errors the decision changes (+ 0.5); the policy's own label, unweighted,
+    fits the learned policy itself."""
+    script = analysis_script()
+    table = synthetic_table(n=8, layers=(2, 4, 6, 8), seed=5)
+    table.errors = torch.tensor(
+        [
+            [2, 0, 1, 3, 0, 1, 4, 2],
+            [1, 0, 1, 0, 2, 2, 4, 1],
+            [1, 1, 0, 0, 1, 3, 0, 2],
+            [0, 1, 0, 2, 1, 0, 1, 2],
+        ]
+    )
+    e = table.errors.tolist()
+    for label in script.LABEL_VARIANTS:
+        x, y, w = script.variant_rows(table, label, weighted=True)
+        assert x.shape == (24, len(FEATURES)) and y.shape == w.shape == (24,)
+        for k in range(3):
+            for i in range(8):
+                other = {
+                    "deeper": min(e[j][i] for j in range(k + 1, 4)),
+                    "final": e[3][i],
+                    "next": e[k + 1][i],
+                }[label]
+                mine = min(e[j][i] for j in range(k, 4)) if label == "deeper" else other
+                assert bool(y[k * 8 + i]) == (e[k][i] <= mine)
+                assert float(w[k * 8 + i]) == abs(e[k][i] - other) + 0.5
+        assert script.variant_rows(table, label)[2] is None
+    assert torch.equal(script.variant_rows(table)[1], exit_labels(table.errors).reshape(-1))
+    with pytest.raises(ValueError, match="label"):
+        script.variant_rows(table, "best")
+    dev, test = synthetic_table(seed=1), synthetic_table(seed=2)
+    own = script.run_label_variant(dev, test, "deeper", False, 0.05)
+    assert own["wer"] == script.run_variant(dev, test)["wer"] and abs(own["gap"]) < 0.005
 
 
 def test_analysis_pooled_hidden_states_equal_each_utterance_alone(assets):

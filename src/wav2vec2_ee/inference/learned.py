@@ -315,6 +315,7 @@ def fit_exit_model(
     l2: float = 1e-3,
     max_iter: int = 500,
     seed: int = 0,
+    sample_weight: torch.Tensor | None = None,
 ) -> LearnedModel:
     """Fit a :class:`LearnedModel` on ``(rows, F)`` features ``x`` and ``(rows,)`` bool labels ``y``.
 
@@ -324,6 +325,9 @@ def fit_exit_model(
 
     Args:
         hidden: 0 for logistic regression, else the width of a tanh hidden layer.
+        sample_weight: ``(rows,)`` non-negative weights (e.g. the word errors a wrong decision costs):
+            the standardisation, the loss and the recorded accuracy become weighted means, so integer
+            weights fit what repeating each row that many times would. ``None``: every row counts 1.
     """
     if x.dim() != 2 or x.shape[1] != len(features):
         raise ValueError(f"features: expected (rows, {len(features)}), got {tuple(x.shape)}")
@@ -334,12 +338,21 @@ def fit_exit_model(
     x, target = x.to(torch.float64), y.to(torch.float64).reshape(-1)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("features must be finite numbers (a statistic missing from the exit table?)")
-    mean = x.mean(0)
-    std = x.std(0, unbiased=False)
+    if sample_weight is None:
+        w = torch.ones_like(target)
+    else:
+        w = torch.as_tensor(sample_weight, dtype=torch.float64).reshape(-1)
+        if w.numel() != target.numel() or not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError(f"sample_weight: expected {target.numel()} finite weights >= 0")
+        if float(w.sum()) <= 0:
+            raise ValueError("sample_weight: every weight is 0")
+    w = w / w.mean()  # weighted means below are plain means of w * value
+    mean = (w[:, None] * x).mean(0)
+    std = (w[:, None] * (x - mean) ** 2).mean(0).sqrt()
     std = torch.where(std > 1e-12, std, torch.ones_like(std))
     z = (x - mean) / std
     generator = torch.Generator().manual_seed(seed)
-    rate = float(target.mean().clamp(1e-3, 1 - 1e-3))
+    rate = float((w * target).mean().clamp(1e-3, 1 - 1e-3))
     bias = torch.tensor(math.log(rate / (1 - rate)), dtype=torch.float64, requires_grad=True)
     if hidden:
         w1 = torch.randn(x.shape[1], hidden, generator=generator, dtype=torch.float64) / math.sqrt(x.shape[1])
@@ -356,7 +369,7 @@ def fit_exit_model(
         return a @ w2 + bias
 
     def objective() -> torch.Tensor:
-        loss = F.binary_cross_entropy_with_logits(logits(), target)
+        loss = (w * F.binary_cross_entropy_with_logits(logits(), target, reduction="none")).mean()
         return loss + l2 * sum((p**2).sum() for p in penalised)
 
     optimizer = torch.optim.LBFGS(
@@ -373,7 +386,7 @@ def fit_exit_model(
         optimizer.step(closure)
     with torch.no_grad():
         final = float(objective())
-        accuracy = float(((logits() >= 0) == (target > 0.5)).double().mean())
+        accuracy = float((w * ((logits() >= 0) == (target > 0.5)).double()).mean())
     model = LearnedModel(
         features=tuple(features),
         mean=mean,
@@ -385,11 +398,13 @@ def fit_exit_model(
     )
     model.fit = {
         "rows": int(x.shape[0]),
-        "positive_rate": float(target.mean()),
+        "positive_rate": float((w * target).mean()),
         "train_accuracy": accuracy,
         "loss": final,
         "hidden": int(hidden),
         "l2": float(l2),
         "label": LABEL,
     }
+    if sample_weight is not None:
+        model.fit["weighted"] = True
     return model
