@@ -388,3 +388,47 @@ def test_the_packaged_base_is_installed_and_loads_as_a_plain_ctc_model() -> None
         if k != "exit_layers" and (list(config[k]) if isinstance(v, list) else config.get(k)) != v
     }
     assert not differing and "exit_layers" not in config
+
+
+def _benchmark(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_base_compute_curve_extrapolates_a_power_law(tmp_path: Path, monkeypatch, capsys) -> None:
+    """benchmarks/base_compute_curve.py: runs on an exact power law give back its parameters and the
+    steps a target needs; a run that has not started to learn (>= --fit-below) is left out of the fit."""
+    script = _benchmark("base_compute_curve")
+    a, b = 8.0, 0.4
+    folders = []
+    for steps in (500, 1000, 4000, 12000):
+        folder = tmp_path / f"s{steps}"
+        folder.mkdir()
+        wer = 1.02 if steps == 500 else a * steps**-b
+        record = {
+            "timing": {"steps": steps, "seconds_per_step": 0.6, "train_runtime": 0.6 * steps},
+            "wer": {"test": {"2": 0.99, "8": wer}},
+        }
+        (folder / "build_record.json").write_text(json.dumps(record))
+        folders.append(str(folder))
+    fit_a, fit_b = script.fit_power_law([1000, 4000, 12000], [a * s**-b for s in (1000, 4000, 12000)])
+    assert fit_a == pytest.approx(a) and fit_b == pytest.approx(b)
+    plot = tmp_path / "curve.png"
+    monkeypatch.setattr(
+        "sys.argv", ["base_compute_curve.py", *folders, "--target", "0.15", "--output", str(plot)]
+    )
+    script.main()
+    out = capsys.readouterr().out
+    needed = (a / 0.15) ** (1 / b)
+    assert "fit on 3 runs" in out and f"{needed:,.0f} steps" in out
+    assert f"{needed * 0.6 / 3600:.1f} h" in out and "| 12000 | 120.0 | 0.60 | 18.7% |" in out
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "s500" / "build_record.json").write_text("{")
+    monkeypatch.setattr("sys.argv", ["base_compute_curve.py", folders[0]])
+    with pytest.raises(SystemExit, match="s500/build_record.json: not a base build record"):
+        script.main()
