@@ -190,6 +190,14 @@ def test_build_base_names_a_missing_synthesizer_before_building(tmp_path: Path, 
     with pytest.raises(external.SynthesizerUnavailableError, match="apt-get install festival"):
         base_module.build_base(tmp_path / "base")
     assert not (tmp_path / "base").exists() and not (tmp_path / "corpus").exists()
+    # every program there, but one of the check's Festival voices missing: named with its package, at once
+    monkeypatch.setattr(external.shutil, "which", lambda p: f"/usr/bin/{p}")
+    voices = {e: frozenset(v.name for v in external.VOICES if v.engine == e) for e in external.ENGINES}
+    voices["festival"] -= {"kal_diphone"}
+    monkeypatch.setattr(external, "installed_voices", voices.__getitem__)
+    with pytest.raises(external.SynthesizerUnavailableError, match="kal_diphone.*festvox-kallpc16k"):
+        base_module.build_base(tmp_path / "base")
+    assert not (tmp_path / "base").exists() and not (tmp_path / "corpus").exists()
 
 
 def test_reproduce_findings_verdicts(tmp_path: Path) -> None:

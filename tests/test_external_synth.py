@@ -116,8 +116,42 @@ def test_build_flite_split_layout_and_cache(tmp_path):
     ]
 
 
+def test_missing_voice_is_named_with_its_package(monkeypatch, tmp_path, capsys):
+    """A voice the engine lacks (Festival without festvox-kallpc16k) is refused before anything is
+    written, naming the voice and its Debian package; the listings of both engines parse."""
+    flite = external._parse_voice_list("flite", "Voices available: kal awb_time kal16 awb rms slt \n")
+    assert flite == {"kal", "awb_time", "kal16", "awb", "rms", "slt"}
+    festival = external._parse_voice_list("festival", "(cmu_us_slt_arctic_hts ked_diphone kal_diphone)\n")
+    assert festival == {"cmu_us_slt_arctic_hts", "ked_diphone", "kal_diphone"}
+    monkeypatch.setattr(external.shutil, "which", lambda name: f"/usr/bin/{name}")
+    installed = {"flite": frozenset({"kal16", "awb"}), "festival": frozenset({"ked_diphone"})}
+    monkeypatch.setattr(external, "installed_voices", installed.__getitem__)
+    external.check_voices([voice_by_name("kal16"), voice_by_name("ked_diphone")])  # all there: no error
+    with pytest.raises(SynthesizerUnavailableError) as err:
+        external.check_voices([voice_by_name(name) for name in ("kal16", "rms", "slt")])
+    assert str(err.value) == "flite: voice(s) rms, slt not installed (Debian: apt-get install flite)"
+    needs = "kal_diphone, cmu_us_slt_arctic_hts not installed .*apt-get install festvox-kallpc16k festvox-us-slt-hts"
+    with pytest.raises(SynthesizerUnavailableError, match=needs):
+        build_external_split(tmp_path, "check", ["hello"], engine="festival")
+    assert not (tmp_path / "check").exists()
+
+    from wav2vec2_ee.cli import main
+
+    argv = ["make-corpus", "--output-dir", str(tmp_path), "--synthesizer", "festival"]
+    argv += ["--num-utterances", "2"]
+    assert main(argv) == 2
+    assert "apt-get install festvox-kallpc16k festvox-us-slt-hts" in capsys.readouterr().err
+
+
+@needs_flite
+def test_flite_lists_its_voices():
+    external.installed_voices.cache_clear()
+    assert {"kal16", "awb", "rms", "slt"} <= external.installed_voices("flite")
+
+
 @needs_festival
 def test_festival_voice_speaks():
+    assert "ked_diphone" in external.installed_voices("festival")
     audio = speak("good morning", voice_by_name("ked_diphone"))
     assert audio.dtype == np.float32 and 0.3 * SAMPLING_RATE < audio.size < 3 * SAMPLING_RATE
 

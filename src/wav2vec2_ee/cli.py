@@ -308,6 +308,10 @@ def _error_message(err: BaseException) -> str | None:
 
     if isinstance(err, ValueError):
         return str(err)
+    from .corpus.external import SynthesizerUnavailableError
+
+    if isinstance(err, SynthesizerUnavailableError):  # a program or voice to install: named with its package
+        return str(err)
     if isinstance(err, OSError):
         return _os_error_message(err)
     if isinstance(err, SafetensorError):

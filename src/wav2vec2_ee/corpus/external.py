@@ -10,8 +10,9 @@ speech; splits spoken by other engines serve two purposes:
 
 The engines are Debian packages, not Python ones: ``apt-get install flite`` (voices ``kal16``,
 ``awb``, ``rms``, ``slt``) and ``apt-get install festival festvox-kdlpc16k festvox-kallpc16k
-festvox-us-slt-hts`` (``ked_diphone``, ``kal_diphone``, ``cmu_us_slt_arctic_hts``). A missing program
-raises :class:`SynthesizerUnavailableError` naming the package.
+festvox-us-slt-hts`` (``ked_diphone``, ``kal_diphone``, ``cmu_us_slt_arctic_hts``; each voice is its own
+package). A missing program or voice raises :class:`SynthesizerUnavailableError` naming the package,
+before anything is written.
 
 A split is written in the LibriSpeech layout of :mod:`.build` (``<root>/<split>/<speaker>/1/...``), one
 speaker per voice (ids :data:`SPEAKER_ID_BASE` + the voice's index in :data:`VOICES`), with
@@ -27,9 +28,10 @@ import random
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,8 @@ __all__ = [
     "SynthesizerUnavailableError",
     "build_external_split",
     "check_engine",
+    "check_voices",
+    "installed_voices",
     "plan_external",
     "speak",
 ]
@@ -69,24 +73,26 @@ class ExternalVoice:
     Args:
         engine: ``"flite"`` or ``"festival"``.
         name: the engine's voice name (``flite -voice NAME``; Festival ``(voice_NAME)``).
+        package: the Debian package that installs the voice.
         f0_range: mean pitch in Hz drawn per utterance (Flite's ``int_f0_target_mean``); ``None``: the
             voice's own (Festival's voices, and Flite's ``rms``, which ignores it).
     """
 
     engine: str
     name: str
+    package: str
     f0_range: tuple[float, float] | None = None
 
 
 #: Every voice, in id order (append-only: a voice's index fixes its speaker id).
 VOICES: tuple[ExternalVoice, ...] = (
-    ExternalVoice("flite", "kal16", (85.0, 135.0)),
-    ExternalVoice("flite", "awb", (85.0, 135.0)),
-    ExternalVoice("flite", "rms"),
-    ExternalVoice("flite", "slt", (150.0, 220.0)),
-    ExternalVoice("festival", "ked_diphone"),
-    ExternalVoice("festival", "kal_diphone"),
-    ExternalVoice("festival", "cmu_us_slt_arctic_hts"),
+    ExternalVoice("flite", "kal16", "flite", (85.0, 135.0)),
+    ExternalVoice("flite", "awb", "flite", (85.0, 135.0)),
+    ExternalVoice("flite", "rms", "flite"),
+    ExternalVoice("flite", "slt", "flite", (150.0, 220.0)),
+    ExternalVoice("festival", "ked_diphone", "festvox-kdlpc16k"),
+    ExternalVoice("festival", "kal_diphone", "festvox-kallpc16k"),
+    ExternalVoice("festival", "cmu_us_slt_arctic_hts", "festvox-us-slt-hts"),
 )
 #: Speaker id of ``VOICES[0]``; the others follow (9000-9006: apart from the eSpeak ids, 1000-1999).
 SPEAKER_ID_BASE = 9000
@@ -120,6 +126,59 @@ def check_engine(engine: str) -> None:
         raise SynthesizerUnavailableError(
             f"{engine}: the program {program!r} is not installed (Debian: apt-get install {packages})"
         )
+
+
+#: How each engine lists its installed voices: the command, and what it reads on standard input.
+_VOICE_LIST_COMMANDS: dict[str, tuple[list[str], str | None]] = {
+    "flite": (["flite", "-lv"], None),
+    "festival": (["festival", "--pipe"], "(print (voice.list))\n"),
+}
+
+
+def _parse_voice_list(engine: str, output: str) -> frozenset[str]:
+    """The voice names in what ``engine``'s voice listing printed (``flite -lv``: ``Voices available: kal
+    awb ...``; Festival's ``(print (voice.list))``: ``(ked_diphone kal_diphone ...)``)."""
+    if engine == "flite":
+        _, _, output = output.partition(":")
+    return frozenset(output.replace("(", " ").replace(")", " ").split())
+
+
+@cache
+def installed_voices(engine: str) -> frozenset[str]:
+    """The voices ``engine`` has installed (asked of the engine itself, once per process).
+
+    Raises:
+        SynthesizerUnavailableError: the engine's program is missing or its listing failed.
+    """
+    check_engine(engine)
+    command, stdin = _VOICE_LIST_COMMANDS[engine]
+    try:
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SynthesizerUnavailableError(
+            f"{engine}: could not list its voices with {' '.join(command)} ({err})"
+        ) from None
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip()[-300:]
+        raise SynthesizerUnavailableError(
+            f"{engine}: {' '.join(command)} failed listing its voices: {message}"
+        )
+    return _parse_voice_list(engine, result.stdout)
+
+
+def check_voices(voices: Iterable[ExternalVoice]) -> None:
+    """Raise :class:`SynthesizerUnavailableError` naming the Debian packages if an engine or a voice in
+    ``voices`` is not installed (e.g. Festival without ``festvox-kallpc16k`` has no ``kal_diphone``)."""
+    voices = list(voices)
+    for engine in sorted({v.engine for v in voices}):
+        check_engine(engine)
+        missing = [v for v in voices if v.engine == engine and v.name not in installed_voices(engine)]
+        if missing:
+            names = ", ".join(dict.fromkeys(v.name for v in missing))
+            packages = " ".join(dict.fromkeys(v.package for v in missing))
+            raise SynthesizerUnavailableError(
+                f"{engine}: voice(s) {names} not installed (Debian: apt-get install {packages})"
+            )
 
 
 def speak(
@@ -236,13 +295,12 @@ def build_external_split(
         workers: synthesis processes running at once (default: the CPU count).
 
     Raises:
-        SynthesizerUnavailableError: an engine the voices need is not installed (before anything is written).
+        SynthesizerUnavailableError: an engine or a voice is not installed (before anything is written).
     """
     chosen = [voice_by_name(v) for v in voices] if voices else [v for v in VOICES if v.engine == engine]
     if not chosen:
         raise ValueError(f"no voices for synthesizer {engine!r}")
-    for name in sorted({v.engine for v in chosen}):
-        check_engine(name)
+    check_voices(chosen)
     if isinstance(texts, int):
         generator = UtteranceGenerator(f"wav2vec2-ee-external/{seed}/{split}/text")
         texts = [generator.sample() for _ in range(texts)]

@@ -252,15 +252,17 @@ def build_base(
 
 
 def _check_engines(preset: BasePreset) -> None:
-    """Raise :class:`~wav2vec2_ee.corpus.external.SynthesizerUnavailableError` if an engine the preset's
-    other synthesizers or its robustness check need is not installed."""
-    from ..corpus.external import check_engine, voice_by_name
+    """Raise :class:`~wav2vec2_ee.corpus.external.SynthesizerUnavailableError` if an engine or a voice the
+    preset's other synthesizers or its robustness check need is not installed."""
+    from ..corpus.external import VOICES, check_voices, voice_by_name
 
-    engines = {voice_by_name(v).engine for o in preset.other_synthesizers for v in o["voices"]}
-    if preset.robustness_check:
-        engines.add(preset.robustness_check["synthesizer"])
-    for engine in sorted(engines):
-        check_engine(engine)
+    voices = [voice_by_name(v) for o in preset.other_synthesizers for v in o["voices"]]
+    check = preset.robustness_check
+    if check:
+        names = check.get("voices")
+        engine = check["synthesizer"]
+        voices += [voice_by_name(v) for v in names] if names else [v for v in VOICES if v.engine == engine]
+    check_voices(voices)
 
 
 def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float]:

@@ -69,7 +69,8 @@ class DemoArguments:
         metadata={
             "help": "Train the demo's pretrained CTC base (the packaged wav2vec2_ee/resources/demo_base was "
             "made so) into <output-dir>/base/model instead of running the demo: a larger eSpeak NG corpus "
-            "and a CMU Flite split (needs the `flite` program; its check on unheard voices needs `festival`), "
+            "and a CMU Flite split (needs the `flite` program; its check on unheard voices needs `festival` "
+            "and its voices: Debian festvox-kdlpc16k festvox-kallpc16k festvox-us-slt-hts; checked first), "
             "CTC at the last layer only, augmentation; --base-minutes of training (~2.5 h in all on 2 CPU "
             "cores; resumes when interrupted). With --quick: a smoke test of it."
         },
