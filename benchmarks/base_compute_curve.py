@@ -56,6 +56,7 @@ def fit_power_law(steps: list[float], wers: list[float]) -> tuple[float, float]:
 def plot(runs: list[dict], a: float, b: float, target: float, steps_needed: float, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig = Figure(figsize=(6.4, 4.2))
     FigureCanvasAgg(fig)
@@ -70,6 +71,9 @@ def plot(runs: list[dict], a: float, b: float, target: float, steps_needed: floa
     ax.axhline(100 * target, color="grey", linestyle="--", label=f"target {target:.0%}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_yticks([t for t in (5, 10, 15, 20, 30, 40, 60, 80, 100) if 50 * target <= t <= 120])
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training steps (batch 16)")
     ax.set_ylabel("greedy WER at the last layer (%)")
     ax.set_title("demo base: WER against training compute")
