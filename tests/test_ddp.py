@@ -47,7 +47,7 @@ def build(*args, **kwargs):
     return NaNOnRank1()
 
 run.build_objective = build
-from wav2vec2_ee.training.cli import cpu_processes_need_cpu_backend
+from wav2vec2_ee.training.cli import cpu_processes_need_cpu_backend, finish_distributed
 cpu_processes_need_cpu_backend()  # what `wav2vec2-ee train` does: no --use-cpu needed without CUDA
 trainer = run.run_training(*parse_args(sys.argv[1:]))
 state = trainer.model.state_dict()
@@ -62,6 +62,10 @@ report = {
 }
 with open(os.path.join(trainer.args.output_dir, f"rank{rank}.json"), "w") as f:
     json.dump(report, f)
+import torch.distributed as dist
+assert dist.is_initialized()
+finish_distributed()  # what `wav2vec2-ee train` does last
+assert not dist.is_initialized()
 """
 
 

@@ -134,7 +134,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_reporting_extras(args[-1].report_to)
     run_training(*args)
+    finish_distributed()
     return 0
+
+
+def finish_distributed() -> None:
+    """End the process group of a ``torchrun`` / ``accelerate launch`` job once training has succeeded
+    in every process (after a barrier). Left to the interpreter's shutdown, gloo's worker threads can
+    abort a process with ``terminate called without an active exception`` (SIGABRT) after all the work
+    is done, failing the whole job. Not called after an error: the other processes may still be in a
+    collective, where a barrier would hang. A no-op outside a distributed job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def cpu_processes_need_cpu_backend() -> bool:
