@@ -56,6 +56,7 @@ __all__ = [
     "check_voices",
     "installed_voices",
     "plan_external",
+    "voices_for",
     "speak",
 ]
 
@@ -111,6 +112,11 @@ def voice_by_name(name: str) -> ExternalVoice:
         if voice.name == name:
             return voice
     raise ValueError(f"unknown voice {name!r}; known: {', '.join(v.name for v in VOICES)}")
+
+
+def voices_for(names: Sequence[str] | None, engine: str) -> list[ExternalVoice]:
+    """The voices called ``names`` (any engine's), or without names every voice of ``engine``."""
+    return [voice_by_name(v) for v in names] if names else [v for v in VOICES if v.engine == engine]
 
 
 def speaker_id(voice: ExternalVoice) -> int:
@@ -297,7 +303,7 @@ def build_external_split(
     Raises:
         SynthesizerUnavailableError: an engine or a voice is not installed (before anything is written).
     """
-    chosen = [voice_by_name(v) for v in voices] if voices else [v for v in VOICES if v.engine == engine]
+    chosen = voices_for(voices, engine)
     if not chosen:
         raise ValueError(f"no voices for synthesizer {engine!r}")
     check_voices(chosen)

@@ -254,14 +254,12 @@ def build_base(
 def _check_engines(preset: BasePreset) -> None:
     """Raise :class:`~wav2vec2_ee.corpus.external.SynthesizerUnavailableError` if an engine or a voice the
     preset's other synthesizers or its robustness check need is not installed."""
-    from ..corpus.external import VOICES, check_voices, voice_by_name
+    from ..corpus.external import check_voices, voice_by_name, voices_for
 
     voices = [voice_by_name(v) for o in preset.other_synthesizers for v in o["voices"]]
     check = preset.robustness_check
     if check:
-        names = check.get("voices")
-        engine = check["synthesizer"]
-        voices += [voice_by_name(v) for v in names] if names else [v for v in VOICES if v.engine == engine]
+        voices += voices_for(check.get("voices"), check["synthesizer"])
     check_voices(voices)
 
 
