@@ -146,3 +146,31 @@ class DeviceArguments:
             "choices": list(DTYPE_NAMES),
         },
     )
+
+
+def cpu_description() -> str:
+    """This machine's CPU in one line, for every reported number: model name (family/model where the
+    name is generic), cores, and the vector extensions PyTorch uses (e.g. ``AMD EPYC (family 25 model 17),
+    2 cores, AVX512, AVX512_BF16``)."""
+    import os
+    import platform
+
+    name, family, model = platform.processor() or platform.machine(), None, None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            fields = dict(
+                line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line
+            )
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        name = fields.get("model name", name)
+        family, model = fields.get("cpu family"), fields.get("model")
+    except OSError:
+        pass
+    if family is not None and model is not None and not any(ch.isdigit() for ch in name.split()[-1]):
+        name = f"{name} (family {family} model {model})"
+    features = [torch.backends.cpu.get_cpu_capability()]
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        features.append("AVX512_BF16")
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        features.append("AMX")
+    return f"{name}, {os.cpu_count()} cores, {', '.join(features)}"

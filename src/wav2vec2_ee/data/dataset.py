@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -19,6 +20,7 @@ from ..objectives import pad_labels
 from ..vocab import TextNormalizer
 from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
 from .augment import NoiseAndReverb, SpeedPerturbation
+from .conditions import ConditionPlan, RecordingConditions
 from .sources import BadItemError, Utterance, report_skipped, strict_error
 
 logger = logging.getLogger(__name__)
@@ -192,7 +194,11 @@ class SpeechDataset(Dataset):
     loader each epoch) and carries it as ``speed``; a factor that would leave fewer CTC frames
     (``frames_for_samples``) than the item's labels need falls back to 1.0. With ``noise_and_reverb``
     (training), the audio is then reverberated and/or mixed with noise (:class:`NoiseAndReverb`) and
-    normalised again when the feature extractor normalises.
+    normalised again when the feature extractor normalises. With ``conditions`` (training), the real
+    recording conditions of :class:`~.conditions.RecordingConditions` are drawn per ``(epoch, index)``
+    (the room's noise and reverberation in their place in its chain; babble from other utterances of
+    this dataset); a tempo that would leave too few CTC frames is not applied, and
+    :meth:`lengths_in_epoch` includes the lengths the conditions give.
     """
 
     def __init__(
@@ -204,8 +210,10 @@ class SpeechDataset(Dataset):
         speed_perturbation: SpeedPerturbation | None = None,
         frames_for_samples: Callable[[int], int] | None = None,
         noise_and_reverb: NoiseAndReverb | None = None,
+        conditions: RecordingConditions | None = None,
     ):
         self.utterances = list(utterances)
+        self.conditions = conditions if conditions and conditions.enabled else None
         self.noise_and_reverb = noise_and_reverb if noise_and_reverb and noise_and_reverb.enabled else None
         self.feature_extractor = feature_extractor
         self.cache_audio = cache_audio
@@ -215,13 +223,34 @@ class SpeechDataset(Dataset):
         self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
         self.bad_items: dict[str, str] = {}
+        #: items prepared ahead of the sampler's order (:meth:`schedule`; 0 = off)
+        self.prefetch = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._futures: dict = {}
+        self._order: list[int] = []
+        self._positions: dict[int, int] = {}
 
     def lengths_in_epoch(self, epoch: int) -> list[int]:
-        """Lengths in samples as ``epoch`` will give them (after speed perturbation, if any)."""
-        if self.speed_perturbation is None:
-            return self.lengths
-        factor = self.speed_perturbation.factor
-        return [int(n / factor(epoch, i)) for i, n in enumerate(self.lengths)]
+        """Lengths in samples as ``epoch`` will give them (after speed perturbation and recording
+        conditions, if any)."""
+        lengths = self.lengths
+        if self.speed_perturbation is not None:
+            factor = self.speed_perturbation.factor
+            lengths = [int(n / factor(epoch, i)) for i, n in enumerate(lengths)]
+        if self.conditions is not None:
+            lengths = [self._plan(epoch, i, n).length_after(n) for i, n in enumerate(lengths)]
+        return lengths
+
+    def _plan(self, epoch: int, index: int, samples: int) -> ConditionPlan:
+        """The recording conditions of ``index`` in ``epoch`` for ``samples`` of audio, without a tempo
+        that would leave fewer CTC frames than its labels need."""
+        plan = self.conditions.plan(epoch, index)
+        labels, frames = self.utterances[index].labels, self.frames_for_samples
+        if plan.tempo is None or frames is None or not labels:
+            return plan
+        if int(frames(plan.with_tempo_only().length_after(samples))) < ctc_frames_needed(labels):
+            plan = dataclasses.replace(plan, tempo=None)
+        return plan
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch that speed perturbation draws its factors for."""
@@ -248,7 +277,46 @@ class SpeechDataset(Dataset):
             self._cache[index] = values
         return values
 
+    # ----------------------------------------------------------------------------------------------
+    # preparing items ahead, in one background thread (decoding and augmentation release the GIL)
+    def schedule(self, order: Sequence[int]) -> None:
+        """The order in which this epoch's items will be asked for (the sampler's), so that with
+        :attr:`prefetch` > 0 the next items are prepared in a background thread while the model
+        trains on the current batch. Each item is a pure function of ``(epoch, index)``: the items are
+        those :meth:`__getitem__` would make on demand."""
+        self._cancel_prefetch()
+        if self.prefetch > 0:
+            self._order = list(order)
+            self._positions = {int(index): pos for pos, index in enumerate(self._order)}
+
+    def _cancel_prefetch(self) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._futures = {}
+        self._order, self._positions = [], {}
+
     def __getitem__(self, index: int) -> dict:
+        position = self._positions.get(int(index))
+        if position is None:
+            return self._item(int(index), self.epoch)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        for pos in range(position + 1, min(position + 1 + self.prefetch, len(self._order))):
+            if pos not in self._futures:
+                self._futures[pos] = self._executor.submit(self._item, self._order[pos], self.epoch)
+        future = self._futures.pop(position, None)
+        for pos in [p for p in self._futures if p < position]:  # skipped (a resume skips batches)
+            self._futures.pop(pos).cancel()
+        return future.result() if future is not None else self._item(int(index), self.epoch)
+
+    def __getstate__(self) -> dict:
+        """Picklable for data loader worker processes (which prepare items themselves: no schedule)."""
+        state = dict(self.__dict__)
+        state.update(_executor=None, _futures={}, _order=[], _positions={})
+        return state
+
+    def _item(self, index: int, epoch: int) -> dict:
+        """Item ``index`` of ``epoch`` (or, when its audio is unreadable, the next readable one)."""
         skipped: list[tuple[str, str]] = []
         for offset in range(len(self)):
             i = (index + offset) % len(self)
@@ -267,22 +335,40 @@ class SpeechDataset(Dataset):
             labels = self.utterances[i].labels
             item = {"input_values": values, "labels": labels, "utt_index": i}
             if self.speed_perturbation is not None:
-                item["input_values"], item["speed"] = self._perturb(values, labels, i)
-            if self.noise_and_reverb is not None:
-                item["input_values"] = self._noise_and_reverb(item["input_values"], i)
+                item["input_values"], item["speed"] = self._perturb(values, labels, i, epoch)
+            if self.conditions is not None or self.noise_and_reverb is not None:
+                item["input_values"] = self._augment(item["input_values"], i, epoch)
             if skipped:
                 item["skipped_audio"] = skipped
             return item
         raise AudioError("<dataset>", "no readable audio in the whole dataset")
 
-    def _noise_and_reverb(self, values: np.ndarray, index: int) -> np.ndarray:
-        augmented = self.noise_and_reverb(values, self.epoch, index)
+    def _other_audio(self, rng: np.random.Generator) -> np.ndarray:
+        """Another utterance's audio (babble), drawn by ``rng``; an unreadable one gives silence."""
+        try:
+            return self.audio(int(rng.integers(len(self))))
+        except AudioError:
+            return np.zeros(1, np.float32)
+
+    def _augment(self, values: np.ndarray, index: int, epoch: int) -> np.ndarray:
+        """The noise and reverberation, then the recording conditions, normalised again (when the
+        feature extractor normalises) if anything changed the audio."""
+        room = None
+        if self.noise_and_reverb is not None:
+            room = lambda audio: self.noise_and_reverb(audio, epoch, index)  # noqa: E731
+        if self.conditions is None:
+            augmented = room(values)
+        else:
+            plan = self._plan(epoch, index, values.size)
+            augmented = self.conditions(values, epoch, index, other=self._other_audio, room=room, plan=plan)
         if augmented is values or not self.feature_extractor.do_normalize:
             return augmented
         return ((augmented - augmented.mean()) / np.sqrt(augmented.var() + 1e-7)).astype(np.float32)
 
-    def _perturb(self, values: np.ndarray, labels: Sequence[int], index: int) -> tuple[np.ndarray, float]:
-        factor = self.speed_perturbation.factor(self.epoch, index)
+    def _perturb(
+        self, values: np.ndarray, labels: Sequence[int], index: int, epoch: int
+    ) -> tuple[np.ndarray, float]:
+        factor = self.speed_perturbation.factor(epoch, index)
         if factor == 1.0:
             return values, factor
         perturbed = SpeedPerturbation.apply(values, factor)

@@ -26,7 +26,17 @@ import sys
 from pathlib import Path
 
 from ..io import atomic_write_text
-from .presets import BASE_PRESETS, PACKAGED_BASE, QUICK_BASE, BasePreset, DemoPreset, base_train_config
+from .presets import (
+    BASE_PRESETS,
+    BASE_STAGE_MINUTES,
+    BASE_STAGE_TRAINING,
+    PACKAGED_BASE,
+    QUICK_BASE,
+    BasePreset,
+    DemoPreset,
+    base_stage_config,
+    base_train_config,
+)
 from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, train_run
 
 
@@ -90,6 +100,8 @@ def _train_spec(preset: BasePreset, out: Path, corpus: Path) -> RunSpec:
 
 def _model_card(preset: BasePreset, command: str, record: dict) -> str:
     """The base's ``README.md``."""
+    if record.get("stages"):
+        return _staged_model_card(preset, record)
     wer = record["wer"]
     test = format_wer_by_exit({"test (held-out voices)": wer["test"]})
     train_voices = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer["train_voices"].items())
@@ -139,7 +151,91 @@ On training voices (the demo corpus's train split, other sentences than this mod
 """
 
 
-def _other_lines(record: dict) -> str:
+def _percent(wer: dict | None) -> str:
+    """``{layer: wer}`` as ``"a / b / c %"`` (``-`` when missing)."""
+    if not wer:
+        return "-"
+    return " / ".join(f"{100 * v:.1f}" for _, v in sorted((int(k), v) for k, v in wer.items())) + " %"
+
+
+def _staged_model_card(preset: BasePreset, record: dict) -> str:
+    """The base's ``README.md`` once it has been trained in stages: every stage on one line."""
+    stages = record["stages"]
+    model = preset.model
+    corpus = record["corpus"]
+    rows = []
+    for st in stages:
+        wer = st["wer"]
+        rows.append(
+            f"| {st['stage']} | `{st['command']}` | {st['started_from']} | {st['minutes']:.0f} | {st['steps']} | "
+            f"{st['seconds_per_step']:.3f} | {st.get('precision', 'float32')} | {st['machine']} | "
+            f"{st['final_loss']} | {_percent(wer.get('test'))} | {_percent(wer.get('other_synthesizer'))} |"
+        )
+    last = stages[-1]
+    test = format_wer_by_exit({"test (held-out voices)": record["wer"]["test"]})
+    conditions = record.get("conditions")
+    conditions_text = ""
+    if conditions:
+        lines = [f"{name:22s} {100 * wer:6.1f} %" for name, wer in conditions["wer"].items()]
+        conditions_text = (
+            "\n\nUnder recording conditions (`benchmarks/check_conditions.py`, the same test sentences, "
+            f"layer {conditions['layer']}):\n```\n" + "\n".join(lines) + "\n```"
+        )
+    return f"""---
+library_name: transformers
+pipeline_tag: automatic-speech-recognition
+tags: [wav2vec2, ctc, wav2vec2-ee, synthetic-speech]
+---
+# wav2vec2-ee demo base
+
+A small wav2vec2 CTC model (the embedded counterpart of `facebook/wav2vec2-base-960h`): CTC at its last
+layer only, no exit heads. `wav2vec2-ee demo` fine-tunes it into an early-exit model. It is a plain
+`Wav2Vec2ForCTC` checkpoint (float16 safetensors): `Wav2Vec2ForCTC.from_pretrained(this_folder)` and
+`pipeline("automatic-speech-recognition", model=this_folder)` read it.
+
+## How it was made: in stages
+It was trained from scratch by `wav2vec2-ee demo --build-base` (stage 0), then continued by
+`wav2vec2-ee demo --build-base --continue` (a warm restart from the previous stage's weights, one new
+learning-rate cycle of at most {BASE_STAGE_MINUTES:g} minutes; its recipe: `BASE_STAGE_TRAINING` in
+`wav2vec2_ee/demo/presets.py`: bfloat16 where the CPU measures it faster, no dropout, the recording conditions of
+real audio beside noise and reverberation). Each stage's log is in `docs/demo-base/`.
+
+| stage | command | started from | minutes | steps | s/step | precision | CPU | final loss | test WER, layers 2/4/6/8 | Festival, layer 8 |
+|---|---|---|---|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+- model: {model["num_hidden_layers"]} transformer layers, hidden size {model["hidden_size"]}, \
+{model["num_attention_heads"]} heads, feed-forward {model["intermediate_size"]}, pre-LN; CNN \
+{model["conv_dim"]} strides {model["conv_stride"]} (20 ms frames); {record["parameters"] / 1e6:.2f} M parameters
+- data: the eSpeak NG corpus builder (`wav2vec2-ee make-corpus`), {corpus["num_utterances"]["train"]} \
+training utterances ({corpus["hours"]["train"]:.2f} h), every training voice of the builder (seed \
+{preset.corpus["seed"]}); the demo's dev and test voices are never in it{_other_lines(record, festival=False)}
+- `training_log.json`: the Trainer's log of the last stage (loss, learning rate, gradient norm every 100 steps)
+
+## WER per layer, read through the final head (greedy), after stage {last["stage"]}
+On the demo corpus's test split (voices never heard in training), every second layer's hidden states
+read by the final `lm_head` (the original research's first table row):
+```
+{test}
+```
+On training voices (the demo corpus's train split, other sentences than this model's training,
+{record["train_voice_utterances"]} utterances), at the final layer: \
+{", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in record["wer"]["train_voices"].items())}.{_festival_line(record)}{conditions_text}
+"""
+
+
+def _festival_line(record: dict) -> str:
+    check, wer = record.get("robustness_check"), record["wer"].get("other_synthesizer")
+    if not (check and wer):
+        return ""
+    cells = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer.items())
+    return (
+        f"\n\nOn speech of an engine no training split used ({check['synthesizer']}, the first {check['num']} "
+        f"test sentences by each of its voices), at the final layer: {cells}."
+    )
+
+
+def _other_lines(record: dict, festival: bool = True) -> str:
     """The model card's lines on other synthesizers (none for a base trained on eSpeak NG alone)."""
     lines = []
     for other in record["corpus"].get("other_synthesizers", []):
@@ -147,6 +243,8 @@ def _other_lines(record: dict) -> str:
             f"Also trained on `{other['split']}`: {other['num_utterances']} utterances ({other['hours']:.2f} h) "
             f"spoken by {', '.join(other['voices'])} (`wav2vec2-ee make-corpus --synthesizer`)."
         )
+    if not festival:
+        return "".join(f"; {line[0].lower()}{line[1:]}" for line in lines)
     check, wer = record.get("robustness_check"), record["wer"].get("other_synthesizer")
     if check and wer:
         cells = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer.items())
@@ -158,10 +256,37 @@ def _other_lines(record: dict) -> str:
 
 
 def _machine() -> str:
-    import os
-    import platform
+    from ..device import cpu_description
 
-    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    return cpu_description()
+
+
+def _stage_zero(record: dict) -> dict:
+    """The from-scratch build of a base's ``build_record.json`` (written before stages existed) as the
+    first line of the stage table."""
+    timing = record["timing"]
+    return {
+        "stage": 0,
+        "command": record["command"],
+        "started_from": "scratch",
+        "minutes": timing["train_runtime"] / 60,
+        "steps": timing["steps"],
+        "seconds_per_step": timing["seconds_per_step"],
+        "precision": "float32",
+        "machine": record["machine"],
+        "final_loss": record["final_loss"],
+        "wer": record["wer"],
+    }
+
+
+def previous_stages(base: Path) -> list[dict]:
+    """The stages of the base in folder ``base`` (its ``build_record.json``; an older record is its
+    stage 0); empty when it has no record (any other CTC model)."""
+    path = Path(base) / "build_record.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return list(record.get("stages") or [_stage_zero(record)])
 
 
 def build_base(
@@ -170,12 +295,18 @@ def build_base(
     train_minutes: float | None = None,
     overwrite: bool = False,
     demo_corpus: Path | None = None,
+    continue_from: Path | None = None,
 ) -> Path:
     """Build the demo base into ``out`` (``<out>/model`` is the result) and return that folder.
 
     Steps: the base corpus (``<out>/corpus``), the demo corpus (``demo_corpus``, default beside ``out``:
     ``<out>/../corpus``; its test voices are the held-out evaluation), the training (``<out>/train``, resumed from its last
     checkpoint when interrupted), the plain CTC export, the evaluations and the model card.
+
+    With ``continue_from`` (a base folder: the packaged one for ``--build-base --continue``), the
+    training is a stage instead (:func:`~.presets.base_stage_config`, ``<out>/stage-<n>``): a warm restart
+    from its weights with one new learning-rate cycle of ``train_minutes`` (default
+    :data:`~.presets.BASE_STAGE_MINUTES`); the record and the model card list every stage so far.
     """
     from ..corpus import build_corpus
     from .presets import PRESETS
@@ -194,8 +325,17 @@ def build_base(
     say(f"demo corpus {demo_corpus}: test {demo.num_utterances['test']} utterances of held-out voices")
     check_split = _robustness_split(preset, demo_corpus)
 
-    spec = _train_spec(preset, out, corpus_dir)
-    minutes = preset.train_minutes if train_minutes is None else train_minutes
+    stages = []
+    if continue_from is None:
+        spec = _train_spec(preset, out, corpus_dir)
+        minutes = preset.train_minutes if train_minutes is None else train_minutes
+    else:
+        stages = previous_stages(continue_from)
+        config = base_stage_config(preset, Path(continue_from).resolve(), corpus_dir)
+        spec = RunSpec(
+            f"stage-{len(stages)}", f"stage {len(stages)}: a warm restart from {continue_from}", config
+        )
+        minutes = BASE_STAGE_MINUTES if train_minutes is None else train_minutes
     timing = train_run(spec, out, overwrite=overwrite, time_budget=60.0 * minutes)
     run_dir = out / spec.name
     model_dir = export_plain_ctc(run_dir, out / "model")
@@ -218,10 +358,31 @@ def build_base(
     run_summary = json.loads((run_dir / "run_summary.json").read_text(encoding="utf-8"))
     log = run_summary.get("log_history", [])
     losses = [e["loss"] for e in log if "loss" in e]
-    record = {
-        "command": "wav2vec2-ee demo --build-base"
+    command = (
+        "wav2vec2-ee demo --build-base"
         + (" --quick" if quick else "")
-        + (f" --base-minutes {train_minutes:g}" if train_minutes is not None else ""),
+        + (" --continue" if continue_from is not None else "")
+        + (f" --base-minutes {train_minutes:g}" if train_minutes is not None else "")
+    )
+    final_loss = round(float(losses[-1]), 4) if losses else None
+    if continue_from is not None:
+        stages.append(
+            {
+                "stage": len(stages),
+                "command": command,
+                "started_from": f"stage {len(stages) - 1}" if stages else str(continue_from),
+                "minutes": timing["train_runtime"] / 60,
+                "steps": timing["steps"],
+                "seconds_per_step": timing["seconds_per_step"],
+                "precision": "bfloat16" if (run_summary.get("precision") or {}).get("bf16") else "float32",
+                "machine": _machine(),
+                "final_loss": final_loss,
+                "wer": wer,
+                "recipe": BASE_STAGE_TRAINING,
+            }
+        )
+    record = {
+        "command": command,
         "train_minutes": minutes,
         "timing": timing,
         "corpus": {
@@ -237,7 +398,8 @@ def build_base(
         "train_voice_utterances": train_voices["utterances"]["train"],
         "parameters": _count_parameters(model_dir),
         "machine": _machine(),
-        "final_loss": round(float(losses[-1]), 4) if losses else None,
+        "final_loss": final_loss,
+        "stages": stages,
     }
     atomic_write_text(model_dir / "training_log.json", json.dumps(log, indent=1) + "\n")
     atomic_write_text(model_dir / "build_record.json", json.dumps(record, indent=2) + "\n")

@@ -22,6 +22,7 @@ Steps (each skipped when a previous run finished it, so an interrupted demo resu
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -73,6 +74,17 @@ class DemoArguments:
             "and its voices: Debian festvox-kdlpc16k festvox-kallpc16k festvox-us-slt-hts; checked first), "
             "CTC at the last layer only, augmentation; --base-minutes of training (~2.5 h in all on 2 CPU "
             "cores; resumes when interrupted). With --quick: a smoke test of it."
+        },
+    )
+    continue_base: bool = field(
+        default=False,
+        metadata={
+            "help": "With --build-base (spelled --continue): train one more stage of the base instead of "
+            "building it from scratch: a warm restart from the packaged base's weights (or --base), one new "
+            "learning-rate cycle of --base-minutes (default 150) with the stage recipe (bfloat16 where this "
+            "CPU measures it faster, no dropout, the recording conditions of real audio), into "
+            "<output-dir>/base/stage-<n> and <output-dir>/base/model, whose model card lists every stage. "
+            "Copy that folder over wav2vec2_ee/resources/demo_base to package it."
         },
     )
     base: str | None = field(
@@ -320,7 +332,9 @@ def build_parser() -> HfArgumentParser:
         "the WER-by-exit table (--quick: a < 2 min smoke test; --reproduce: the seed's table).",
         formatter_class=HelpFormatter,
     )
-    return finish_parser(parser, "demo")
+    parser = finish_parser(parser, "demo")
+    parser.add_argument("--continue", dest="continue_base", action="store_true", help=argparse.SUPPRESS)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,14 +346,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.build_base:
         from .base import build_base
 
+        start_from = None
+        if args.continue_base:  # the packaged base (--quick: the smoke-test base, built first if missing)
+            from .base import base_model_dir
+
+            start_from = base_model_dir(preset, out, args.base)
         build_base(
             out / "base",
             quick=args.quick,
             train_minutes=args.base_minutes,
             overwrite=args.overwrite,
             demo_corpus=corpus,
+            continue_from=start_from,
         )
         return 0
+    if args.continue_base:
+        raise ValueError("--continue trains a stage of the base: use it with --build-base")
 
     # 1. corpus
     quiet = {} if args.progress else {"progress": False}  # (the default: a bar on a terminal)

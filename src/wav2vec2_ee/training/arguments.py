@@ -124,6 +124,64 @@ class DataArguments:
         default_factory=lambda: [0.15, 0.6],
         metadata={"help": "Range of the reverberation time (RT60) of --reverb-prob, in seconds (low high)."},
     )
+    tempo_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of playing a training utterance faster or slower with its pitch kept (WSOLA), "
+            "by a factor drawn from --tempo-range (default 0: off)."
+        },
+    )
+    tempo_range: list[float] = field(
+        default_factory=lambda: [0.8, 1.25],
+        metadata={"help": "Range of the tempo factor of --tempo-prob (1.25 = 25 %% faster)."},
+    )
+    babble_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of mixing 1-3 other training utterances underneath (babble) at a speech-to-"
+            "babble ratio drawn from --babble-snr-db (default 0: off)."
+        },
+    )
+    babble_snr_db: list[float] = field(
+        default_factory=lambda: [10.0, 25.0], metadata={"help": "Range of --babble-prob's ratio, in dB."}
+    )
+    silence_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of adding silence before (0.2-1.5 s) and after (0.2-2 s) a training utterance "
+            "and up to 2 pauses of 0.3-1 s at its quietest points, over a pink noise floor 40-65 dB below "
+            "the speech (default 0: off). A file that is mostly silence is normalised louder: training with "
+            "it teaches the model that level."
+        },
+    )
+    gain_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of a gain of -20..+6 dB and a DC offset of up to 5 %% of full scale before any "
+            "clipping (alone, both are undone by the feature extractor's normalisation) (default 0: off)."
+        },
+    )
+    clipping_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of driving a training utterance 3-15 dB over full scale, then clipping it "
+            "(hard) or saturating it (tanh), half of the time each (default 0: off)."
+        },
+    )
+    telephone_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of the telephone channel: 8 kHz, 300-3400 Hz band, G.711 mu-law 8-bit "
+            "companding (default 0: off)."
+        },
+    )
+    codec_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of a lossy codec round trip: Ogg Vorbis or MP3 through soundfile, at a "
+            "compression level of 0.3-0.9 (default 0: off)."
+        },
+    )
     pad_to_multiple_of: int | None = field(
         default=None,
         metadata={
@@ -213,6 +271,16 @@ class RunArguments:
         default=None, metadata={"help": argparse.SUPPRESS}
     )
     progress: bool = field(default=True, metadata={"help": "Show the Trainer's progress bars."})
+    auto_bf16: bool = field(
+        default=False,
+        metadata={
+            "help": "On a CPU: measure a few forward + backward passes of the model in float32 and in bfloat16 "
+            "autocast at start-up and train in bfloat16 (as --bf16 true) when it is at least 1.1x faster; never "
+            "on a CPU without native bfloat16 (AVX512_BF16 / AMX), where it is emulated and slower. Ignored "
+            "with --bf16 / --fp16 or on a GPU. The decision and both timings are logged and kept in "
+            "run_summary.json."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.time_budget_minutes is None:

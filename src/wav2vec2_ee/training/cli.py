@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments
 
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
+from .precision import cpu_only_machine
 from .run import run_training
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,10 @@ def parse_args(argv: list[str]):
         _check_value_types(argv[0], values, {a.dest: a for a in parser._actions})
         parser.set_defaults(**values)
         argv = argv[1:]
+    if cpu_only_machine():
+        # transformers refuses --bf16 without a GPU unless --use-cpu is set: on a machine that has no
+        # accelerator the CPU is the only device, so --bf16 true means bfloat16 autocast on the CPU
+        parser.set_defaults(use_cpu=True)
     *args, training_args = parser.parse_args_into_dataclasses(args=argv)
     _check_unsupported(training_args)
     run_args = args[ALL_ARGS.index(RunArguments)]

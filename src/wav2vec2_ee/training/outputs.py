@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..data.conditions import CONDITIONS
 from ..io import atomic_write_json, fsync_path, move_into_place
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ def run_settings(model_args, data_args, objective_args, training_args) -> dict:
         "speed_perturbation": data_args.speed_perturbation,
         "noise": [data_args.noise_prob, data_args.noise_snr_db] if data_args.noise_prob else None,
         "reverb": [data_args.reverb_prob, data_args.reverb_rt60] if data_args.reverb_prob else None,
+        "conditions": _conditions_setting(data_args),
         "optim": t.optim,
         "optim_args": t.optim_args,
         "learning_rate": t.learning_rate,
@@ -114,6 +116,20 @@ def run_settings(model_args, data_args, objective_args, training_args) -> dict:
         "train_sampling_strategy": t.train_sampling_strategy,
     }
     return json.loads(json.dumps({k: _plain(v) for k, v in settings.items()}, default=str))
+
+
+def _conditions_setting(data_args) -> dict | None:
+    """The recording conditions that are on, with their ranges (``None`` when all are off)."""
+    on = {
+        name: getattr(data_args, f"{name}_prob") for name in CONDITIONS if getattr(data_args, f"{name}_prob")
+    }
+    if not on:
+        return None
+    if "tempo" in on:
+        on["tempo_range"] = data_args.tempo_range
+    if "babble" in on:
+        on["babble_snr_db"] = data_args.babble_snr_db
+    return on
 
 
 def settings_differences(recorded: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pickle
+import statistics
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from transformers.trainer_utils import TrainOutput
 
 from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
 from ..data.augment import NoiseAndReverb, SpeedPerturbation
+from ..data.conditions import CONDITIONS, RecordingConditions
 from ..data.dataset import DataCollatorCTCWithPadding
 from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
 from ..objectives import build_objective
@@ -33,6 +35,7 @@ from .outputs import (
     save_final_model,
     settings_differences,
 )
+from .precision import choose_cpu_bf16
 from .skips import gather_skip_counts
 from .teacher import build_teacher_labels
 from .trainer import EarlyExitTrainer
@@ -265,6 +268,24 @@ def noise_and_reverb(data_args: DataArguments, seed: int) -> NoiseAndReverb | No
     return augmentation
 
 
+def recording_conditions(data_args: DataArguments, seed: int) -> RecordingConditions | None:
+    """The training audio's recording conditions (``None``: all off)."""
+    probs = {f"{name}_prob": getattr(data_args, f"{name}_prob") for name in CONDITIONS}
+    if not any(probs.values()):
+        return None
+    try:
+        conditions = RecordingConditions(
+            **probs,
+            tempo_range=tuple(data_args.tempo_range),
+            babble_snr_db=tuple(data_args.babble_snr_db),
+            seed=seed,
+        )
+    except ValueError as err:
+        raise ValueError(f"recording conditions (--tempo-prob, --silence-prob, ...): {err}") from err
+    logger.info("training audio recording conditions: %s", conditions)
+    return conditions
+
+
 def build_train_dataset(
     data_args: DataArguments,
     processor: Wav2Vec2Processor,
@@ -300,7 +321,12 @@ def build_train_dataset(
         speed_perturbation=speed_perturbation(data_args.speed_perturbation, training_args.seed),
         frames_for_samples=frames,
         noise_and_reverb=noise_and_reverb(data_args, training_args.seed),
+        conditions=recording_conditions(data_args, training_args.seed),
     )
+    if training_args.world_size == 1 and training_args.dataloader_num_workers == 0:
+        # one process, no loader workers: the next two batches are prepared in a background thread while
+        # the model trains (with several processes, each one's sampler order holds the others' items)
+        dataset.prefetch = 2 * training_args.per_device_train_batch_size
     return dataset, report
 
 
@@ -326,6 +352,43 @@ def build_eval_dataset(
     return SpeechDataset(
         eval_items, processor.feature_extractor, cache_audio=data_args.cache_audio, strict=data_args.strict
     )
+
+
+def decide_precision(
+    run_args: RunArguments,
+    training_args: TrainingArguments,
+    model: Wav2Vec2EEForCTC,
+    dataset: SpeechDataset,
+    pad_to_multiple_of: int | None,
+) -> dict:
+    """Step 4b: the training precision. With ``--auto-bf16`` on a CPU (and neither ``--bf16`` nor
+    ``--fp16``), :func:`~.precision.choose_cpu_bf16` measures the model on a batch of the median training
+    length and sets ``--bf16`` (in place) when bfloat16 is faster; returns what was decided, for the
+    run summary."""
+    decided = {"bf16": bool(training_args.bf16), "fp16": bool(training_args.fp16)}
+    if not run_args.auto_bf16 or training_args.bf16 or training_args.fp16:
+        return decided
+    if training_args.device.type != "cpu":
+        logger.info("--auto-bf16: ignored on %s (use --bf16 or --fp16 there)", training_args.device)
+        return decided
+    samples = int(statistics.median(dataset.lengths))
+    if pad_to_multiple_of:
+        samples = -(-samples // pad_to_multiple_of) * pad_to_multiple_of
+    choice = choose_cpu_bf16(model, training_args.per_device_train_batch_size, samples)
+    logger.info("--auto-bf16: %s; training in %s", choice.reason, "bfloat16" if choice.bf16 else "float32")
+    if choice.bf16:
+        training_args.bf16 = True
+        training_args.mixed_precision = "bf16"  # what TrainingArguments derives from --bf16 when parsed
+    return {
+        **decided,
+        "bf16": choice.bf16,
+        "auto_bf16": {
+            "reason": choice.reason,
+            "float32_seconds": choice.float32_seconds,
+            "bfloat16_seconds": choice.bfloat16_seconds,
+            "batch": [training_args.per_device_train_batch_size, samples],
+        },
+    }
 
 
 def set_objective_arguments(training_args: TrainingArguments, objective, model: Wav2Vec2EEForCTC) -> None:
@@ -360,6 +423,7 @@ def save_results(
     result: TrainOutput,
     report: PreparationReport,
     counts: dict,
+    precision: dict | None = None,
 ) -> None:
     """Step 7 (process 0): the final model with its processor, and ``run_summary.json`` with the data
     report and the run's skip counts (``counts``, gathered over the processes), written so that they
@@ -373,6 +437,7 @@ def save_results(
         "skipped_updates": counts["skipped_updates"],
         "objective": trainer.objective.name,
         "exit_layers": trainer.model.config.exit_layers,
+        "precision": precision,
         "log_history": trainer.state.log_history,  # the Trainer's log (loss, learning rate, ...)
     }
 
@@ -435,6 +500,7 @@ def run_training(
     # 5. the trainer (the output folder marked as this run's); 6. train; 7. save the final model with
     # its processor, and the summary
     set_objective_arguments(training_args, objective, model)
+    precision = decide_precision(run_args, training_args, model, train_dataset, data_args.pad_to_multiple_of)
     if training_args.should_save:
         run_folder.path.mkdir(parents=True, exist_ok=True)
         run_folder.remove_stale_temporary_folders()
@@ -456,5 +522,5 @@ def run_training(
     result = train(trainer, run_args.resume, checkpoint)
     counts = gather_skip_counts(trainer.skip_counts())  # in every process: a collective
     if trainer.is_world_process_zero():
-        save_results(trainer, processor, result, report, counts)
+        save_results(trainer, processor, result, report, counts, precision)
     return trainer

@@ -35,7 +35,10 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         lengths = self.lengths
         if hasattr(self.dataset, "lengths_in_epoch"):  # speed-perturbed lengths: group what gets padded
             lengths = self.dataset.lengths_in_epoch(self.epoch)
-        return iter(get_length_grouped_indices(lengths, self.batch_size, generator=generator))
+        order = get_length_grouped_indices(lengths, self.batch_size, generator=generator)
+        if hasattr(self.dataset, "schedule"):  # items prepared ahead in this order
+            self.dataset.schedule(order)
+        return iter(order)
 
 
 def epoch_seeded_sampler(args: TrainingArguments, dataset) -> EpochSeededLengthGroupedSampler | None:
