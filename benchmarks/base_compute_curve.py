@@ -8,6 +8,9 @@ below ``--fit-below`` (a run that has not started to learn, ~100 %, is not on th
 prints the steps and hours on this machine's pace that the fit needs for ``--target`` (default 15 %,
 the demo-base issue's last-exit target, which the base bounds). Writes a PNG beside ``--output``.
 
+A base trained in stages (``demo --build-base --continue``; its record lists ``stages``) gives one point
+per stage, at the steps and minutes of all stages up to it (the curve over stages).
+
     for m in 10 20 40; do
       wav2vec2-ee demo --build-base --base-minutes $m --output-dir runs/m$m
     done
@@ -41,6 +44,35 @@ def read_run(folder: Path) -> dict:
         "layer": int(top),
         "wer": float(test[top]),
     }
+
+
+def read_runs(folder: Path) -> list[dict]:
+    """:func:`read_run`, or one point per stage (cumulative steps and minutes) for a staged base."""
+    record = (
+        json.loads((folder / "build_record.json").read_text())
+        if (folder / "build_record.json").is_file()
+        else {}
+    )
+    stages = record.get("stages") or []
+    if len(stages) < 2:
+        return [read_run(folder)]
+    points, steps, minutes = [], 0, 0.0
+    for stage in stages:
+        steps += int(stage["steps"])
+        minutes += float(stage["minutes"])
+        test = stage["wer"]["test"]
+        top = max(test, key=int)
+        points.append(
+            {
+                "folder": f"{folder} stage {stage['stage']}",
+                "steps": steps,
+                "seconds_per_step": float(stage["seconds_per_step"]),
+                "minutes": minutes,
+                "layer": int(top),
+                "wer": float(test[top]),
+            }
+        )
+    return points
 
 
 def fit_power_law(steps: list[float], wers: list[float]) -> tuple[float, float]:
@@ -90,7 +122,7 @@ def main() -> None:
     parser.add_argument("--fit-below", type=float, default=0.9, help="fit only runs below this WER")
     parser.add_argument("--output", default=None, help="PNG of the runs and the fit")
     args = parser.parse_args()
-    runs = sorted((read_run(Path(m)) for m in args.models), key=lambda r: r["steps"])
+    runs = sorted((r for m in args.models for r in read_runs(Path(m))), key=lambda r: r["steps"])
     print("| run | steps | minutes | s/step | WER (last layer) |\n|---|---|---|---|---|")
     for r in runs:
         print(

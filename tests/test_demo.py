@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -440,3 +441,52 @@ def test_base_compute_curve_extrapolates_a_power_law(tmp_path: Path, monkeypatch
     monkeypatch.setattr("sys.argv", ["base_compute_curve.py", folders[0]])
     with pytest.raises(SystemExit, match="s500/build_record.json: not a base build record"):
         script.main()
+
+
+@pytest.mark.slow
+def test_a_stage_of_the_base_continues_from_its_weights_and_lists_every_stage(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``demo --build-base --continue --quick``: the smoke-test base is built (stage 0), then one stage is
+    trained from its weights with the stage recipe (recording conditions, no dropout, --auto-bf16); the
+    record and the model card list both stages, with the conditions check at the last layer."""
+    from wav2vec2_ee.cli import main as cli_main
+    from wav2vec2_ee.demo import base as base_module
+
+    few = functools.partial(base_module.record_conditions, names=["clean", "telephone"])  # the test's time
+    monkeypatch.setattr(base_module, "record_conditions", few)
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--build-base", "--continue", "--quick", "--output-dir", str(out)]) == 0
+    model_dir = out / "quick" / "base" / "model"
+    record = json.loads((model_dir / "build_record.json").read_text())
+    assert [s["stage"] for s in record["stages"]] == [0, 1]
+    stage = record["stages"][1]
+    assert stage["started_from"] == "stage 0" and stage["command"].endswith("--quick --continue")
+    assert stage["steps"] == presets.BASE_PRESETS["quick"].training["max_steps"]
+    assert set(stage["wer"]["test"]) == {"2", "4"} and stage["precision"] in ("float32", "bfloat16")
+    assert set(stage["conditions"]) == {"clean", "telephone"} == set(record["conditions"]["wer"])
+    config = json.loads((out / "quick" / "base" / "configs" / "stage-1.json").read_text())
+    assert config["model"] == str((out / "quick" / "base" / "model").resolve())
+    assert config["telephone_prob"] == presets.BASE_STAGE_TRAINING["telephone_prob"] and config["auto_bf16"]
+    assert config["config_overrides"] == "hidden_dropout=0.0" and config["exit_layers"] == [4]
+    card = (model_dir / "README.md").read_text()
+    assert "| 0 | `wav2vec2-ee demo --build-base --quick` | scratch |" in card
+    assert "| 1 | `wav2vec2-ee demo --build-base --quick --continue` | stage 0 |" in card
+    assert "Under recording conditions" in card and "after stage 1" in card
+    assert cli_main(["demo", "--continue", "--output-dir", str(out)]) == 2  # a stage needs --build-base
+
+
+def test_base_compute_curve_reads_a_staged_base_as_one_point_per_stage(tmp_path: Path) -> None:
+    """A base trained in stages gives one point per stage, at the cumulative steps and minutes."""
+    script = _benchmark("base_compute_curve")
+    stage = {"seconds_per_step": 0.5, "command": "c", "started_from": "x", "machine": "m", "final_loss": 1}
+    record = {
+        "stages": [
+            {**stage, "stage": 0, "steps": 1000, "minutes": 10.0, "wer": {"test": {"2": 0.9, "8": 0.4}}},
+            {**stage, "stage": 1, "steps": 3000, "minutes": 20.0, "wer": {"test": {"2": 0.8, "8": 0.3}}},
+        ]
+    }
+    (tmp_path / "build_record.json").write_text(json.dumps(record))
+    points = script.read_runs(tmp_path)
+    assert [(p["steps"], p["minutes"], p["wer"]) for p in points] == [(1000, 10.0, 0.4), (4000, 30.0, 0.3)]
+    assert points[1]["folder"].endswith("stage 1")

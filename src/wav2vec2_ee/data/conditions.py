@@ -324,18 +324,20 @@ def add_silence(
     lead: int,
     trail: int,
     pauses: tuple[int, ...],
-    floor_db: float,
+    floor_db: float | None,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """``lead`` samples of silence before ``audio``, ``trail`` after, pauses of the given lengths at its
     quietest points (:func:`quiet_points`), and pink noise ``floor_db`` dB below the speech's level over
-    the whole result (the recording's noise floor)."""
+    the whole result (the recording's noise floor; ``None``: digital silence)."""
     pieces, last = [np.zeros(lead, np.float32)], 0
     for position, length in zip(quiet_points(audio, len(pauses), rng), pauses):
         pieces += [audio[last:position], np.zeros(length, np.float32)]
         last = position
     pieces += [audio[last:], np.zeros(trail, np.float32)]
     out = np.concatenate(pieces)
+    if floor_db is None:
+        return out
     level = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
     floor = colored_noise(out.size, "pink", rng) * level * 10 ** (-floor_db / 20)
     return (out + floor).astype(np.float32)

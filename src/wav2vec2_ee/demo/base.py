@@ -404,6 +404,11 @@ def build_base(
     atomic_write_text(model_dir / "training_log.json", json.dumps(log, indent=1) + "\n")
     atomic_write_text(model_dir / "build_record.json", json.dumps(record, indent=2) + "\n")
     atomic_write_text(model_dir / "README.md", _model_card(preset, record["command"], record))
+    if continue_from is not None:
+        conditions = record_conditions(model_dir, demo_corpus, out / "conditions", preset)
+        say("recording conditions, layer {}: {}".format(
+            top, ", ".join(f"{name} {100 * wer:.1f} %" for name, wer in conditions.items())
+        ))  # fmt: skip
     print(format_wer_by_exit({"test (held-out voices), read through the final head": test}))
     say(f"training voices, layer {top}: {100 * train_wer[top]:.1f} % WER")
     if check_split is not None:
@@ -462,6 +467,28 @@ def _robustness_split(preset: BasePreset, demo_corpus: Path) -> str | None:
         progress=False,
     )  # fmt: skip
     return split
+
+
+def record_conditions(
+    model_dir: Path, demo_corpus: Path, work_dir: Path, preset: BasePreset, names: list[str] | None = None
+) -> dict:
+    """Evaluate the base in ``model_dir`` at its last layer under the recording conditions of
+    :data:`~wav2vec2_ee.evaluation.conditions.CONDITION_CHECKS` (the demo corpus's test split, built into
+    ``work_dir``), add them to its ``build_record.json`` (and to its last stage) and rewrite its model
+    card. ``names``: the conditions (default: all). Returns ``{name: wer}``."""
+    from ..evaluation.conditions import check_conditions
+
+    top = int(preset.model["num_hidden_layers"])
+    wer = check_conditions(model_dir, demo_corpus, "test", work_dir, names=names, exits=[top])
+    at_top = {name: by_layer[top] for name, by_layer in wer.items()}
+    path = model_dir / "build_record.json"
+    record = json.loads(path.read_text(encoding="utf-8"))
+    record["conditions"] = {"layer": top, "wer": at_top}
+    if record.get("stages"):
+        record["stages"][-1]["conditions"] = at_top
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(model_dir / "README.md", _model_card(preset, record["command"], record))
+    return at_top
 
 
 def _count_parameters(model_dir: Path) -> int:

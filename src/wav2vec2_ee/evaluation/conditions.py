@@ -1,0 +1,161 @@
+"""WER under the recording conditions of real audio: a test split rebuilt under each condition.
+
+:data:`CONDITION_CHECKS` are fixed, named versions of what real recordings bring and the corpus builder
+never makes (each a function of the clean audio, a random generator and other utterances of the split,
+for babble), built from :mod:`wav2vec2_ee.data.conditions`' functions at one setting each, inside the
+ranges training draws from. :func:`build_condition_splits` writes one LibriSpeech-layout split per
+condition (``cond_<name>``, the same speakers, ids and transcripts as the source split);
+:func:`check_conditions` evaluates a checkpoint on all of them with the evaluation suite.
+``benchmarks/check_conditions.py`` prints the table and draws the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..data.audio import SAMPLING_RATE, load_audio
+from ..data.augment import add_noise, colored_noise, reverberate, room_impulse_response
+from ..data.conditions import add_babble, add_silence, change_tempo, clip, lossy_codec, telephone_band
+from ..io import atomic_write_text
+
+#: One condition: ``(audio, rng, others) -> audio`` (``others``: a few other utterances of the split).
+Condition = Callable[[np.ndarray, np.random.Generator, list[np.ndarray]], np.ndarray]
+
+_SECOND = SAMPLING_RATE
+
+
+def _peak_normalised(audio: np.ndarray) -> np.ndarray:
+    return audio / max(float(np.max(np.abs(audio))), 1e-9)
+
+
+#: The checks, by name (the split is ``cond_<name>``); ``clean`` is the source audio itself.
+CONDITION_CHECKS: dict[str, Condition] = {
+    "clean": lambda a, rng, o: a,
+    "silence_2s_3s": lambda a, rng, o: add_silence(a, 2 * _SECOND, 3 * _SECOND, (), None, rng),
+    "pauses_2x0.8s": lambda a, rng, o: add_silence(a, 0, 0, (int(0.8 * _SECOND),) * 2, 60.0, rng),
+    "telephone": lambda a, rng, o: telephone_band(a),
+    "mp3": lambda a, rng, o: lossy_codec(a, "mp3", 0.9),
+    "vorbis": lambda a, rng, o: lossy_codec(a, "vorbis", 0.9),
+    "reverb_rt60_0.6s": lambda a, rng, o: reverberate(a, room_impulse_response(0.6, rng)),
+    "clipping_12db": lambda a, rng, o: clip(_peak_normalised(a), "hard", 12.0),
+    "saturation_12db": lambda a, rng, o: clip(_peak_normalised(a), "soft", 12.0),
+    "gain_-30db_dc": lambda a, rng, o: _peak_normalised(a) * 10 ** (-30 / 20) + 0.05,
+    "tempo_0.8x": lambda a, rng, o: change_tempo(a, 0.8),
+    "tempo_1.25x": lambda a, rng, o: change_tempo(a, 1.25),
+    "babble_15db": lambda a, rng, o: add_babble(a, o, 15.0, rng),
+    "noise_15db": lambda a, rng, o: add_noise(a, colored_noise(a.size, "pink", rng), 15.0),
+}
+
+#: What each check may cost at most, as a multiple of the clean WER (the base issue's targets).
+CONDITION_TARGETS: dict[str, float] = {"silence_2s_3s": 1.1, "telephone": 2.0}
+DEFAULT_TARGET = 1.5
+
+
+def condition_split(name: str) -> str:
+    """The split name of condition ``name``."""
+    return f"cond_{name}"
+
+
+def _transcript_files(split_dir: Path) -> list[Path]:
+    return sorted(split_dir.rglob("*.trans.txt"))
+
+
+def build_condition_splits(
+    corpus: str | Path,
+    split: str,
+    output: str | Path,
+    names: list[str] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Write ``split`` of the LibriSpeech-layout ``corpus`` under each condition of ``names`` (default:
+    all of :data:`CONDITION_CHECKS`) into ``output/cond_<name>`` (same layout, ids and transcripts;
+    FLAC). A split already written with the same source and seed is kept. Returns the split names.
+    Every random choice (noise, room, babble partners) is a function of ``seed`` and the utterance."""
+    source = Path(corpus) / split
+    files = _transcript_files(source)
+    if not files:
+        raise FileNotFoundError(f"{source}: no LibriSpeech-layout transcripts (*.trans.txt)")
+    utterances = [
+        (trans, line.split(" ", 1)[0])
+        for trans in files
+        for line in trans.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    audio = {uid: load_audio(_audio_file(trans.parent, uid)) for trans, uid in utterances}
+    ids = list(audio)
+    out = Path(output)
+    splits = []
+    for name in names or list(CONDITION_CHECKS):
+        if name not in CONDITION_CHECKS:
+            raise ValueError(f"unknown condition {name!r}: choose from {', '.join(CONDITION_CHECKS)}")
+        target = out / condition_split(name)
+        marker = target / "condition.json"
+        record = {"source": str(source.resolve()), "seed": seed, "condition": name, "utterances": len(ids)}
+        splits.append(condition_split(name))
+        if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == record:
+            continue
+        if target.exists():
+            shutil.rmtree(target)
+        for k, (trans, uid) in enumerate(utterances):
+            rng = np.random.default_rng((seed, k))
+            partners = [
+                audio[ids[int(j)]] for j in rng.choice(len(ids), size=min(3, len(ids)), replace=False)
+            ]
+            degraded = CONDITION_CHECKS[name](audio[uid], rng, partners)
+            folder = target / trans.parent.relative_to(source)
+            folder.mkdir(parents=True, exist_ok=True)
+            peak = max(float(np.max(np.abs(degraded))), 1e-9)
+            scale = 0.99 / peak if peak > 0.99 else 1.0  # FLAC holds [-1, 1]; the scale is normalised away
+            sf.write(folder / f"{uid}.flac", (degraded * scale).astype(np.float32), SAMPLING_RATE)
+        for trans in files:
+            folder = target / trans.parent.relative_to(source)
+            shutil.copyfile(trans, folder / trans.name)
+        atomic_write_text(marker, json.dumps(record) + "\n")
+    return splits
+
+
+def _audio_file(folder: Path, uid: str) -> Path:
+    for ext in (".flac", ".wav"):
+        if (folder / f"{uid}{ext}").is_file():
+            return folder / f"{uid}{ext}"
+    raise FileNotFoundError(f"{folder}: no audio for {uid}")
+
+
+def check_conditions(
+    checkpoint: str | Path,
+    corpus: str | Path,
+    split: str,
+    output_dir: str | Path,
+    names: list[str] | None = None,
+    exits: list[int] | None = None,
+    overwrite: bool = False,
+) -> dict[str, dict[int, float]]:
+    """Greedy WER per exit layer of ``checkpoint`` on ``split`` under each condition: ``{name: {layer:
+    wer}}`` (the splits are built into ``output_dir/corpus``, the evaluations go to ``output_dir/eval``).
+    ``exits``: the layers (default: the checkpoint's exits; a plain CTC checkpoint's read through its
+    final head)."""
+    from .evaluate import evaluate_checkpoint
+
+    out = Path(output_dir)
+    names = names or list(CONDITION_CHECKS)
+    splits = build_condition_splits(corpus, split, out / "corpus", names)
+    overview = evaluate_checkpoint(
+        str(checkpoint), str(out / "eval"), data=str(out / "corpus"), splits=splits, progress=False,
+        overwrite=overwrite, exits=exits, plot=False,
+    )  # fmt: skip
+    return {
+        name: {int(e["layer"]): float(e["wer"]) for e in overview["splits"][s]["exits"].values()}
+        for name, s in zip(names, splits)
+    }
+
+
+def condition_ratios(wer: dict[str, dict[int, float]], layer: int) -> dict[str, float]:
+    """Each condition's WER at ``layer`` as a multiple of the clean WER there."""
+    clean = wer["clean"][layer]
+    return {name: by_layer[layer] / clean if clean > 0 else float("inf") for name, by_layer in wer.items()}
