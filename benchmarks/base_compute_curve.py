@@ -48,14 +48,10 @@ def read_run(folder: Path) -> dict:
 
 def read_runs(folder: Path) -> list[dict]:
     """:func:`read_run`, or one point per stage (cumulative steps and minutes) for a staged base."""
-    record = (
-        json.loads((folder / "build_record.json").read_text())
-        if (folder / "build_record.json").is_file()
-        else {}
-    )
-    stages = record.get("stages") or []
+    first = read_run(folder)  # (its error names the file)
+    stages = json.loads((folder / "build_record.json").read_text()).get("stages") or []
     if len(stages) < 2:
-        return [read_run(folder)]
+        return [first]
     points, steps, minutes = [], 0, 0.0
     for stage in stages:
         steps += int(stage["steps"])
