@@ -481,6 +481,8 @@ def test_base_compute_curve_reads_a_staged_base_as_one_point_per_stage(tmp_path:
     script = _benchmark("base_compute_curve")
     stage = {"seconds_per_step": 0.5, "command": "c", "started_from": "x", "machine": "m", "final_loss": 1}
     record = {
+        "timing": {"steps": 3000, "seconds_per_step": 0.5, "train_runtime": 1200.0},
+        "wer": {"test": {"2": 0.8, "8": 0.3}},
         "stages": [
             {**stage, "stage": 0, "steps": 1000, "minutes": 10.0, "wer": {"test": {"2": 0.9, "8": 0.4}}},
             {**stage, "stage": 1, "steps": 3000, "minutes": 20.0, "wer": {"test": {"2": 0.8, "8": 0.3}}},
