@@ -43,7 +43,8 @@ import torch
 from wav2vec2_ee.evaluation import load_evaluation_model
 from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
 from wav2vec2_ee.inference.learned import FEATURES, fit_exit_model
-from wav2vec2_ee.inference.policies import POLICIES, learned_features
+from wav2vec2_ee.inference.policies import learned_features
+from wav2vec2_ee.inference.search import fit_policy
 from wav2vec2_ee.inference.table import (
     ExitTable,
     compute_exit_table,
@@ -52,6 +53,7 @@ from wav2vec2_ee.inference.table import (
     oracle_wer_at,
 )
 from wav2vec2_ee.inference.timing import load_batches
+from wav2vec2_ee.policy_core import POLICIES
 
 
 def run_variant(
@@ -73,7 +75,7 @@ def run_variant(
     table = dev if fit_on is None else fit_on
     fitted = fit_settings.pop("fitted", None)
     if POLICIES[policy].fitted_arguments and fitted is None:
-        fitted = POLICIES[policy].fit(table, None, **fit_settings)
+        fitted = fit_policy(POLICIES[policy], table, None, **fit_settings)
     cal = calibrate_table(threshold_on or table, policy, max_wer_increase, fitted=fitted)
     apply_to_table(cal, test)
     point = cal.test

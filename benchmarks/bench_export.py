@@ -31,7 +31,7 @@ from wav2vec2_ee.inference import Decoders, EntropyThreshold, FixedExit, run_ear
 from wav2vec2_ee.inference.calibrate import calibrate_table
 from wav2vec2_ee.inference.table import compute_exit_table, load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
-from wav2vec2_ee.modeling import load_model
+from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.vocab import build_processor, normalize_transcript
 
 

@@ -32,7 +32,7 @@ from wav2vec2_ee.export.exporter import export_model
 from wav2vec2_ee.export.runtime import OnnxSegments, load_segments, read_manifest
 from wav2vec2_ee.inference.table import load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
-from wav2vec2_ee.modeling import load_model
+from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.vocab import build_processor, normalize_transcript
 
 VARIANTS = ("float", "dyn", "dyn_pc", "dyn_conv", "dyn_pos", "static")

@@ -17,8 +17,6 @@ flite``) is checked on Festival, or on a Flite voice left out of its training.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 from pathlib import Path
 
 import jiwer
@@ -57,10 +55,9 @@ def main() -> None:
     record = build_external_split(
         out / "corpus", split, texts, args.voices, engine=args.synthesizer, every_voice=True, prosody=False
     )
-    with contextlib.redirect_stdout(io.StringIO()):
-        result = evaluate_checkpoint(
-            args.checkpoint, out / "eval", data=str(out / "corpus"), splits=[split], progress=False
-        )
+    result = evaluate_checkpoint(
+        args.checkpoint, out / "eval", data=str(out / "corpus"), splits=[split], progress=False
+    )
     exits = result["splits"][split]["exits"]
     voices = record["speakers"]
     print(

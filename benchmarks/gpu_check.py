@@ -17,8 +17,6 @@ wav2vec2-base-shaped model on each.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import sys
@@ -60,18 +58,17 @@ def hypotheses(
 ) -> tuple[dict, float]:
     """Hypotheses by utterance id (one per exit) from ``evaluate`` on ``device``, and its wall seconds."""
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):  # evaluate prints its WER table
-        evaluate_checkpoint(
-            checkpoint,
-            out,
-            data=data,
-            splits=["test"],
-            device=device,
-            dtype=dtype,
-            overwrite=True,
-            progress=False,
-            plot=False,
-        )
+    evaluate_checkpoint(
+        checkpoint,
+        out,
+        data=data,
+        splits=["test"],
+        device=device,
+        dtype=dtype,
+        overwrite=True,
+        progress=False,
+        plot=False,
+    )
     wall = time.perf_counter() - start
     items = parse_split_results((out / "test_results.txt").read_text())
     return {it["file"]: list(it["hypotheses"].values()) for it in items}, wall

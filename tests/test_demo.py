@@ -486,7 +486,7 @@ def test_base_compute_curve_reads_a_staged_base_as_one_point_per_stage(tmp_path:
         "stages": [
             {**stage, "stage": 0, "steps": 1000, "minutes": 10.0, "wer": {"test": {"2": 0.9, "8": 0.4}}},
             {**stage, "stage": 1, "steps": 3000, "minutes": 20.0, "wer": {"test": {"2": 0.8, "8": 0.3}}},
-        ]
+        ],
     }
     (tmp_path / "build_record.json").write_text(json.dumps(record))
     points = script.read_runs(tmp_path)

@@ -15,7 +15,8 @@ from wav2vec2_ee import cli
 from wav2vec2_ee.export import load_segments, read_manifest, run_onnx_exits
 from wav2vec2_ee.export.exporter import export_model
 from wav2vec2_ee.export.segments import build_segments, check_plain_model
-from wav2vec2_ee.modeling import Wav2Vec2EEForCTC, load_model, save_checkpoint_files
+from wav2vec2_ee.loading import load_model, save_checkpoint_files
+from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from wav2vec2_ee.vocab import build_processor
 
 from conftest import tiny_config

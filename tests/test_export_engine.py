@@ -13,18 +13,16 @@ import torch
 
 from wav2vec2_ee.export import OnnxExitSource, load_segments
 from wav2vec2_ee.export.exporter import export_model
-from wav2vec2_ee.inference.engine import as_exit_source, full_forward, run_early_exit
-from wav2vec2_ee.inference.policies import (
+from wav2vec2_ee.inference import (
     ConfidenceThreshold,
-    Decoders,
     EntropyThreshold,
     ExitPolicy,
-    ExitView,
     FixedExit,
     LayerBudget,
     Patience,
-    ScheduledExit,
 )
+from wav2vec2_ee.inference.engine import as_exit_source, full_forward, run_early_exit
+from wav2vec2_ee.inference.policies import Decoders, ExitView, ScheduledExit
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 
 from conftest import sharpened_model
@@ -241,7 +239,7 @@ def test_dropping_every_row_stops_the_chain(exported, tokenizer) -> None:
 def test_posterior_policy_on_the_onnx_source(exported, tokenizer) -> None:
     pytest.importorskip("flashlight.lib.text.decoder")
     from wav2vec2_ee.evaluation import LexiconBeamDecoder, lexicon_from_texts
-    from wav2vec2_ee.inference.policies import PosteriorThreshold
+    from wav2vec2_ee.inference import PosteriorThreshold
 
     model, folder = exported
     x, mask = padded_batch([2400, 1600, 900])

@@ -17,7 +17,7 @@ from transformers import AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2
 
 from wav2vec2_ee import Wav2Vec2EEForCTC, load_model
 from wav2vec2_ee.evaluation.decoding import greedy_decode
-from wav2vec2_ee.modeling import save_checkpoint_files
+from wav2vec2_ee.loading import save_checkpoint_files
 from wav2vec2_ee.vocab import build_feature_extractor, build_processor, build_tokenizer
 
 from conftest import tiny_config
@@ -53,7 +53,9 @@ def _no_load_report(caplog) -> bool:
 
 
 def _our_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "wav2vec2_ee.modeling"]
+    return [
+        r.getMessage() for r in caplog.records if r.name in ("wav2vec2_ee.checkpoints", "wav2vec2_ee.loading")
+    ]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from wav2vec2_ee.inference import (
     threshold_grid,
 )
 from wav2vec2_ee.inference.calibrate import apply_to_table
+from wav2vec2_ee.inference.search import simulate
 from wav2vec2_ee.inference.sweep import parse_thresholds
 from wav2vec2_ee.inference.table import load_prepared_split, pareto_front
 from wav2vec2_ee.inference.timing import load_batches
@@ -264,9 +265,9 @@ def test_patience_needs_consecutive_agreement(tokenizer):
         for k, per_exit in enumerate(texts)
     ]
     assert views[1].transcripts == ["a b", "y", "r"]
-    assert Patience(2).simulate(views).tolist() == [1, 2, 2]  # the last exit answers when nothing agrees
-    assert Patience(3).simulate(views).tolist() == [2, 2, 2]
-    assert Patience(1).simulate(views).tolist() == [0, 0, 0]
+    assert simulate(Patience(2), views).tolist() == [1, 2, 2]  # the last exit answers when nothing agrees
+    assert simulate(Patience(3), views).tolist() == [2, 2, 2]
+    assert simulate(Patience(1), views).tolist() == [0, 0, 0]
     assert Patience(2).should_exit(views[:2]).tolist() == [True, False, False]
     with pytest.raises(ValueError, match="integer >= 1"):
         Patience(0)
@@ -282,13 +283,13 @@ def _stat_views(layers: list[int], **stats: list[list[float]]) -> list[ExitView]
 
 def test_budget_caps_every_policy():
     views = _stat_views([1, 2, 3, 4], entropy=[[3.0, 0.1], [3.0, 0.1], [3.0, 0.1], [0.0, 0.0]])
-    assert EntropyThreshold(0.5).simulate(views).tolist() == [3, 0]
+    assert simulate(EntropyThreshold(0.5), views).tolist() == [3, 0]
     capped = build_policy("entropy", threshold=0.5, max_layer=3)
     assert isinstance(capped, LayerBudget) and capped.deepest_exit([1, 2, 3, 4]) == 2
-    assert capped.simulate(views).tolist() == [2, 0]
-    assert build_policy("budget", max_layer=2).simulate(views).tolist() == [1, 1]
+    assert simulate(capped, views).tolist() == [2, 0]
+    assert simulate(build_policy("budget", max_layer=2), views).tolist() == [1, 1]
     assert LayerBudget(FixedExit(4), max_layer=3).deepest_exit([1, 2, 3, 4]) == 2
-    assert LayerBudget(FixedExit(4), max_layer=3).simulate(views).tolist() == [2, 2]
+    assert simulate(LayerBudget(FixedExit(4), max_layer=3), views).tolist() == [2, 2]
     assert capped.describe() == {"policy": "entropy", "parameter": "threshold", "value": 0.5, "max_layer": 3}
     with pytest.raises(ValueError, match="below the first exit"):
         LayerBudget(FixedExit(), max_layer=1).deepest_exit([2, 4])
@@ -297,8 +298,8 @@ def test_budget_caps_every_policy():
 def test_oracle_picks_the_shallowest_best_exit():
     errors = torch.tensor([[2, 1, 0, 3], [1, 1, 0, 3], [1, 0, 0, 2]])  # (exits, utterances)
     views = _stat_views([2, 4, 6], entropy=[[0.0] * 4] * 3)
-    assert OracleExit().simulate(views, errors).tolist() == [1, 2, 0, 2]
-    assert LayerBudget(OracleExit(), max_layer=4).simulate(views, errors).tolist() == [1, 0, 0, 0]
+    assert simulate(OracleExit(), views, errors).tolist() == [1, 2, 0, 2]
+    assert simulate(LayerBudget(OracleExit(), max_layer=4), views, errors).tolist() == [1, 0, 0, 0]
     with pytest.raises(ValueError, match="evaluation bound"):
         OracleExit().should_exit(views)
 

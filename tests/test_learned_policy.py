@@ -47,8 +47,10 @@ from wav2vec2_ee.inference import (
 from wav2vec2_ee.inference.calibrate import apply_to_table, saved_policy
 from wav2vec2_ee.inference.learned import exit_labels
 from wav2vec2_ee.inference.policies import learned_features
+from wav2vec2_ee.inference.search import fit_learned, score_table, simulate
 from wav2vec2_ee.inference.table import load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
+from wav2vec2_ee.policy_core import learned_features as host_learned_features
 from wav2vec2_ee.vocab import build_processor, build_tokenizer
 
 from conftest import sharpened_model
@@ -185,9 +187,9 @@ def test_features_equal_a_direct_numpy_computation(tokenizer, vocab_folder):
         lite.ExitView(k, k + 1, np.arange(4), numpy_logits[k], np.array(lengths), vocabulary)
         for k in range(3)
     ]
-    policy = lite.LearnedExit(0.5, hand_model(exit_layers=(1, 2, 3)).to_dict())
+    policy = lite.build_policy("learned", 0.5, model=hand_model(exit_layers=(1, 2, 3)).to_dict())
     for k in range(3):
-        x = np.stack([np.asarray(lite._FEATURES[f](lite_views[: k + 1])) for f in policy.features], 1)
+        x = host_learned_features(lite_views[: k + 1], policy.features)
         np.testing.assert_allclose(x, learned_features(views[: k + 1]).numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -235,7 +237,7 @@ def _hand_score(model: dict, x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("hidden", [0, 4])
 def test_fit_separates_a_table_whose_label_one_feature_carries(hidden):
     table = synthetic_table()
-    model = LearnedExit.fit(table, hidden=hidden, split="dev")["model"]
+    model = fit_learned(table, hidden=hidden, split="dev")["model"]
     views = table.views()
     x = torch.cat([learned_features(views[: k + 1]) for k in range(2)])
     y = exit_labels(table.errors).reshape(-1)
@@ -343,10 +345,10 @@ def test_no_decision_reads_a_deeper_exit(tokenizer):
         clean = views(noise_from=4)
         scores = torch.stack([LearnedExit(0.5, model).score(clean[: k + 1]) for k in range(3)])
         policy = LearnedExit(separating_threshold(scores, 1e-6), model)
-        base = policy.simulate(clean)
+        base = simulate(policy, clean)
         for k in range(3):
             noisy = clean[: k + 1] + views(noise_from=0)[k + 1 :]
-            got = policy.simulate(noisy)
+            got = simulate(policy, noisy)
             early = base <= k
             assert torch.equal(got <= k, early) and torch.equal(got[early], base[early])
 
@@ -404,14 +406,14 @@ def test_simulation_on_the_table_equals_the_engine(assets):
     assert {"max_prob_p10", "margin", "non_blank", "log_frames", "agreement"} <= set(table.stats)
     batches = load_batches(prepared, em.feature_extractor, batch_size=3)
     decoders = Decoders(em.tokenizer)
-    fitted = LearnedExit.fit(table)["model"]
+    fitted = fit_learned(table)["model"]
     varied = False
     for model in (
         fitted,
         hand_model(exit_layers=table.layers),
         hand_model(hidden=3, exit_layers=table.layers),
     ):
-        LearnedExit.prepare_table(table, model)
+        score_table(LearnedExit, table, model=model)
         scores = table.stats["learned"][:-1]
         for threshold in (separating_threshold(scores, 1e-6), float(scores.max()) + 1e-3):
             policy = LearnedExit(threshold, model)
@@ -471,7 +473,7 @@ def test_saved_policy_decides_the_same_in_torch_table_onnx_and_lite(assets, tmp_
     assert isinstance(policy, LearnedExit) and policy.model.fingerprint == learned.fingerprint
     want = run_early_exit(model, values, mask, policy, decoders)
     assert len(set(want.exit_index)) > 1
-    assert policy.simulate(views).tolist() == want.exit_index  # simulation on every exit's outputs
+    assert simulate(policy, views).tolist() == want.exit_index  # simulation on every exit's outputs
     export_model(model, folder, policy=file, check=False)
     stored = json.loads((folder / "policy.json").read_text())
     assert stored["model"] == learned.to_dict() and stored["value"] == threshold
@@ -480,7 +482,7 @@ def test_saved_policy_decides_the_same_in_torch_table_onnx_and_lite(assets, tmp_
     saved = Transcriber.from_export(folder, max_seconds=None)
     assert isinstance(saved.policy, LearnedExit)
     transcriber = lite.LiteTranscriber(folder, batch_size=8)
-    assert isinstance(transcriber.policy, lite.LearnedExit)
+    assert isinstance(transcriber.policy, LearnedExit)
     got = transcriber.transcribe(list(arrays))
     assert [r.exit_index for r in got] == want.exit_index
     assert [r.text for r in got] == want.transcripts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from wav2vec2_ee import lite
+from wav2vec2_ee import inference, lite
+from wav2vec2_ee.cli import main as cli_main
+from wav2vec2_ee.errors import UserError
 from wav2vec2_ee.export.exporter import export_model
 from wav2vec2_ee.inference import policies as torch_policies
 from wav2vec2_ee.inference.engine import run_early_exit
@@ -89,22 +92,22 @@ def _pairs(model, folder, arrays):
     """(lite policy, the same PyTorch policy) for every policy the lite runtime has."""
     entropy, confidence = _thresholds(model, folder, arrays)
     return {
-        "fixed-last": (lite.build_policy("fixed"), torch_policies.FixedExit()),
-        "fixed-2": (lite.build_policy("fixed", 2), torch_policies.FixedExit(2)),
-        "entropy": (lite.build_policy("entropy", entropy), torch_policies.EntropyThreshold(entropy)),
+        "fixed-last": (lite.build_policy("fixed"), inference.FixedExit()),
+        "fixed-2": (lite.build_policy("fixed", 2), inference.FixedExit(2)),
+        "entropy": (lite.build_policy("entropy", entropy), inference.EntropyThreshold(entropy)),
         "confidence": (
             lite.build_policy("confidence", confidence),
-            torch_policies.ConfidenceThreshold(confidence),
+            inference.ConfidenceThreshold(confidence),
         ),
-        "patience-2": (lite.build_policy("patience", 2), torch_policies.Patience(2)),
-        "patience-1": (lite.build_policy("patience", 1), torch_policies.Patience(1)),
+        "patience-2": (lite.build_policy("patience", 2), inference.Patience(2)),
+        "patience-1": (lite.build_policy("patience", 1), inference.Patience(1)),
         "budget": (
             lite.build_policy("budget", max_layer=3),
-            torch_policies.build_policy("budget", max_layer=3),
+            inference.build_policy("budget", max_layer=3),
         ),
         "entropy-budget": (
             lite.build_policy("entropy", entropy, max_layer=3),
-            torch_policies.LayerBudget(torch_policies.EntropyThreshold(entropy), 3),
+            inference.LayerBudget(inference.EntropyThreshold(entropy), 3),
         ),
     }
 
@@ -172,9 +175,7 @@ def test_greedy_decoding_matches_the_tokenizer(exported) -> None:
 def test_lite_reads_files_and_uses_policy_json(exported, wavs, tmp_path) -> None:
     model, folder = exported
     texts = [r.text for r in lite.LiteTranscriber(folder).transcribe(wavs)]  # no policy.json: the last exit
-    want = _torch_engine(
-        model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], torch_policies.FixedExit()
-    )
+    want = _torch_engine(model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], inference.FixedExit())
     assert texts == want.transcripts
 
     with_policy = tmp_path / "with-policy"
@@ -184,7 +185,7 @@ def test_lite_reads_files_and_uses_policy_json(exported, wavs, tmp_path) -> None
     )
     export_model(model, with_policy, policy=calibration, check=False)
     transcriber = lite.LiteTranscriber(with_policy)
-    assert isinstance(transcriber.policy, lite.FixedExit) and transcriber.policy.layer == 2
+    assert isinstance(transcriber.policy, inference.FixedExit) and transcriber.policy.layer == 2
     single = transcriber.transcribe(wavs[0])
     assert isinstance(single, lite.LiteResult) and single.exit_layer == 2 and single.source == str(wavs[0])
 
@@ -223,6 +224,63 @@ def test_lite_command(exported, wavs, capsys) -> None:
     assert "not an exit" in capsys.readouterr().err
 
 
+def _error(capsys, prefix: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(prefix), err
+    return err[0][len(prefix) :]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--policy", "entropy", "--patience", "2"],  # not a threshold of 2
+        ["--layer", "3"],  # not dropped
+        ["--threshold", "0.5", "--patience", "2"],
+        ["--policy", "entropy"],
+        ["--policy", "fixed", "--threshold", "0.3"],
+        ["--policy", "budget", "--threshold", "0.3", "--max-layer", "2"],
+        ["--policy", "budget"],
+        ["--policy", "confidence", "--threshold", "5"],
+        ["--policy", "entropy", "--threshold", "-3"],
+        ["--policy", "patience", "--patience", "0"],
+        ["--policy", "fixed", "--layer", "0"],
+        ["--policy", "fixed", "--layer", "7"],
+        ["--policy", "entropy", "--threshold", "0.4", "--max-layer", "9"],
+        ["--policy", "learned", "--threshold", "0.5"],  # no saved learned model
+    ],
+)
+def test_the_lite_command_refuses_what_transcribe_refuses(exported, wavs, capsys, flags) -> None:
+    _, folder = exported
+    assert lite.main([str(folder), str(wavs[0]), *flags]) == 2
+    message = _error(capsys, "python -m wav2vec2_ee.lite: error: ")
+    transcribe = ["transcribe", str(folder), str(wavs[0]), "--backend", "onnxruntime", *flags]
+    assert cli_main(transcribe) == 2
+    assert _error(capsys, "wav2vec2-ee transcribe: error: ") == message
+
+
+def test_a_bad_policy_json_is_refused_by_every_reader(exported, wavs, tmp_path, capsys) -> None:
+    _, folder = exported
+    bad = tmp_path / "bad-policy"
+    shutil.copytree(folder, bad)
+    (bad / "policy.json").write_text(json.dumps({"policy": "entropy", "value": True}))
+    manifest = json.loads((bad / "export.json").read_text())
+    (bad / "export.json").write_text(json.dumps({**manifest, "policy": "policy.json"}))
+    expected = f"{bad / 'policy.json'}: value True is not a number"
+    with pytest.raises(lite.LiteError) as caught:
+        lite.LiteTranscriber(bad)
+    assert str(caught.value) == expected
+    with pytest.raises(UserError) as caught:
+        inference.Transcriber.from_export(bad)
+    assert str(caught.value) == expected
+    assert lite.main([str(bad), str(wavs[0])]) == 2
+    assert _error(capsys, "python -m wav2vec2_ee.lite: error: ") == expected
+    assert cli_main(["transcribe", str(bad), str(wavs[0]), "--backend", "onnxruntime"]) == 2
+    assert _error(capsys, "wav2vec2-ee transcribe: error: ") == expected
+    # a named policy does not read it
+    assert lite.main([str(bad), str(wavs[0]), "--policy", "fixed", "--layer", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["exit_layer"] == 2
+
+
 _CHILD = """
 import json, sys
 from wav2vec2_ee.lite import LiteTranscriber
@@ -245,9 +303,7 @@ def test_lite_imports_no_torch_and_equals_the_engine(exported, wavs) -> None:
     )
     child = json.loads(out.stdout.strip().splitlines()[-1])
     assert child["heavy"] == []
-    want = _torch_engine(
-        model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], torch_policies.Patience(2)
-    )
+    want = _torch_engine(model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], inference.Patience(2))
     assert child["texts"] == want.transcripts and child["layers"] == want.exit_layer
 
 
@@ -281,7 +337,5 @@ def test_lite_in_a_fresh_venv_without_torch(exported, wavs, tmp_path) -> None:
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    want = _torch_engine(
-        model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], torch_policies.FixedExit()
-    )
+    want = _torch_engine(model, folder, [sf.read(p, dtype="float32")[0] for p in wavs], inference.FixedExit())
     assert lines == [f"{p}\t{t}" for p, t in zip(wavs, want.transcripts)]

@@ -167,8 +167,10 @@ def test_original_research_code_layout(tmp_path, shared):
         assert torch.allclose(out.exit_logits[k], heads[k](out.hidden_states[layer]), atol=1e-5)
 
 
-def _modeling_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "wav2vec2_ee.modeling"]
+def _loading_lines(caplog) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.name in ("wav2vec2_ee.checkpoints", "wav2vec2_ee.loading")
+    ]
 
 
 def test_documented_conversions_are_announced_in_one_line(tmp_path, caplog):
@@ -179,7 +181,7 @@ def test_documented_conversions_are_announced_in_one_line(tmp_path, caplog):
     with caplog.at_level(logging.INFO):
         model = load_model(tmp_path / "plain", exit_layers=[1, 3, 4])
     assert [torch.equal(h.weight, plain.lm_head.weight) for h in model.exit_heads] == [True, True]
-    lines = _modeling_lines(caplog)
+    lines = _loading_lines(caplog)
     assert len(lines) == 1 and "plain CTC checkpoint" in lines[0] and "lm_head" in lines[0]
     assert str(tmp_path / "plain") in lines[0] and "exit_heads.0, exit_heads.1" in lines[0]
     assert not [r for r in caplog.records if "LOAD REPORT" in r.getMessage()]
@@ -195,7 +197,7 @@ def test_documented_conversions_are_announced_in_one_line(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO):
         load_model(tmp_path / "orig")
-    lines = _modeling_lines(caplog)
+    lines = _loading_lines(caplog)
     assert len(lines) == 1 and "original research code" in lines[0] and "copy_model" in lines[0]
 
 

@@ -37,8 +37,9 @@ from wav2vec2_ee.inference import (
     Transcriber,
     build_policy,
 )
-from wav2vec2_ee.inference.policies import check_max_layer, policy_with_value, threshold_cuts
+from wav2vec2_ee.inference.search import candidate_values, threshold_cuts
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+from wav2vec2_ee.policy_core import check_max_layer, policy_with_value
 
 from conftest import tiny_config
 from helpers_audio import good_items, write_good, write_librispeech, write_nan_wav, write_not_audio
@@ -387,15 +388,15 @@ def test_policy_ranges_in_the_python_api():
 def test_threshold_grids_stay_in_the_accepted_range():
     # confidences of exactly 1.0 and entropies of exactly 0 (peaked outputs): no grid value is refused
     confidences = torch.tensor([0.3, 0.9, 1.0])
-    cuts = ConfidenceThreshold.candidate_values({"max_prob": confidences[None].repeat(2, 1)}, [2, 4], None)
+    cuts = candidate_values(ConfidenceThreshold, {"max_prob": confidences[None].repeat(2, 1)}, [2, 4], None)
     assert all(0 < c <= 1 for c in cuts) and cuts[-1] == 1.0 and len(cuts) == 4
     for c in cuts:
         build_policy("confidence", threshold=c)
     entropies = torch.tensor([0.0, 0.2, 1.5])
-    cuts = EntropyThreshold.candidate_values({"entropy": entropies[None].repeat(2, 1)}, [2, 4], None)
+    cuts = candidate_values(EntropyThreshold, {"entropy": entropies[None].repeat(2, 1)}, [2, 4], None)
     assert cuts[0] == 0.0 and all(c >= 0 for c in cuts)
     posteriors = torch.tensor([0.0, 0.5])  # no hypothesis counts as posterior 0
-    cuts = PosteriorThreshold.candidate_values({"posterior": posteriors[None].repeat(2, 1)}, [2, 4], None)
+    cuts = candidate_values(PosteriorThreshold, {"posterior": posteriors[None].repeat(2, 1)}, [2, 4], None)
     assert all(0 < c <= 1 for c in cuts)
     # away from the ends the grid is unchanged: one below all, midpoints, one above all
     assert threshold_cuts(torch.tensor([0.2, 0.4]), 0.0, 1.0, False) == [0.1998, 0.3, 0.4002]

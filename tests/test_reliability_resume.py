@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
 from wav2vec2_ee.cli import main as cli_main
-from wav2vec2_ee.modeling import load_model
+from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.training import outputs
 from wav2vec2_ee.training.cli import parse_args
 from wav2vec2_ee.training.run import last_complete_checkpoint

@@ -17,8 +17,8 @@ import torch
 import wav2vec2_ee.inference.transcriber as transcriber_module
 from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.evaluation.results import TranscriptionLog
-from wav2vec2_ee.inference import Transcriber, build_policy
-from wav2vec2_ee.inference.transcriber import _windows, find_audio_files
+from wav2vec2_ee.inference import Transcriber, build_policy, chunking
+from wav2vec2_ee.inference.inputs import find_audio_files
 from wav2vec2_ee.io import AppendFile
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 
@@ -162,12 +162,30 @@ def test_progress_bar_on_stderr_with_more_than_one_batch(files, tmp_path, capsys
 
 
 def test_windows_cover_the_audio_like_transformers_chunk_iter():
-    windows = list(_windows(100, chunk=30, stride=5))
+    windows = list(chunking.windows(100, chunk=30, stride=5))
     assert windows[0] == (0, 30, 0, 5) and windows[-1][3] == 0 and windows[-1][1] == 100
     kept = [(start + left, end - right) for start, end, left, right in windows]
     assert kept[0][0] == 0 and kept[-1][1] == 100
     assert all(a[1] == b[0] for a, b in zip(kept, kept[1:]))  # central parts tile the audio exactly
-    assert list(_windows(20, chunk=30, stride=5)) == [(0, 20, 0, 0)]
+    assert list(chunking.windows(20, chunk=30, stride=5)) == [(0, 20, 0, 0)]
+
+
+def test_pieces_of_an_array_and_of_its_file_are_the_same_and_tile_it(files):
+    """The chunking module alone (no model): pieces carry their offsets in the recording; the central
+    parts put together are the recording; a file read window by window gives the array's pieces."""
+    array = sf.read(files["long"], dtype="float32")[0]
+    pieces = list(chunking.array_pieces(array, 2.0, 0.5))
+    assert len(pieces) == chunking.window_count(len(array) / SR, 2.0, 0.5) == 8
+    assert [(p.start, p.end) for p in pieces[:2]] == [(0, 2 * SR), (SR, 3 * SR)]
+    central = [p.audio[p.left : len(p.audio) - p.right] for p in pieces]
+    assert np.array_equal(np.concatenate(central), array)
+    assert sum(p.central_samples for p in pieces) == len(array)
+    from_file = list(chunking.file_pieces(files["long"], "long.wav", 2.0, 0.5))
+    assert [(p.start, p.end, p.left, p.right) for p in from_file] == [
+        (p.start, p.end, p.left, p.right) for p in pieces
+    ]
+    assert all(np.array_equal(a.audio, b.audio) for a, b in zip(from_file, pieces))
+    assert chunking.central_frames(100, 32_000, 8_000, 0) == (25, 100)
 
 
 def test_a_chunk_covering_the_file_equals_the_unchunked_transcript(files):
@@ -189,7 +207,7 @@ def test_long_files_are_chunked_instead_of_refused(files, capsys):
     t = Transcriber.from_pretrained(files["checkpoint"], build_policy("entropy", threshold=3.3), device="cpu")
     windowed = Transcriber(t.model, t.policy, t.processor, max_seconds=5, chunk_seconds=2, stride_seconds=0.5)
     result = windowed.transcribe(str(files["long"]))  # 9 s > --max-seconds 5: chunked, not refused
-    assert result.ok and result.chunks == len(list(_windows(9 * SR, 2 * SR, SR // 2))) == 8
+    assert result.ok and result.chunks == len(list(chunking.windows(9 * SR, 2 * SR, SR // 2))) == 8
     assert result.audio_seconds == pytest.approx(9.0)
     assert result.exit_layer in (2, 4) and 2 <= result.layers_computed <= result.exit_layer
     assert isinstance(result.layers_computed, float)
@@ -204,7 +222,7 @@ def test_long_files_are_chunked_instead_of_refused(files, capsys):
     assert json.loads(capsys.readouterr().out)[0]["chunks"] == 1
     assert cli_main([*argv, "--chunk-seconds", "2"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
-    assert row["chunks"] == len(list(_windows(9 * SR, 2 * SR, round(SR / 3)))) == 7  # stride: 2/6 s
+    assert row["chunks"] == len(list(chunking.windows(9 * SR, 2 * SR, round(SR / 3)))) == 7  # stride: 2/6 s
     assert row["error"] is None
     for bad in (["--chunk-seconds", "-1"], ["--chunk-seconds", "2", "--stride-seconds", "1"]):
         assert cli_main([*argv, *bad]) == 2
@@ -232,6 +250,6 @@ def test_an_hour_long_file_runs_in_bounded_memory(files, tmp_path):
     whole = 3600 * SR * 4  # the decoded file as float32: 230 MB
     print(f"1 h file: {elapsed:.1f} s, traced peak {peak / 2**20:.1f} MiB, {result.chunks} windows")
     assert result.ok and result.audio_seconds == pytest.approx(3600.0)
-    assert result.chunks == len(list(_windows(3600 * SR, 30 * SR, 5 * SR)))
+    assert result.chunks == len(list(chunking.windows(3600 * SR, 30 * SR, 5 * SR)))
     assert peak < whole / 4  # bounded: a few windows at a time, never the whole file
     shutil.rmtree(tmp_path, ignore_errors=True)

@@ -18,7 +18,7 @@ _EXPORTS = {
     "Wav2Vec2EEOutput": ".modeling",
     "build_objective": ".objectives",
     "greedy_pseudo_labels": ".objectives",
-    "load_model": ".modeling",
+    "load_model": ".loading",
 }
 
 __all__ = [
@@ -34,7 +34,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .configuration import Wav2Vec2EEConfig
     from .inference import Transcriber
-    from .modeling import Wav2Vec2EEForCTC, Wav2Vec2EEOutput, load_model
+    from .loading import load_model
+    from .modeling import Wav2Vec2EEForCTC, Wav2Vec2EEOutput
     from .objectives import build_objective, greedy_pseudo_labels
 
 

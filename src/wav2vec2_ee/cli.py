@@ -1,20 +1,26 @@
 """`wav2vec2-ee <command>`: a thin dispatcher over the library's command modules.
 
 Each command lives in the module that owns its concept and exposes ``main(argv) -> int``. Errors of
-bad input (a ``ValueError``, an ``OSError`` such as a missing or unwritable file or an output folder
-that is a file, a corrupt ``.safetensors`` file, a config field of the wrong type, ``--num-threads``
-below 1) print one line ``wav2vec2-ee <command>: error: <message>`` naming the file or argument and
-exit with status 2; ``-v`` / ``--debug`` (anywhere on the command line) or ``WAV2VEC2_EE_DEBUG=1``
-show the traceback instead.
+bad input (a :class:`~wav2vec2_ee.errors.UserError`: a bad argument, flag combination or file content,
+an optional extra that is not installed; an ``OSError`` such as a missing or unwritable file or an
+output folder that is a file; a corrupt ``.safetensors`` file; a config field of the wrong type;
+``--num-threads`` below 1) print one line ``wav2vec2-ee <command>: error: <message>`` naming the file,
+argument or extra and exit with status 2; ``-v`` / ``--debug`` (anywhere on the command line) or
+``WAV2VEC2_EE_DEBUG=1`` show the traceback instead. Any other exception (a plain ``ValueError``
+included) is a bug: its traceback is shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
 import sys
+from collections.abc import Iterator
+
+from .errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("wav2vec2_ee.training.cli", "fine-tune or train an early-exit model (ee, kd, dkd, confidence)"),
@@ -207,19 +213,32 @@ def add_output_dir(parser: argparse.ArgumentParser, help_: str) -> None:
 
 def output_dir_of(command: str, namespace: argparse.Namespace) -> str:
     """The output folder of :func:`add_output_dir`'s flags: ``--output-dir``, or the deprecated
-    positional one (announced on stderr); neither, or two different ones, is a ``ValueError``."""
+    positional one (announced on stderr); neither, or two different ones, is a :class:`UserError`."""
     positional = getattr(namespace, "deprecated_output_dir", None)
     flag = getattr(namespace, "output_dir", None)
     if positional is not None:
         if flag is not None and flag != positional:
-            raise ValueError(
+            raise UserError(
                 f"two output folders: {positional} (positional) and --output-dir {flag}; give only --output-dir"
             )
         deprecation(command, "the positional output folder", "--output-dir")
         return positional
     if flag is None:
-        raise ValueError(f"the following arguments are required: --output-dir (wav2vec2-ee {command} --help)")
+        raise UserError(f"the following arguments are required: --output-dir (wav2vec2-ee {command} --help)")
     return flag
+
+
+@contextlib.contextmanager
+def parsing_flags() -> Iterator[None]:
+    """The one boundary where a command parses its command line (argparse, ``HfArgumentParser``, the
+    option dataclasses' ``__post_init__``, transformers' ``TrainingArguments``): a ``ValueError`` raised
+    there is about the flags the user gave, so it leaves as a :class:`UserError` (one line)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
 def _usage() -> str:
@@ -306,11 +325,7 @@ def _error_message(err: BaseException) -> str | None:
     from huggingface_hub.errors import StrictDataclassError
     from safetensors import SafetensorError
 
-    if isinstance(err, ValueError):
-        return str(err)
-    from .corpus.external import SynthesizerUnavailableError
-
-    if isinstance(err, SynthesizerUnavailableError):  # a program or voice to install: named with its package
+    if isinstance(err, UserError):  # bad input, a missing extra / program / voice (named with its package)
         return str(err)
     if isinstance(err, OSError):
         return _os_error_message(err)
@@ -345,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = COMMANDS[name][0]
     module_name, _, func = target.partition(":")
-    module = importlib.import_module(module_name)
     try:
+        module = importlib.import_module(module_name)
         return int(getattr(module, func or "main")(rest) or 0)
     except Exception as err:
-        # Bad input (an argument, a file): one line naming it, exit 2; -v / --debug /
-        # WAV2VEC2_EE_DEBUG=1 show the traceback. Anything else is a bug: its traceback is shown.
+        # Bad input (a UserError: an argument, a file, a missing extra; an OSError ...): one line naming
+        # it, exit 2; -v / --debug / WAV2VEC2_EE_DEBUG=1 show the traceback. Anything else (a plain
+        # ValueError included) is a bug: its traceback is shown.
         message = _error_message(err)
         if debug or message is None:
             raise

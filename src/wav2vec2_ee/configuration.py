@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from transformers import Wav2Vec2Config
 
+from .errors import UserError
+
 
 def default_exit_layers(num_hidden_layers: int) -> list[int]:
     """Every second layer up to the top one: ``[2, 4, ..., 12]`` for 12 layers, ``[1]`` for 1."""
@@ -26,35 +28,36 @@ def validate_exit_layers(exit_layers: Sequence[int], num_hidden_layers: int) -> 
     """Check that ``exit_layers`` is a list of strictly increasing layer numbers in ``[1, num_hidden_layers]``.
 
     A string (``"2,4,6"`` in a ``config.json`` or a config file) is refused rather than guessed at:
-    the field is a JSON list of integers, ``[2, 4, 6]``. An empty list is an error, not "the default"."""
+    the field is a JSON list of integers, ``[2, 4, 6]``. An empty list is an error, not "the default".
+    Each error is a one-line :class:`~wav2vec2_ee.errors.UserError` (a ``ValueError``)."""
     example = default_exit_layers(max(1, int(num_hidden_layers)))
     if isinstance(exit_layers, str | bytes | Mapping) or not isinstance(exit_layers, Iterable):
-        raise ValueError(
+        raise UserError(
             f"exit_layers must be a list of layer numbers such as {example}, got {type(exit_layers).__name__} "
             f"{exit_layers!r}"
         )
     exit_layers = list(exit_layers)
     if not all(_is_layer_number(x) for x in exit_layers):
-        raise ValueError(
+        raise UserError(
             f"exit_layers must be a list of integer layer numbers such as {example}, got {exit_layers!r}"
         )
     layers = [int(x) for x in exit_layers]
     if not layers:
-        raise ValueError(
+        raise UserError(
             f"exit_layers must name at least one layer, got an empty list (omit the field for the default "
             f"{example})"
         )
     bad = [x for x in layers if x < 1 or x > num_hidden_layers]
     if bad:
-        raise ValueError(
+        raise UserError(
             f"exit_layers {layers} contain {bad}: exit layers must lie in [1, {num_hidden_layers}] "
             f"(num_hidden_layers={num_hidden_layers}; layer 0 is the encoder input, not a layer)"
         )
     dupes = sorted({x for x in layers if layers.count(x) > 1})
     if dupes:
-        raise ValueError(f"exit_layers {layers} contain duplicates {dupes}")
+        raise UserError(f"exit_layers {layers} contain duplicates {dupes}")
     if layers != sorted(layers):
-        raise ValueError(f"exit_layers {layers} must be sorted in increasing order, e.g. {sorted(layers)}")
+        raise UserError(f"exit_layers {layers} must be sorted in increasing order, e.g. {sorted(layers)}")
     return layers
 
 
@@ -91,8 +94,3 @@ class Wav2Vec2EEConfig(Wav2Vec2Config):
     @property
     def num_exits(self) -> int:
         return len(self.exit_layers)
-
-    @property
-    def has_top_exit(self) -> bool:
-        """Whether the deepest exit reads the top layer (and so is the plain ``lm_head``)."""
-        return self.exit_layers[-1] == self.num_hidden_layers

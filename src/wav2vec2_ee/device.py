@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 #: ``--dtype`` choices: the precision of the matrix products (``torch.autocast``); ``float32`` = none.
@@ -27,22 +29,23 @@ DTYPE_NAMES = tuple(AUTOCAST_DTYPES)
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """The device a command runs on: ``name`` (``cpu``, ``cuda``, ``cuda:1``, ...), by default ``cuda``
-    when a GPU is available, else ``cpu``. A device that is not there is a ``ValueError``."""
+    when a GPU is available, else ``cpu``. A device that is not there is a
+    :class:`~wav2vec2_ee.errors.UserError`."""
     if name is None or str(name) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise ValueError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from err
+        raise UserError(f"--device {name}: not a device name (cpu, cuda, cuda:N, mps)") from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(
+            raise UserError(
                 f"--device {name}: no CUDA device is available (torch.cuda.is_available() is False)"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available")
+        raise UserError(f"--device {name}: MPS is not available")
     return device
 
 
@@ -51,7 +54,7 @@ def autocast_dtype(name: str | None) -> torch.dtype | None:
     if name is None:
         return None
     if name not in AUTOCAST_DTYPES:
-        raise ValueError(f"unknown --dtype {name!r}: choose from {list(AUTOCAST_DTYPES)}")
+        raise UserError(f"unknown --dtype {name!r}: choose from {list(AUTOCAST_DTYPES)}")
     return AUTOCAST_DTYPES[name]
 
 
@@ -105,9 +108,9 @@ def check_runtime_options(
     the flag rather than the ``RuntimeError`` of ``torch.set_num_threads`` or an empty batch."""
     for flag, value in (("--num-threads", num_threads), ("--batch-size", batch_size)):
         if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+            raise UserError(f"{flag} must be an integer >= 1, got {value}")
     if max_batch_seconds is not None and not float(max_batch_seconds) > 0:  # nan fails too
-        raise ValueError(
+        raise UserError(
             f"--max-batch-seconds must be a number > 0 (seconds of padded audio per batch), got {max_batch_seconds}"
         )
 

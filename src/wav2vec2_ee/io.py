@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from .errors import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -80,9 +82,10 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
-    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, or raise
-    ``ValueError(busy)`` at once when another holder has it, ``{pid}`` in ``busy`` replaced with the
-    holder's process id (which it writes into the file; ``?`` when unknown).
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block, or raise a
+    :class:`~wav2vec2_ee.errors.UserError` with the message ``busy`` at once when another holder has it,
+    ``{pid}`` in ``busy`` replaced with the holder's process id (which it writes into the file; ``?``
+    when unknown).
 
     The lock is ``flock``'s, which belongs to the open file: another open of the file conflicts even in
     this process, and the kernel drops it when the holder ends in whatever way (SIGKILL, out of memory),
@@ -100,7 +103,7 @@ def exclusive_lock(path: str | os.PathLike, busy: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            raise ValueError(busy.replace("{pid}", holder if holder.isdigit() else "?")) from None
+            raise UserError(busy.replace("{pid}", holder if holder.isdigit() else "?")) from None
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)

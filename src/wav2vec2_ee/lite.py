@@ -9,13 +9,17 @@
 What :class:`~wav2vec2_ee.inference.Transcriber` does with PyTorch, in numpy: the audio is read
 (:func:`read_audio`), normalised as the exported feature extractor says (zero mean, unit variance per
 utterance when ``do_normalize``), padded into a batch with its attention mask, and run segment by
-segment (:func:`~wav2vec2_ee.export.runtime.run_onnx_exits`); after each exit a numpy exit policy
-(:class:`FixedExit`, :class:`EntropyThreshold`, :class:`ConfidenceThreshold`, :class:`Patience`, each
-with an optional layer budget, or a saved :class:`LearnedExit`; default: the folder's ``policy.json``,
-else the last exit) decides which
-utterances stop; those leave the batch and later blocks run on the rest only, and blocks beyond the
-deepest allowed exit never run. Answers are greedy CTC transcripts from ``vocab.json`` (repeats
-collapsed, blank dropped, the word delimiter a space), normalised as the PyTorch engine's are.
+segment (:func:`~wav2vec2_ee.export.runtime.run_onnx_exits`); after each exit the exit policy decides
+which utterances stop; those leave the batch and later blocks run on the rest only, and blocks beyond
+the deepest allowed exit never run (the engine's loop, :func:`~wav2vec2_ee.policy_core.exit_loop`).
+Answers are greedy CTC transcripts from ``vocab.json`` (repeats collapsed, blank dropped, the word
+delimiter a space), normalised as the PyTorch engine's are.
+
+The policies are the PyTorch engine's own (:mod:`wav2vec2_ee.policy_core`: the same classes, checks,
+flags and saved-policy reader), on numpy exit views (:class:`ExitView`, whose statistics are the numpy
+twins of the torch kernels): fixed, entropy, confidence, patience and learned, each with an optional
+layer budget (:data:`POLICY_NAMES`; the posterior policy needs a lexicon beam search, which needs
+PyTorch). Default: the folder's ``policy.json``, else the last exit.
 
 This module imports nothing heavier than numpy (``onnxruntime`` when segments are loaded,
 ``soundfile`` when a file is read): never torch or transformers.
@@ -25,23 +29,45 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .export.runtime import OnnxSegments, load_segments, run_onnx_exits
+from . import policy_core
+from .errors import UserError
+from .export.runtime import OnnxSegments, exported_policy_values, load_segments, run_onnx_exits
+from .policy_core import (
+    LOW_QUANTILE,
+    ExitPolicy,
+    LayerBudget,
+    exit_loop,
+    policy_with_value,
+    wants_saved_policy,
+)
 
 #: The files a feature extractor's settings may be in (transformers 5 nests them in the processor's).
 _PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
-class LiteError(ValueError):
-    """An input or a folder the lite runtime cannot use (the message names it)."""
+class LiteError(UserError):
+    """An input, a policy or a folder the lite runtime cannot use (the message names it)."""
+
+
+@contextmanager
+def _refused() -> Iterator[None]:
+    """The policy core's refusals (a :class:`~wav2vec2_ee.errors.UserError`) as :class:`LiteError`, with
+    the same message: the lite runtime's one error type."""
+    try:
+        yield
+    except LiteError:
+        raise
+    except UserError as err:
+        raise LiteError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -166,10 +192,6 @@ def mean_max_prob(logits: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return _frame_mean(np.exp(log_softmax(logits).max(-1)), lengths)
 
 
-#: The quantile of ``max_prob_p10`` (as :data:`wav2vec2_ee.inference.learned.LOW_QUANTILE`).
-LOW_QUANTILE = 0.1
-
-
 def low_quantile_max_prob(logits: np.ndarray, lengths: np.ndarray, q: float = LOW_QUANTILE) -> np.ndarray:
     """``(batch,)`` the ``q`` quantile (``numpy.quantile``) of the valid frames' largest probability."""
     top = np.exp(log_softmax(logits).max(-1))
@@ -191,23 +213,14 @@ def non_blank_share(logits: np.ndarray, lengths: np.ndarray, blank_id: int) -> n
     return _frame_mean((np.asarray(logits).argmax(-1) != blank_id).astype(np.float32), lengths)
 
 
-def word_agreement(previous: str | None, current: str) -> float:
-    """``1 - d / max(1, len(a), len(b))``, ``d`` the word edit distance of the two transcripts' words (0
-    without a previous transcript), as :func:`wav2vec2_ee.inference.learned.agreement`."""
-    if previous is None:
-        return 0.0
-    a, b = previous.split(), current.split()
-    row = list(range(len(b) + 1))
-    for i, word in enumerate(a, 1):
-        current_row = [i]
-        for j, other in enumerate(b, 1):
-            current_row.append(min(row[j] + 1, current_row[j - 1] + 1, row[j - 1] + (word != other)))
-        row = current_row
-    return 1.0 - row[-1] / max(1, len(a), len(b))
+def log_frames(lengths: np.ndarray) -> np.ndarray:
+    """``(batch,)`` float32 ``log`` of the valid frames (at least 1)."""
+    return np.log(np.maximum(np.asarray(lengths), 1).astype(np.float32))
 
 
 class ExitView:
-    """One exit's outputs for the utterances still running (statistics computed once, on first use)."""
+    """One exit's outputs for the utterances still running: the numpy
+    :class:`~wav2vec2_ee.policy_core.View` the policies read (statistics computed once, on first use)."""
 
     def __init__(self, exit_index: int, layer: int, rows, logits, lengths, vocabulary: Vocabulary | None):
         self.exit_index, self.layer = exit_index, layer
@@ -218,43 +231,34 @@ class ExitView:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _stat(self, name: str, compute):
+    def stat(self, name: str) -> np.ndarray | list[str]:
+        """The per-utterance statistic ``name`` (:data:`STATISTICS`; computed once, then cached)."""
+        if name not in self._stats:
+            if name not in STATISTICS:
+                raise LiteError(
+                    f"the lite runtime does not compute the exit statistic {name!r}: it computes {sorted(STATISTICS)}"
+                )
+            self._stats[name] = STATISTICS[name](self)
+        return self._stats[name]
+
+    def derived(self, name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """A per-utterance value that needs more than this exit (the agreement with the previous exit's
+        transcript, a learned score): ``compute()`` once, then cached like a statistic."""
         if name not in self._stats:
             self._stats[name] = compute()
         return self._stats[name]
 
-    @property
-    def entropy(self) -> np.ndarray:
-        return self._stat("entropy", lambda: mean_frame_entropy(self.logits, self.output_lengths))
+    def host(self, values) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)
 
-    @property
-    def max_prob(self) -> np.ndarray:
-        return self._stat("max_prob", lambda: mean_max_prob(self.logits, self.output_lengths))
+    def native(self, values: np.ndarray) -> np.ndarray:
+        return values
 
-    @property
-    def transcripts(self) -> list[str]:
+    def known_vocabulary(self, what: str) -> Vocabulary:
+        """The folder's vocabulary (``what`` needs it)."""
         if self.vocabulary is None:
-            raise LiteError("transcripts need the folder's vocabulary")
-        return self._stat("transcripts", lambda: self.vocabulary.decode(self.logits, self.output_lengths))
-
-    @property
-    def max_prob_p10(self) -> np.ndarray:
-        return self._stat("max_prob_p10", lambda: low_quantile_max_prob(self.logits, self.output_lengths))
-
-    @property
-    def margin(self) -> np.ndarray:
-        return self._stat("margin", lambda: mean_top_margin(self.logits, self.output_lengths))
-
-    @property
-    def non_blank(self) -> np.ndarray:
-        if self.vocabulary is None:
-            raise LiteError("the non_blank statistic needs the folder's vocabulary (the blank id)")
-        pad = self.vocabulary.pad_id
-        return self._stat("non_blank", lambda: non_blank_share(self.logits, self.output_lengths, pad))
-
-    @property
-    def log_frames(self) -> np.ndarray:
-        return self._stat("log_frames", lambda: np.log(np.maximum(self.output_lengths, 1).astype(np.float32)))
+            raise LiteError(f"{what} needs the folder's vocabulary")
+        return self.vocabulary
 
     def select(self, keep: np.ndarray) -> ExitView:
         """The view of the utterances ``keep`` (indices into this view)."""
@@ -273,232 +277,77 @@ class ExitView:
         return view
 
 
-class ExitPolicy:
-    """After each exit, which running utterances stop (causal, row-independent, as the PyTorch policies)."""
-
-    name = "policy"
-    max_layer: int | None = None
-
-    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
-        return len(exit_layers) - 1
-
-    def should_exit(self, history: Sequence[ExitView]) -> np.ndarray:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
-
-
-class FixedExit(ExitPolicy):
-    """Always the exit at ``layer`` (``None``: the last exit)."""
-
-    name = "fixed"
-
-    def __init__(self, layer: int | None = None):
-        self.layer = None if layer is None else int(layer)
-
-    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
-        if self.layer is None:
-            return len(exit_layers) - 1
-        if self.layer not in exit_layers:
-            raise LiteError(
-                f"fixed exit layer {self.layer} is not an exit of this model (exits at {list(exit_layers)})"
-            )
-        return list(exit_layers).index(self.layer)
-
-    def should_exit(self, history):
-        view = history[-1]
-        return np.full(len(view), self.layer is not None and view.layer >= self.layer)
-
-
-class EntropyThreshold(ExitPolicy):
-    """Stop when the mean frame entropy (nats) is at or below ``threshold``."""
-
-    name = "entropy"
-
-    def __init__(self, threshold: float):
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise LiteError("the entropy threshold must be a number, got nan")
-
-    def should_exit(self, history):
-        return history[-1].entropy <= self.threshold
-
-
-class ConfidenceThreshold(ExitPolicy):
-    """Stop when the mean frame max-probability is at or above ``threshold``."""
-
-    name = "confidence"
-
-    def __init__(self, threshold: float):
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise LiteError("the confidence threshold must be a number, got nan")
-
-    def should_exit(self, history):
-        return history[-1].max_prob >= self.threshold
-
-
-class Patience(ExitPolicy):
-    """Stop when the greedy transcripts of ``patience`` consecutive exits agree."""
-
-    name = "patience"
-
-    def __init__(self, patience: int):
-        if int(patience) != patience or int(patience) < 1:
-            raise LiteError(f"the patience policy's patience must be an integer >= 1, got {patience}")
-        self.patience = int(patience)
-
-    def should_exit(self, history):
-        n = len(history[-1])
-        if len(history) < self.patience:
-            return np.zeros(n, dtype=bool)
-        recent = [view.transcripts for view in history[-self.patience :]]
-        return np.array([all(t[i] == recent[-1][i] for t in recent) for i in range(n)], dtype=bool)
-
-
-def _agreement(history: Sequence[ExitView]) -> np.ndarray:
-    view = history[-1]
-    if len(history) < 2:
-        return np.zeros(len(view), dtype=np.float32)
-    previous = history[-2].transcripts
-    return view._stat(
-        "agreement",
-        lambda: np.array(
-            [word_agreement(p, c) for p, c in zip(previous, view.transcripts)], dtype=np.float32
-        ),
-    )
-
-
-#: How the learned policy's features are read from the exits so far (numpy twins of
-#: :data:`wav2vec2_ee.inference.learned.FEATURES`).
-_FEATURES = {
-    "entropy": lambda h: h[-1].entropy,
-    "max_prob": lambda h: h[-1].max_prob,
-    "max_prob_p10": lambda h: h[-1].max_prob_p10,
-    "margin": lambda h: h[-1].margin,
-    "non_blank": lambda h: h[-1].non_blank,
-    "agreement": _agreement,
-    "exit_index": lambda h: np.full(len(h[-1]), float(h[-1].exit_index), dtype=np.float32),
-    "log_frames": lambda h: h[-1].log_frames,
+#: Per-utterance statistics of one exit, from its view (the numpy twins of
+#: :data:`wav2vec2_ee.inference.policies.STATISTICS`, without the posterior).
+STATISTICS: dict[str, Callable[[ExitView], np.ndarray | list[str]]] = {
+    "entropy": lambda v: mean_frame_entropy(v.logits, v.output_lengths),
+    "max_prob": lambda v: mean_max_prob(v.logits, v.output_lengths),
+    "max_prob_p10": lambda v: low_quantile_max_prob(v.logits, v.output_lengths),
+    "margin": lambda v: mean_top_margin(v.logits, v.output_lengths),
+    "non_blank": lambda v: non_blank_share(
+        v.logits, v.output_lengths, v.known_vocabulary("the non_blank statistic (the blank id)").pad_id
+    ),
+    "log_frames": lambda v: log_frames(v.output_lengths),
+    "transcripts": lambda v: v.known_vocabulary("transcripts").decode(v.logits, v.output_lengths),
 }
 
 
-class LearnedExit(ExitPolicy):
-    """Stop when a saved learned model's score of the exit features is at or above ``threshold`` (the
-    numpy twin of :class:`wav2vec2_ee.inference.policies.LearnedExit`; ``model`` is the ``model`` object
-    of a saved policy: ``p = sigmoid(a . w + b)``, ``a = tanh(z @ W + c)`` or ``a = z``,
-    ``z = (x - mean) / std``, in float64)."""
-
-    name = "learned"
-
-    def __init__(self, threshold: float, model: dict):
-        self.threshold = float(threshold)
-        if math.isnan(self.threshold):
-            raise LiteError("the learned threshold must be a number, got nan")
-        if not isinstance(model, dict) or not {"features", "mean", "std", "output"} <= set(model):
-            raise LiteError("policy.json: the learned policy's model needs features, mean, std and output")
-        unknown = [f for f in model["features"] if f not in _FEATURES]
-        if unknown or model.get("low_quantile", LOW_QUANTILE) != LOW_QUANTILE:
-            raise LiteError(f"policy.json: the lite runtime cannot compute the features {unknown or model}")
-        self.features = list(model["features"])
-        self.mean = np.asarray(model["mean"], dtype=np.float64)
-        self.std = np.asarray(model["std"], dtype=np.float64)
-        hidden = model.get("hidden")
-        self.hidden_weight = None if hidden is None else np.asarray(hidden["weight"], dtype=np.float64)
-        self.hidden_bias = None if hidden is None else np.asarray(hidden["bias"], dtype=np.float64)
-        self.weight = np.asarray(model["output"]["weight"], dtype=np.float64)
-        self.bias = float(model["output"].get("bias", 0.0))
-        self.exit_layers = model.get("exit_layers")
-
-    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
-        if self.exit_layers is not None and list(self.exit_layers) != list(exit_layers):
-            raise LiteError(
-                f"the learned policy was fitted for exits at {list(self.exit_layers)}, this model has "
-                f"{list(exit_layers)}"
-            )
-        return len(exit_layers) - 1
-
-    def score(self, history: Sequence[ExitView]) -> np.ndarray:
-        """``(batch,)`` float64 scores of ``history[-1]``'s utterances."""
-
-        def compute() -> np.ndarray:
-            x = np.stack([np.asarray(_FEATURES[f](history), dtype=np.float32) for f in self.features], 1)
-            z = (x.astype(np.float64) - self.mean) / self.std
-            if self.hidden_weight is not None:
-                z = np.tanh(z @ self.hidden_weight + self.hidden_bias)
-            return 1.0 / (1.0 + np.exp(-(z @ self.weight + self.bias)))
-
-        return history[-1]._stat("learned", compute)
-
-    def should_exit(self, history):
-        return self.score(history) >= self.threshold
-
-    def __repr__(self) -> str:
-        return f"LearnedExit(threshold={self.threshold!r}, features={self.features!r})"
+# --------------------------------------------------------------------------------------------------
+# policies (wav2vec2_ee.policy_core's, on the exit views above)
 
 
-class LayerBudget(ExitPolicy):
-    """``policy`` decides; nothing beyond layer ``max_layer`` (one of the exit layers) is computed."""
-
-    name = "budget"
-
-    def __init__(self, policy: ExitPolicy, max_layer: int):
-        self.policy, self.max_layer = policy, int(max_layer)
-
-    def deepest_exit(self, exit_layers: Sequence[int]) -> int:
-        if self.max_layer not in exit_layers:
-            raise LiteError(
-                f"--max-layer {self.max_layer} is not an exit layer of this model: choose one of {list(exit_layers)}"
-            )
-        return min(self.policy.deepest_exit(exit_layers), list(exit_layers).index(self.max_layer))
-
-    def should_exit(self, history):
-        return self.policy.should_exit(history)
+def _runnable(cls: type[ExitPolicy]) -> bool:
+    """Whether the lite runtime computes what the policy reads (not a lexicon search, not references)."""
+    return not (cls.needs_lexicon or cls.needs_references)
 
 
-_POLICIES = {cls.name: cls for cls in (FixedExit, EntropyThreshold, ConfidenceThreshold, Patience)}
-#: The policies of the lite runtime (numpy twins of :mod:`wav2vec2_ee.inference.policies`, which imports torch).
-POLICY_NAMES = (*_POLICIES, LayerBudget.name)
-#: Policies built from a saved ``policy.json`` only (they hold a fitted model).
-_SAVED_ONLY = {LearnedExit.name: LearnedExit}
+#: The policies of the lite runtime: those of :data:`wav2vec2_ee.policy_core.POLICY_NAMES` whose
+#: statistics it computes.
+POLICY_NAMES: tuple[str, ...] = tuple(
+    name
+    for name in policy_core.POLICY_NAMES
+    if name not in policy_core.POLICIES or _runnable(policy_core.POLICIES[name])
+)
 
 
-def build_policy(name: str, value: float | int | None = None, max_layer: int | None = None) -> ExitPolicy:
-    """The policy ``name`` with its one parameter ``value`` (fixed: the layer, entropy / confidence: the
-    threshold, patience: the count), capped at ``max_layer`` when given (``budget``: the last exit, capped)."""
-    if name == LayerBudget.name:
-        if max_layer is None:
-            raise LiteError("the budget policy needs max_layer (the deepest layer it may compute)")
-        return LayerBudget(FixedExit(), max_layer)
-    if name in _SAVED_ONLY:
+def check_runnable(policy: ExitPolicy) -> ExitPolicy:
+    """``policy``, unless it needs what the lite runtime does not have (a :class:`LiteError` then)."""
+    base = policy.base_policy
+    if not _runnable(type(base)):
+        needs = "a lexicon beam search" if base.needs_lexicon else "the reference transcripts"
         raise LiteError(
-            f"the {name} policy holds a fitted model: it comes from the folder's policy.json "
-            f"(calibrate --policy {name} --save-policy, then export)"
+            f"unknown exit policy {base.name!r} for the lite runtime: choose from {', '.join(POLICY_NAMES)} "
+            f"(the {base.name} policy needs {needs}: use wav2vec2-ee transcribe)"
         )
-    if name not in _POLICIES:
-        raise LiteError(
-            f"unknown exit policy {name!r} for the lite runtime: choose from {', '.join(POLICY_NAMES)}"
-        )
-    if value is None and name != FixedExit.name:
-        raise LiteError(f"the {name} policy needs its value (--threshold / --patience)")
-    policy = _POLICIES[name]() if value is None else _POLICIES[name](value)
-    return LayerBudget(policy, max_layer) if max_layer is not None else policy
+    return policy
 
 
-def policy_from_json(values: dict) -> ExitPolicy:
-    """A policy from a ``policy.json`` (``{"policy", "value", "max_layer", ...}`` and, for the learned
-    policy, its ``model``: a saved policy of ``calibrate``)."""
-    if not isinstance(values, dict) or "policy" not in values:
-        raise LiteError("policy.json: not a calibrated policy (no 'policy' field)")
-    fitted = _SAVED_ONLY.get(values["policy"])
-    if fitted is None:
-        return build_policy(values["policy"], values.get("value"), values.get("max_layer"))
-    if values.get("value") is None or "model" not in values:
-        raise LiteError(f"policy.json: the {values['policy']} policy needs its value and model")
-    policy = fitted(values["value"], values["model"])
-    max_layer = values.get("max_layer")
-    return policy if max_layer is None else LayerBudget(policy, max_layer)
+def build_policy(
+    name: str, value: float | int | None = None, max_layer: int | None = None, **fitted
+) -> ExitPolicy:
+    """The policy ``name`` with its one parameter ``value`` (fixed: the layer, entropy / confidence /
+    learned: the threshold, patience: the count), capped at ``max_layer`` when given (``budget``: the last
+    exit, capped); the learned policy's ``model`` as a keyword (or from the folder's ``policy.json``).
+    :func:`wav2vec2_ee.policy_core.policy_with_value`, its refusals as :class:`LiteError`."""
+    with _refused():
+        return check_runnable(policy_with_value(name, value, max_layer, **fitted))
+
+
+def policy_from_flags(
+    policy: str | None,
+    threshold: float | None = None,
+    patience: int | None = None,
+    layer: int | None = None,
+    max_layer: int | None = None,
+    saved: dict | None = None,
+) -> ExitPolicy:
+    """The policy of ``--policy``, ``--threshold``, ``--patience``, ``--layer`` and ``--max-layer`` and the
+    folder's saved policy ``saved``: the rules of ``wav2vec2-ee transcribe``
+    (:func:`wav2vec2_ee.policy_core.policy_from_flags`), its refusals as :class:`LiteError`."""
+    with _refused():
+        return check_runnable(
+            policy_core.policy_from_flags(policy, threshold, patience, layer, max_layer, saved)
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -523,30 +372,25 @@ def run_lite_early_exit(
     vocabulary: Vocabulary,
 ) -> list[tuple[int, str]]:
     """``(exit_index, transcript)`` per row of a normalised, padded batch: the PyTorch engine's loop
-    (:func:`~wav2vec2_ee.inference.engine.run_early_exit`) on the ONNX segments with a numpy policy."""
-    layers = segments.exit_layers
-    deepest = policy.deepest_exit(layers)
+    (:func:`~wav2vec2_ee.policy_core.exit_loop`) on the ONNX segments with numpy exit views."""
+    with _refused():
+        deepest = policy.deepest_exit(segments.exit_layers)
     answers: list[tuple[int, str]] = [(-1, "")] * len(input_values)
-    history: list[ExitView] = []
 
     def record(view: ExitView) -> None:
-        for row, text in zip(view.rows.tolist(), view.transcripts):
+        for row, text in zip(view.rows.tolist(), view.stat("transcripts")):
             answers[row] = (view.exit_index, text)
 
-    for step in run_onnx_exits(segments, input_values, attention_mask, range(deepest + 1)):
-        history.append(
-            ExitView(step.exit_index, step.layer, step.rows, step.logits, step.output_lengths, vocabulary)
-        )
-        if step.exit_index == deepest:
-            record(history[-1])
-            break
-        stop = np.asarray(policy.should_exit(history), dtype=bool)
-        if not stop.any():
-            continue
-        record(history[-1].select(np.flatnonzero(stop)))
-        step.retain(~stop)
-        keep = np.flatnonzero(~stop)
-        history = [view.select(keep) for view in history]
+    exit_loop(
+        run_onnx_exits(segments, input_values, attention_mask, range(deepest + 1)),
+        deepest,
+        lambda step: ExitView(
+            step.exit_index, step.layer, step.rows, step.logits, step.output_lengths, vocabulary
+        ),
+        lambda history: np.asarray(policy.should_exit(history), dtype=bool),
+        np.flatnonzero,
+        record,
+    )
     return answers
 
 
@@ -594,8 +438,9 @@ class LiteTranscriber:
 
     Args:
         folder: a folder written by ``wav2vec2-ee export``.
-        policy: an :class:`ExitPolicy`, a policy name (with ``value`` / ``max_layer``), or ``None``: the
-            folder's ``policy.json`` if it has one, else the last exit.
+        policy: an exit policy (:mod:`wav2vec2_ee.policy_core`), a policy name (with ``value`` /
+            ``max_layer``, :func:`build_policy`), or ``None``: the folder's ``policy.json`` if it has one,
+            else the last exit (under ``max_layer`` when given).
         precision: ``"float"`` or ``"int8"`` (default: int8 where the folder has it).
         batch_size: utterances per batch (sorted by length, so padding stays small).
         num_threads: onnxruntime intra-op threads per session.
@@ -618,20 +463,28 @@ class LiteTranscriber:
         self.segments = load_segments(self.folder, precision, providers=providers, num_threads=num_threads)
         self.features = FeatureSettings.from_folder(self.folder)
         self.vocabulary = Vocabulary(self.folder)
-        if isinstance(policy, str):
-            policy = build_policy(policy, value, max_layer)
-        elif policy is None:
-            stored = self.segments.policy()
-            policy = (
-                policy_from_json(stored) if stored is not None else build_policy("fixed", None, max_layer)
-            )
-        elif max_layer is not None:
-            policy = LayerBudget(policy, max_layer)
-        policy.deepest_exit(self.segments.exit_layers)  # a layer that is not an exit fails now
-        self.policy = policy
+        self.policy = self._policy(policy, value, max_layer)
         if batch_size < 1:
             raise LiteError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
+
+    def _policy(
+        self, policy: ExitPolicy | str | None, value: float | int | None, max_layer: int | None
+    ) -> ExitPolicy:
+        """The policy the arguments name (see the class docstring), checked against the folder's exits."""
+        with _refused():
+            if isinstance(policy, str):
+                policy = build_policy(policy, value, max_layer)
+            elif value is not None:
+                raise LiteError(f"value {value} needs a policy name (the policy it is the value of)")
+            elif policy is None:
+                saved = self.segments.policy()
+                policy = policy_core.policy_from_flags(None, max_layer=max_layer, saved=saved)
+            elif max_layer is not None:
+                policy = LayerBudget(policy, max_layer)
+            check_runnable(policy)
+            policy.deepest_exit(self.segments.exit_layers)  # a layer that is not an exit fails now
+        return policy
 
     def transcribe(self, audio, sampling_rate: int | None = None) -> LiteResult | list[LiteResult]:
         """Transcribe a path, an array (mono, at the model's rate unless ``sampling_rate`` says), or a list
@@ -679,7 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="exit policy (default: the folder's policy.json, else the last exit)",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="entropy / confidence threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="entropy / confidence / learned threshold"
+    )
     parser.add_argument("--patience", type=int, default=None, help="patience: consecutive exits that agree")
     parser.add_argument("--layer", type=int, default=None, help="fixed: the exit layer")
     parser.add_argument("--max-layer", type=int, default=None, help="never compute beyond this exit layer")
@@ -688,19 +543,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="JSON lines: path, text, exit_layer")
     args = parser.parse_args(argv)
-    value = (
-        args.threshold
-        if args.threshold is not None
-        else args.patience
-        if args.patience is not None
-        else args.layer
-    )
     try:
+        saved = exported_policy_values(args.folder) if wants_saved_policy(args.policy) else None
+        policy = policy_from_flags(
+            args.policy, args.threshold, args.patience, args.layer, args.max_layer, saved
+        )
         transcriber = LiteTranscriber(
             args.folder,
-            args.policy,
-            value=value,
-            max_layer=args.max_layer,
+            policy,
             precision=args.precision,
             batch_size=args.batch_size,
             num_threads=args.num_threads,

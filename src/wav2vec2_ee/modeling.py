@@ -25,25 +25,20 @@ CNN (``feat_extract_norm="group"``, e.g. wav2vec2-base) normalises each channel 
   do not depend on the batch;
 * ``forward`` (training, ``Trainer`` evaluation): ``transformers``' semantics, the statistics include
   the padding (``batch_statistics=True``), so losses and gradients equal ``Wav2Vec2ForCTC``'s.
+
+**Loading.** ``from_pretrained`` reads every supported checkpoint layout with ``transformers``' own
+machinery; the layouts and conversions are :mod:`wav2vec2_ee.checkpoints`, the strict entry
+(``load_model``, ``load_config``) and the checkpoint writer :mod:`wav2vec2_ee.loading`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
-import logging
-import os
-import pickle
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import nn
-from transformers import PreTrainedConfig, Wav2Vec2Config, Wav2Vec2Processor
-from transformers.core_model_loading import WeightRenaming, set_param_for_module
+from transformers import Wav2Vec2Config
 from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import ModelOutput
 from transformers.models.wav2vec2.modeling_wav2vec2 import (
@@ -52,9 +47,9 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
     Wav2Vec2PreTrainedModel,
 )
 
-from .configuration import Wav2Vec2EEConfig, default_exit_layers, validate_exit_layers
-
-logger = logging.getLogger(__name__)
+from .checkpoints import load_absent_exit_heads, original_layout
+from .configuration import Wav2Vec2EEConfig
+from .objectives import build_objective
 
 
 @dataclass
@@ -176,10 +171,10 @@ def per_utterance_features(
 class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
     """Wav2vec2 encoder with CTC exit heads after the layers of ``config.exit_layers``.
 
-    ``from_pretrained`` loads every supported checkpoint layout (see "loading" below): ours, a plain
-    ``Wav2Vec2ForCTC`` (the exit heads start from its ``lm_head``) and the original research code's
-    (``decoders.{i}`` heads renamed by ``transformers``' ``key_mapping``, its ``copy_model.*`` teacher
-    ignored); each conversion is announced in one INFO line.
+    ``from_pretrained`` loads every supported checkpoint layout (:mod:`wav2vec2_ee.checkpoints`):
+    ours, a plain ``Wav2Vec2ForCTC`` (the exit heads start from its ``lm_head``) and the original
+    research code's (``decoders.{i}`` heads renamed by ``transformers``' ``key_mapping``, its
+    ``copy_model.*`` teacher ignored); each conversion is announced in one INFO line.
     """
 
     config_class = Wav2Vec2EEConfig
@@ -328,7 +323,8 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         none of them needs trimmed), and the loop ends when none remain.
 
         Args:
-            input_values: ``(batch, samples)`` waveforms; attention_mask: ``(batch, samples)`` 1 on real samples.
+            input_values: ``(batch, samples)`` waveforms.
+            attention_mask: ``(batch, samples)`` 1 on real samples, 0 on padding.
             exits: 0-based exit indices into ``config.exit_layers`` (default: all).
             batch_statistics: the padding rule (:meth:`embed`); ``False`` = each utterance as alone.
             output_hidden_states: give each step the hidden states of every layer run so far (then no
@@ -410,8 +406,6 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
         output_lengths = steps[-1].output_lengths
         loss = None
         if labels is not None:  # the losses are made in one place: objectives.py (here its "ee" objective)
-            from .objectives import build_objective
-
             objective = build_objective("ee", self.config, num_exits=n)
             loss = objective(exit_logits, output_lengths, labels).loss
         return Wav2Vec2EEOutput(
@@ -433,7 +427,7 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
                 self._init_weights(sub)
 
     # ----------------------------------------------------------------------------------------------
-    # loading (transformers' own machinery; the layouts and rules are described at "loading" below)
+    # loading: transformers' own machinery, the layouts in wav2vec2_ee.checkpoints
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """``transformers``' ``from_pretrained``, for every supported checkpoint layout.
@@ -443,606 +437,35 @@ class Wav2Vec2EEForCTC(Wav2Vec2PreTrainedModel):
           (during loading, see :meth:`_finalize_model_loading`), one INFO line;
         * a local folder of the original research code (``decoders.{i}`` heads beside ``lm_head``, a
           ``copy_model.*`` teacher): the heads are renamed onto ours with ``transformers``'
-          ``key_mapping`` (:func:`original_key_mapping`), ``config.share_exit_heads`` follows the stored
-          heads, the teacher is ignored, one INFO line. The renaming is not kept for saving: a converted
-          model saves in our layout.
+          ``key_mapping`` (:func:`~wav2vec2_ee.checkpoints.original_layout`), ``config.share_exit_heads``
+          follows the stored heads, the teacher is ignored, one INFO line. The renaming is not kept for
+          saving: a converted model saves in our layout.
 
         Anything else the checkpoint lacks is handled as ``transformers`` does (initialised and listed
-        in its load report); :func:`load_model` is the strict entry that refuses it.
+        in its load report); :func:`~wav2vec2_ee.loading.load_model` is the strict entry that refuses it.
         """
-        folder = _local_folder(pretrained_model_name_or_path, kwargs.get("subfolder", ""))
-        keys = checkpoint_keys(folder) if folder is not None else None
-        if not keys or not is_original_layout(keys):
+        layout = original_layout(pretrained_model_name_or_path, config, kwargs)
+        if layout is None:
             return super().from_pretrained(
                 pretrained_model_name_or_path, *model_args, config=config, **kwargs
             )
-
-        if isinstance(config, PreTrainedConfig):
-            config = copy.deepcopy(config)
-            if not isinstance(config, Wav2Vec2EEConfig):
-                config = Wav2Vec2EEConfig(**config.to_dict())
-            num_exits = config.num_exits
-        else:  # transformers reads the config; only the number of exits is needed here
-            overrides = {k: kwargs[k] for k in ("exit_layers", "num_hidden_layers") if k in kwargs}
-            num_exits = cls.config_class.from_pretrained(config or folder, **overrides).num_exits
-        mapping, shared = original_key_mapping(folder, keys, num_exits)
-        if isinstance(config, PreTrainedConfig):
-            config.share_exit_heads = shared
-        else:
-            kwargs["share_exit_heads"] = shared  # a config attribute: applied when transformers reads it
-        user_mapping = kwargs.pop("key_mapping", None) or {}
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(
             pretrained_model_name_or_path,
             *model_args,
-            config=config,
-            key_mapping={**mapping, **user_mapping},
             output_loading_info=True,
-            **kwargs,
+            **layout.from_pretrained_kwargs(kwargs),
         )
-        # transformers keeps the renamings it used to reverse them on save: ours must not be reversed
-        model._weight_conversions = [
-            c
-            for c in getattr(model, "_weight_conversions", None) or []
-            if not (isinstance(c, WeightRenaming) and c._original_source_patterns[0] in mapping)
-        ]
-        logger.info(
-            "%s: the original research code's layout: decoders.{i} heads (%s)%s",
-            pretrained_model_name_or_path,
-            "shared" if shared else "one per exit",
-            ", copy_model.* teacher dropped" if any(k.startswith("copy_model.") for k in keys) else "",
-        )
+        layout.adopt(model, pretrained_model_name_or_path)
         return (model, info) if want_info else model
 
     @staticmethod
     def _finalize_model_loading(model, load_config, loading_info):
         """``transformers``' last loading step (initialise what the checkpoint lacked, tie, report),
         preceded by the documented conversion of a plain CTC checkpoint: exit heads that it lacks
-        altogether are loaded from its ``lm_head`` (:func:`_load_absent_exit_heads`), so they are
-        neither initialised at random first nor reported missing."""
+        altogether are loaded from its ``lm_head``
+        (:func:`~wav2vec2_ee.checkpoints.load_absent_exit_heads`), so they are neither initialised at
+        random first nor reported missing."""
         if isinstance(model, Wav2Vec2EEForCTC):
-            _load_absent_exit_heads(model, load_config, loading_info)
+            load_absent_exit_heads(model, load_config, loading_info)
         return Wav2Vec2PreTrainedModel._finalize_model_loading(model, load_config, loading_info)
-
-
-# --------------------------------------------------------------------------------------------------
-# loading: our checkpoints, plain Wav2Vec2ForCTC / Wav2Vec2Model ones, and the original research code's
-#
-# The documented conversions happen in ``Wav2Vec2EEForCTC.from_pretrained``, with ``transformers``'
-# own machinery, each announced in one INFO line: a plain ``Wav2Vec2ForCTC`` gets its exit heads
-# from its ``lm_head`` (loaded in ``transformers``' post-load step, ``_finalize_model_loading``,
-# before missing weights are initialised and reported); the original research code's
-# ``decoders.{i}`` layout is renamed by ``from_pretrained(key_mapping=...)`` (the mechanism
-# ``transformers`` offers for checkpoints of another naming), its ``copy_model.*`` teacher ignored
-# (``_keys_to_ignore_on_load_unexpected``).
-#
-# Inference, evaluation and a distillation teacher need the checkpoint's own weights, all of them:
-# ``load_model`` (``from_pretrained`` plus the config options and a strict check) refuses a folder
-# without weights and any tensor that is missing, of another shape or left over.
-# ``allow_random_init=True`` (``train --model`` only) builds a fresh model from a config alone and
-# lets tensors the checkpoint lacks start random (fresh heads on a ``Wav2Vec2Model``, a new
-# vocabulary), with one warning line.
-
-_ORIGINAL_HEAD = re.compile(r"^decoders\.(\d+)\.(weight|bias)$")
-_LAYER_KEY = re.compile(r"^(?:wav2vec2\.)?encoder\.layers\.(\d+)\.")
-_WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-_OUR_MODULES = ("wav2vec2.", "lm_head.", "exit_heads.")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0].strip() if text else type(err).__name__
-
-
-def unreadable_file_error(path: str | os.PathLike, err: BaseException) -> ValueError:
-    """One-line error for a checkpoint file that cannot be read (empty, truncated, another format)."""
-    return ValueError(
-        f"{path}: cannot read this file ({_first_line(err)}): empty, truncated or not a checkpoint file"
-    )
-
-
-def _read_json(file: Path) -> object:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: JSONDecodeError, UnicodeDecodeError
-        raise ValueError(f"{file}: not a valid JSON file ({_first_line(err)})") from err
-
-
-def read_checkpoint_config(path: str | os.PathLike) -> dict:
-    """The raw ``config.json`` of a checkpoint folder (or a config file), as a dict.
-
-    Raises:
-        FileNotFoundError: a folder without ``config.json``.
-        ValueError: a file that is not a JSON object (one line naming it).
-    """
-    path = Path(path)
-    file = path if path.is_file() else path / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: not a checkpoint folder (no config.json)")
-    values = _read_json(file)
-    if not isinstance(values, dict):
-        raise ValueError(f"{file}: not a model config (a JSON object is expected)")
-    return values
-
-
-def checkpoint_keys(path: Path) -> list[str] | None:
-    """Names of the tensors of a local checkpoint folder (``None`` for a hub id or no weights).
-
-    Raises:
-        ValueError: an unreadable ``model.safetensors`` or index (one line naming the file).
-    """
-    path = Path(path)
-    st = path / "model.safetensors"
-    if st.is_file():
-        try:
-            with safe_open(str(st), framework="pt") as f:
-                return list(f.keys())
-        except (SafetensorError, OSError) as err:
-            raise unreadable_file_error(st, err) from err
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        data = _read_json(index)
-        if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
-            raise ValueError(f"{index}: not a safetensors index (no weight_map)")
-        return list(data["weight_map"])
-    return None
-
-
-def _has_weights(path: Path) -> bool:
-    return any((Path(path) / n).is_file() for n in _WEIGHT_FILES)
-
-
-def no_weights_error(path: str | os.PathLike) -> FileNotFoundError:
-    """One-line refusal of a config without weights (it would be a randomly initialised model)."""
-    if Path(path).is_file():
-        what = "is a config file, not a checkpoint folder with weights"
-    else:
-        what = f"holds no model weights (no {' or '.join(_WEIGHT_FILES[::2])})"
-    return FileNotFoundError(
-        f"{path} {what}: refusing to use a randomly initialised model; "
-        "only `train --model` starts from a config alone"
-    )
-
-
-def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise unreadable_file_error(file, err) from err
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Weights of a local checkpoint folder: safetensors, else ``pytorch_model.bin`` unpickled safely."""
-    st = path / "model.safetensors"
-    if st.is_file():
-        return _load_safetensors(st)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        state: dict[str, torch.Tensor] = {}
-        data = _read_json(index)
-        if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
-            raise ValueError(f"{index}: not a safetensors index (no weight_map)")
-        for shard in sorted(set(data["weight_map"].values())):
-            state.update(_load_safetensors(path / shard))
-        return state
-    binary = path / "pytorch_model.bin"
-    if binary.is_file():
-        try:
-            return torch.load(str(binary), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:  # the file names objects beyond tensors: it could run code
-            raise refused_pickle_error(binary, err) from err
-        except (RuntimeError, EOFError) as err:  # truncated or not a torch file
-            raise ValueError(f"{binary}: cannot read this checkpoint ({str(err).splitlines()[0]})") from err
-    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this folder")
-
-
-def refused_pickle_error(path: str | os.PathLike, err: Exception) -> ValueError:
-    """One-line error for a pickled checkpoint that ``torch.load(weights_only=True)`` refused."""
-    detail = next(
-        (line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "global" in line), ""
-    )
-    return ValueError(
-        f"{path}: refusing to load: not a plain tensor checkpoint, unpickling it could run code"
-        + (f" ({detail.rstrip('.')})" if detail else "")
-        + "; load only weights you trust, preferably as model.safetensors"
-    )
-
-
-def is_original_layout(keys: list[str]) -> bool:
-    """Whether tensor names are those of the original research code (``decoders.{i}.*`` heads)."""
-    return any(_ORIGINAL_HEAD.match(k) for k in keys)
-
-
-def _read_tensors(path: Path, names: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Some tensors of a local safetensors checkpoint (single file or sharded), by name."""
-    names = list(names)
-    single = path / "model.safetensors"
-    if single.is_file():
-        files = dict.fromkeys(names, single.name)
-    else:
-        files = _read_json(path / "model.safetensors.index.json")["weight_map"]
-    out: dict[str, torch.Tensor] = {}
-    for file in sorted({files[n] for n in names}):
-        try:
-            with safe_open(str(path / file), framework="pt") as f:
-                for name in names:
-                    if files[name] == file:
-                        out[name] = f.get_tensor(name)
-        except (SafetensorError, OSError) as err:
-            raise unreadable_file_error(path / file, err) from err
-    return out
-
-
-def original_key_mapping(path: Path, keys: list[str], num_exits: int) -> tuple[dict[str, str], bool]:
-    """The ``key_mapping`` (for ``from_pretrained``) of a checkpoint of the original research code.
-
-    The original kept its exit heads as ``decoders.{i}`` (one module shared by all exits, so
-    safetensors may store only some of them), beside an ``lm_head`` and ``wav2vec2``, and sometimes a
-    teacher copy under ``copy_model.*`` (ignored: ``_keys_to_ignore_on_load_unexpected``). The heads
-    are shared when fewer than ``num_exits`` are stored or all stored ones are equal: then every
-    ``decoders.{i}`` names our one ``lm_head``; otherwise ``decoders.{i}`` is ``exit_heads.{i}`` and the
-    deepest, ``decoders.{num_exits - 1}``, is our ``lm_head``. The checkpoint's own ``lm_head`` is not
-    an exit head and is not used: where two checkpoint tensors name one parameter, ``transformers``
-    loads the first in its (sorted) key order, and ``decoders.*`` sorts before ``lm_head.*``.
-
-    Returns:
-        the mapping (regular expressions over checkpoint keys) and whether the heads are shared.
-    """
-    stored = sorted({int(m.group(1)) for k in keys if (m := _ORIGINAL_HEAD.match(k))})
-    shared = len(stored) < num_exits
-    if not shared:
-        heads = _read_tensors(path, [f"decoders.{i}.{p}" for i in stored for p in ("weight", "bias")])
-        first = stored[0]
-        shared = all(
-            torch.equal(heads[f"decoders.{i}.{p}"], heads[f"decoders.{first}.{p}"])
-            for i in stored
-            for p in ("weight", "bias")
-        )
-    if shared:
-        return {r"^decoders\.\d+\.": "lm_head."}, True
-    mapping = {rf"^decoders\.{i}\.": f"exit_heads.{i}." for i in range(num_exits - 1)}
-    mapping[rf"^decoders\.{num_exits - 1}\."] = "lm_head."
-    return mapping, False
-
-
-def _local_folder(name_or_path: str | os.PathLike | None, subfolder: str = "") -> Path | None:
-    """The local checkpoint folder ``from_pretrained`` reads (``None`` for a hub id)."""
-    if name_or_path is None:
-        return None
-    folder = Path(name_or_path, subfolder or "")
-    return folder if folder.is_dir() else None
-
-
-def _load_absent_exit_heads(model: Wav2Vec2EEForCTC, load_config, loading_info) -> None:
-    """The documented conversion of a plain CTC checkpoint, during loading: when the checkpoint holds
-    none of the model's exit heads but its ``lm_head``, and its own config does not declare separate
-    exit heads, every exit head is loaded from that ``lm_head`` (one INFO line). A checkpoint that
-    holds some exit heads, or declares heads it lacks, is incomplete: left to ``transformers`` (and
-    refused by :func:`load_model`)."""
-    heads = [name for name, _ in model.named_parameters() if name.startswith("exit_heads.")]
-    missing = loading_info.missing_keys
-    not_loaded = missing | {k for k, *_ in loading_info.mismatched_keys}
-    if not heads or not set(heads) <= missing or {"lm_head.weight", "lm_head.bias"} & not_loaded:
-        return
-    source = load_config.pretrained_model_name_or_path
-    folder = _local_folder(source)
-    if folder is not None and _declares_exit_heads(folder):
-        return
-    _heads_from_lm_head(
-        model,
-        heads,
-        source,
-        lambda name, value: set_param_for_module(model, name, value, loading_info, load_config.hf_quantizer),
-    )
-
-
-def _heads_from_lm_head(
-    model: Wav2Vec2EEForCTC,
-    names: Iterable[str],
-    source: str | os.PathLike,
-    assign: Callable[[str, torch.Tensor], None],
-) -> None:
-    """The plain-CTC conversion, in one place: every exit-head tensor of ``names`` (``exit_heads.{k}.weight``
-    / ``.bias``) gets a copy of ``lm_head``'s, through ``assign(name, value)``; one INFO line."""
-    names = sorted(names)
-    for name in names:
-        assign(name, model.lm_head.get_parameter(name.rsplit(".", 1)[1]).detach().clone())
-    logger.info(
-        "%s: a plain CTC checkpoint: the exit heads start from its lm_head (%s)",
-        source,
-        _some(sorted({k.rsplit(".", 1)[0] for k in names})),
-    )
-
-
-def _config_from_values(file: Path, values: dict, overrides: dict) -> Wav2Vec2EEConfig:
-    try:
-        return Wav2Vec2EEConfig(**{**values, **overrides})
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{file}: not a valid model config ({_first_line(err)})") from err
-
-
-def load_config(
-    model_name_or_path: str | os.PathLike | None,
-    *,
-    vocab_size: int | None = None,
-    pad_token_id: int | None = None,
-    num_hidden_layers: int | None = None,
-    exit_layers: list[int] | None = None,
-    share_exit_heads: bool | None = None,
-    **overrides,
-) -> Wav2Vec2EEConfig:
-    """The early-exit config of a checkpoint (hub id or folder) or a config file, or a fresh one, with
-    overrides.
-
-    ``num_hidden_layers`` truncates a deeper encoder to its first N layers; exit layers beyond it are
-    dropped (and default to every second layer when none remain).
-
-    Raises:
-        FileNotFoundError: a local folder without ``config.json``.
-        ValueError: a ``config.json`` (or config file) that is not valid JSON or not a valid config.
-    """
-    local = Path(model_name_or_path) if model_name_or_path is not None else None
-    if model_name_or_path is None:
-        config = Wav2Vec2EEConfig(**overrides)
-    elif local.is_file():  # a config file (config.json or any *.json)
-        config = _config_from_values(local, read_checkpoint_config(local), overrides)
-    else:
-        if local.is_dir():
-            read_checkpoint_config(local)  # a missing or invalid config.json: one line naming it
-        try:
-            base = Wav2Vec2Config.from_pretrained(str(model_name_or_path))
-        except (OSError, TypeError, ValueError) as err:
-            if not local.is_dir():
-                raise
-            raise ValueError(
-                f"{local / 'config.json'}: not a valid model config ({_first_line(err)})"
-            ) from err
-        config = Wav2Vec2EEConfig(**{**base.to_dict(), "exit_layers": None, **overrides})
-        stored = getattr(base, "exit_layers", None)
-        if stored is not None:  # a checkpoint's own exits, checked below ([] or "2,4,6" are errors)
-            config.exit_layers = stored
-        config.share_exit_heads = bool(getattr(base, "share_exit_heads", False))
-    if num_hidden_layers is not None:
-        if num_hidden_layers < 1:
-            raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
-        if num_hidden_layers > config.num_hidden_layers and model_name_or_path is not None:
-            raise ValueError(
-                f"num_hidden_layers={num_hidden_layers} exceeds the {config.num_hidden_layers} layers of "
-                f"{model_name_or_path}: a pretrained encoder can only be truncated"
-            )
-        kept = [x for x in config.exit_layers if x <= num_hidden_layers]
-        config.num_hidden_layers = num_hidden_layers
-        config.exit_layers = (
-            kept if kept and kept[-1] == num_hidden_layers else default_exit_layers(num_hidden_layers)
-        )
-    if exit_layers is not None:
-        config.exit_layers = list(exit_layers)
-    config.exit_layers = validate_exit_layers(config.exit_layers, config.num_hidden_layers)
-    if share_exit_heads is not None:
-        config.share_exit_heads = share_exit_heads
-    if vocab_size is not None:
-        config.vocab_size = vocab_size
-    if pad_token_id is not None:
-        config.pad_token_id = pad_token_id
-    config.architectures = ["Wav2Vec2EEForCTC"]
-    return config
-
-
-def _natural(key: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
-
-
-def _some(items: Iterable[str], limit: int = 4) -> str:
-    """``a, b, c, d and 12 more`` (sorted naturally: layer 3 before layer 10)."""
-    items = sorted(items, key=_natural)
-    head = ", ".join(items[:limit])
-    return head + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def _drop_load_report(record: logging.LogRecord) -> bool:
-    """A logging filter: transformers' multi-line load report (``_check_loading`` gives the account)."""
-    return "LOAD REPORT" not in record.getMessage()
-
-
-def _from_pretrained(
-    load_from: str, config: Wav2Vec2EEConfig, source: str | os.PathLike
-) -> tuple[Wav2Vec2EEForCTC, dict]:
-    """``Wav2Vec2EEForCTC.from_pretrained`` with its loading info; errors as one line naming ``source``.
-
-    Shapes that differ are loaded as fresh tensors and reported (``ignore_mismatched_sizes``), so that
-    :func:`_check_loading` decides; transformers' own load report is silenced in favour of its account.
-    Parameters are float32 whatever the checkpoint stores (the packaged demo base is float16): training
-    and the CPU kernels need them so; reduced precision is autocast (``--dtype``). ``from_pretrained``
-    called directly keeps transformers' choice (``dtype="auto"``: the stored one).
-    """
-    report = logging.getLogger("transformers.modeling_utils")
-    report.addFilter(_drop_load_report)
-    try:  # transformers unpickles *.bin weights with torch.load(weights_only=True) only
-        return Wav2Vec2EEForCTC.from_pretrained(
-            load_from,
-            config=config,
-            ignore_mismatched_sizes=True,
-            output_loading_info=True,
-            dtype=torch.float32,
-        )
-    except pickle.UnpicklingError as err:
-        raise refused_pickle_error(source, err) from err
-    except SafetensorError as err:
-        raise unreadable_file_error(source, err) from err
-    except (RuntimeError, OSError) as err:
-        if isinstance(err, RuntimeError) and not any(
-            s in str(err) for s in ("loading state_dict", "conversion of the weights")
-        ):
-            raise
-        if isinstance(err, OSError) and not Path(source).is_dir():
-            raise  # a hub id: transformers' message
-        raise ValueError(f"{source}: cannot load these weights ({_first_line(err)})") from err
-    finally:
-        report.removeFilter(_drop_load_report)
-
-
-def _declares_exit_heads(path: Path) -> bool:
-    """Whether a local checkpoint's own config has separate exit heads (so its weights must hold them)."""
-    try:
-        values = read_checkpoint_config(path)
-    except (FileNotFoundError, ValueError):
-        return False
-    return len(values.get("exit_layers") or []) > 1 and not values.get("share_exit_heads", False)
-
-
-def _check_loading(
-    model: Wav2Vec2EEForCTC,
-    info: dict,
-    source: str | os.PathLike,
-    *,
-    allow_random_init: bool,
-    truncated: bool = False,
-    declares_exit_heads: bool = False,
-) -> Wav2Vec2EEForCTC:
-    """Accept what ``from_pretrained`` loaded (its conversions done), or refuse.
-
-    Strict (``allow_random_init=False``): any missing, mismatched or left-over tensor of the model's
-    own modules is a ``ValueError`` naming the keys (``from_pretrained`` has already loaded the exit
-    heads of a plain ``Wav2Vec2ForCTC`` checkpoint from its ``lm_head``; should it not have, that is
-    done here, with the same INFO line). Left-over layers of an encoder truncated on request
-    (``truncated``), and tensors of modules the model has none of (a pretraining quantizer, ...), are
-    dropped. With ``allow_random_init`` the tensors the checkpoint lacks start random (one WARNING
-    line); absent exit heads, even some of them, start from a loaded ``lm_head``.
-    """
-    missing = set(info.get("missing_keys", ()))
-    mismatched = {k: (tuple(ckpt), tuple(want)) for k, ckpt, want in info.get("mismatched_keys", ())}
-    unexpected = set(info.get("unexpected_keys", ()))
-    if truncated:
-        depth = model.config.num_hidden_layers
-        unexpected = {k for k in unexpected if not ((m := _LAYER_KEY.match(k)) and int(m.group(1)) >= depth)}
-    foreign = {k for k in unexpected if not k.startswith(_OUR_MODULES)}
-    if foreign:
-        logger.info("%s: ignoring %d tensors of other modules: %s", source, len(foreign), _some(foreign))
-    unexpected -= foreign
-
-    head_keys = {k for k in model.state_dict() if k.startswith("exit_heads.")}
-    absent_heads = head_keys & missing
-    lm_head_loaded = not any(k.startswith("lm_head.") for k in missing | mismatched.keys())
-    convert = bool(absent_heads) and lm_head_loaded
-    if not allow_random_init:
-        convert = convert and absent_heads == head_keys and not declares_exit_heads
-    if convert:
-        with torch.no_grad():
-            _heads_from_lm_head(
-                model, absent_heads, source, lambda name, value: model.get_parameter(name).copy_(value)
-            )
-        missing -= absent_heads
-
-    if allow_random_init:
-        fresh = missing | mismatched.keys()
-        if fresh:
-            logger.warning(
-                "%s: %d tensors are not in the checkpoint (or have another shape) and start random: %s",
-                source,
-                len(fresh),
-                _some(fresh),
-            )
-        if unexpected:
-            logger.warning(
-                "%s: %d tensors of the checkpoint do not fit the config and are ignored: %s",
-                source,
-                len(unexpected),
-                _some(unexpected),
-            )
-        return model
-
-    if {"lm_head.weight", "lm_head.bias"} <= missing and not (
-        missing - head_keys - {"lm_head.weight", "lm_head.bias"}
-    ):
-        raise ValueError(
-            f"{source}: no CTC head (lm_head) in the weights, an encoder-only (Wav2Vec2Model) checkpoint: "
-            "it cannot transcribe; fine-tune it first (`train --model` gives it fresh heads)"
-        )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {_some(missing)}")
-    if mismatched:
-        shapes = [f"{k} {list(ckpt)} vs {list(want)}" for k, (ckpt, want) in mismatched.items()]
-        problems.append(f"of another shape (weights vs config) {len(shapes)}: {_some(shapes)}")
-        if "lm_head.weight" in mismatched:  # (vocab, hidden): name the config value that differs
-            ckpt, want = mismatched["lm_head.weight"]
-            for i, name in enumerate(("vocab_size", "hidden_size")):
-                if len(ckpt) == 2 and ckpt[i] != want[i]:
-                    problems.append(f"the model is built for {name}={want[i]}, the weights have {ckpt[i]}")
-    if unexpected:
-        problems.append(f"not in the config {len(unexpected)}: {_some(unexpected)}")
-    if problems:
-        raise ValueError(f"{source}: the weights do not match the config: " + "; ".join(problems))
-    return model
-
-
-def load_model(
-    model_name_or_path: str | os.PathLike | None,
-    config: Wav2Vec2EEConfig | None = None,
-    *,
-    allow_random_init: bool = False,
-    **config_kwargs,
-) -> Wav2Vec2EEForCTC:
-    """Load any supported checkpoint as an early-exit model, with all of its weights.
-
-    A convenience over :meth:`Wav2Vec2EEForCTC.from_pretrained`, which does the loading and the
-    conversions: (a) our own checkpoints, (b) plain ``Wav2Vec2ForCTC`` checkpoints by hub id or folder
-    (the exit heads start from ``lm_head``), (c) folders written by the original research code
-    (``decoders.{i}`` heads, ``copy_model.*`` teacher dropped); each conversion is logged in one line.
-    Here: the config options (:func:`load_config`), one-line errors, and strictness: every tensor the
-    model needs must be in the checkpoint, with the config's shape.
-    ``model_name_or_path=None`` builds a randomly initialised model from ``config`` / ``config_kwargs``.
-    Extra keyword arguments go to :func:`load_config`.
-
-    Args:
-        allow_random_init: for training only: a config file or a folder without weights builds a
-            randomly initialised model, and tensors the checkpoint lacks or has in another shape (a
-            ``Wav2Vec2Model`` without CTC head, another vocabulary) start random (one warning line).
-
-    Raises:
-        FileNotFoundError: a folder without weights or a config file (without ``allow_random_init``).
-        ValueError: an unreadable weights or config file; weights that do not match the config,
-            naming the keys (without ``allow_random_init``).
-    """
-    path = Path(model_name_or_path) if model_name_or_path is not None else None
-    config_only = path is not None and (path.is_file() or (path.is_dir() and not _has_weights(path)))
-    if config_only and not allow_random_init:
-        raise no_weights_error(path)
-    truncated = config_kwargs.get("num_hidden_layers") is not None
-    if config is None:
-        config = load_config(model_name_or_path, **config_kwargs)
-    if path is None or config_only:
-        if path is not None:
-            logger.info("%s: a config without weights: a randomly initialised model", path)
-        return Wav2Vec2EEForCTC(config)
-
-    # every layout (ours, plain CTC, the original research code's) through from_pretrained's conversions
-    model, info = _from_pretrained(str(model_name_or_path), config, model_name_or_path)
-    return _check_loading(
-        model,
-        info,
-        model_name_or_path,
-        allow_random_init=allow_random_init,
-        truncated=truncated,
-        declares_exit_heads=path.is_dir() and _declares_exit_heads(path),
-    )
-
-
-def save_checkpoint_files(
-    model: Wav2Vec2EEForCTC, processor: Wav2Vec2Processor, folder: str | os.PathLike
-) -> Path:
-    """Write a checkpoint folder: the model (``config.json``, ``model.safetensors``) and its processor
-    (feature extractor and tokenizer), so that :func:`load_model`, ``Wav2Vec2EEForCTC.from_pretrained``,
-    ``AutoProcessor.from_pretrained`` and ``pipeline("automatic-speech-recognition", model=folder)``
-    (plain ``Wav2Vec2ForCTC``: the final exit) all read it. Every folder the package writes is one."""
-    folder = Path(folder)
-    model.save_pretrained(str(folder))
-    processor.save_pretrained(str(folder))
-    return folder

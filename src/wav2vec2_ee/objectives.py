@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration import Wav2Vec2EEConfig
+from .errors import UserError
 
 OBJECTIVES = ("ee", "kd", "dkd", "confidence")
 DEFAULT_KD_ALPHA = 0.3
@@ -302,7 +303,7 @@ def _parse_bool(value) -> bool:
         return True
     if isinstance(value, str) and value.lower() in {"false", "0", "no"}:
         return False
-    raise ValueError(f"inverse_confidence must be true or false, got {value!r}")
+    raise UserError(f"inverse_confidence must be true or false, got {value!r}")
 
 
 def build_objective(
@@ -333,7 +334,7 @@ def build_objective(
     if num_exits is None:
         num_exits = K
     if not 1 <= int(num_exits) <= K:
-        raise ValueError(
+        raise UserError(
             f"num_exits must lie in [1, {K}] (the model has exits after layers {config.exit_layers}), got {num_exits}"
         )
     common = dict(
@@ -345,31 +346,31 @@ def build_objective(
         num_exits=int(num_exits),
     )
     if config.ctc_loss_reduction not in ("sum", "mean"):
-        raise ValueError(f"ctc_loss_reduction must be 'sum' or 'mean', got {config.ctc_loss_reduction!r}")
+        raise UserError(f"ctc_loss_reduction must be 'sum' or 'mean', got {config.ctc_loss_reduction!r}")
     if name == "ee":
         return EEObjective(**common)
     if name == "kd":
         a = DEFAULT_KD_ALPHA if ee_alpha is None else ee_alpha
         if isinstance(a, Sequence) and not isinstance(a, str):
             if len(a) != 1:
-                raise ValueError(f"ee_alpha for the kd objective is one number in [0, 1], got {list(a)}")
+                raise UserError(f"ee_alpha for the kd objective is one number in [0, 1], got {list(a)}")
             a = a[0]
         a = float(a)
         if not 0.0 <= a <= 1.0:
-            raise ValueError(f"ee_alpha must lie in [0, 1], got {a}")
+            raise UserError(f"ee_alpha must lie in [0, 1], got {a}")
         return KDObjective(**common, ee_alpha=a)
     if name == "dkd":
         alphas = DEFAULT_DKD_ALPHA if ee_alpha is None else ee_alpha
         alphas = (alphas,) if isinstance(alphas, (int, float)) else tuple(float(x) for x in alphas)
         if len(alphas) != K:
-            raise ValueError(
+            raise UserError(
                 f"ee_alpha for the dkd objective needs one weight per exit: the model has {K} exits "
                 f"(layers {config.exit_layers}), got {len(alphas)} weights {list(alphas)}"
             )
         bad = [x for x in alphas if not 0.0 <= x <= 1.0]
         if bad:
-            raise ValueError(f"ee_alpha weights must lie in [0, 1], got {bad}")
+            raise UserError(f"ee_alpha weights must lie in [0, 1], got {bad}")
         return DKDObjective(**common, ee_alpha=alphas)
     if name == "confidence":
         return ConfidenceObjective(**common, inverse_confidence=_parse_bool(inverse_confidence))
-    raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    raise UserError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")

@@ -19,6 +19,8 @@ from pathlib import Path
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 from transformers.utils import FEATURE_EXTRACTOR_NAME, PROCESSOR_NAME
 
+from .errors import UserError
+
 logger = logging.getLogger(__name__)
 
 #: The sampling rate (Hz) of the model's input: the one definition in the package (audio is resampled
@@ -59,7 +61,7 @@ def has_feature_extractor_files(model_dir: str | os.PathLike) -> bool:
     try:
         values = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{file}: not a valid JSON file ({_first_line(err)})") from err
+        raise UserError(f"{file}: not a valid JSON file ({_first_line(err)})") from err
     return isinstance(values, dict) and ("feature_extractor" in values or "audio_processor" in values)
 
 
@@ -67,7 +69,7 @@ def _load(what: str, model_dir: str | os.PathLike, load):
     try:
         return load(str(model_dir))
     except (OSError, ValueError) as err:
-        raise ValueError(f"{model_dir}: cannot read its {what} ({_first_line(err)})") from err
+        raise UserError(f"{model_dir}: cannot read its {what} ({_first_line(err)})") from err
 
 
 def build_tokenizer(model_dir: str | os.PathLike | None = None) -> Wav2Vec2CTCTokenizer:

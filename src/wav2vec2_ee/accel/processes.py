@@ -30,6 +30,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -143,7 +145,7 @@ def run_forked(fn: Callable[[T], R], tasks: Sequence[T], processes: int) -> Iter
         yield from map(fn, tasks)
         return
     if "fork" not in mp.get_all_start_methods():
-        raise ValueError(f"processes={processes} needs the 'fork' start method, which this platform lacks")
+        raise UserError(f"processes={processes} needs the 'fork' start method, which this platform lacks")
     ctx = mp.get_context("fork")
     threads = max(1, torch.get_num_threads() // processes)
     counter, results = ctx.Value("q", 0), ctx.Queue()

@@ -28,6 +28,7 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from ..io import atomic_write_json
 from ..vocab import SAMPLING_RATE
 from .espeak import ESpeakSynthesizer, detect_backend
@@ -172,17 +173,17 @@ def _resolve_counts(
     size: str, hours: float | None, num_train: int | None, num_dev: int | None, num_test: int | None
 ) -> tuple[int, int, int]:
     if size not in PRESETS:
-        raise ValueError(f"unknown corpus size {size!r}; choose one of {sorted(PRESETS)}")
+        raise UserError(f"unknown corpus size {size!r}; choose one of {sorted(PRESETS)}")
     train, dev, test = PRESETS[size]
     if hours is not None:
         if hours <= 0:
-            raise ValueError("hours must be positive")
+            raise UserError("hours must be positive")
         train = max(1, round(hours * 3600 / AVG_UTTERANCE_SECONDS))
     train = train if num_train is None else num_train
     dev = dev if num_dev is None else num_dev
     test = test if num_test is None else num_test
     if min(train, dev, test) < 0 or train + dev + test == 0:
-        raise ValueError(f"invalid utterance counts train={train} dev={dev} test={test}")
+        raise UserError(f"invalid utterance counts train={train} dev={dev} test={test}")
     return train, dev, test
 
 

@@ -24,6 +24,7 @@ import argparse
 import sys
 
 from ..cli import finish_parser
+from ..errors import UserError
 from .build import PRESETS, CorpusSummary, build_corpus
 from .external import ENGINES, SynthesizerUnavailableError, build_external_split
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.output_dir = output_dir_of("make-corpus", args)
     if args.num_workers is not None and args.num_workers < 1:
-        raise ValueError(f"--num-workers must be >= 1, got {args.num_workers}")
+        raise UserError(f"--num-workers must be >= 1, got {args.num_workers}")
     if args.synthesizer != "espeak":
         return _build_external(args)
     try:
@@ -146,9 +147,7 @@ def _build_external(args: argparse.Namespace) -> int:
     from ..data import read_texts
 
     if (args.num_utterances is None) == (args.texts_from is None):
-        raise ValueError(
-            "--synthesizer flite|festival needs exactly one of --num-utterances and --texts-from"
-        )
+        raise UserError("--synthesizer flite|festival needs exactly one of --num-utterances and --texts-from")
     texts = read_texts(args.output_dir, [args.texts_from]) if args.texts_from else args.num_utterances
     split = args.split_name or args.synthesizer
     try:

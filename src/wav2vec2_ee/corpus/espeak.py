@@ -7,7 +7,8 @@ Two backends are supported:
 * ``"binary"`` (fallback): a system ``espeak-ng`` executable, run as
   ``espeak-ng -v VOICE -s RATE -p PITCH --stdout TEXT``.
 
-If neither is available, :class:`BackendUnavailableError` (a :class:`RuntimeError`) explains how to install one.
+If neither is available, :class:`BackendUnavailableError` (a :class:`~wav2vec2_ee.errors.MissingExtraError`
+naming the ``demo`` extra, and a :class:`RuntimeError`) explains how to install one.
 
 Determinism: libespeak-ng keeps hidden global state (pitch-flutter phase, gain control, noise generators)
 that carries over from one utterance to the next, so the same call can give different samples depending on
@@ -33,6 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..errors import MissingExtraError, UserError
 from ..vocab import SAMPLING_RATE
 
 __all__ = [
@@ -56,14 +58,22 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 INSTALL_HINT = (
-    "No eSpeak NG backend available: install the demo extra, `pip install wav2vec2-ee[demo]` (it is "
+    "No eSpeak NG backend available: install the demo extra, `pip install 'wav2vec2-ee[demo]'` (it is "
     "`pip install espeakng-loader`: a wheel that bundles libespeak-ng and its voice data; preferred), or "
     "the system package with `apt-get install espeak-ng` (provides the `espeak-ng` binary)."
 )
 
 
-class BackendUnavailableError(RuntimeError):
-    """Raised when neither ``espeakng-loader`` nor an ``espeak-ng`` binary can be used."""
+class BackendUnavailableError(MissingExtraError, RuntimeError):
+    """Raised when neither ``espeakng-loader`` (the ``demo`` extra) nor an ``espeak-ng`` binary can be used.
+
+    A :class:`~wav2vec2_ee.errors.MissingExtraError` (``wav2vec2-ee make-corpus`` / ``demo`` print it
+    as one line) and, as before, a :class:`RuntimeError`; ``message`` says how to install a backend.
+    """
+
+    def __init__(self, message: str = INSTALL_HINT):
+        self.feature, self.package, self.extra = "eSpeak NG synthesis", "espeakng-loader", "demo"
+        UserError.__init__(self, message)
 
 
 def trim_silence(
@@ -115,11 +125,11 @@ def detect_backend(backend: str = "auto") -> str:
     """Resolve ``"auto"`` to ``"library"`` or ``"binary"`` without loading anything.
 
     Raises:
-        ValueError: for an unknown backend name.
+        UserError: for an unknown backend name.
         BackendUnavailableError: if the requested backend (for ``"auto"``: any backend) is missing.
     """
     if backend not in ("auto", "library", "binary"):
-        raise ValueError(f"unknown eSpeak backend {backend!r} (use 'auto', 'library' or 'binary')")
+        raise UserError(f"unknown eSpeak backend {backend!r} (use 'auto', 'library' or 'binary')")
     if backend in ("auto", "library") and _loader_paths() is not None:
         return "library"
     if backend in ("auto", "binary") and shutil.which("espeak-ng") is not None:

@@ -39,6 +39,7 @@ import soundfile as sf
 from tqdm.auto import tqdm
 
 from ..data.audio import to_mono_16k
+from ..errors import UserError
 from ..io import atomic_write_json
 from ..vocab import SAMPLING_RATE
 from .espeak import trim_silence
@@ -102,16 +103,19 @@ STRETCH_RANGE = (0.85, 1.2)
 _MARKER = "external.json"
 
 
-class SynthesizerUnavailableError(RuntimeError):
-    """An engine's program is not installed."""
+class SynthesizerUnavailableError(UserError, RuntimeError):
+    """An engine's program or voice is not installed (the message names its Debian package): a
+    :class:`~wav2vec2_ee.errors.UserError` (one line on the command line) and, as before, a
+    :class:`RuntimeError`."""
 
 
 def voice_by_name(name: str) -> ExternalVoice:
-    """The voice called ``name`` (a ``ValueError`` listing the known ones otherwise)."""
+    """The voice called ``name`` (otherwise a :class:`~wav2vec2_ee.errors.UserError` listing the known
+    ones)."""
     for voice in VOICES:
         if voice.name == name:
             return voice
-    raise ValueError(f"unknown voice {name!r}; known: {', '.join(v.name for v in VOICES)}")
+    raise UserError(f"unknown voice {name!r}; known: {', '.join(v.name for v in VOICES)}")
 
 
 def voices_for(names: Sequence[str] | None, engine: str) -> list[ExternalVoice]:
@@ -126,7 +130,7 @@ def speaker_id(voice: ExternalVoice) -> int:
 def check_engine(engine: str) -> None:
     """Raise :class:`SynthesizerUnavailableError` (naming the Debian packages) if ``engine`` cannot run."""
     if engine not in ENGINES:
-        raise ValueError(f"unknown synthesizer {engine!r}; choose one of {sorted(ENGINES)}")
+        raise UserError(f"unknown synthesizer {engine!r}; choose one of {sorted(ENGINES)}")
     program, packages = ENGINES[engine]
     if shutil.which(program) is None:
         raise SynthesizerUnavailableError(
@@ -305,7 +309,7 @@ def build_external_split(
     """
     chosen = voices_for(voices, engine)
     if not chosen:
-        raise ValueError(f"no voices for synthesizer {engine!r}")
+        raise UserError(f"no voices for synthesizer {engine!r}")
     check_voices(chosen)
     if isinstance(texts, int):
         generator = UtteranceGenerator(f"wav2vec2-ee-external/{seed}/{split}/text")

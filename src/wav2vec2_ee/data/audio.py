@@ -9,10 +9,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..errors import UserError
 from ..vocab import SAMPLING_RATE
 
 
-class AudioError(ValueError):
+class AudioError(UserError):
     """An audio file that cannot be used; the message names the file and the problem."""
 
     def __init__(self, source: str, reason: str):

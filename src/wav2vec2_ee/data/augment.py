@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from ..errors import UserError
 from .audio import SAMPLING_RATE
 
 
@@ -35,7 +36,7 @@ class SpeedPerturbation:
     def __post_init__(self) -> None:
         factors = tuple(float(f) for f in self.factors)
         if not factors or any(not 0.5 <= f <= 2.0 for f in factors):
-            raise ValueError(f"speed perturbation factors must lie in [0.5, 2.0], got {list(self.factors)}")
+            raise UserError(f"speed perturbation factors must lie in [0.5, 2.0], got {list(self.factors)}")
         object.__setattr__(self, "factors", factors)
 
     def factor(self, epoch: int, index: int) -> float:
@@ -78,17 +79,17 @@ class NoiseAndReverb:
         for name in ("noise_prob", "reverb_prob"):
             value = float(getattr(self, name))
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+                raise UserError(f"{name} must lie in [0, 1], got {value}")
             object.__setattr__(self, name, value)
         for name, low_limit in (("snr_db", -20.0), ("rt60", 0.01)):
             pair = tuple(float(v) for v in getattr(self, name))
             if len(pair) != 2 or pair[0] > pair[1] or pair[0] < low_limit:
-                raise ValueError(
+                raise UserError(
                     f"{name} must be two increasing numbers, at least {low_limit}, got {list(pair)}"
                 )
             object.__setattr__(self, name, pair)
         if self.rt60[1] > 2.0:
-            raise ValueError(f"rt60 above 2 s is not a room, got {list(self.rt60)}")
+            raise UserError(f"rt60 above 2 s is not a room, got {list(self.rt60)}")
 
     @property
     def enabled(self) -> bool:

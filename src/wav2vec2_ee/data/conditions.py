@@ -34,6 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..errors import UserError
 from .audio import SAMPLING_RATE
 from .augment import colored_noise
 
@@ -80,7 +81,7 @@ class ConditionPlan:
 def _check_range(name: str, pair, low: float, high: float) -> tuple[float, float]:
     values = tuple(float(v) for v in pair)
     if len(values) != 2 or values[0] > values[1] or values[0] < low or values[1] > high:
-        raise ValueError(f"{name} must be two increasing numbers in [{low:g}, {high:g}], got {list(pair)}")
+        raise UserError(f"{name} must be two increasing numbers in [{low:g}, {high:g}], got {list(pair)}")
     return values  # type: ignore[return-value]
 
 
@@ -132,7 +133,7 @@ class RecordingConditions:
         for name in CONDITIONS:
             value = float(getattr(self, f"{name}_prob"))
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}_prob must lie in [0, 1], got {value}")
+                raise UserError(f"{name}_prob must lie in [0, 1], got {value}")
             object.__setattr__(self, f"{name}_prob", value)
         limits = {
             "tempo_range": (0.5, 2.0),
@@ -148,9 +149,9 @@ class RecordingConditions:
         for name, (low, high) in limits.items():
             object.__setattr__(self, name, _check_range(name, getattr(self, name), low, high))
         if int(self.babble_speakers) < 1 or int(self.max_pauses) < 0:
-            raise ValueError("babble_speakers must be at least 1 and max_pauses at least 0")
+            raise UserError("babble_speakers must be at least 1 and max_pauses at least 0")
         if not 0.0 <= float(self.dc_offset) <= 0.5:
-            raise ValueError(f"dc_offset must lie in [0, 0.5], got {self.dc_offset}")
+            raise UserError(f"dc_offset must lie in [0, 0.5], got {self.dc_offset}")
 
     @property
     def enabled(self) -> bool:

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 # the longest duration a manifest may declare: anything longer is a broken row, not audio
@@ -35,11 +37,11 @@ DUPLICATE_ID = "duplicate id"
 _SHOWN_DUPLICATES = 5
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data source that cannot be read; the message names the path and the problem."""
 
 
-class BadItemError(ValueError):
+class BadItemError(UserError):
     """Raised in ``strict`` mode for the first unusable item (a bad row or line, a repeated id, bad audio)."""
 
 

@@ -15,6 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..errors import UserError
 from .dataset import PreparationReport, PreparedUtterance, prepare_utterances
 from .sources import load_split, report_skipped, source_kind
 
@@ -34,9 +35,7 @@ def resolve_splits(data: str | os.PathLike, splits: Sequence[str] | None) -> lis
     splits = list(splits or [])
     if kind == "manifest":
         if len(splits) > 1:
-            raise ValueError(
-                f"{data} is a manifest (one split): give at most one --splits name, got {splits}"
-            )
+            raise UserError(f"{data} is a manifest (one split): give at most one --splits name, got {splits}")
         pairs = [(splits[0] if splits else Path(data).stem, None)]
     elif not splits and kind == "librispeech":
         pairs = [(s, s) for s in DEFAULT_LIBRISPEECH_SPLITS]
@@ -46,7 +45,7 @@ def resolve_splits(data: str | os.PathLike, splits: Sequence[str] | None) -> lis
         pairs = [(Path(s).name, s) for s in splits]
     names = [n for n, _ in pairs]
     if len(set(names)) != len(names):
-        raise ValueError(f"split names must be unique, got {names}")
+        raise UserError(f"split names must be unique, got {names}")
     return pairs
 
 
@@ -95,6 +94,6 @@ def load_prepared_split(
         tokenize=False,
     )
     if not prepared:
-        raise ValueError(f"{name}: no usable utterance ({report.summary()})")
+        raise UserError(f"{name}: no usable utterance ({report.summary()})")
     logger.info("%s: %s", name, report.summary())
     return prepared, report

@@ -25,6 +25,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_write_text
 from .presets import (
     BASE_PRESETS,
@@ -37,7 +38,7 @@ from .presets import (
     base_stage_config,
     base_train_config,
 )
-from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, train_run
+from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, show, train_run
 
 
 def base_model_dir(preset: DemoPreset, out: Path, base: str | None = None) -> Path:
@@ -71,11 +72,11 @@ def export_plain_ctc(run_dir: Path, model_dir: Path, dtype: str = "float16") -> 
     import torch
     from transformers import AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC
 
-    from ..modeling import load_model
+    from ..loading import load_model
 
     model = load_model(str(run_dir))
     if model.config.exit_layers != [model.config.num_hidden_layers]:
-        raise ValueError(
+        raise UserError(
             f"{run_dir}: exits after layers {model.config.exit_layers}; a CTC base has one head, at the top"
         )
     values = model.config.to_dict()
@@ -409,7 +410,7 @@ def build_base(
         say("recording conditions, layer {}: {}".format(
             top, ", ".join(f"{name} {100 * wer:.1f} %" for name, wer in conditions.items())
         ))  # fmt: skip
-    print(format_wer_by_exit({"test (held-out voices), read through the final head": test}))
+    show(format_wer_by_exit({"test (held-out voices), read through the final head": test}))
     say(f"training voices, layer {top}: {100 * train_wer[top]:.1f} % WER")
     if check_split is not None:
         say(

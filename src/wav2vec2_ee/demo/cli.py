@@ -34,6 +34,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..device import DeviceArguments
+from ..errors import UserError
 from ..io import atomic_write_text
 from .presets import PRESETS, DemoPreset
 from .reproduce import run_reproduce
@@ -340,7 +341,10 @@ def build_parser() -> HfArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status: 0, or 1 when ``--reproduce`` had a failed run (its row
     in ``reproduce.md`` says why; rerunning retries only the unfinished runs)."""
-    args, device = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    from ..cli import parsing_flags
+
+    with parsing_flags():
+        args, device = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     preset, out, corpus = _setup(args)
     if args.build_base:
@@ -361,7 +365,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.continue_base:
-        raise ValueError("--continue trains a stage of the base: use it with --build-base")
+        raise UserError("--continue trains a stage of the base: use it with --build-base")
+    decoding = preset.decoding(lexicon=not args.no_lexicon)
+    if decoding.lexicon_beam_size:  # refused before the corpus and the training, not after them
+        from ..evaluation.decoding import require_flashlight
+
+        require_flashlight("the demo's lexicon beam search (--no-lexicon: greedy decoding only)")
 
     # 1. corpus
     quiet = {} if args.progress else {"progress": False}  # (the default: a bar on a terminal)
@@ -378,7 +387,6 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. evaluation on the held-out voices
     model_dir = out / spec.name
-    decoding = preset.decoding(lexicon=not args.no_lexicon)
     result = evaluate_run(
         model_dir,
         model_dir / "eval",

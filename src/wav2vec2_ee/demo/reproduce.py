@@ -30,7 +30,7 @@ from pathlib import Path
 from ..io import atomic_write_text
 from ..objectives import DEFAULT_KD_ALPHA
 from .presets import DemoPreset, dkd_alphas
-from .runs import RunSpec, evaluate_run, say, train_run
+from .runs import RunSpec, evaluate_run, say, show, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -423,8 +423,7 @@ def run_reproduce(
         "seconds": round(seconds, 1),
     }
     atomic_write_text(out / "reproduce.json", json.dumps(record, indent=2) + "\n")
-    print()
-    print(text)
+    show(f"\n{text}")
     say(f"reproduction table: {out / 'reproduce.md'} (and reproduce.json)")
     failed = [r.spec.name for r in rows + baselines if r.error]
     if failed:

@@ -6,8 +6,6 @@ evaluation when its result files exist, so an interrupted demo resumes where it 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -28,8 +26,14 @@ class RunSpec:
 
 
 def say(message: str) -> None:
-    """Print one progress line of the demo (``[demo] ...``, flushed at once)."""
+    """Print one progress line of the demo (``[demo] ...``, flushed at once). The demo is a command:
+    its progress lines and tables (:func:`show`) are its output on stdout."""
     print(f"[demo] {message}", flush=True)
+
+
+def show(text: str) -> None:
+    """Print a block of the demo's output (a table) as it is, flushed at once."""
+    print(text, flush=True)
 
 
 def ee_run(preset: DemoPreset, base: Path, corpus: Path, max_steps: int | None) -> RunSpec:
@@ -131,9 +135,10 @@ def evaluate_run(
     dtype: str = "float32",
     exits: list[int] | None = None,
 ) -> dict:
-    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (its printout is captured),
-    on ``device`` in ``dtype`` (:class:`~wav2vec2_ee.device.DeviceArguments`); ``exits``: the layers
-    evaluated (default: the checkpoint's exits; a plain CTC checkpoint's read through its final head).
+    """Layer-wise WER of ``model_dir`` on ``splits`` with the evaluation suite (the demo prints its own
+    table), on ``device`` in ``dtype`` (:class:`~wav2vec2_ee.device.DeviceArguments`); ``exits``: the
+    layers evaluated (default: the checkpoint's exits; a plain CTC checkpoint's read through its final
+    head).
 
     Greedy decoding always; with ``decoding.lexicon_beam_size`` also flashlight's lexicon-constrained
     beam search (no language model, as the seed) over the words of the corpus's training transcripts (the
@@ -149,36 +154,35 @@ def evaluate_run(
     decoding = decoding or Decoding()
     start = time.perf_counter()
     lexicon = _lexicon_options(decoding)
-    with contextlib.redirect_stdout(io.StringIO()):  # the demo prints its own table
-        overview = evaluate_checkpoint(
+    overview = evaluate_checkpoint(
+        str(model_dir),
+        str(eval_dir),
+        data=str(corpus),
+        splits=list(splits),
+        progress=False,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        exits=exits,
+        **lexicon,
+    )
+    with_lm = None
+    if lexicon and decoding.lm_order:
+        with_lm = evaluate_checkpoint(
             str(model_dir),
-            str(eval_dir),
+            str(eval_dir / "lm"),
             data=str(corpus),
             splits=list(splits),
             progress=False,
             overwrite=overwrite,
+            plot=False,
+            **{**lexicon, "word_score": decoding.lm_word_score},
+            lexicon_lm_order=int(decoding.lm_order),
+            lexicon_lm_weight=decoding.lm_weight,
             device=device,
             dtype=dtype,
             exits=exits,
-            **lexicon,
         )
-        with_lm = None
-        if lexicon and decoding.lm_order:
-            with_lm = evaluate_checkpoint(
-                str(model_dir),
-                str(eval_dir / "lm"),
-                data=str(corpus),
-                splits=list(splits),
-                progress=False,
-                overwrite=overwrite,
-                plot=False,
-                **{**lexicon, "word_score": decoding.lm_word_score},
-                lexicon_lm_order=int(decoding.lm_order),
-                lexicon_lm_weight=decoding.lm_weight,
-                device=device,
-                dtype=dtype,
-                exits=exits,
-            )
     return {
         "seconds": round(time.perf_counter() - start, 1),
         "greedy": _wer_by_layer(overview, "exits"),

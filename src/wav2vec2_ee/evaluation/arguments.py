@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..device import check_runtime_options
+from ..errors import UserError
 from .decoder_spec import LexiconDecoderSpec
 
 EXIT_STATS = ("entropy", "posterior")
@@ -140,13 +141,13 @@ class EvaluationArguments:
         self.exit_stats = list(dict.fromkeys(self.exit_stats))
         bad = [s for s in self.exit_stats if s not in EXIT_STATS]
         if bad:
-            raise ValueError(f"unknown --exit-stats {bad}: choose from {list(EXIT_STATS)}")
+            raise UserError(f"unknown --exit-stats {bad}: choose from {list(EXIT_STATS)}")
         if self.decoder not in DECODERS:
-            raise ValueError(f"unknown --decoder {self.decoder!r}: choose from {list(DECODERS)}")
+            raise UserError(f"unknown --decoder {self.decoder!r}: choose from {list(DECODERS)}")
         if self.kenlm and self.decoder != "beam":
-            raise ValueError("--kenlm needs --decoder beam")
+            raise UserError("--kenlm needs --decoder beam")
         if "posterior" not in self.exit_stats and (self.lexicon_lm or self.lexicon_lm_order):
-            raise ValueError(
+            raise UserError(
                 "--lexicon-lm / --lexicon-lm-order apply to the lexicon decoder: add --exit-stats posterior"
             )
 

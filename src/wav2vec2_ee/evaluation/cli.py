@@ -34,13 +34,17 @@ def build_parser() -> HfArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..cli import output_dir_of
+    """Evaluate the checkpoint and print the split x exit WER table; returns the exit status."""
+    from ..cli import output_dir_of, parsing_flags
 
-    args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
-    positional.output_dir = output_dir_of("evaluate", positional)
+    with parsing_flags():
+        args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
+        positional.output_dir = output_dir_of("evaluate", positional)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     from .evaluate import evaluate_checkpoint
+    from .results import format_overview_table
 
-    evaluate_checkpoint(positional.checkpoint, positional.output_dir, args, device)
+    overview = evaluate_checkpoint(positional.checkpoint, positional.output_dir, args, device)
+    print(format_overview_table(overview))
     return 0

@@ -22,6 +22,7 @@ import soundfile as sf
 from ..data.audio import SAMPLING_RATE, load_audio
 from ..data.augment import add_noise, colored_noise, reverberate, room_impulse_response
 from ..data.conditions import add_babble, add_silence, change_tempo, clip, lossy_codec, telephone_band
+from ..errors import UserError
 from ..io import atomic_write_text
 
 #: One condition: ``(audio, rng, others) -> audio`` (``others``: a few other utterances of the split).
@@ -93,7 +94,7 @@ def build_condition_splits(
     splits = []
     for name in names or list(CONDITION_CHECKS):
         if name not in CONDITION_CHECKS:
-            raise ValueError(f"unknown condition {name!r}: choose from {', '.join(CONDITION_CHECKS)}")
+            raise UserError(f"unknown condition {name!r}: choose from {', '.join(CONDITION_CHECKS)}")
         target = out / condition_split(name)
         marker = target / "condition.json"
         record = {"source": str(source.resolve()), "seed": seed, "condition": name, "utterances": len(ids)}

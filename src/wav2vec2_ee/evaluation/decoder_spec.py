@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.splits import read_texts
+from ..errors import UserError
 from ..vocab import TextNormalizer
-from .decoding import LexiconBeamDecoder
+from .decoding import LexiconBeamDecoder, require_flashlight
 from .lexicon import Lexicon, lexicon_from_texts, read_lexicon
 from .ngram import ArpaLM, NgramLM
 
@@ -55,7 +56,9 @@ class LexiconDecoderSpec:
     lm_order_flag: str = "--lexicon-lm-order"
 
     def resolve(self, data: str | os.PathLike | None, tokenizer) -> ResolvedLexiconDecoder:
-        """Read the lexicon and the language model (once, before any split)."""
+        """Read the lexicon and the language model (once, before any split); a missing flashlight-text
+        (the ``lm`` extra) is refused first."""
+        require_flashlight("the lexicon beam search")
         source = resolve_lexicon(data, tokenizer, self.lexicon, self.lexicon_from, self.source_flag)
         lm, lm_description = resolve_lexicon_lm(
             data, tokenizer, self.lm, self.lm_order, self.lexicon_from, source.lexicon, self.lm_order_flag
@@ -156,17 +159,17 @@ def resolve_lexicon_lm(
     if lexicon_lm:
         lm = ArpaLM(lexicon_lm)
         if lexicon is not None and not any(w in lm.vocab for w in lexicon):
-            raise ValueError(
+            raise UserError(
                 f"{lexicon_lm}: no lexicon word is in the language model's vocabulary (different case?)"
             )
         return lm, f"file {Path(lexicon_lm).resolve()}"
     if not lexicon_lm_order:
         return None, None
     if lexicon_lm_order < 1:
-        raise ValueError(f"{order_flag} must be >= 1, got {lexicon_lm_order}")
+        raise UserError(f"{order_flag} must be >= 1, got {lexicon_lm_order}")
     sources = list(lexicon_from or [])
     if not sources:
-        raise ValueError(
+        raise UserError(
             f"{order_flag} needs --train-splits or --lexicon-from: the language model is estimated from "
             "their transcripts (estimating it from the evaluated references would be an oracle)"
         )

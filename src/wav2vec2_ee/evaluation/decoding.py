@@ -27,11 +27,19 @@ import torch
 import torch.nn.functional as F
 from transformers import Wav2Vec2CTCTokenizer
 
+from ..errors import UserError, require
+
 logger = logging.getLogger(__name__)
 
 #: Settings of the seed's lexicon decoder (``eval_posteriors.py``).
 SEED_LEXICON_BEAM_SIZE = 1500
 SEED_WORD_SCORE = -0.26
+
+
+def require_flashlight(feature: str) -> None:
+    """Import flashlight-text's decoder (the ``lm`` extra), or raise
+    :class:`~wav2vec2_ee.errors.MissingExtraError` saying that ``feature`` needs it."""
+    require("flashlight.lib.text.decoder", "lm", feature)
 
 
 def _valid_ids(ids: torch.Tensor, output_lengths: torch.Tensor | None) -> list[list[int]]:
@@ -167,7 +175,8 @@ class BeamSearchDecoder:
         unigrams: Sequence[str] | None = None,
     ):
         if beam_width < 1:
-            raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+            raise UserError(f"beam_width must be >= 1, got {beam_width}")
+        require_flashlight("--decoder beam")  # before reading any file
         self.beam_width = int(beam_width)
         self.labels = ctc_labels(tokenizer)
         self._tokens = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -194,15 +203,12 @@ class BeamSearchDecoder:
                 lm_weight=alpha,
             )
             return
-        try:
-            from flashlight.lib.text.decoder import (
-                CriterionType,
-                LexiconFreeDecoder,
-                LexiconFreeDecoderOptions,
-                ZeroLM,
-            )
-        except ImportError as err:
-            raise ValueError("--decoder beam needs flashlight-text: pip install wav2vec2-ee[lm]") from err
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconFreeDecoder,
+            LexiconFreeDecoderOptions,
+            ZeroLM,
+        )
 
         options = LexiconFreeDecoderOptions(
             beam_size=self.beam_width,
@@ -303,33 +309,30 @@ class LexiconBeamDecoder:
         lm=None,
         lm_weight: float = 0.0,
     ):
-        try:
-            from flashlight.lib.text.decoder import (
-                CriterionType,
-                LexiconDecoder,
-                LexiconDecoderOptions,
-                SmearingMode,
-                Trie,
-                ZeroLM,
-            )
-            from flashlight.lib.text.dictionary import Dictionary
-        except ImportError as err:
-            raise ValueError(
-                "the lexicon beam search needs flashlight-text: pip install wav2vec2-ee[lm]"
-            ) from err
+        require_flashlight("the lexicon beam search")
+        from flashlight.lib.text.decoder import (
+            CriterionType,
+            LexiconDecoder,
+            LexiconDecoderOptions,
+            SmearingMode,
+            Trie,
+            ZeroLM,
+        )
+        from flashlight.lib.text.dictionary import Dictionary
+
         if nbest < 1:
-            raise ValueError(f"nbest must be >= 1, got {nbest}")
+            raise UserError(f"nbest must be >= 1, got {nbest}")
         if beam_size < 1:
-            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+            raise UserError(f"beam_size must be >= 1, got {beam_size}")
         if not lexicon:
-            raise ValueError("the lexicon is empty: the lexicon decoder needs at least one word")
+            raise UserError("the lexicon is empty: the lexicon decoder needs at least one word")
         self.nbest_size = int(nbest)
         self.lexicon = lexicon
         vocab = tokenizer.get_vocab()
         self.blank = tokenizer.pad_token_id
         delimiter = tokenizer.word_delimiter_token
         if delimiter not in vocab:
-            raise ValueError(
+            raise UserError(
                 f"the tokenizer has no word delimiter token {delimiter!r} (the decoder's silence)"
             )
         self.silence = vocab[delimiter]

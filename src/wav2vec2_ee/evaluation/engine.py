@@ -28,6 +28,7 @@ from ..accel.processes import default_processes, run_forked
 from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
 from ..data.audio import SAMPLING_RATE
 from ..device import forward_precision, model_device
+from ..errors import UserError
 from ..modeling import Wav2Vec2EEForCTC
 
 logger = logging.getLogger(__name__)
@@ -210,7 +211,7 @@ def iter_exit_logits(
     if processes is None:
         processes = default_processes(model, len(batches))
     if processes > 1 and model_device(model).type != "cpu":
-        raise ValueError(
+        raise UserError(
             f"--processes {processes}: worker processes run on a CPU only (the model is on a GPU)"
         )
     if processes > 1:

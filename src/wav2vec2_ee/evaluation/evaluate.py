@@ -13,7 +13,8 @@ orchestrator over the pieces that each have one home:
    rerun with the same settings skips the split; :mod:`.results`);
 4. write ``wer_results.txt`` / ``.json`` and ``wer_by_exit.png`` for this run's splits and those that
    earlier runs finished in the folder with comparable settings
-   (:func:`~.results.merge_finished_splits`), and print a table of them.
+   (:func:`~.results.merge_finished_splits`), and return their overview (the ``evaluate`` command
+   prints it as a table: :func:`~.results.format_overview_table`).
 
 The output folder is locked for the whole run (``.evaluate.lock``): a second run on it at the same time
 is refused at once rather than the last writer winning.
@@ -37,6 +38,7 @@ from transformers import Wav2Vec2CTCTokenizer
 
 from ..data import PreparedUtterance, SpeechDataset, load_prepared_split, resolve_splits
 from ..device import DeviceArguments, default_batching
+from ..errors import UserError
 from ..io import exclusive_lock
 from ..options import resolve_options
 from ..vocab import normalize_transcript
@@ -54,7 +56,6 @@ from .results import (
     UtteranceResult,
     atomic_write_json,
     completed_summary,
-    format_table,
     merge_finished_splits,
     write_overview,
     write_split_files,
@@ -204,7 +205,7 @@ def _evaluate_split(
     results, seconds = decode_split(em, name, prepared, run)
     wall = time.perf_counter() - start
     if not results:
-        raise ValueError(f"{name}: no utterance could be decoded")
+        raise UserError(f"{name}: no utterance could be decoded")
     files, metrics = write_split_files(output_dir, name, em.labels, em.layers, results)
     if run.lexicon_decoder is not None:
         lexicon_file = Path("posterior_wer", name, "lexicon.txt")
@@ -249,7 +250,7 @@ def evaluate_checkpoint(
         the content of ``wer_results.json`` (this run's splits and the comparable ones finished earlier).
 
     Raises:
-        ValueError: among others, when another ``evaluate`` run is writing ``output_dir``.
+        UserError: among others, when another ``evaluate`` run is writing ``output_dir``.
     """
     args, device = resolve_options((args, runtime), (EvaluationArguments, DeviceArguments), options)
     if args.num_threads:
@@ -306,6 +307,4 @@ def _evaluate_locked(
             for n, s in summaries.items()
         }
         plot_wer_by_exit(by_layer, output_dir / "wer_by_exit.png", title=Path(checkpoint).name)
-    wers = {name: {label: s["exits"][label]["wer"] for label in em.labels} for name, s in summaries.items()}
-    print(format_table(wers, em.labels))
     return overview

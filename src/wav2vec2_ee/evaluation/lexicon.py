@@ -13,6 +13,7 @@ from pathlib import Path
 
 from transformers import Wav2Vec2CTCTokenizer
 
+from ..errors import UserError
 from ..vocab import TextNormalizer
 from .results import atomic_write_text
 
@@ -80,7 +81,7 @@ def read_lexicon(path: str | os.PathLike, tokenizer: Wav2Vec2CTCTokenizer) -> Le
             "%s: %d words dropped (tokens outside the vocabulary), e.g. %s", path, len(dropped), dropped[:5]
         )
     if not lexicon:
-        raise ValueError(
+        raise UserError(
             f"{path}: no usable lexicon entry (expected 'WORD W O R D |' lines or one word per line)"
         )
     return lexicon

@@ -16,14 +16,11 @@ from pathlib import Path
 import torch
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
+from ..checkpoints import checkpoint_keys, is_original_layout, read_checkpoint_config
 from ..device import autocast_dtype, model_device, prepare_for_inference
-from ..modeling import (
-    Wav2Vec2EEForCTC,
-    checkpoint_keys,
-    is_original_layout,
-    load_model,
-    read_checkpoint_config,
-)
+from ..errors import UserError
+from ..loading import load_model
+from ..modeling import Wav2Vec2EEForCTC
 from ..vocab import SAMPLING_RATE, build_feature_extractor, build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -89,7 +86,7 @@ def load_evaluation_model(
     A plain ``Wav2Vec2ForCTC`` checkpoint is evaluated at its final layer (label ``predicted``); with
     ``exits`` its intermediate layers are read through its ``lm_head`` (labels ``layer_<l>``).
 
-    The checkpoint's weights must all be there and match its config (:func:`~wav2vec2_ee.modeling.load_model`):
+    The checkpoint's weights must all be there and match its config (:func:`~wav2vec2_ee.loading.load_model`):
     a folder without weights, an unreadable file or a tensor that is missing or of another shape is an
     error (``FileNotFoundError`` / ``ValueError``, one line naming the folder or file), never a model
     evaluated with random parts.
@@ -106,17 +103,17 @@ def load_evaluation_model(
             requested = available
         missing = [x for x in requested if x not in available]
         if missing:
-            raise ValueError(f"--exits {missing}: {checkpoint} has exits at layers {available} only")
+            raise UserError(f"--exits {missing}: {checkpoint} has exits at layers {available} only")
         indices = [available.index(x) for x in requested]
         labels = [f"layer_{x}" for x in requested]
     else:
         top = read_checkpoint_config(path).get("num_hidden_layers")
         if not isinstance(top, int) or top < 1:
-            raise ValueError(f"{path / 'config.json'}: no valid num_hidden_layers ({top!r})")
+            raise UserError(f"{path / 'config.json'}: no valid num_hidden_layers ({top!r})")
         layers = requested or [int(top)]
         bad = [x for x in layers if not 1 <= x <= int(top)]
         if bad:
-            raise ValueError(f"--exits {bad}: {checkpoint} has layers 1..{top}")
+            raise UserError(f"--exits {bad}: {checkpoint} has layers 1..{top}")
         model = load_model(str(path), exit_layers=layers)
         requested, indices = layers, list(range(len(layers)))
         labels = [f"layer_{x}" for x in layers] if exits is not None else ["predicted"]

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..errors import UserError
 from .results import atomic_write_text
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
@@ -55,7 +56,7 @@ class NgramLM:
                     if n > 1 or i > 0:  # <s> is never predicted
                         counts[n][tuple(words[i : i + n])] += 1
         if not vocab:
-            raise ValueError("no training word: the language model needs at least one sentence")
+            raise UserError("no training word: the language model needs at least one sentence")
         self.vocab = frozenset(vocab)
         #: the predicted symbols: the words, </s> and <unk> (which gets the unigram floor mass only)
         self.symbols = tuple(sorted(vocab)) + (EOS, UNK)
@@ -180,7 +181,7 @@ def read_arpa(path: str | os.PathLike) -> tuple[int, dict[tuple, tuple[float, fl
     """Read an ARPA file: ``(order, {ngram: (log10 prob, log10 back-off)})``.
 
     Raises:
-        ValueError: naming the file and line when it is not an ARPA file.
+        UserError: naming the file and line when it is not an ARPA file.
     """
     path = Path(path)
     if not path.is_file():
@@ -200,15 +201,15 @@ def read_arpa(path: str | os.PathLike) -> tuple[int, dict[tuple, tuple[float, fl
                 continue
             fields = line.split()
             if section == 0 or len(fields) < section + 1:
-                raise ValueError(f"{path}:{number}: not an ARPA n-gram line: {line[:60]!r}")
+                raise UserError(f"{path}:{number}: not an ARPA n-gram line: {line[:60]!r}")
             try:
                 logp = float(fields[0])
                 backoff = float(fields[section + 1]) if len(fields) > section + 1 else 0.0
             except ValueError as err:
-                raise ValueError(f"{path}:{number}: not an ARPA n-gram line: {line[:60]!r}") from err
+                raise UserError(f"{path}:{number}: not an ARPA n-gram line: {line[:60]!r}") from err
             table[tuple(fields[1 : section + 1])] = (logp, backoff)
     if not order:
-        raise ValueError(f"{path}: no n-gram section (not an ARPA file)")
+        raise UserError(f"{path}: no n-gram section (not an ARPA file)")
     return order, table
 
 
@@ -260,5 +261,5 @@ def kenlm_for(lm: NgramLM | ArpaLM, word_dict):
             model = KenLM(str(path), word_dict)
         except RuntimeError as err:
             detail = str(err).strip().splitlines()[-1]
-            raise ValueError(f"{path}: KenLM cannot read this language model ({detail})") from err
+            raise UserError(f"{path}: KenLM cannot read this language model ({detail})") from err
     return model, math.log(10.0)

@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import AppendFile, atomic_write_bytes, atomic_write_json, atomic_write_text
 from .metrics import WordErrors, split_errors, word_errors
 
@@ -121,7 +122,7 @@ def parse_wer_results(text: str) -> dict[str, dict[str, float]]:
         elif (m := WER_LINE.match(line)) and current is not None:
             current[m["label"]] = float(m["wer"])
         else:
-            raise ValueError(f"wer_results.txt line {lineno}: unexpected {line!r}")
+            raise UserError(f"wer_results.txt line {lineno}: unexpected {line!r}")
     return results
 
 
@@ -138,7 +139,7 @@ def parse_split_results(text: str) -> list[dict]:
         elif (m := HYPOTHESIS_LINE.match(line)) and items:
             items[-1]["hypotheses"][m["label"]] = m["text"]
         else:
-            raise ValueError(f"results file line {lineno}: unexpected {line!r}")
+            raise UserError(f"results file line {lineno}: unexpected {line!r}")
     return items
 
 
@@ -148,7 +149,7 @@ def parse_stat_lines(text: str, pattern: re.Pattern) -> list[dict[str, str]]:
     for lineno, line in enumerate(text.splitlines(), 1):
         m = pattern.match(line)
         if m is None:
-            raise ValueError(f"line {lineno}: unexpected {line!r}")
+            raise UserError(f"line {lineno}: unexpected {line!r}")
         out.append(m.groupdict())
     return out
 
@@ -353,6 +354,17 @@ def format_table(wers: Mapping[str, Mapping[str, float]], labels: Sequence[str])
             name.ljust(width) + "".join(f"  {100 * by_label[lb]:>{c}.2f}" for lb, c in zip(labels, cols))
         )
     return "\n".join(lines)
+
+
+def format_overview_table(overview: Mapping) -> str:
+    """:func:`format_table` of an overview (``wer_results.json``'s content, what
+    :func:`~.evaluate.evaluate_checkpoint` returns): its splits x its exits."""
+    labels = list(overview["labels"])
+    wers = {
+        name: {label: split["exits"][label]["wer"] for label in labels}
+        for name, split in overview["splits"].items()
+    }
+    return format_table(wers, labels)
 
 
 # --------------------------------------------------------------------------------------------------

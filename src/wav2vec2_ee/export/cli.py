@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UserError
+
 
 def _to_bool(value: str) -> bool:
     from transformers.hf_argparser import string_to_bool
@@ -81,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 def output_folder(args: argparse.Namespace) -> str:
     """The output folder: the positional ``out_dir`` or ``--output-dir`` (one of them, or both the same)."""
     if args.out_dir is not None and args.output_dir is not None and args.out_dir != args.output_dir:
-        raise ValueError(f"two output folders: {args.out_dir} and --output-dir {args.output_dir}; give one")
+        raise UserError(f"two output folders: {args.out_dir} and --output-dir {args.output_dir}; give one")
     folder = args.out_dir if args.out_dir is not None else args.output_dir
     if folder is None:
-        raise ValueError("the following arguments are required: out_dir (or --output-dir)")
+        raise UserError("the following arguments are required: out_dir (or --output-dir)")
     return folder
 
 
@@ -92,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     """Export and print the files with their sizes; returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.checkpoint is None:
-        raise ValueError("the following arguments are required: checkpoint (wav2vec2-ee export --help)")
+        raise UserError("the following arguments are required: checkpoint (wav2vec2-ee export --help)")
     folder = output_folder(args)
     if args.opset < 14:
-        raise ValueError(f"--opset must be >= 14 (scaled dot-product attention), got {args.opset}")
+        raise UserError(f"--opset must be >= 14 (scaled dot-product attention), got {args.opset}")
     from transformers.utils import logging as hf_logging
 
     from .exporter import export_checkpoint

@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError, require
 from ..io import atomic_write_json
 from ..modeling import Wav2Vec2EEForCTC
+from ..policy_core import SAVED_POLICY, policy_from_saved, read_saved_policy
 from .runtime import FORMAT, MANIFEST, load_segments, run_onnx_exits
 from .segments import build_segments
 
@@ -61,6 +63,16 @@ class ExportSummary:
         for precision, diff in self.max_abs_diff.items():
             out.append(f"  check ({precision}): max |logits - PyTorch| on a padded batch = {diff:.2e}")
         return out
+
+
+def require_onnx(int8: bool = False, check: bool = True) -> None:
+    """Refuse, before any work, an export whose packages (the ``onnx`` extra) are missing: ``onnx`` to
+    write the segments, ``onnxruntime`` to quantize them (``int8``) or ``check`` them against PyTorch."""
+    require("onnx", "onnx", "ONNX export")
+    if int8:
+        require("onnxruntime", "onnx", "int8 quantization of the ONNX segments (--int8)")
+    if check:
+        require("onnxruntime", "onnx", "checking the ONNX segments against PyTorch (--no-check skips it)")
 
 
 def example_batch(model: Wav2Vec2EEForCTC, samples: int = 16_000) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,18 +127,16 @@ def read_policy(file: str | os.PathLike, exit_layers: list[int]) -> dict:
     """A calibrated policy for ``policy.json``: a saved policy of ``wav2vec2-ee calibrate`` (its
     ``exit_policy.json`` or ``calibration_<policy>.json``, or a ``policy.json``): ``{"policy", "value",
     "max_layer", ...}`` and, for the learned policy, its ``model``; checked to build for ``exit_layers``."""
-    from ..inference.policies import policy_from_saved, read_saved_policy
-
     file = Path(file)
     values = read_saved_policy(file)
     max_layer = values.get("max_layer")
     if max_layer is not None and int(max_layer) not in exit_layers:
-        raise ValueError(f"{file}: max_layer {max_layer} is not an exit layer of the model ({exit_layers})")
+        raise UserError(f"{file}: max_layer {max_layer} is not an exit layer of the model ({exit_layers})")
     policy = policy_from_saved(values, str(file))
     try:
         policy.deepest_exit(exit_layers)  # a learned model fitted for other exits
     except ValueError as err:
-        raise ValueError(f"{file}: {err}") from err
+        raise UserError(f"{file}: {err}") from err
     keep = (
         "format",
         "version",
@@ -230,6 +240,7 @@ def export_model(
     """
     from ..vocab import build_processor
 
+    require_onnx(int8, check)
     folder = Path(folder)
     say = progress or (lambda line: None)
     model = model.float().eval()
@@ -292,11 +303,11 @@ def export_checkpoint(
     check: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> ExportSummary:
-    """Load a checkpoint (plain, not accelerated; :func:`~wav2vec2_ee.modeling.load_model`) with its
+    """Load a checkpoint (plain, not accelerated; :func:`~wav2vec2_ee.loading.load_model`) with its
     processor and :func:`export_model` it. Without ``policy``, the checkpoint's saved policy
     (``exit_policy.json`` of ``calibrate --save-policy``) is copied in when it has one."""
-    from ..inference.policies import SAVED_POLICY
-    from ..modeling import load_config, load_model
+    require_onnx(int8, check)  # before anything is read
+    from ..loading import load_config, load_model
     from ..vocab import build_processor
 
     if policy is None and (Path(checkpoint) / SAVED_POLICY).is_file():

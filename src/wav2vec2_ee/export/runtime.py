@@ -4,7 +4,8 @@
 them as :meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.iter_exits` runs the encoder: one
 :class:`OnnxExitStep` per exit, shallow to deep; :meth:`OnnxExitStep.retain` drops the other rows
 before the next block (the padding no remaining row needs is trimmed), and the chain stops when no
-row remains or at the deepest exit asked for.
+row remains or at the deepest exit asked for. :func:`exported_policy_values` reads the folder's saved exit
+policy (``policy.json``) with the one saved-policy reader, :func:`~wav2vec2_ee.policy_core.read_saved_policy`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import UserError
+from ..policy_core import read_saved_policy
 
 #: The manifest of an exported folder.
 MANIFEST = "export.json"
@@ -43,11 +47,8 @@ class OnnxSegments:
         return len(self.heads)
 
     def policy(self) -> dict | None:
-        """The folder's calibrated policy (``policy.json``), or ``None``."""
-        name = self.manifest.get("policy")
-        if not name:
-            return None
-        return json.loads((self.folder / name).read_text(encoding="utf-8"))
+        """The folder's calibrated policy (``policy.json``, checked: :func:`exported_policy_values`), or ``None``."""
+        return _policy_values(self.folder, self.manifest)
 
 
 @dataclass
@@ -85,17 +86,32 @@ def _session(path: Path, options, providers):
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
-    """``export.json`` of an exported folder (a ``ValueError`` naming the file when it is not one)."""
+    """``export.json`` of an exported folder (a ``UserError`` naming the file when it is not one)."""
     file = Path(folder) / MANIFEST
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such file (not a folder written by `wav2vec2-ee export`)")
     try:
         manifest = json.loads(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file}: not valid JSON ({err})") from err
+        raise UserError(f"{file}: not valid JSON ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ValueError(f"{file}: not a {FORMAT} manifest")
+        raise UserError(f"{file}: not a {FORMAT} manifest")
     return manifest
+
+
+def _policy_values(folder: Path, manifest: dict) -> dict | None:
+    name = manifest.get("policy")
+    if not name:
+        return None
+    if not isinstance(name, str):
+        raise UserError(f"{folder / MANIFEST}: policy must be a file name, got {name!r}")
+    return read_saved_policy(folder / name)
+
+
+def exported_policy_values(folder: str | os.PathLike) -> dict | None:
+    """The saved exit policy an exported folder names in ``export.json`` (its ``policy.json``, checked by
+    :func:`~wav2vec2_ee.policy_core.read_saved_policy`) as its JSON object; ``None`` when it has none."""
+    return _policy_values(Path(folder), read_manifest(folder))
 
 
 def load_segments(
@@ -126,9 +142,9 @@ def load_segments(
     if precision is None:
         precision = "int8" if has_int8 else "float"
     if precision not in ("float", "int8"):
-        raise ValueError(f"precision must be 'float' or 'int8', got {precision!r}")
+        raise UserError(f"precision must be 'float' or 'int8', got {precision!r}")
     if precision == "int8" and not has_int8:
-        raise ValueError(f"{folder}: no int8 segments (export with --int8)")
+        raise UserError(f"{folder}: no int8 segments (export with --int8)")
     key = "int8_file" if precision == "int8" else "file"
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")

@@ -1,40 +1,41 @@
 """Dynamic early-exit inference: the layer-by-layer engine, exit policies, ``Transcriber``, sweeps and
 threshold calibration.
 
-* :mod:`.policies`: ``build_policy(name, **params)`` and the policy classes (fixed, entropy,
-  confidence, posterior, patience, learned, layer budget, oracle); saved policies (``exit_policy.json``).
-* :mod:`.learned`: the learned policy's features, its model (plain tensor arithmetic) and its fit.
+* the policies: ``build_policy(name, **params)`` and the policy classes (fixed, entropy, confidence,
+  posterior, patience, learned, layer budget, oracle), saved policies (``exit_policy.json``): torch-free,
+  in :mod:`wav2vec2_ee.policy_core` (shared with :mod:`wav2vec2_ee.lite`), re-exported here;
+* :mod:`.policies`: what they see in PyTorch (``ExitView``, the statistics' torch kernels, ``Decoders``).
+* :mod:`.learned`: the learned policy's torch features, its fitted model (tensors) and its fit.
 * :mod:`.engine`: ``run_early_exit`` (stops computing: exited utterances leave the batch).
 * :mod:`.transcriber`: ``Transcriber(model, policy).transcribe(paths_or_arrays)``.
-* :mod:`.table`, :mod:`.sweep`, :mod:`.calibrate`, :mod:`.timing`: trade-off sweeps (simulated WER and
-  layers, measured wall time) and threshold calibration on a dev split.
+* :mod:`.table`, :mod:`.search`, :mod:`.sweep`, :mod:`.calibrate`, :mod:`.timing`: trade-off sweeps
+  (simulated WER and layers, measured wall time) and threshold calibration on a dev split.
 """
 
-from .calibrate import Calibration, calibrate_table, choose_operating_point
-from .engine import EarlyExitResult, full_forward, run_early_exit
-from .learned import FEATURES, LearnedModel, fit_exit_model
-from .policies import (
+from ..policy_core import (
+    FEATURES,
     POLICIES,
     POLICY_NAMES,
     SAVED_POLICY,
     ConfidenceThreshold,
-    Decoders,
     EntropyThreshold,
     ExitPolicy,
-    ExitView,
     FixedExit,
     LayerBudget,
     LearnedExit,
     OracleExit,
     Patience,
     PosteriorThreshold,
-    ScheduledExit,
     ThresholdPolicy,
     build_policy,
     load_saved_policy,
     policy_from_saved,
     policy_with_value,
 )
+from .calibrate import Calibration, calibrate_table, choose_operating_point
+from .engine import EarlyExitResult, full_forward, run_early_exit
+from .learned import LearnedModel, fit_exit_model
+from .policies import Decoders, ExitView, ScheduledExit
 from .table import (
     ExitTable,
     OperatingPoint,

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..device import check_runtime_options
+from ..errors import UserError
 from ..evaluation.decoder_spec import LexiconDecoderSpec
-from .policies import POLICIES, POLICY_NAMES
+from ..policy_core import POLICIES, POLICY_NAMES
+from .chunking import check_chunking
 
 
 @dataclass
@@ -146,15 +148,13 @@ class TranscribeArguments:
     def __post_init__(self) -> None:
         check_runtime_options(self.num_threads, self.batch_size, self.max_batch_seconds)
         if self.max_seconds is not None and not float(self.max_seconds) > 0:
-            raise ValueError(f"--max-seconds must be a number > 0, got {self.max_seconds}")
+            raise UserError(f"--max-seconds must be a number > 0, got {self.max_seconds}")
         _check_max_layer_flag(self.max_layer)  # the value flags: policy_from_flags (inference/cli.py)
-        from .transcriber import check_chunking  # (the transcriber imports this package)
-
         check_chunking(self.chunk_seconds, self.stride_seconds)
         if self.output is not None and not self.output.lower().endswith((".jsonl", ".csv")):
-            raise ValueError(f"--output {self.output}: must end in .jsonl or .csv")
+            raise UserError(f"--output {self.output}: must end in .jsonl or .csv")
         if self.resume and self.output is None:
-            raise ValueError("--resume needs --output FILE (the results to continue)")
+            raise UserError("--resume needs --output FILE (the results to continue)")
 
 
 @dataclass
@@ -314,9 +314,9 @@ class CalibrateArguments(ExitTableArguments):
             for value in self.thresholds or []:
                 _check_value(cls, "--thresholds", value)
         if not self.learned_l2 >= 0:
-            raise ValueError(f"--learned-l2 must be >= 0, got {self.learned_l2}")
+            raise UserError(f"--learned-l2 must be >= 0, got {self.learned_l2}")
         if self.output is not None and not self.save_policy:
-            raise ValueError("--output is where --save-policy writes: pass --save-policy too")
+            raise UserError("--output is where --save-policy writes: pass --save-policy too")
 
 
 def _one_split(split: str | None, splits: list[str] | None) -> tuple[str | None, list[str] | None]:
@@ -328,7 +328,7 @@ def _one_split(split: str | None, splits: list[str] | None) -> tuple[str | None,
         splits = [splits]
     if splits:
         if len(splits) != 1:
-            raise ValueError(f"--splits takes one split here, got {len(splits)}: {' '.join(splits)}")
+            raise UserError(f"--splits takes one split here, got {len(splits)}: {' '.join(splits)}")
         return splits[0], list(splits)
     return None, None
 
@@ -339,14 +339,14 @@ def _check_max_layer_flag(max_layer: int | None) -> None:
     if max_layer is not None and (
         isinstance(max_layer, bool) or int(max_layer) != max_layer or max_layer < 1
     ):
-        raise ValueError(
+        raise UserError(
             f"--max-layer must be one of the model's exit layers (an integer >= 1), got {max_layer}"
         )
 
 
 def _check_hidden(hidden: int) -> None:
     if isinstance(hidden, bool) or int(hidden) != hidden or hidden < 0:
-        raise ValueError(f"--learned-hidden must be an integer >= 0 (0: logistic regression), got {hidden}")
+        raise UserError(f"--learned-hidden must be an integer >= 0 (0: logistic regression), got {hidden}")
 
 
 def _check_value(cls, flag: str, value: float) -> None:
@@ -354,7 +354,7 @@ def _check_value(cls, flag: str, value: float) -> None:
     try:
         cls.check_value(value)
     except ValueError as err:
-        raise ValueError(f"{flag} {value}: {err}") from None
+        raise UserError(f"{flag} {value}: {err}") from None
 
 
 def posterior_spec(
@@ -378,7 +378,7 @@ def scoring_spec(
     if not scoring.score_lm_order:
         return None
     if not source.lexicon_from:
-        raise ValueError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
+        raise UserError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
     return LexiconDecoderSpec(
         lexicon=lexicon.lexicon,
         lexicon_from=source.lexicon_from,

@@ -7,11 +7,12 @@ every distinct decision is tried (all midpoints between observed values of the s
 choice is the exact optimum of the rule on dev. A test split, when given, only receives the chosen
 value: nothing is tuned on it.
 
-The learned policy (``--policy learned``) is first fitted on the dev table (:meth:`~.policies.LearnedExit.fit`),
+The learned policy (``--policy learned``) is first fitted on the dev table (:func:`~.search.fit_learned`),
 then its threshold is chosen by the same rule on the same dev table; the test split is only scored.
 
 ``--save-policy`` writes the outcome as a saved policy (:func:`saved_policy`, format
-:data:`~.policies.SAVED_POLICY_FORMAT`) to ``<checkpoint>/exit_policy.json`` (or ``--output``), where
+:data:`~wav2vec2_ee.policy_core.SAVED_POLICY_FORMAT`, written by
+:func:`~wav2vec2_ee.policy_core.write_saved_policy`) to ``<checkpoint>/exit_policy.json`` (or ``--output``), where
 ``transcribe`` and :class:`~.transcriber.Transcriber` pick it up when no policy is named and ``export``
 copies it in as ``policy.json``.
 """
@@ -28,9 +29,20 @@ from pathlib import Path
 import torch
 
 from ..device import DeviceArguments, default_batching
+from ..errors import UserError
 from ..evaluation.model import load_evaluation_model
-from ..evaluation.results import atomic_write_json
 from ..options import resolve_options
+from ..policy_core import (
+    POLICIES,
+    SAVED_POLICY,
+    SAVED_POLICY_FORMAT,
+    SAVED_POLICY_VERSION,
+    ExitPolicy,
+    LayerBudget,
+    OracleExit,
+    policy_with_value,
+    write_saved_policy,
+)
 from .arguments import (
     CalibrateArguments,
     LexiconArguments,
@@ -39,15 +51,7 @@ from .arguments import (
     posterior_spec,
     scoring_spec,
 )
-from .policies import (
-    POLICIES,
-    SAVED_POLICY,
-    SAVED_POLICY_FORMAT,
-    ExitPolicy,
-    LayerBudget,
-    OracleExit,
-    policy_with_value,
-)
+from .search import fit_policy
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -74,17 +78,17 @@ def choose_operating_point(
     ``reference_wer * (1 + max_wer_increase)``; ties go to the lower WER, then the safer value.
 
     Raises:
-        ValueError: when no point qualifies.
+        UserError: when no point qualifies.
     """
     if max_wer_increase < 0 or math.isnan(max_wer_increase):
-        raise ValueError(
+        raise UserError(
             f"--max-wer-increase must be >= 0 (a relative increase, 0.05 = 5 %), got {max_wer_increase}"
         )
     limit = reference_wer * (1.0 + max_wer_increase)
     eligible = [p for p in points if p.wer <= limit + 1e-12]
     if not eligible:
         best = min(points, key=lambda p: p.wer)
-        raise ValueError(
+        raise UserError(
             f"no {points[0].policy} threshold keeps WER within {100 * limit:.2f} % "
             f"(+{100 * max_wer_increase:g} % of {100 * reference_wer:.2f} %); the best reaches "
             f"{100 * best.wer:.2f} % ({best.label})"
@@ -111,7 +115,7 @@ class Calibration:
     #: the oracle on the dev split (every exit allowed up to ``max_layer``): ``{"wer", "mean_layers"}``
     oracle: dict = field(default_factory=dict)
     #: the policy's fitted arguments (the learned model, fitted on the dev split); saved by
-    #: :meth:`to_dict` as the policy's :meth:`~.policies.ExitPolicy.saved_fields`
+    #: :meth:`to_dict` as the policy's :meth:`~wav2vec2_ee.policy_core.ExitPolicy.saved_fields`
     fitted: dict = field(default_factory=dict, repr=False)
 
     def build(self) -> ExitPolicy:
@@ -146,15 +150,15 @@ def calibrate_table(
     """Choose ``policy``'s parameter on ``table`` (every distinct decision unless ``values`` are given).
 
     A fitted policy (the learned one) uses ``fitted`` (``{"model": ...}``) or, without it, is fitted on
-    ``table`` first (:meth:`~.policies.ExitPolicy.fit` with ``fit_settings``, e.g. ``hidden``)."""
+    ``table`` first (:func:`~.search.fit_policy` with ``fit_settings``, e.g. ``hidden``)."""
     if policy not in POLICIES or POLICIES[policy].parameter is None:
         tunable = [n for n, c in POLICIES.items() if c.parameter is not None]
-        raise ValueError(
+        raise UserError(
             f"cannot calibrate {policy!r}: choose a policy with a parameter: {', '.join(tunable)}"
         )
     cls = POLICIES[policy]
     if cls.fitted_arguments and not fitted:
-        fitted = cls.fit(table, max_layer, **(fit_settings or {}))
+        fitted = fit_policy(cls, table, max_layer, **(fit_settings or {}))
     fitted = dict(fitted or {})
     grid = list(values) if values else threshold_grid(table, policy, None, max_layer, fitted)
     points = [evaluate_policy(table, policy_with_value(policy, v, max_layer, **fitted))[0] for v in grid]
@@ -218,7 +222,7 @@ def saved_policy(calibration: Calibration, checkpoint: str | os.PathLike | None 
     policy, its value and budget, the dev figures (WER and mean layers at the chosen value, the final
     exit's and the oracle's), the test figures when a test split was given, and what the policy itself
     saves (the learned model: features, standardisation, weights and how it was fitted)."""
-    out = {"format": SAVED_POLICY_FORMAT, "version": 1}
+    out = {"format": SAVED_POLICY_FORMAT, "version": SAVED_POLICY_VERSION}
     if checkpoint is not None:
         out["checkpoint"] = str(Path(checkpoint).resolve())
     out["exit_layers"] = sorted(int(k) for k in calibration.dev.exit_counts)
@@ -281,7 +285,7 @@ def run_calibration(
     )
     policy, data, progress = args.policy, args.data, args.progress
     if policy not in POLICIES:
-        raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
+        raise UserError(f"unknown --policy {policy!r}: choose from {', '.join(POLICIES)}")
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
     em = load_evaluation_model(checkpoint, device=device.device, dtype=device.dtype)
@@ -314,11 +318,11 @@ def run_calibration(
         out = Path(output_dir)
         for name, table in tables.items():
             write_exit_table(table, out / f"{name}_exit_table.jsonl")
-        atomic_write_json(out / f"calibration_{policy}.json", saved_policy(result, checkpoint))
+        write_saved_policy(out / f"calibration_{policy}.json", saved_policy(result, checkpoint))
     saved_to = None
     if args.save_policy:
         saved_to = saved_policy_path(checkpoint, args.output)
-        atomic_write_json(saved_to, saved_policy(result, checkpoint))
+        write_saved_policy(saved_to, saved_policy(result, checkpoint))
     if args.json:
         print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
     else:

@@ -27,6 +27,8 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..device import DeviceArguments
+from ..errors import UserError
+from ..policy_core import POLICIES, check_max_layer, policy_from_flags, wants_saved_policy
 from .arguments import (
     CalibrateArguments,
     LexiconArguments,
@@ -36,24 +38,15 @@ from .arguments import (
     TranscribeArguments,
     posterior_spec,
 )
-from .policies import (
-    POLICIES,
-    POLICY_NAMES,
-    ExitPolicy,
-    FixedExit,
-    LayerBudget,
-    check_max_layer,
-    policy_from_saved,
-    policy_with_value,
-)
 
 # --------------------------------------------------------------------------------------------------
 # shared pieces
 
 
-def _raise_value_error(message: str):
-    """argparse's error hook: ``wav2vec2-ee`` prints a ``ValueError`` as one ``error:`` line (exit 2)."""
-    raise ValueError(message)
+def _raise_user_error(message: str):
+    """argparse's error hook: ``wav2vec2-ee`` prints a :class:`~wav2vec2_ee.errors.UserError` as one
+    ``error:`` line (exit 2)."""
+    raise UserError(message)
 
 
 def _parser(dataclass_types, prog: str, description: str) -> HfArgumentParser:
@@ -62,7 +55,7 @@ def _parser(dataclass_types, prog: str, description: str) -> HfArgumentParser:
     parser = HfArgumentParser(
         dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter
     )
-    parser.error = _raise_value_error
+    parser.error = _raise_user_error
     return finish_parser(parser, prog.split()[-1])
 
 
@@ -72,7 +65,7 @@ def _check_max_layer(checkpoint: str, max_layer: int | None) -> None:
     if max_layer is None or not Path(checkpoint, "config.json").is_file():
         return  # no budget; a missing checkpoint is reported by the loader
     from ..evaluation.model import checkpoint_has_exits
-    from ..modeling import load_config
+    from ..loading import load_config
 
     if checkpoint_has_exits(checkpoint):
         layers = load_config(checkpoint).exit_layers
@@ -90,60 +83,6 @@ def _logging(quiet: bool = False) -> None:
 
 # --------------------------------------------------------------------------------------------------
 # transcribe
-
-
-_VALUE_FLAGS = {"threshold": "--threshold", "patience": "--patience", "layer": "--layer"}
-
-
-def policy_from_flags(
-    policy: str | None,
-    threshold: float | None = None,
-    patience: int | None = None,
-    layer: int | None = None,
-    max_layer: int | None = None,
-    saved: dict | None = None,
-) -> ExitPolicy:
-    """The policy named by ``--policy`` and its value flag (``--threshold``, ``--patience``, ``--layer``).
-
-    ``saved``: the checkpoint's saved policy (its JSON object, :func:`~.transcriber.saved_policy_values`):
-    without ``--policy``, that policy (under ``--max-layer`` when given), else the last exit; a fitted
-    policy named by ``--policy`` (learned) takes its fitted model from it, and its value unless given."""
-    given = {"threshold": threshold, "patience": patience, "layer": layer}
-    if policy is None:
-        stray = [_VALUE_FLAGS[k] for k, v in given.items() if v is not None]
-        if stray:
-            raise ValueError(f"{' '.join(stray)} needs --policy (the policy it is the value of)")
-        base = policy_from_saved(saved, "the saved exit policy") if saved is not None else FixedExit()
-        return base if max_layer is None else LayerBudget(base, max_layer)
-    if policy not in POLICY_NAMES:
-        raise ValueError(f"unknown --policy {policy!r}: choose from {', '.join(POLICY_NAMES)}")
-    cls = POLICIES.get(policy)
-    if cls is not None and cls.needs_references:
-        raise ValueError(f"--policy {policy} needs the reference transcripts: it exists only in `sweep`")
-    wanted = cls.parameter if cls is not None else None
-    stray = [_VALUE_FLAGS[k] for k, v in given.items() if v is not None and k != wanted]
-    if stray:
-        needs = f"takes {_VALUE_FLAGS[wanted]}" if wanted else "takes only --max-layer"
-        raise ValueError(f"--policy {policy} {needs}, not {' '.join(stray)}")
-    value = given.get(wanted) if wanted else None
-    fitted: dict = {}
-    if cls is not None and cls.fitted_arguments:
-        if saved is None or saved.get("policy") != policy:
-            raise ValueError(
-                f"--policy {policy} needs its fitted model: the checkpoint has no saved {policy} policy "
-                f"(fit and save one: wav2vec2-ee calibrate CHECKPOINT --policy {policy} --save-policy)"
-            )
-        fitted = cls.fitted_from_saved(saved)
-        value = saved.get("value") if value is None else value
-    if wanted and cls.parameter_required and value is None:
-        example = f"{_VALUE_FLAGS[wanted]} {cls.example_value}"
-        raise ValueError(f"--policy {policy} needs {_VALUE_FLAGS[wanted]} (e.g. {example})")
-    if value is not None:
-        try:
-            cls.check_value(value)
-        except ValueError as err:  # the range, with the flag that gave the value
-            raise ValueError(f"{_VALUE_FLAGS[wanted]} {value}: {err}") from None
-    return policy_with_value(policy, value, max_layer, **fitted)
 
 
 def _transcribe_parser() -> HfArgumentParser:
@@ -179,7 +118,7 @@ def transcribe_main(argv: list[str] | None = None) -> int:
     _logging(quiet=True)
     missing = [a for a in positional.audio if not os.path.exists(a)]
     if missing:
-        raise ValueError(f"{', '.join(missing)}: no such file")
+        raise UserError(f"{', '.join(missing)}: no such file")
     log = _transcription_log(args)
     transcriber = _transcriber(args, lex, device, positional.checkpoint)
     if log is None:
@@ -197,7 +136,7 @@ def _transcription_log(args: TranscribeArguments):
     from ..evaluation.results import TranscriptionLog
 
     if os.path.exists(args.output) and not args.resume:
-        raise ValueError(
+        raise UserError(
             f"--output {args.output} exists: pass --resume to continue it (its files are skipped), or remove it"
         )
     return TranscriptionLog(args.output)
@@ -212,9 +151,7 @@ def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: Devic
 
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
-    cls = POLICIES.get(args.policy) if args.policy is not None else None
-    wants_saved = args.policy is None or (cls is not None and bool(cls.fitted_arguments))
-    saved = saved_policy_values(checkpoint) if wants_saved else None
+    saved = saved_policy_values(checkpoint) if wants_saved_policy(args.policy) else None
     policy = policy_from_flags(args.policy, args.threshold, args.patience, args.layer, args.max_layer, saved)
     common = dict(
         batch_size=args.batch_size,
@@ -232,7 +169,7 @@ def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: Devic
     name = policy.describe()["policy"]  # the named or the saved policy
     if POLICIES.get(name) is not None and POLICIES[name].needs_lexicon:
         if not lex.lexicon:
-            raise ValueError(f"--policy {name} needs --lexicon FILE (the words the beam search may output)")
+            raise UserError(f"--policy {name} needs --lexicon FILE (the words the beam search may output)")
         spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
         transcriber.decoders.lexicon_decoder = spec.build()
     return transcriber

@@ -13,7 +13,8 @@ segments of an exported folder run by ``onnxruntime``
 (:class:`~wav2vec2_ee.export.source.OnnxExitSource`, or an :class:`~wav2vec2_ee.export.OnnxSegments`,
 wrapped on the fly); any object with ``exit_layers`` and ``iter_exits(input_values, attention_mask,
 exits)`` yielding steps with ``exit_index, layer, logits, output_lengths, rows`` (torch tensors) and
-``retain(keep)`` works. The policies see the same :class:`~.policies.ExitView` s on every source.
+``retain(keep)`` works. The policies see the same :class:`~.policies.ExitView` s on every source. The loop
+over the exits is :func:`~wav2vec2_ee.policy_core.exit_loop`, which the torch-free runtime runs too.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 
 from ..device import synchronize
 from ..modeling import Wav2Vec2EEForCTC
-from .policies import Decoders, ExitPolicy, ExitView
+from ..policy_core import ExitPolicy, exit_loop
+from .policies import Decoders, ExitView
 
 
 @runtime_checkable
@@ -178,22 +180,17 @@ def run_early_exit(
     answers = _Answers(
         len(input_values), layers, decoders.tokenizer is not None, return_logits, start, input_values.device
     )
-    history: list[ExitView] = []  # the exits so far, restricted to the utterances still running
-    for step in source.iter_exits(input_values, attention_mask, range(deepest + 1)):
-        logits = step.logits.float()  # float32 statistics under an autocast --dtype too
-        history.append(
-            ExitView(step.exit_index, step.layer, step.rows, logits, step.output_lengths, decoders)
-        )
-        if step.exit_index == deepest:
-            answers.record(history[-1])
-            break
-        stop = policy.should_exit(history).to(device="cpu", dtype=torch.bool)
-        if not bool(stop.any()):
-            continue
-        answers.record(history[-1].select(stop.nonzero().squeeze(1)))
-        step.retain(~stop)
-        keep = (~stop).nonzero().squeeze(1)
-        history = [view.select(keep) for view in history]
+    exit_loop(
+        source.iter_exits(input_values, attention_mask, range(deepest + 1)),
+        deepest,
+        # float32 statistics under an autocast --dtype too
+        lambda step: ExitView(
+            step.exit_index, step.layer, step.rows, step.logits.float(), step.output_lengths, decoders
+        ),
+        lambda history: policy.should_exit(history).to(device="cpu", dtype=torch.bool),
+        lambda mask: mask.nonzero().squeeze(1),
+        answers.record,
+    )
     return answers.result()
 
 

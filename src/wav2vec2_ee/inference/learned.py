@@ -1,9 +1,10 @@
 """The learned exit policy's pieces: exit features, the model that scores them, and its fit.
 
-The policy itself is :class:`~.policies.LearnedExit` (``--policy learned``): at each exit it reads the
-features below for every running utterance, scores them with a :class:`LearnedModel` (the probability
-that stopping here costs no word errors) and stops where the score is at or above its threshold, which
-``calibrate`` chooses under a WER budget as for every threshold policy.
+The policy itself is :class:`~wav2vec2_ee.policy_core.LearnedExit` (``--policy learned``): at each exit it
+reads the features below for every running utterance, scores them with a :class:`LearnedModel` (the
+probability that stopping here costs no word errors) and stops where the score is at or above its
+threshold, which ``calibrate`` chooses under a WER budget as for every threshold policy (its fit on an
+exit table: :func:`~.search.fit_learned`).
 
 Features (:data:`FEATURES`; per utterance, at exit ``k``, from exit ``k``'s logits over the valid
 frames and exit ``k - 1``'s greedy transcript only: nothing deeper than the current exit):
@@ -21,12 +22,16 @@ frames and exit ``k - 1``'s greedy transcript only: nothing deeper than the curr
 ``log_frames``   ``log`` of the utterance's valid frames
 ================ ===========================================================================
 
-The model (:class:`LearnedModel`) is plain tensor arithmetic, so every engine applies it without extra
-dependencies (the numpy twin is :class:`wav2vec2_ee.lite.LearnedExit`)::
+The model (:class:`LearnedModel`: the fitted tensors) is plain arithmetic, validated, saved and scored by
+:class:`wav2vec2_ee.policy_core.LearnedWeights` (numpy, so the torch-free runtime applies it as well)::
 
     z = (x - mean) / std                  # x: (n, F) features, in float64
     a = tanh(z @ W + c)   (an MLP)   or   a = z   (logistic regression)
     p = sigmoid(a @ w + b)
+
+The features' names (:data:`FEATURES`), the word agreement (:func:`~wav2vec2_ee.policy_core.agreement`) and
+how the policy reads them from the exits so far (:func:`~wav2vec2_ee.policy_core.learned_features`) are in
+:mod:`wav2vec2_ee.policy_core` too; here are their torch kernels.
 
 :func:`fit_exit_model` fits it with ``torch`` (L-BFGS on the mean logistic loss plus ``l2`` times the
 squared weights) on the rows of a development split's exit table: one row per utterance and exit
@@ -36,8 +41,6 @@ more word errors than any deeper exit's).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,21 +48,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserError
 from ..objectives import frame_mask
+from ..policy_core import FEATURES, LOW_QUANTILE, LearnedWeights, agreement_array
 
-#: The features a learned model reads by default, in the order of its weights.
-FEATURES: tuple[str, ...] = (
-    "entropy",
-    "max_prob",
-    "max_prob_p10",
-    "margin",
-    "non_blank",
-    "agreement",
-    "exit_index",
-    "log_frames",
-)
-#: The quantile of the frames' largest probability behind ``max_prob_p10``.
-LOW_QUANTILE = 0.1
 #: What a label of 1 means (recorded with every fitted model).
 LABEL = "the exit's hypothesis has no more word errors than any deeper allowed exit's"
 
@@ -125,48 +117,22 @@ def log_frames(output_lengths: torch.Tensor) -> torch.Tensor:
     return output_lengths.to(torch.float32).clamp(min=1.0).log()
 
 
-def word_edit_distance(a: Sequence[str], b: Sequence[str]) -> int:
-    """Levenshtein distance between two word sequences (substitutions, insertions, deletions cost 1)."""
-    previous = list(range(len(b) + 1))
-    for i, word in enumerate(a, 1):
-        current = [i]
-        for j, other in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (word != other)))
-        previous = current
-    return previous[-1]
-
-
-def agreement(previous: str | None, current: str) -> float:
-    """``1 - d / max(1, len(a), len(b))`` over the words ``a`` of ``previous`` and ``b`` of ``current``
-    (``d``: :func:`word_edit_distance`); 0 without a previous transcript (the first exit)."""
-    if previous is None:
-        return 0.0
-    a, b = previous.split(), current.split()
-    return 1.0 - word_edit_distance(a, b) / max(1, len(a), len(b))
-
-
 def agreements(previous: Sequence[str] | None, current: Sequence[str]) -> torch.Tensor:
-    """``(n,)`` float32 :func:`agreement` of each utterance's transcripts (``previous=None``: zeros)."""
-    if previous is None:
-        return torch.zeros(len(current), dtype=torch.float32)
-    return torch.tensor([agreement(p, c) for p, c in zip(previous, current)], dtype=torch.float32)
+    """``(n,)`` float32 :func:`~wav2vec2_ee.policy_core.agreement` of each utterance's transcripts
+    (``previous=None``: zeros)."""
+    return torch.from_numpy(agreement_array(previous, current))
 
 
 # --------------------------------------------------------------------------------------------------
 # the model
 
 
-def _tensor(values, shape_hint: str) -> torch.Tensor:
-    try:
-        return torch.tensor(values, dtype=torch.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"learned model: {shape_hint} must be numbers ({err})") from None
-
-
 @dataclass
 class LearnedModel:
-    """Standardisation, then logistic regression (``hidden_weight`` ``None``) or a one-hidden-layer tanh
-    MLP: the score of :class:`~.policies.LearnedExit` (see the module docstring for the formula).
+    """The fitted tensors of a learned model (:func:`fit_exit_model`): standardisation, then logistic
+    regression (``hidden_weight`` ``None``) or a one-hidden-layer tanh MLP. Its checks, JSON form,
+    fingerprint and score are those of its :attr:`weights` (:class:`~wav2vec2_ee.policy_core.LearnedWeights`,
+    the formula in the module docstring), which :class:`~wav2vec2_ee.policy_core.LearnedExit` scores.
 
     Args:
         features: the feature names, in the order of the weights' rows (:data:`FEATURES`).
@@ -190,35 +156,49 @@ class LearnedModel:
 
     def __post_init__(self) -> None:
         self.features = tuple(self.features)
-        n = len(self.features)
-        if not n or len(set(self.features)) != n:
-            raise ValueError(f"learned model: features must be distinct names, got {list(self.features)}")
         self.mean, self.std = self.mean.double().reshape(-1), self.std.double().reshape(-1)
         self.weight = self.weight.double().reshape(-1)
         self.bias = float(self.bias)
-        if self.mean.numel() != n or self.std.numel() != n:
-            raise ValueError(f"learned model: mean and std need {n} values (one per feature)")
-        if not bool((self.std > 0).all()):
-            raise ValueError("learned model: every std must be > 0")
-        width = n
         if self.hidden_weight is not None:
             self.hidden_weight = self.hidden_weight.double()
             self.hidden_bias = (
-                torch.zeros(self.hidden_weight.shape[1], dtype=torch.float64)
+                torch.zeros(self.hidden_weight.shape[-1], dtype=torch.float64)
                 if self.hidden_bias is None
                 else self.hidden_bias.double().reshape(-1)
             )
-            if self.hidden_weight.dim() != 2 or self.hidden_weight.shape[0] != n:
-                raise ValueError(f"learned model: the hidden weight must be ({n}, hidden)")
-            width = self.hidden_weight.shape[1]
-            if self.hidden_bias.numel() != width:
-                raise ValueError(f"learned model: the hidden bias needs {width} values")
-        if self.weight.numel() != width:
-            raise ValueError(f"learned model: the output weight needs {width} values")
-        values = [self.mean, self.std, self.weight, torch.tensor([self.bias])]
-        values += [] if self.hidden_weight is None else [self.hidden_weight.flatten(), self.hidden_bias]
-        if not all(bool(torch.isfinite(v).all()) for v in values):
-            raise ValueError("learned model: every weight must be a finite number")
+        _ = self.weights  # checks every field: a UserError starting "learned model:"
+
+    @property
+    def weights(self) -> LearnedWeights:
+        """These tensors as :class:`~wav2vec2_ee.policy_core.LearnedWeights` (checked; shares their memory)."""
+        hidden = self.hidden_weight is not None
+        return LearnedWeights(
+            features=self.features,
+            mean=self.mean.detach().cpu().numpy(),
+            std=self.std.detach().cpu().numpy(),
+            weight=self.weight.detach().cpu().numpy(),
+            bias=self.bias,
+            hidden_weight=self.hidden_weight.detach().cpu().numpy() if hidden else None,  # type: ignore[union-attr]
+            hidden_bias=self.hidden_bias.detach().cpu().numpy() if hidden else None,  # type: ignore[union-attr]
+            exit_layers=self.exit_layers,
+            fit=self.fit,
+        )
+
+    @classmethod
+    def from_weights(cls, weights: LearnedWeights) -> LearnedModel:
+        """The tensors of :class:`~wav2vec2_ee.policy_core.LearnedWeights`."""
+        hidden = weights.hidden_weight is not None
+        return cls(
+            features=weights.features,
+            mean=torch.from_numpy(weights.mean),
+            std=torch.from_numpy(weights.std),
+            weight=torch.from_numpy(weights.weight),
+            bias=weights.bias,
+            hidden_weight=torch.from_numpy(weights.hidden_weight) if hidden else None,  # type: ignore[arg-type]
+            hidden_bias=torch.from_numpy(weights.hidden_bias) if hidden else None,  # type: ignore[arg-type]
+            exit_layers=weights.exit_layers,
+            fit=dict(weights.fit),
+        )
 
     @property
     def kind(self) -> str:
@@ -226,71 +206,25 @@ class LearnedModel:
 
     def logit(self, x: torch.Tensor) -> torch.Tensor:
         """``(n,)`` float64 logits of ``(n, F)`` features (columns in :attr:`features` order)."""
-        z = (x.to(torch.float64) - self.mean) / self.std
-        if self.hidden_weight is not None:
-            z = torch.tanh(z @ self.hidden_weight + self.hidden_bias)
-        return z @ self.weight + self.bias
+        return torch.from_numpy(self.weights.logit(x.detach().cpu().numpy()))
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """``(n,)`` float64 probabilities that stopping costs no errors, from ``(n, F)`` features."""
-        return torch.sigmoid(self.logit(x))
+        return torch.from_numpy(self.weights.score(x.detach().cpu().numpy()))
 
     def to_dict(self) -> dict:
         """The JSON form (``model`` of a saved exit policy); :meth:`from_dict` reads it back exactly."""
-        hidden = None
-        if self.hidden_weight is not None:
-            hidden = {
-                "weight": self.hidden_weight.tolist(),
-                "bias": self.hidden_bias.tolist(),  # type: ignore[union-attr]
-                "activation": "tanh",
-            }
-        return {
-            "kind": self.kind,
-            "features": list(self.features),
-            "low_quantile": LOW_QUANTILE,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "hidden": hidden,
-            "output": {"weight": self.weight.tolist(), "bias": self.bias},
-            "exit_layers": self.exit_layers,
-            "formula": "p = sigmoid(a . output.weight + output.bias), a = tanh(z @ hidden.weight + "
-            "hidden.bias) (or a = z without hidden), z = (x - mean) / std",
-            "fit": self.fit,
-        }
+        return self.weights.to_dict()
 
     @classmethod
     def from_dict(cls, values: Mapping) -> LearnedModel:
-        """A model from :meth:`to_dict`'s form (a ``ValueError`` naming what is missing otherwise)."""
-        if not isinstance(values, Mapping):
-            raise ValueError("learned model: expected an object with features, mean, std, output")
-        missing = [k for k in ("features", "mean", "std", "output") if k not in values]
-        if missing:
-            raise ValueError(f"learned model: missing {', '.join(missing)}")
-        quantile = values.get("low_quantile", LOW_QUANTILE)
-        if quantile != LOW_QUANTILE:
-            raise ValueError(f"learned model: low_quantile {quantile} (this version computes {LOW_QUANTILE})")
-        unknown = [f for f in values["features"] if f not in FEATURES]
-        if unknown:
-            raise ValueError(f"learned model: unknown features {unknown}: choose from {list(FEATURES)}")
-        output, hidden = values["output"], values.get("hidden")
-        layers = values.get("exit_layers")
-        return cls(
-            features=tuple(values["features"]),
-            mean=_tensor(values["mean"], "mean"),
-            std=_tensor(values["std"], "std"),
-            weight=_tensor(output["weight"], "output.weight"),
-            bias=float(output.get("bias", 0.0)),
-            hidden_weight=None if hidden is None else _tensor(hidden["weight"], "hidden.weight"),
-            hidden_bias=None if hidden is None else _tensor(hidden["bias"], "hidden.bias"),
-            exit_layers=None if layers is None else [int(x) for x in layers],
-            fit=dict(values.get("fit") or {}),
-        )
+        """A model from :meth:`to_dict`'s form (a ``UserError`` naming what is wrong otherwise)."""
+        return cls.from_weights(LearnedWeights.from_dict(values))
 
     @property
     def fingerprint(self) -> str:
         """A short hash of the weights (which model scored an exit table)."""
-        weights = {k: v for k, v in self.to_dict().items() if k != "fit"}
-        return hashlib.sha1(json.dumps(weights, sort_keys=True).encode()).hexdigest()[:16]
+        return self.weights.fingerprint
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,12 +266,12 @@ def fit_exit_model(
     if x.dim() != 2 or x.shape[1] != len(features):
         raise ValueError(f"features: expected (rows, {len(features)}), got {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError("no rows to fit the learned policy on (an exit table with one exit?)")
+        raise UserError("no rows to fit the learned policy on (an exit table with one exit?)")
     if hidden < 0 or l2 < 0:
         raise ValueError(f"hidden must be >= 0 and l2 >= 0, got {hidden} and {l2}")
     x, target = x.to(torch.float64), y.to(torch.float64).reshape(-1)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("features must be finite numbers (a statistic missing from the exit table?)")
+        raise UserError("features must be finite numbers (a statistic missing from the exit table?)")
     if sample_weight is None:
         w = torch.ones_like(target)
     else:

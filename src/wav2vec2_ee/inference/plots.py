@@ -6,8 +6,26 @@ import os
 from collections.abc import Sequence
 
 from ..evaluation.results import save_figure
-from .policies import POLICIES
+from ..policy_core import (
+    POLICIES,
+    ConfidenceThreshold,
+    FixedExit,
+    LearnedExit,
+    OracleExit,
+    Patience,
+    PosteriorThreshold,
+)
 from .table import OperatingPoint
+
+#: The matplotlib marker of each policy's curve (``o`` for the others).
+MARKERS: dict[str, str] = {
+    FixedExit.name: "s",
+    ConfidenceThreshold.name: "^",
+    PosteriorThreshold.name: "D",
+    Patience.name: "v",
+    LearnedExit.name: "P",
+    OracleExit.name: "*",
+}
 
 
 def _is_bound(point: OperatingPoint) -> bool:
@@ -23,7 +41,7 @@ def _panel(ax, points: Sequence[OperatingPoint], x_of, front_attr: str, xlabel: 
             ax.plot(
                 [x_of(p) for p in pts],
                 [100 * p.wer for p in pts],
-                marker=POLICIES[name].marker,
+                marker=MARKERS.get(name, "o"),
                 markersize=4,
                 linewidth=1,
                 label=name,

@@ -12,6 +12,7 @@ How each number is obtained:
   run (:mod:`.timing`). The timed run's own WER and mean layers are stored beside the simulated ones
   (``engine_wer``, ``engine_mean_layers``) as a check. The oracle is timed by scheduling each
   utterance's oracle exit (:class:`~.policies.ScheduledExit`): what a rule that guessed right would cost.
+* The values tried, the simulation and the learned policy's fit: :mod:`.search`.
 * The learned policy (``--policies learned``) needs a fitted model: ``--learned-policy exit_policy.json``
   (fitted and thresholded on dev by ``calibrate --policy learned --save-policy``; its calibrated threshold
   is added to the grid: on the test split, that point is the honest figure) or one fitted here on
@@ -36,10 +37,12 @@ from pathlib import Path
 import torch
 
 from ..device import DeviceArguments, default_batching
+from ..errors import UserError
 from ..evaluation.metrics import word_errors
 from ..evaluation.model import load_evaluation_model
 from ..evaluation.results import atomic_write_json, atomic_write_text, format_decisions_csv, format_points_csv
 from ..options import resolve_options
+from ..policy_core import POLICIES, FixedExit, policy_with_value, read_saved_policy
 from .arguments import (
     LexiconArguments,
     LexiconSourceArguments,
@@ -50,7 +53,8 @@ from .arguments import (
 )
 from .calibrate import split_exit_table
 from .plots import plot_tradeoff
-from .policies import POLICIES, Decoders, FixedExit, ScheduledExit, policy_with_value, read_saved_policy
+from .policies import Decoders, ScheduledExit
+from .search import ALWAYS_SWEPT, fit_policy
 from .table import (
     ExitTable,
     OperatingPoint,
@@ -82,17 +86,17 @@ def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> di
         try:
             if sep:
                 if name not in POLICIES or POLICIES[name].parameter is None:
-                    raise ValueError(f"--thresholds {item!r}: {name!r} is not a policy with a parameter")
+                    raise UserError(f"--thresholds {item!r}: {name!r} is not a policy with a parameter")
                 out.setdefault(name, []).extend(float(v) for v in values.split(",") if v)
             else:
                 bare.extend(float(v) for v in item.split(",") if v)
         except ValueError as err:
             if "policy" in str(err):
                 raise
-            raise ValueError(f"--thresholds {item!r}: expected POLICY=V1,V2,... or numbers") from err
+            raise UserError(f"--thresholds {item!r}: expected POLICY=V1,V2,... or numbers") from err
     if bare:
         if len(policies) != 1:
-            raise ValueError(
+            raise UserError(
                 f"--thresholds {' '.join(items or [])}: with several policies write POLICY=V1,V2 (e.g. entropy=0.2,0.4)"
             )
         out.setdefault(policies[0], []).extend(bare)
@@ -117,13 +121,13 @@ def sweep_points(
     Returns:
         ``(point, exits)`` pairs, ``exits`` ``(n,)`` the 0-based exit per utterance.
     """
-    always = [name for name, cls in POLICIES.items() if cls.always_swept]  # every fixed exit, the oracle
+    always = list(ALWAYS_SWEPT)  # every fixed exit, the oracle
     names = [*always, *[p for p in dict.fromkeys(policies) if p not in always]]
     out = []
     for name in names:
         arguments = dict((fitted or {}).get(name) or {})
         if POLICIES[name].fitted_arguments and not arguments:
-            raise ValueError(f"the {name} policy needs a fitted model (--learned-policy, or --fit-split)")
+            raise UserError(f"the {name} policy needs a fitted model (--learned-policy, or --fit-split)")
         given = (thresholds or {}).get(name)
         values = list(given) if given else threshold_grid(table, name, num_thresholds, max_layer, arguments)
         values += [v for v in (also or {}).get(name, []) if v not in values]
@@ -233,11 +237,11 @@ def run_sweep(
     policies = list(dict.fromkeys(args.policies))
     bad = [p for p in policies if p not in POLICIES]
     if bad:
-        raise ValueError(f"unknown --policies {bad}: choose from {', '.join(POLICIES)}")
+        raise UserError(f"unknown --policies {bad}: choose from {', '.join(POLICIES)}")
     if args.timing not in TIMING_MODES:
-        raise ValueError(f"unknown --timing {args.timing!r}: choose from {', '.join(TIMING_MODES)}")
+        raise UserError(f"unknown --timing {args.timing!r}: choose from {', '.join(TIMING_MODES)}")
     if args.num_thresholds < 2:
-        raise ValueError(f"--num-thresholds must be >= 2, got {args.num_thresholds}")
+        raise UserError(f"--num-thresholds must be >= 2, got {args.num_thresholds}")
     overrides = parse_thresholds(args.thresholds, [p for p in policies if POLICIES[p].parameter is not None])
     if args.num_threads:
         torch.set_num_threads(int(args.num_threads))
@@ -265,9 +269,7 @@ def run_sweep(
     seconds: dict[str, float] = {}
     if args.timing != "none":
         chosen = [
-            (p, e)
-            for p, e in results
-            if args.timing == "all" or p.pareto_layers or POLICIES[p.policy].always_swept
+            (p, e) for p, e in results if args.timing == "all" or p.pareto_layers or p.policy in ALWAYS_SWEPT
         ]
         seconds = time_points(em, table, prepared, chosen, decoders, args.repeats, *batching)
     summary = _write_sweep(checkpoint, output_dir, args, device, em, name, table, results, seconds, fits)
@@ -291,7 +293,7 @@ def fitted_policies(
         if args.learned_policy is not None:
             values = read_saved_policy(args.learned_policy)
             if values["policy"] != policy:
-                raise ValueError(
+                raise UserError(
                     f"--learned-policy {args.learned_policy}: a {values['policy']} policy, not {policy}"
                 )
             fitted[policy] = cls.fitted_from_saved(values)
@@ -312,7 +314,7 @@ def fitted_policies(
                     em, args.data, args.fit_split, None, scoring_decoder, batching, args.progress
                 )
             settings = {"hidden": args.learned_hidden, "split": fit_name}
-            fitted[policy] = cls.fit(fit_table, args.max_layer, **settings)
+            fitted[policy] = fit_policy(cls, fit_table, args.max_layer, **settings)
             info[policy] = {
                 "source": f"fitted on {fit_name}",
                 "fit_split": fit_name,

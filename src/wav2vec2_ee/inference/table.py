@@ -1,9 +1,9 @@
 """Every exit's outputs on a split, and policies simulated on them (the basis of ``sweep`` / ``calibrate``).
 
-A policy's decision depends only on exit outputs (see :mod:`.policies`), so one encoder pass per
-batch that computes every exit (:func:`compute_exit_table`) is enough to get the exact exit, WER and
-layers computed of any policy at any threshold (:func:`evaluate_policy`). Wall time cannot be
-simulated: :mod:`.timing` measures it by running the engine.
+A policy's decision depends only on exit outputs (see :mod:`wav2vec2_ee.policy_core`), so one encoder
+pass per batch that computes every exit (:func:`compute_exit_table`) is enough to get the exact exit, WER
+and layers computed of any policy at any threshold (:func:`evaluate_policy`, simulated by :mod:`.search`).
+Wall time cannot be simulated: :mod:`.timing` measures it by running the engine.
 
 Definitions used throughout:
 
@@ -27,14 +27,17 @@ from tqdm.auto import tqdm
 
 from ..data import PreparedUtterance, SpeechDataset, resolve_splits
 from ..data import load_prepared_split as prepare_split
+from ..errors import UserError
 from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode_exits, nbest_posterior
 from ..evaluation.engine import iter_exit_logits
 from ..evaluation.metrics import mean_frame_entropy, mean_max_prob, word_errors
 from ..evaluation.model import EvaluationModel, min_duration_for_ctc
 from ..evaluation.results import write_jsonl
+from ..policy_core import POLICIES, ExitPolicy, policy_with_value
 from ..vocab import normalize_transcript
 from .learned import agreements, log_frames, low_quantile_max_prob, mean_top_margin, non_blank_share
-from .policies import POLICIES, ExitPolicy, ExitView, policy_with_value
+from .policies import ExitView
+from .search import candidate_values, prepare, score_table, simulate
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,7 @@ def load_prepared_split(
     """``(name, utterances)`` of one split of ``data`` (a manifest is one split), ready for the model."""
     pairs = resolve_splits(data, [split] if split else None)
     if len(pairs) != 1:
-        raise ValueError(f"{data}: name one split with --split (e.g. dev)")
+        raise UserError(f"{data}: name one split with --split (e.g. dev)")
     name, which = pairs[0]
     prepared, _ = prepare_split(data, name, which, em.tokenizer, min_duration_for_ctc(em.model), progress)
     return name, prepared
@@ -70,7 +73,7 @@ class ExitTable:
         stats: ``{name: (exits, n) float32}`` per-utterance exit statistics (``entropy``,
             ``max_prob``, the learned policy's features ``max_prob_p10``, ``margin``, ``non_blank``,
             ``log_frames``, ``agreement`` (:mod:`.learned`), and ``posterior`` when a lexicon decoder was
-            given); a fitted policy adds its score (``learned``, :meth:`~.policies.ExitPolicy.prepare`).
+            given); a fitted policy adds its score (``learned``, :func:`~.search.prepare`).
         errors: ``(exits, n)`` long word errors of each hypothesis.
         reference_words: ``(n,)`` long.
         audio_seconds: ``(n,)`` durations.
@@ -322,9 +325,9 @@ def point_from_exits(table: ExitTable, policy: ExitPolicy, exits: torch.Tensor) 
 
 def evaluate_policy(table: ExitTable, policy: ExitPolicy) -> tuple[OperatingPoint, torch.Tensor]:
     """Simulate ``policy`` on the table: its operating point and ``(n,)`` exit per utterance (a fitted
-    policy first adds its score to the table, :meth:`~.policies.ExitPolicy.prepare`)."""
-    policy.prepare(table)
-    exits = policy.simulate(table.views(), table.errors)
+    policy first adds its score to the table, :func:`~.search.prepare`)."""
+    prepare(policy, table)
+    exits = simulate(policy, table.views(), table.errors)
     return point_from_exits(table, policy, exits), exits
 
 
@@ -340,15 +343,15 @@ def threshold_grid(
     fitted: Mapping | None = None,
 ) -> list[float | int | None]:
     """The parameter values to try for policy ``name`` on this split (the policy's own
-    :meth:`~.policies.ExitPolicy.candidate_values` over the exits at or below ``max_layer``); a fitted
+    :func:`~.search.candidate_values` over the exits at or below ``max_layer``); a fitted
     policy's score comes from its ``fitted`` arguments (``{"model": ...}``), added to the table first."""
     if name not in POLICIES:
-        raise ValueError(f"cannot sweep the policy {name!r}: choose from {', '.join(POLICIES)}")
-    POLICIES[name].prepare_table(table, **(fitted or {}))
+        raise UserError(f"cannot sweep the policy {name!r}: choose from {', '.join(POLICIES)}")
+    score_table(POLICIES[name], table, **(fitted or {}))
     allowed = [layer for layer in table.layers if max_layer is None or layer <= max_layer]
     if not allowed:
-        raise ValueError(f"max_layer {max_layer} is below the first exit (layer {table.layers[0]})")
-    return POLICIES[name].candidate_values(table.stats, allowed, num)
+        raise UserError(f"max_layer {max_layer} is below the first exit (layer {table.layers[0]})")
+    return candidate_values(POLICIES[name], table.stats, allowed, num)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from ..data import AudioError, DataCollatorCTCWithPadding, PreparedUtterance, Sp
 from ..device import forward_precision, model_device, synchronize
 from ..evaluation.engine import length_grouped_batches
 from ..modeling import Wav2Vec2EEForCTC
+from ..policy_core import ExitPolicy
 from .engine import full_forward, run_early_exit
-from .policies import Decoders, ExitPolicy
+from .policies import Decoders
 
 logger = logging.getLogger(__name__)
 

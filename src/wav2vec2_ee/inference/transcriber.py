@@ -10,18 +10,19 @@
 >>> Transcriber.from_pretrained("runs/ee")   # no policy: the saved exit_policy.json, else the last exit
 
 Inputs: paths of audio files, folders (walked, recursively, for files with an audio extension that
-soundfile reads, :data:`AUDIO_EXTENSIONS`, case-insensitive; sorted), JSONL/CSV manifests (the
-``audio`` column of the :func:`~wav2vec2_ee.data.read_manifest` format) and 16 kHz mono arrays.
+soundfile reads, :data:`~.inputs.AUDIO_EXTENSIONS`, case-insensitive; sorted), JSONL/CSV manifests (the
+``audio`` column of the :func:`~wav2vec2_ee.data.read_manifest` format) and 16 kHz mono arrays
+(:mod:`.inputs`).
 
 Audio is read lazily: durations come from the file headers, inputs are grouped into batches of
 similar length (longest first), and a batch's audio is decoded only when that batch runs.
 
 Long recordings (``chunk_seconds``): an input longer than ``chunk_seconds`` is cut into overlapping
-windows, as ``transformers``' ASR pipeline does for CTC (``chunk_length_s`` / ``stride_length_s``):
-each window has ``stride_seconds`` of context on either side (none at the file's ends); each window
-takes its own exit decision; the answering exit's logits of the window's central frames (the strides
-dropped) are concatenated and collapsed once (greedy CTC). A file is read from disk window by window
-(soundfile ``seek``/``read``), so memory stays bounded for an hour-long file. Its
+windows (:mod:`.chunking`), as ``transformers``' ASR pipeline does for CTC (``chunk_length_s`` /
+``stride_length_s``): each window has ``stride_seconds`` of context on either side (none at the file's
+ends); each window takes its own exit decision; the answering exit's logits of the window's central
+frames (the strides dropped) are concatenated and collapsed once (greedy CTC). A file is read from
+disk window by window (soundfile ``seek``/``read``), so memory stays bounded for an hour-long file. Its
 :class:`Transcription` reports the deepest exit that answered (``exit_layer``), the *mean* layers
 computed per window (``layers_computed``, a float) and the number of windows (``chunks``). With
 chunking on, ``max_seconds`` is not applied (long files are chunked, not refused).
@@ -39,17 +40,15 @@ import logging
 import os
 import sys
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from transformers import Wav2Vec2Processor
 
-from ..data import audio_duration, load_audio, read_manifest, to_mono_16k
+from ..data import audio_duration, load_audio
 from ..data.audio import SAMPLING_RATE, AudioError
-from ..data.sources import DataError, report_skipped
 from ..device import (
     autocast_dtype,
     check_runtime_options,
@@ -57,39 +56,38 @@ from ..device import (
     model_device,
     prepare_for_inference,
 )
+from ..errors import UserError
 from ..evaluation.decoding import LexiconBeamDecoder, ctc_collapse
 from ..evaluation.engine import length_grouped_batches
 from ..evaluation.model import min_duration_for_ctc
-from ..modeling import Wav2Vec2EEForCTC, load_model
+from ..export.runtime import MANIFEST, exported_policy_values
+from ..loading import load_model
+from ..modeling import Wav2Vec2EEForCTC
+from ..policy_core import SAVED_POLICY, ExitPolicy, FixedExit, policy_from_saved, read_saved_policy
 from ..vocab import build_processor, normalize_transcript
+from .chunking import (
+    DEFAULT_CHUNK_SECONDS,
+    Piece,
+    array_pieces,
+    central_frames,
+    check_chunking,
+    file_pieces,
+    pad_to_length,
+    window_count,
+    windows_per_batch,
+)
 from .engine import run_early_exit
-from .policies import SAVED_POLICY, Decoders, ExitPolicy, FixedExit, policy_from_saved, read_saved_policy
+from .inputs import AudioInput, AudioItem, check_array_shapes, expand_inputs, input_list, is_single_input
+from .policies import Decoders
 
 logger = logging.getLogger(__name__)
-
-AudioInput = str | os.PathLike | np.ndarray
 
 #: Seconds of audio beyond which an input is refused (``Transcriber(max_seconds=)``, ``--max-seconds``)
 #: when chunking is off.
 DEFAULT_MAX_SECONDS = 60.0
 
-#: The recommended window of ``chunk_seconds`` / ``--chunk-seconds`` for long recordings.
-DEFAULT_CHUNK_SECONDS = 30.0
 
-#: File extensions (lower case) walked in folders: the formats soundfile (libsndfile) reads.
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
-        ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".paf", ".svx", ".8svx", ".sf",
-        ".ircam", ".mat", ".mat4", ".mat5", ".pvf", ".xi", ".htk", ".sds", ".avr", ".sd2", ".mpc",
-    }
-)  # fmt: skip
-
-#: Suffixes of a path read as a manifest (the ``audio`` column, :func:`~wav2vec2_ee.data.read_manifest`).
-MANIFEST_EXTENSIONS = (".jsonl", ".csv")
-
-
-class TooLongError(ValueError):
+class TooLongError(UserError):
     """An input longer than ``max_seconds``: the message names it, its duration, the limit and the flag."""
 
     def __init__(self, source: str, seconds: float, max_seconds: float):
@@ -149,12 +147,8 @@ def saved_policy_values(folder: str | os.PathLike) -> dict | None:
     folder = Path(folder)
     if (folder / SAVED_POLICY).is_file():
         return read_saved_policy(folder / SAVED_POLICY)
-    if (folder / "export.json").is_file():
-        from ..export.runtime import read_manifest
-
-        name = read_manifest(folder).get("policy")
-        if name:
-            return read_saved_policy(folder / name)
+    if (folder / MANIFEST).is_file():
+        return exported_policy_values(folder)
     return None
 
 
@@ -166,50 +160,6 @@ def saved_policy(folder: str | os.PathLike) -> ExitPolicy | None:
     policy = policy_from_saved(values, f"{folder}: saved policy")
     logger.info("%s: using the saved exit policy %r", folder, policy)
     return policy
-
-
-def find_audio_files(folder: str | os.PathLike) -> list[str]:
-    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(
-            os.path.join(root, name)
-            for name in sorted(files)
-            if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and not name.startswith(".")
-        )
-    return found
-
-
-def _is_manifest(path: str | os.PathLike) -> bool:
-    return os.path.isfile(path) and os.path.splitext(str(path))[1].lower() in MANIFEST_EXTENSIONS
-
-
-@dataclass
-class _Input:
-    """One input after folders and manifests are expanded: a path or an array, and its source name."""
-
-    source: str
-    path: str | os.PathLike | None = None
-    array: np.ndarray | None = None
-    error: str | None = None  # a folder without audio, an unreadable manifest
-    seconds: float = 0.0
-
-
-def _windows(total: int, chunk: int, stride: int) -> Iterator[tuple[int, int, int, int]]:
-    """``(start, end, left, right)`` sample windows over ``total`` samples, as ``transformers``'
-    ``chunk_iter``: windows of ``chunk`` samples every ``chunk - 2 * stride``; ``left`` / ``right`` are
-    the context samples whose frames are dropped (none at the file's ends)."""
-    step = chunk - 2 * stride
-    for start in range(0, total, step):
-        end = min(start + chunk, total)
-        is_last = start + chunk >= total
-        left = 0 if start == 0 else stride
-        right = 0 if is_last else stride
-        if end - start > left:
-            yield start, end, left, right
-        if is_last:
-            break
 
 
 class Transcriber:
@@ -251,7 +201,7 @@ class Transcriber:
     ):
         check_runtime_options(batch_size=batch_size, max_batch_seconds=max_batch_seconds)
         if max_seconds is not None and not float(max_seconds) > 0:
-            raise ValueError(f"--max-seconds must be a number > 0, got {max_seconds}")
+            raise UserError(f"--max-seconds must be a number > 0, got {max_seconds}")
         self.chunk_seconds, self.stride_seconds = check_chunking(chunk_seconds, stride_seconds)
         self.model = model.eval()
         self.policy = policy if policy is not None else FixedExit()
@@ -270,7 +220,7 @@ class Transcriber:
             self.chunk_seconds is not None
             and self.chunk_seconds - 2 * self.stride_seconds < self._min_seconds
         ):
-            raise ValueError(
+            raise UserError(
                 f"--chunk-seconds {self.chunk_seconds:g}: the window less its strides is shorter than the "
                 f"model's shortest input ({self._min_seconds:g} s)"
             )
@@ -331,53 +281,22 @@ class Transcriber:
 
     def _check_short(self, source: str, samples: int) -> None:
         if samples / SAMPLING_RATE < self._min_seconds:
-            raise ValueError(
+            raise UserError(
                 f"{source}: {samples} samples is too short for the model "
                 f"(at least {self._min_seconds * SAMPLING_RATE:.0f} samples at 16 kHz)"
             )
 
-    @staticmethod
-    def _check_shapes(items: Sequence[AudioInput]) -> None:
-        """Arrays must be 1-D waveforms: another shape is the caller's mistake, raised for any input."""
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray | torch.Tensor) and item.ndim != 1:
-                raise ValueError(
-                    f"<array {i}>: expected a 1-D 16 kHz mono waveform, got shape {tuple(item.shape)}"
-                )
+    #: Folders walked for audio files, manifests read, arrays named (:func:`~.inputs.expand_inputs`).
+    expand = staticmethod(expand_inputs)
 
-    @staticmethod
-    def expand(items: Sequence[AudioInput]) -> list[_Input]:
-        """Folders walked for audio files, manifests read (their bad rows warned about), arrays named
-        ``<array i>`` by their position in ``items``."""
-        out: list[_Input] = []
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray | torch.Tensor):
-                out.append(_Input(f"<array {i}>", array=np.asarray(item, dtype=np.float32)))
-            elif os.path.isdir(item):
-                found = find_audio_files(item)
-                out.extend(_Input(path, path=path) for path in found)
-                if not found:
-                    out.append(_Input(str(item), error=f"{item}: no audio files in this folder"))
-            elif _is_manifest(item):
-                try:
-                    rows = read_manifest(item)
-                except DataError as err:
-                    out.append(_Input(str(item), error=str(err)))
-                    continue
-                report_skipped(rows.skipped, log=logger)
-                out.extend(_Input(str(row.audio), path=str(row.audio)) for row in rows)
-            else:
-                out.append(_Input(str(item), path=item))
-        return out
-
-    def _measure(self, item: _Input) -> None:
+    def _measure(self, item: AudioItem) -> None:
         """``item.seconds`` from the header (a path) or the array, checked against the limits; a
         ``ValueError`` naming the input when it cannot be used."""
         if item.error is not None:
-            raise ValueError(item.error)
+            raise UserError(item.error)
         if item.array is not None:
             if not np.isfinite(item.array).all():
-                raise ValueError(f"{item.source}: the waveform contains NaN or infinite samples")
+                raise UserError(f"{item.source}: the waveform contains NaN or infinite samples")
             item.seconds = len(item.array) / SAMPLING_RATE
             self._check_length(item.source, item.seconds)
             self._check_short(item.source, len(item.array))
@@ -386,7 +305,7 @@ class Transcriber:
             self._check_length(item.source, item.seconds)
             self._check_short(item.source, round(item.seconds * SAMPLING_RATE))
 
-    def _decode(self, item: _Input) -> np.ndarray:
+    def _decode(self, item: AudioItem) -> np.ndarray:
         """The 16 kHz waveform of a (not chunked) input, decoded now."""
         if item.array is not None:
             return item.array
@@ -434,16 +353,14 @@ class Transcriber:
             manifests expanded in place; failed inputs included, with ``error`` set, ``text`` empty
             and ``exit_layer`` ``None``).
         """
-        single = isinstance(audio, np.ndarray | torch.Tensor) or (
-            isinstance(audio, str | os.PathLike) and not os.path.isdir(audio) and not _is_manifest(audio)
-        )
-        items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray | torch.Tensor) else list(audio)
+        single = is_single_input(audio)
+        items = input_list(audio)
         if raise_errors is None:
             raise_errors = single
         if not items:
             return []
-        self._check_shapes(items)
-        inputs = self.expand(items)
+        check_array_shapes(items)
+        inputs = expand_inputs(items)
         results: list[Transcription | None] = [None] * len(inputs)
         for batch in self._batches(inputs, (), raise_errors, progress):
             for i, result in batch:
@@ -461,13 +378,13 @@ class Transcriber:
         (the inputs refused from their headers first; then each batch's, longest first; a chunked file
         alone), so that a caller can save them as it goes. Inputs whose source is in ``skip`` are left
         out (a resumed run)."""
-        items = [audio] if isinstance(audio, str | os.PathLike | np.ndarray | torch.Tensor) else list(audio)
-        self._check_shapes(items)
-        for batch in self._batches(self.expand(items), skip, raise_errors, progress):
+        items = input_list(audio)
+        check_array_shapes(items)
+        for batch in self._batches(expand_inputs(items), skip, raise_errors, progress):
             yield [result for _, result in batch]
 
     def _batches(
-        self, inputs: list[_Input], skip: Collection[str], raise_errors: bool, progress: bool
+        self, inputs: list[AudioItem], skip: Collection[str], raise_errors: bool, progress: bool
     ) -> Iterator[list[tuple[int, Transcription]]]:
         failed: list[tuple[int, Transcription]] = []
         whole: list[int] = []
@@ -488,7 +405,7 @@ class Transcriber:
             yield failed
         durations = [inputs[i].seconds for i in whole]
         batches = length_grouped_batches(durations, self.batch_size, self.max_batch_seconds)
-        per_window = self._windows_per_batch()
+        per_window = windows_per_batch(self.chunk_seconds, self.batch_size, self.max_batch_seconds)
         count = len(batches) + sum(-(-self._window_count(inputs[i].seconds) // per_window) for i in chunked)
         bar = _progress_bar(progress and count > 1, sum(durations) + sum(inputs[i].seconds for i in chunked))
         try:
@@ -545,101 +462,64 @@ class Transcriber:
         )
 
     # ----------------------------------------------------------------------------------------------
-    # long recordings
-
-    def _windows_per_batch(self) -> int:
-        if self.chunk_seconds is None:
-            return 1
-        fit = self.batch_size
-        if self.max_batch_seconds is not None:
-            fit = min(fit, int(self.max_batch_seconds // self.chunk_seconds))
-        return max(1, fit)
+    # long recordings (the windows: .chunking)
 
     def _window_count(self, seconds: float) -> int:
-        chunk = round(self.chunk_seconds * SAMPLING_RATE)  # type: ignore[operator]
-        stride = round(self.stride_seconds * SAMPLING_RATE)
-        return sum(1 for _ in _windows(round(seconds * SAMPLING_RATE), chunk, stride))
+        return window_count(seconds, self.chunk_seconds, self.stride_seconds)  # type: ignore[arg-type]
 
-    def _read_windows(self, item: _Input) -> Iterator[tuple[np.ndarray, int, int]]:
-        """``(16 kHz window, left stride, right stride)`` (strides in 16 kHz samples) of a long input;
-        a file is read window by window, never whole."""
-        assert self.chunk_seconds is not None
+    def _pieces(self, item: AudioItem) -> Iterator[Piece]:
+        """The windows of a long input; a file is read window by window, never whole."""
+        chunk, stride = self.chunk_seconds, self.stride_seconds
+        assert chunk is not None
         if item.array is not None:
-            chunk = round(self.chunk_seconds * SAMPLING_RATE)
-            stride = round(self.stride_seconds * SAMPLING_RATE)
-            for start, end, left, right in _windows(len(item.array), chunk, stride):
-                yield item.array[start:end], left, right
-            return
-        try:
-            handle = sf.SoundFile(str(item.path))
-        except (sf.LibsndfileError, RuntimeError) as err:
-            raise AudioError(item.source, f"cannot decode audio ({err})") from err
-        with handle as f:
-            sr = f.samplerate
-            chunk, stride = round(self.chunk_seconds * sr), round(self.stride_seconds * sr)
-            for start, end, left, right in _windows(f.frames, chunk, stride):
-                try:
-                    f.seek(start)
-                    data = f.read(end - start, dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError) as err:
-                    raise AudioError(item.source, f"cannot decode audio ({err})") from err
-                if len(data) == 0:
-                    raise AudioError(
-                        item.source, f"cannot decode audio at {start / sr:.1f} s (truncated file)"
-                    )
-                window = to_mono_16k(data, sr, item.source)
-                scale = SAMPLING_RATE / sr
-                yield window, round(left * scale), round(right * scale)
+            return array_pieces(item.array, chunk, stride)
+        return file_pieces(item.path, item.source, chunk, stride)  # type: ignore[arg-type]
 
-    def _transcribe_chunked(self, item: _Input, bar) -> Transcription:
+    def _run_pieces(self, pieces: Sequence[Piece], joined: _Joined, bar) -> None:
+        """Run a batch of windows; each one's central frames at the exit that answered (as argmax ids)
+        join ``joined``. A window shorter than the model's shortest input (a last sliver) is padded;
+        the padding's frames are dropped with its right context."""
+        min_samples = round(self._min_seconds * SAMPLING_RATE) + 1
+        arrays = [pad_to_length(piece.audio, min_samples) for piece in pieces]
+        out = self._run(arrays, return_logits=True)
+        joined.seconds += max(out.seconds)
+        for j, piece in enumerate(pieces):
+            padding = len(arrays[j]) - len(piece.audio)
+            first, last = central_frames(
+                out.output_lengths[j], len(arrays[j]), piece.left, piece.right + padding
+            )
+            logits = out.logits[j]  # type: ignore[index]
+            joined.ids.append(logits[first:last].argmax(-1).to("cpu", torch.int32))
+            joined.layers.append(out.layers_computed[j])
+            joined.exits.append(out.exit_layer[j])
+        bar.update(sum(piece.central_samples for piece in pieces) / SAMPLING_RATE)
+
+    def _transcribe_chunked(self, item: AudioItem, bar) -> Transcription:
         """One long input in overlapping windows: each window exits on its own; the central frames of
         each window's answering logits are kept (as argmax ids) and collapsed once."""
-        ids: list[torch.Tensor] = []
-        layers: list[int] = []
-        exits: list[int] = []
-        seconds = 0.0
-        samples = 0
-        per_batch = self._windows_per_batch()
-        pending: list[tuple[np.ndarray, int, int]] = []
-
-        def run() -> None:
-            nonlocal seconds
-            arrays = []
-            for window, _, _ in pending:
-                short = round(self._min_seconds * SAMPLING_RATE) + 1 - len(window)
-                arrays.append(np.pad(window, (0, short)) if short > 0 else window)  # a last sliver
-            out = self._run(arrays, return_logits=True)
-            seconds += max(out.seconds)
-            for j, (window, left, right) in enumerate(pending):
-                frames = out.output_lengths[j]
-                ratio = frames / len(arrays[j])
-                right += len(arrays[j]) - len(window)  # the padding's frames are dropped too
-                first, last = round(left * ratio), frames - round(right * ratio)
-                ids.append(out.logits[j][first:last].argmax(-1).to("cpu", torch.int32))  # type: ignore[index]
-                layers.append(out.layers_computed[j])
-                exits.append(out.exit_layer[j])
-            bar.update(sum(len(w) - left - right for w, left, right in pending) / SAMPLING_RATE)
-            pending.clear()
-
-        for window, left, right in self._read_windows(item):
-            samples += len(window) - left - right
-            pending.append((window, left, right))
+        joined = _Joined()
+        per_batch = windows_per_batch(self.chunk_seconds, self.batch_size, self.max_batch_seconds)
+        pending: list[Piece] = []
+        for piece in self._pieces(item):
+            joined.samples += piece.central_samples
+            pending.append(piece)
             if len(pending) >= per_batch:
-                run()
+                self._run_pieces(pending, joined, bar)
+                pending = []
         if pending:
-            run()
-        if not ids:
+            self._run_pieces(pending, joined, bar)
+        if not joined.ids:
             raise AudioError(item.source, "the file holds no audio samples")
-        text = ctc_collapse(torch.cat(ids).unsqueeze(0).long(), None, self.processor.tokenizer)[0]
+        text = ctc_collapse(torch.cat(joined.ids).unsqueeze(0).long(), None, self.processor.tokenizer)[0]
         return Transcription(
             source=item.source,
             text=normalize_transcript(text),
-            exit_layer=max(exits),
-            layers_computed=sum(layers) / len(layers),
+            exit_layer=max(joined.exits),
+            layers_computed=sum(joined.layers) / len(joined.layers),
             num_layers=self.num_layers,
-            seconds=seconds,
-            audio_seconds=samples / SAMPLING_RATE,
-            chunks=len(layers),
+            seconds=joined.seconds,
+            audio_seconds=joined.samples / SAMPLING_RATE,
+            chunks=len(joined.layers),
         )
 
     def __call__(
@@ -648,20 +528,21 @@ class Transcriber:
         return self.transcribe(audio, raise_errors)
 
 
-def check_chunking(chunk_seconds: float | None, stride_seconds: float | None) -> tuple[float | None, float]:
-    """``(chunk_seconds or None, stride_seconds)`` checked: a window > 0 s (0 or ``None``: off), a
-    stride >= 0 and under half the window (default: a sixth of it)."""
-    if chunk_seconds is None or chunk_seconds == 0:
-        return None, 0.0
-    chunk = float(chunk_seconds)
-    if not chunk > 0 or not np.isfinite(chunk):
-        raise ValueError(f"--chunk-seconds must be a number of seconds > 0 (0: off), got {chunk_seconds}")
-    stride = chunk / 6 if stride_seconds is None else float(stride_seconds)
-    if not 0 <= stride < chunk / 2:
-        raise ValueError(
-            f"--stride-seconds must be >= 0 and less than half of --chunk-seconds {chunk:g}, got {stride_seconds}"
-        )
-    return chunk, stride
+@dataclass
+class _Joined:
+    """The windows of one long input answered so far (:meth:`Transcriber._transcribe_chunked`).
+
+    Args:
+        ids: per window, ``(central frames,)`` int32 argmax ids of the exit that answered.
+        layers / exits: per window, the layers computed and the layer of the exit that answered.
+        seconds: wall-clock seconds of the windows' batches; samples: 16 kHz samples answered for.
+    """
+
+    ids: list[torch.Tensor] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    exits: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    samples: int = 0
 
 
 class _NoBar:

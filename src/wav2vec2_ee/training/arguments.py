@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from ..errors import UserError
+
 
 @dataclass
 class ModelArguments:
@@ -287,12 +289,12 @@ class RunArguments:
             return
         seconds = 60.0 * float(self.time_budget_minutes)
         if self.time_budget is not None and self.time_budget != seconds:
-            raise ValueError(
+            raise UserError(
                 f"two time budgets: --time-budget-minutes {self.time_budget_minutes:g} and "
                 f"time_budget {self.time_budget:g} s (deprecated); give only --time-budget-minutes"
             )
         if not seconds > 0:
-            raise ValueError(
+            raise UserError(
                 f"--time-budget-minutes must be a positive number, got {self.time_budget_minutes}"
             )
         self.time_budget = seconds

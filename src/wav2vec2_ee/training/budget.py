@@ -29,6 +29,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import TrainerCallback
 
+from ..errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,7 +56,7 @@ class CompressedLambdaLR(LambdaLR):
     def from_scheduler(cls, scheduler: LambdaLR, max_steps: int) -> CompressedLambdaLR:
         """The same schedule as ``scheduler`` (a freshly created ``LambdaLR``), now compressible."""
         if not isinstance(scheduler, LambdaLR):
-            raise ValueError(
+            raise UserError(
                 f"--time-budget needs a LambdaLR learning-rate schedule (linear, cosine, ...), got "
                 f"{type(scheduler).__name__}"
             )
@@ -128,7 +130,7 @@ class TimeBudget(TrainerCallback):
         clock: Callable[[], float] = time.monotonic,
     ):
         if seconds <= 0:
-            raise ValueError(f"--time-budget must be positive, got {seconds}")
+            raise UserError(f"--time-budget must be positive, got {seconds}")
         self.seconds = float(seconds)
         self.check_from, self.every = max(1, check_from), max(1, every)
         self.clock = clock

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..errors import UserError
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
 from .precision import cpu_only_machine
 from .run import run_training
@@ -28,20 +29,24 @@ def _read_config_file(path: str) -> dict:
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
+            raise UserError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of argument names to values")
+        raise UserError(f"{path}: expected a mapping of argument names to values")
     return data
 
 
-def _raise_value_error(message: str):
-    """argparse's error hook: ``wav2vec2-ee`` prints a ``ValueError`` as one ``error:`` line (exit 2)."""
-    raise ValueError(f"{message} (wav2vec2-ee train --help lists the options)")
+def _raise_user_error(message: str):
+    """argparse's error hook: ``wav2vec2-ee`` prints a :class:`~wav2vec2_ee.errors.UserError` as one
+    ``error:`` line (exit 2)."""
+    raise UserError(f"{message} (wav2vec2-ee train --help lists the options)")
 
 
 def _check_value_types(path: str, values: dict, actions: dict) -> None:
@@ -58,7 +63,7 @@ def _check_value_types(path: str, values: dict, actions: dict) -> None:
         )
         if not ok:
             expected = "an integer" if kind is int else "a number"
-            raise ValueError(f"{path}: {key} must be {expected}, got {type(value).__name__} {value!r}")
+            raise UserError(f"{path}: {key} must be {expected}, got {type(value).__name__} {value!r}")
 
 
 #: ``--report-to`` integrations whose package comes with an extra of ours.
@@ -75,7 +80,7 @@ def check_reporting_extras(report_to) -> None:
         if name in REPORTING_EXTRAS:
             module, extra = REPORTING_EXTRAS[name]
             if importlib.util.find_spec(module) is None:
-                raise ValueError(
+                raise UserError(
                     f"--report-to {name} needs the {module} package: pip install wav2vec2-ee[{extra}]"
                 )
 
@@ -91,14 +96,14 @@ def build_parser() -> HfArgumentParser:
         "with the Hugging Face Trainer: flags, or a JSON/YAML file of them first and flags overriding it.",
         formatter_class=HelpFormatter,
     )
-    parser.error = _raise_value_error  # one line naming the argument, not the full usage text
+    parser.error = _raise_user_error  # one line naming the argument, not the full usage text
     return finish_parser(parser, "train")
 
 
 def _check_unsupported(training_args: TrainingArguments) -> None:
     """``TrainingArguments`` flags that ``wav2vec2-ee train`` does not honour are refused, not ignored."""
     if training_args.resume_from_checkpoint is not None:
-        raise ValueError(
+        raise UserError(
             f"--resume-from-checkpoint {training_args.resume_from_checkpoint}: not supported by wav2vec2-ee "
             "train; use --resume (continues the last complete checkpoint in --output-dir after checking "
             "that it was written with this run's settings)"
@@ -106,14 +111,23 @@ def _check_unsupported(training_args: TrainingArguments) -> None:
 
 
 def parse_args(argv: list[str]):
-    """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them."""
+    """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them. A
+    ``ValueError`` raised meanwhile (ours, ``HfArgumentParser``'s, ``TrainingArguments``') is about the
+    user's flags: it leaves as a :class:`~wav2vec2_ee.errors.UserError`."""
+    from ..cli import parsing_flags
+
+    with parsing_flags():
+        return _parse_args(argv)
+
+
+def _parse_args(argv: list[str]):
     parser = build_parser()
     if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         values = _read_config_file(argv[0])
         known = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{argv[0]}: unknown argument(s) {', '.join(unknown)}")
+            raise UserError(f"{argv[0]}: unknown argument(s) {', '.join(unknown)}")
         _check_value_types(argv[0], values, {a.dest: a for a in parser._actions})
         parser.set_defaults(**values)
         argv = argv[1:]

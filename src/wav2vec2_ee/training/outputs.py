@@ -27,6 +27,7 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.conditions import CONDITIONS
+from ..errors import UserError
 from ..io import atomic_write_json, fsync_path, move_into_place
 
 logger = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
     """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {out}: a file, not a folder")
+        raise UserError(f"--output-dir {out}: a file, not a folder")
     folder = RunFolder(out, settings)
     contents = sorted(p.name for p in (out.iterdir() if out.is_dir() else ()) if not p.name.startswith("."))
     contents = [name for name in contents if name != RUN_SETTINGS_NAME]
@@ -298,7 +299,7 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
                 _listing(contents),
             )
             return folder
-        raise ValueError(
+        raise UserError(
             f"--output-dir {out} is not empty ({_listing(contents)}) and is not a run of wav2vec2-ee train "
             f"(no {RUN_SETTINGS_NAME}): choose another folder, or pass --overwrite-output-dir to train into "
             "it anyway (files of the same names are overwritten; folders this run did not write, "
@@ -316,7 +317,7 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
             "; ".join(differences),
         )
         return folder
-    raise ValueError(
+    raise UserError(
         f"--output-dir {out} holds a run with other settings ({'; '.join(differences)}): --resume continues "
         "that run with its settings; choose another folder, or pass --overwrite-output-dir to start this "
         "run there anyway (its checkpoints are kept, its final model is overwritten)"

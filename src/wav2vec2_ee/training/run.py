@@ -16,11 +16,14 @@ from transformers import TrainingArguments, Wav2Vec2Processor, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 
+from ..checkpoints import refused_pickle_error
 from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
 from ..data.augment import NoiseAndReverb, SpeedPerturbation
 from ..data.conditions import CONDITIONS, RecordingConditions
 from ..data.dataset import DataCollatorCTCWithPadding
-from ..modeling import Wav2Vec2EEForCTC, load_model, refused_pickle_error
+from ..errors import UserError
+from ..loading import load_model
+from ..modeling import Wav2Vec2EEForCTC
 from ..objectives import build_objective
 from ..vocab import build_processor
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
@@ -51,7 +54,7 @@ def parse_config_overrides(text: str | None) -> dict:
             continue
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--config-overrides: expected key=value, got {item!r}")
+            raise UserError(f"--config-overrides: expected key=value, got {item!r}")
         try:
             out[key.strip()] = json.loads(value.strip())
         except json.JSONDecodeError:
@@ -150,7 +153,7 @@ def resume_checkpoint(
         problems.append((ckpt, why))
     else:
         newest, why = problems[0]
-        raise ValueError(
+        raise UserError(
             f"--resume: {newest} is not this run's: {why}; resume with that run's settings, start a new "
             "run without --resume, or pass --resume-ignore-settings to continue it with these settings"
         )
@@ -223,19 +226,19 @@ def log_model(model: Wav2Vec2EEForCTC, objective) -> None:
 def check_arguments(
     data_args: DataArguments, run_args: RunArguments, training_args: TrainingArguments
 ) -> None:
-    """Step 1: the inputs that must exist before any work is done (``ValueError`` / ``DataError``)."""
+    """Step 1: the inputs that must exist before any work is done (``UserError`` / ``DataError``)."""
     if not training_args.output_dir:
-        raise ValueError("--output-dir is required")
+        raise UserError("--output-dir is required")
     if data_args.data is None:
-        raise ValueError("--data is required: a LibriSpeech root, a JSONL/CSV manifest or a saved HF dataset")
+        raise UserError("--data is required: a LibriSpeech root, a JSONL/CSV manifest or a saved HF dataset")
     if not Path(data_args.data).exists():
         raise DataError(f"--data {data_args.data}: no such folder or file")
     if data_args.pad_to_multiple_of is not None and data_args.pad_to_multiple_of < 1:
-        raise ValueError(
+        raise UserError(
             f"--pad-to-multiple-of must be a positive number of samples, got {data_args.pad_to_multiple_of}"
         )
     if run_args.time_budget is not None and run_args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be a positive number of seconds, got {run_args.time_budget}")
+        raise UserError(f"--time-budget must be a positive number of seconds, got {run_args.time_budget}")
 
 
 def speed_perturbation(factors: list[float] | None, seed: int) -> SpeedPerturbation | None:
@@ -245,7 +248,7 @@ def speed_perturbation(factors: list[float] | None, seed: int) -> SpeedPerturbat
     try:
         perturbation = SpeedPerturbation(tuple(factors), seed=seed)
     except ValueError as err:
-        raise ValueError(f"--speed-perturbation: {err}") from err
+        raise UserError(f"--speed-perturbation: {err}") from err
     logger.info("speed perturbation of the training audio: factors %s", list(perturbation.factors))
     return perturbation
 
@@ -263,7 +266,7 @@ def noise_and_reverb(data_args: DataArguments, seed: int) -> NoiseAndReverb | No
             seed=seed,
         )
     except ValueError as err:
-        raise ValueError(f"--noise-prob/--reverb-prob: {err}") from err
+        raise UserError(f"--noise-prob/--reverb-prob: {err}") from err
     logger.info("training audio augmentation: %s", augmentation)
     return augmentation
 
@@ -281,7 +284,7 @@ def recording_conditions(data_args: DataArguments, seed: int) -> RecordingCondit
             seed=seed,
         )
     except ValueError as err:
-        raise ValueError(f"recording conditions (--tempo-prob, --silence-prob, ...): {err}") from err
+        raise UserError(f"recording conditions (--tempo-prob, --silence-prob, ...): {err}") from err
     logger.info("training audio recording conditions: %s", conditions)
     return conditions
 

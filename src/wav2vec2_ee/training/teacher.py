@@ -17,7 +17,8 @@ import torch
 from torch import nn
 from transformers import TrainingArguments, Wav2Vec2CTCTokenizer
 
-from ..modeling import load_model
+from ..errors import UserError
+from ..loading import load_model
 from ..objectives import greedy_pseudo_labels, pad_labels
 
 CacheKey = int | tuple[int, float]
@@ -133,12 +134,12 @@ def build_teacher_labels(
     ``training_args.device``.
 
     Raises:
-        ValueError: ``kd`` without a teacher.
+        UserError: ``kd`` without a teacher.
     """
     teacher = None
     if objective.needs_teacher:
         if teacher_path is None:
-            raise ValueError(
+            raise UserError(
                 "--objective kd needs a teacher: pass --teacher or start from a --model checkpoint"
             )
         teacher = load_model(teacher_path, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
