@@ -47,7 +47,7 @@ import torch
 from wav2vec2_ee.configuration import Wav2Vec2EEConfig
 from wav2vec2_ee.data import load_audio
 from wav2vec2_ee.evaluation import evaluate_checkpoint, normalize_transcript
-from wav2vec2_ee.evaluation.results import parse_split_results
+from wav2vec2_ee.results import parse_split_results
 from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from wav2vec2_ee.vocab import build_processor

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from wav2vec2_ee.evaluation import LexiconDecoderSpec, load_evaluation_model
-from wav2vec2_ee.evaluation.results import atomic_write_json
+from wav2vec2_ee.results import atomic_write_json
 from wav2vec2_ee.inference import (
     Decoders,
     FixedExit,

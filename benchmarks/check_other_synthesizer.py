@@ -24,13 +24,13 @@ import jiwer
 from wav2vec2_ee.corpus.external import ENGINES, build_external_split
 from wav2vec2_ee.data import read_texts
 from wav2vec2_ee.evaluation.evaluate import evaluate_checkpoint
-from wav2vec2_ee.evaluation.results import parse_split_results
+from wav2vec2_ee.results import parse_split_results
 from wav2vec2_ee.vocab import normalize_transcript
 
 
 def per_voice_wer(items: list[dict], label: str, speakers: dict[str, str]) -> dict[str, float]:
     """WER of one exit (``label``) per voice (speaker id -> voice), from the evaluation's results file
-    read back (:func:`~wav2vec2_ee.evaluation.results.parse_split_results`)."""
+    read back (:func:`~wav2vec2_ee.results.parse_split_results`)."""
     out = {}
     for sid, voice in speakers.items():
         mine = [i for i in items if i["file"].split("-")[0] == sid]

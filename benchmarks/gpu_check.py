@@ -28,8 +28,8 @@ import torch
 
 from wav2vec2_ee.configuration import Wav2Vec2EEConfig
 from wav2vec2_ee.evaluation import evaluate_checkpoint, load_evaluation_model
-from wav2vec2_ee.evaluation.engine import forward_exits
-from wav2vec2_ee.evaluation.results import parse_split_results
+from wav2vec2_ee.ctc.engine import forward_exits
+from wav2vec2_ee.results import parse_split_results
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 
 sys.path.insert(0, str(Path(__file__).parent))

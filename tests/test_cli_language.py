@@ -9,7 +9,8 @@ import argparse
 import pytest
 
 from wav2vec2_ee import cli
-from wav2vec2_ee.cli import COMMANDS, DEPRECATED_FLAGS, build_parser, output_dir_of, rewrite_deprecated
+from wav2vec2_ee.cli import COMMANDS, build_parser
+from wav2vec2_ee.command_line import DEPRECATED_FLAGS, output_dir_of, rewrite_deprecated
 
 #: flag -> (dest, type, nargs, commands that have it, a phrase of its help)
 SHARED = {

@@ -68,8 +68,8 @@ def test_autocast_precision_reaches_the_products():
 
 
 def test_worker_processes_are_refused_off_the_cpu():
+    from wav2vec2_ee.ctc.engine import iter_exit_logits
     from wav2vec2_ee.data import SpeechDataset
-    from wav2vec2_ee.evaluation.engine import iter_exit_logits
     from wav2vec2_ee.vocab import build_feature_extractor
 
     model = Wav2Vec2EEForCTC(tiny_config()).to("meta")  # no data moves: refused before any work

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from wav2vec2_ee.audio import AudioError
 from wav2vec2_ee.cli import _error_message
 from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.corpus.espeak import BackendUnavailableError
 from wav2vec2_ee.corpus.external import SynthesizerUnavailableError
 from wav2vec2_ee.data import DataError
-from wav2vec2_ee.data.audio import AudioError
 from wav2vec2_ee.data.sources import BadItemError
 from wav2vec2_ee.errors import MissingExtraError, UserError
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
@@ -238,7 +238,7 @@ def test_evaluate_checkpoint_prints_nothing_and_the_command_prints_the_table(
     files: dict[str, Path], capsys: pytest.CaptureFixture
 ) -> None:
     from wav2vec2_ee.evaluation.evaluate import evaluate_checkpoint
-    from wav2vec2_ee.evaluation.results import format_overview_table
+    from wav2vec2_ee.results import format_overview_table
 
     out = files["root"] / "table"
     overview = evaluate_checkpoint(
@@ -256,11 +256,11 @@ def test_evaluate_checkpoint_prints_nothing_and_the_command_prints_the_table(
 
 #: Where the package may print: the command modules, ``__main__``, a ``main`` function (``python -m``),
 #: and the demo's printer (the demo is a command: its progress lines and tables are its output).
-PRINTING_FILES = ("cli.py", "__main__.py")
+PRINTING_FILES = ("cli.py", "command_line.py", "__main__.py")
 PRINTING_FUNCTIONS = {"main", "say", "show"}
 #: Library modules that still print their results (``run_sweep``'s table, ``run_calibration``'s lines),
 #: converted separately: remove each from here once its command prints instead.
-PENDING = {"inference/sweep.py", "inference/calibrate.py"}
+PENDING: set[str] = set()
 
 
 def _prints_outside_the_commands(path: Path) -> list[str]:

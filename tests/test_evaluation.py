@@ -18,6 +18,8 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from wav2vec2_ee.cli import main as cli_main
+from wav2vec2_ee.ctc.engine import ExitBatch
+from wav2vec2_ee.ctc.ngram import ArpaLM, NgramLM
 from wav2vec2_ee.data import SpeechDataset, load_split, prepare_utterances
 from wav2vec2_ee.evaluation import (
     BeamSearchDecoder,
@@ -36,9 +38,8 @@ from wav2vec2_ee.evaluation import (
     word_errors,
 )
 from wav2vec2_ee.evaluation import evaluate as evaluate_module
-from wav2vec2_ee.evaluation.engine import ExitBatch
-from wav2vec2_ee.evaluation.ngram import ArpaLM, NgramLM
-from wav2vec2_ee.evaluation.results import (
+from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+from wav2vec2_ee.results import (
     ENTROPY_WER_LINE,
     POSTERIOR_WER_LINE,
     atomic_write_text,
@@ -46,7 +47,6 @@ from wav2vec2_ee.evaluation.results import (
     parse_stat_lines,
     parse_wer_results,
 )
-from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
 from wav2vec2_ee.vocab import build_feature_extractor, build_tokenizer
 
 from conftest import tiny_config
@@ -448,7 +448,7 @@ def test_worker_processes_give_the_same_results(assets, tmp_path):
 
 
 def test_bfloat16_forward_is_close_to_float32_and_recorded(assets, tmp_path):
-    from wav2vec2_ee.evaluation.engine import exit_batch
+    from wav2vec2_ee.ctc.engine import exit_batch
 
     em = evaluate_module.load_evaluation_model(assets["ee"], None)
     torch.manual_seed(0)
@@ -476,8 +476,8 @@ def test_bfloat16_forward_is_close_to_float32_and_recorded(assets, tmp_path):
 
 
 def test_worker_processes_run_every_batch_once_elsewhere(assets):
+    from wav2vec2_ee.ctc.engine import iter_exit_logits
     from wav2vec2_ee.data import SpeechDataset, load_split, prepare_utterances
-    from wav2vec2_ee.evaluation.engine import iter_exit_logits
 
     em = evaluate_module.load_evaluation_model(assets["ee"], None)
     prepared, _ = prepare_utterances(load_split(assets["data"], ["test-clean"]), em.tokenizer, progress=False)

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor, pipeline
 
 from wav2vec2_ee import Wav2Vec2EEForCTC, load_model
-from wav2vec2_ee.evaluation.decoding import greedy_decode
+from wav2vec2_ee.ctc.decoding import greedy_decode
 from wav2vec2_ee.loading import save_checkpoint_files
 from wav2vec2_ee.vocab import build_feature_extractor, build_processor, build_tokenizer
 

@@ -45,9 +45,9 @@ from wav2vec2_ee.inference import (
     run_early_exit,
     threshold_grid,
 )
+from wav2vec2_ee.inference.arguments import parse_thresholds
 from wav2vec2_ee.inference.calibrate import apply_to_table
 from wav2vec2_ee.inference.search import simulate
-from wav2vec2_ee.inference.sweep import parse_thresholds
 from wav2vec2_ee.inference.table import load_prepared_split, pareto_front
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC

@@ -143,7 +143,7 @@ def test_normalisation_and_statistics_match_torch(exported, audio) -> None:
     ]
     logits = torch.randn(3, 11, 32) * 5
     lengths = torch.tensor([11, 7, 1])
-    from wav2vec2_ee.evaluation.metrics import mean_frame_entropy, mean_max_prob
+    from wav2vec2_ee.ctc.metrics import mean_frame_entropy, mean_max_prob
 
     np.testing.assert_allclose(
         lite.mean_frame_entropy(logits.numpy(), lengths.numpy()),
@@ -156,7 +156,7 @@ def test_normalisation_and_statistics_match_torch(exported, audio) -> None:
 
 
 def test_greedy_decoding_matches_the_tokenizer(exported) -> None:
-    from wav2vec2_ee.evaluation.decoding import greedy_decode
+    from wav2vec2_ee.ctc.decoding import greedy_decode
     from wav2vec2_ee.vocab import normalize_transcript
 
     _, folder = exported

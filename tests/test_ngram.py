@@ -9,9 +9,9 @@ import random
 import pytest
 import torch
 
-from wav2vec2_ee.evaluation.decoding import LexiconBeamDecoder
-from wav2vec2_ee.evaluation.lexicon import lexicon_from_texts
-from wav2vec2_ee.evaluation.ngram import EOS, UNK, ArpaLM, NgramLM, read_arpa
+from wav2vec2_ee.ctc.decoding import LexiconBeamDecoder
+from wav2vec2_ee.ctc.lexicon import lexicon_from_texts
+from wav2vec2_ee.ctc.ngram import EOS, UNK, ArpaLM, NgramLM, read_arpa
 from wav2vec2_ee.vocab import build_tokenizer
 
 
@@ -100,7 +100,7 @@ def test_kenlm_fusion_of_an_arpa_file_in_both_beam_searches(tmp_path):
     """flashlight's native KenLM reads our ARPA files; weights stay on natural-log probabilities, so an
     ARPA file of a model decodes as the model itself; the lexicon-free beam search fuses it over the
     model's own (lower-case) words."""
-    from wav2vec2_ee.evaluation.decoding import BeamSearchDecoder
+    from wav2vec2_ee.ctc.decoding import BeamSearchDecoder
 
     tokenizer = build_tokenizer()
     texts = ["A CAR"] * 20 + ["THE CAT"] * 2 + ["A BIG CAR", "THE CAR"]

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from wav2vec2_ee import lite, policy_core
+from wav2vec2_ee.ctc.metrics import mean_frame_entropy, mean_max_prob
 from wav2vec2_ee.errors import UserError
-from wav2vec2_ee.evaluation.metrics import mean_frame_entropy, mean_max_prob
 from wav2vec2_ee.inference import LearnedModel, load_saved_policy, policy_from_saved, policy_with_value
 from wav2vec2_ee.inference.cli import policy_from_flags as torch_policy_from_flags
 from wav2vec2_ee.inference.learned import (

@@ -153,7 +153,7 @@ def _wav(path):
 
 
 def test_a_folder_without_weights_is_refused_by_every_loader(tmp_path, capsys):
-    from wav2vec2_ee.evaluation.model import load_evaluation_model
+    from wav2vec2_ee.ctc.model import load_evaluation_model
     from wav2vec2_ee.inference.transcriber import Transcriber
 
     good = _checkpoint(tmp_path / "ckpt")
@@ -196,7 +196,7 @@ def test_a_folder_without_weights_is_refused_by_every_loader(tmp_path, capsys):
     ],
 )
 def test_an_unreadable_weights_or_config_file_is_one_line_naming_it(tmp_path, capsys, case, content, message):
-    from wav2vec2_ee.evaluation.model import load_evaluation_model
+    from wav2vec2_ee.ctc.model import load_evaluation_model
 
     folder = _checkpoint(tmp_path / "ckpt")
     target = folder / ("config.json" if "config" in case else "model.safetensors")
@@ -258,7 +258,7 @@ MISMATCHES = {
 
 @pytest.mark.parametrize("case", list(MISMATCHES))
 def test_weights_that_do_not_match_the_config_are_refused(tmp_path, capsys, caplog, case):
-    from wav2vec2_ee.evaluation.model import load_evaluation_model
+    from wav2vec2_ee.ctc.model import load_evaluation_model
     from wav2vec2_ee.inference.transcriber import Transcriber
 
     config, drop, patterns = MISMATCHES[case]

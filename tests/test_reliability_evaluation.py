@@ -19,8 +19,8 @@ from test_evaluation import make_librispeech, save_ee_checkpoint
 from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.evaluation import evaluate as evaluate_module
 from wav2vec2_ee.evaluation import evaluate_checkpoint
-from wav2vec2_ee.evaluation.results import parse_wer_results
 from wav2vec2_ee.io import exclusive_lock
+from wav2vec2_ee.results import parse_wer_results
 
 needs_fork = pytest.mark.skipif(sys.platform == "win32", reason="forked workers need the 'fork' start method")
 needs_flock = pytest.mark.skipif(sys.platform == "win32", reason="the output folder is locked with flock")

@@ -23,7 +23,7 @@ from wav2vec2_ee.cli import main as cli_main
 from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.training import outputs
 from wav2vec2_ee.training.cli import parse_args
-from wav2vec2_ee.training.run import last_complete_checkpoint
+from wav2vec2_ee.training.outputs import last_complete_checkpoint
 
 from helpers_audio import good_items, write_librispeech, write_model_json
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .accel import optimize_for_cpu_inference
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -72,8 +73,6 @@ def prepare_for_inference(
     device = resolve_device(device)
     model = model.to(device).eval()
     if device.type == "cpu" and accelerate:
-        from .accel import optimize_for_cpu_inference
-
         optimize_for_cpu_inference(model)
     return model
 

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import audio as audio_io
 from . import policy_core
 from .errors import UserError
 from .export.runtime import OnnxSegments, exported_policy_values, load_segments, run_onnx_exits
@@ -394,43 +395,25 @@ def run_lite_early_exit(
     return answers
 
 
-def read_audio(path: str | os.PathLike, sampling_rate: int = 16_000) -> np.ndarray:
-    """``(samples,)`` float32 mono audio at ``sampling_rate`` (``soundfile``; other rates are resampled
-    with ``soxr`` when it is installed, refused otherwise)."""
-    import soundfile as sf
+def read_audio(path: str | os.PathLike) -> np.ndarray:
+    """``(samples,)`` float32 mono 16 kHz audio of a file (:func:`wav2vec2_ee.audio.load_audio`: soundfile;
+    other rates resampled with soxr when it is installed, refused otherwise)."""
+    with _as_lite_error():
+        return audio_io.load_audio(path)
 
-    if not os.path.exists(path):
-        raise LiteError(f"{path}: no such file")
+
+def to_mono(array: np.ndarray, rate: int, source: str = "<array>") -> np.ndarray:
+    """``(samples,)`` float32 mono 16 kHz from ``(samples,)`` or ``(samples, channels)`` at ``rate``."""
+    with _as_lite_error():
+        return audio_io.to_mono_16k(array, rate, source)
+
+
+@contextmanager
+def _as_lite_error() -> Iterator[None]:
     try:
-        array, rate = sf.read(str(path), dtype="float32", always_2d=False)
-    except Exception as err:  # soundfile raises several types for undecodable files
-        raise LiteError(f"{path}: cannot decode audio ({err})") from err
-    return to_mono(array, rate, sampling_rate, str(path))
-
-
-def to_mono(array: np.ndarray, rate: int, sampling_rate: int = 16_000, source: str = "<array>") -> np.ndarray:
-    """``(samples,)`` float32 mono at ``sampling_rate`` from ``(samples,)`` or ``(samples, channels)``."""
-    array = np.asarray(array, dtype=np.float32)
-    if array.ndim == 2:
-        array = array.mean(axis=1)
-    elif array.ndim != 1:
-        raise LiteError(
-            f"{source}: expected 1 or 2 dimensions (samples[, channels]), got shape {array.shape}"
-        )
-    if rate != sampling_rate:
-        try:
-            import soxr
-        except ImportError:
-            raise LiteError(
-                f"{source}: audio at {rate} Hz; the model needs {sampling_rate} Hz and the lite runtime "
-                f"resamples only with soxr installed (pip install soxr), or give {sampling_rate} Hz audio"
-            ) from None
-        array = soxr.resample(array, rate, sampling_rate).astype(np.float32, copy=False)
-    if array.size == 0:
-        raise LiteError(f"{source}: no audio samples")
-    if not np.isfinite(array).all():
-        raise LiteError(f"{source}: the audio contains NaN or infinite samples")
-    return array
+        yield
+    except audio_io.AudioError as err:
+        raise LiteError(str(err)) from err
 
 
 class LiteTranscriber:
@@ -495,10 +478,10 @@ class LiteTranscriber:
         arrays, sources = [], []
         for i, item in enumerate(items):
             if isinstance(item, np.ndarray):
-                arrays.append(to_mono(item, sampling_rate or rate, rate, f"<array {i}>"))
+                arrays.append(to_mono(item, sampling_rate or rate, f"<array {i}>"))
                 sources.append(f"<array {i}>")
             else:
-                arrays.append(read_audio(item, rate))
+                arrays.append(read_audio(item))
                 sources.append(str(item))
         results: list[LiteResult | None] = [None] * len(arrays)
         order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .configuration import Wav2Vec2EEConfig
 from .errors import UserError
+from .labels import frame_mask, pad_labels
 
 OBJECTIVES = ("ee", "kd", "dkd", "confidence")
 DEFAULT_KD_ALPHA = 0.3
@@ -92,25 +93,6 @@ def ctc_at_exit(
     if reduction == "mean":
         return (losses / (labels >= 0).sum(-1).clamp(min=1)).mean()
     raise ValueError(f"ctc_loss_reduction must be 'sum' or 'mean', got {reduction!r}")
-
-
-def frame_mask(output_lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    """``(batch, frames)`` bool, True on the first ``output_lengths[b]`` frames of row ``b``."""
-    return torch.arange(frames, device=output_lengths.device)[None, :] < output_lengths[:, None]
-
-
-#: The id that pads label rows (``transformers``' convention; CTC ignores every negative id).
-LABEL_PAD_ID = -100
-
-
-def pad_labels(rows: Sequence[Sequence[int] | torch.Tensor]) -> torch.Tensor:
-    """``(batch, max_len)`` long tensor of the label ``rows`` padded with :data:`LABEL_PAD_ID` (at
-    least one column, so an all-empty batch still has a shape)."""
-    width = max(1, max((len(r) for r in rows), default=0))
-    out = torch.full((len(rows), width), LABEL_PAD_ID, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
-    return out
 
 
 def exit_confidence(logits: torch.Tensor, output_lengths: torch.Tensor, floor: float = 0.1) -> torch.Tensor:

@@ -19,13 +19,10 @@ from pathlib import Path
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 from transformers.utils import FEATURE_EXTRACTOR_NAME, PROCESSOR_NAME
 
+from .audio import SAMPLING_RATE
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
-
-#: The sampling rate (Hz) of the model's input: the one definition in the package (audio is resampled
-#: to it on reading, the feature extractor declares it, the synthetic corpus is written at it).
-SAMPLING_RATE = 16_000
 
 
 def normalize_transcript(text: str) -> str:

@@ -34,7 +34,13 @@ from transformers.models.wav2vec2.modeling_wav2vec2 import (
 )
 
 from .cnn import PerUtteranceFeatureEncoder, TimeMajorFeatureEncoder, prefers_time_major, supports_time_major
-from .onednn import onednn_linear_available, onednn_linear_is_faster, swap_linears
+from .onednn import (
+    InferenceFeedForward,
+    InferenceLinear,
+    onednn_linear_available,
+    onednn_linear_is_faster,
+    swap_linears,
+)
 from .posconv import FFTPositionalConvEmbedding, supports_positional_conv_fft
 
 logger = logging.getLogger(__name__)
@@ -105,8 +111,6 @@ def remove_cpu_optimizations(model: nn.Module) -> int:
 
 def is_optimized(model: nn.Module) -> bool:
     """Whether any module of ``model`` carries a speed-up of this package."""
-    from .onednn import InferenceFeedForward, InferenceLinear
-
     kinds = (*_ACCELERATED, InferenceLinear, InferenceFeedForward)
     return any(isinstance(m, kinds) for m in model.modules())
 

@@ -5,7 +5,7 @@ Small matrices (a few hundred frames by a few hundred channels) keep two intra-o
 twice as fast as one, while processes working on different batches scale almost linearly (1.9x on two
 cores). This helps on CPUs only: on a GPU the work is already parallel and ``fork`` after CUDA
 initialisation is unsafe, so :func:`default_processes` is 1 there and
-:func:`~wav2vec2_ee.evaluation.engine.iter_exit_logits` refuses more.
+:func:`~wav2vec2_ee.ctc.engine.iter_exit_logits` refuses more.
 
 The children end with their parent, however it ends: a parent killed with SIGKILL (or by the
 out-of-memory killer) runs no clean-up, and its children would otherwise live on for ever, adopted by

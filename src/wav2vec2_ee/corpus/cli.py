@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..cli import finish_parser
+from ..command_line import HelpFormatter, add_output_dir, finish_parser, output_dir_of
 from ..errors import UserError
 from .build import PRESETS, CorpusSummary, build_corpus
 from .external import ENGINES, SynthesizerUnavailableError, build_external_split
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter, add_output_dir
-
     parser = argparse.ArgumentParser(
         prog="wav2vec2-ee make-corpus",
         description="Synthesise the English eSpeak NG speech corpus (train / dev / test, LibriSpeech "
@@ -125,8 +123,6 @@ def format_summary(summary: CorpusSummary) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus and print its summary; returns the exit status."""
-    from ..cli import output_dir_of
-
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     args.output_dir = output_dir_of("make-corpus", args)
     if args.num_workers is not None and args.num_workers < 1:

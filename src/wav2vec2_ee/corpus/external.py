@@ -38,7 +38,7 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from ..data.audio import to_mono_16k
+from ..audio import to_mono_16k
 from ..errors import UserError
 from ..io import atomic_write_json
 from ..vocab import SAMPLING_RATE

@@ -1,6 +1,6 @@
 """Data: sources (LibriSpeech folder, manifest, HF dataset), audio reading, preparation, collator."""
 
-from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio, to_mono_16k
+from ..audio import SAMPLING_RATE, AudioError, audio_duration, load_audio, to_mono_16k
 from .dataset import (
     BadItemError,
     DataCollatorCTCWithPadding,

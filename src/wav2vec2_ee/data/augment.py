@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import soxr
 
+from ..audio import SAMPLING_RATE
 from ..errors import UserError
-from .audio import SAMPLING_RATE
 
 
 @dataclass(frozen=True)

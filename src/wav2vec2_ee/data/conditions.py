@@ -34,8 +34,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..audio import SAMPLING_RATE
 from ..errors import UserError
-from .audio import SAMPLING_RATE
 from .augment import colored_noise
 
 #: The conditions, in the order the chain applies them (the probability fields are ``<name>_prob``).

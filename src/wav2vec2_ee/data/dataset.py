@@ -16,9 +16,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
-from ..objectives import pad_labels
+from ..audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
+from ..labels import pad_labels
 from ..vocab import TextNormalizer
-from .audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
 from .augment import NoiseAndReverb, SpeedPerturbation
 from .conditions import ConditionPlan, RecordingConditions
 from .sources import BadItemError, Utterance, report_skipped, strict_error

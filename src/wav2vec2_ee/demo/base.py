@@ -25,13 +25,20 @@ import math
 import sys
 from pathlib import Path
 
+from ..corpus import build_corpus
+from ..corpus.external import build_external_split, check_voices, voice_by_name, voices_for
+from ..data import read_texts
+from ..device import cpu_description
 from ..errors import UserError
+from ..evaluation.conditions import check_conditions
 from ..io import atomic_write_text
+from ..loading import load_model
 from .presets import (
     BASE_PRESETS,
     BASE_STAGE_MINUTES,
     BASE_STAGE_TRAINING,
     PACKAGED_BASE,
+    PRESETS,
     QUICK_BASE,
     BasePreset,
     DemoPreset,
@@ -71,8 +78,6 @@ def export_plain_ctc(run_dir: Path, model_dir: Path, dtype: str = "float16") -> 
     """
     import torch
     from transformers import AutoProcessor, Wav2Vec2Config, Wav2Vec2ForCTC
-
-    from ..loading import load_model
 
     model = load_model(str(run_dir))
     if model.config.exit_layers != [model.config.num_hidden_layers]:
@@ -257,8 +262,6 @@ def _other_lines(record: dict, festival: bool = True) -> str:
 
 
 def _machine() -> str:
-    from ..device import cpu_description
-
     return cpu_description()
 
 
@@ -309,8 +312,6 @@ def build_base(
     from its weights with one new learning-rate cycle of ``train_minutes`` (default
     :data:`~.presets.BASE_STAGE_MINUTES`); the record and the model card list every stage so far.
     """
-    from ..corpus import build_corpus
-    from .presets import PRESETS
 
     preset = BASE_PRESETS["quick" if quick else "default"]
     _check_engines(preset)  # a missing synthesizer is named now, not after the eSpeak corpus is built
@@ -422,8 +423,6 @@ def build_base(
 def _check_engines(preset: BasePreset) -> None:
     """Raise :class:`~wav2vec2_ee.corpus.external.SynthesizerUnavailableError` if an engine or a voice the
     preset's other synthesizers or its robustness check need is not installed."""
-    from ..corpus.external import check_voices, voice_by_name, voices_for
-
     voices = [voice_by_name(v) for o in preset.other_synthesizers for v in o["voices"]]
     check = preset.robustness_check
     if check:
@@ -433,8 +432,6 @@ def _check_engines(preset: BasePreset) -> None:
 
 def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float]:
     """Build the preset's splits of other synthesizers into the base corpus; hours per split."""
-    from ..corpus.external import build_external_split
-
     hours = {}
     for other in preset.other_synthesizers:
         record = build_external_split(
@@ -458,9 +455,6 @@ def _robustness_split(preset: BasePreset, demo_corpus: Path) -> str | None:
     check = preset.robustness_check
     if not check:
         return None
-    from ..corpus.external import build_external_split
-    from ..data import read_texts
-
     split = f"check_{check['synthesizer']}"
     texts = read_texts(demo_corpus, ["test"])[: int(check["num"])]
     build_external_split(
@@ -477,8 +471,6 @@ def record_conditions(
     :data:`~wav2vec2_ee.evaluation.conditions.CONDITION_CHECKS` (the demo corpus's test split, built into
     ``work_dir``), add them to its ``build_record.json`` (and to its last stage) and rewrite its model
     card. ``names``: the conditions (default: all). Returns ``{name: wer}``."""
-    from ..evaluation.conditions import check_conditions
-
     top = int(preset.model["num_hidden_layers"])
     wer = check_conditions(model_dir, demo_corpus, "test", work_dir, names=names, exits=[top])
     at_top = {name: by_layer[top] for name, by_layer in wer.items()}

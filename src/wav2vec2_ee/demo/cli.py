@@ -33,9 +33,13 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..command_line import HelpFormatter, finish_parser, parsing_flags
+from ..corpus import build_corpus
+from ..ctc.decoding import require_flashlight
 from ..device import DeviceArguments
 from ..errors import UserError
 from ..io import atomic_write_text
+from .base import base_model_dir, build_base
 from .presets import PRESETS, DemoPreset
 from .reproduce import run_reproduce
 from .runs import RunSpec, ee_run, evaluate_run, format_wer_by_exit, say, train_run
@@ -207,7 +211,6 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
 
 def build_demo_corpus(preset: DemoPreset, corpus: Path, progress: bool = True) -> dict:
     """Step 1: the corpus (a finished build with the same parameters is reused at once)."""
-    from ..corpus import build_corpus
 
     start = time.perf_counter()
     summary = build_corpus(corpus, **preset.corpus, progress=progress and sys.stderr.isatty())
@@ -323,8 +326,6 @@ def _write_summary(preset: DemoPreset, out: Path, corpus: Path, spec: RunSpec, r
 
 def build_parser() -> HfArgumentParser:
     """The parser of ``wav2vec2-ee demo``."""
-    from ..cli import HelpFormatter, finish_parser
-
     parser = HfArgumentParser(
         (DemoArguments, DeviceArguments),
         prog="wav2vec2-ee demo",
@@ -341,19 +342,13 @@ def build_parser() -> HfArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status: 0, or 1 when ``--reproduce`` had a failed run (its row
     in ``reproduce.md`` says why; rerunning retries only the unfinished runs)."""
-    from ..cli import parsing_flags
-
     with parsing_flags():
         args, device = build_parser().parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     preset, out, corpus = _setup(args)
     if args.build_base:
-        from .base import build_base
-
         start_from = None
         if args.continue_base:  # the packaged base (--quick: the smoke-test base, built first if missing)
-            from .base import base_model_dir
-
             start_from = base_model_dir(preset, out, args.base)
         build_base(
             out / "base",
@@ -368,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--continue trains a stage of the base: use it with --build-base")
     decoding = preset.decoding(lexicon=not args.no_lexicon)
     if decoding.lexicon_beam_size:  # refused before the corpus and the training, not after them
-        from ..evaluation.decoding import require_flashlight
-
         require_flashlight("the demo's lexicon beam search (--no-lexicon: greedy decoding only)")
 
     # 1. corpus
@@ -377,7 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict = {"corpus": build_demo_corpus(preset, corpus, **quiet)}
 
     # 2. EE fine-tuning of the pretrained base (within what the time budget leaves for it)
-    from .base import base_model_dir
 
     base = base_model_dir(preset, out, args.base)
     say(f"base model: {base}")

@@ -11,7 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..evaluation.evaluate import evaluate_checkpoint
 from ..io import atomic_write_text
+from ..training.cli import parse_args
+from ..training.run import run_training
 from .presets import TRAIN_SPLITS, Decoding, DemoPreset, train_config
 
 
@@ -64,9 +67,6 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False, time_budget: fl
     ``time_budget`` (seconds, ``train --time-budget``) is not part of what makes a finished run reusable.
     Returns ``{"seconds", "steps", "seconds_per_step", "cached"}``.
     """
-    from ..training.cli import parse_args
-    from ..training.run import run_training
-
     run_dir = out / spec.name
     # the demo owns its run folders: a rerun with other settings retrains there
     config = {**spec.train, "output_dir": str(run_dir), "overwrite_output_dir": True}
@@ -149,8 +149,6 @@ def evaluate_run(
     Returns ``{"seconds", "greedy": {split: {layer: wer}}, "lexicon": {...}, "lexicon_lm": {...},
     "utterances": {split: n}}`` with WER as a fraction (empty dicts for the columns not asked for).
     """
-    from ..evaluation.evaluate import evaluate_checkpoint
-
     decoding = decoding or Decoding()
     start = time.perf_counter()
     lexicon = _lexicon_options(decoding)

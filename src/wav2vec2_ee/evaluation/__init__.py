@@ -12,9 +12,8 @@ The reusable pieces (stable names, imported by the inference engine):
 * :mod:`.evaluate`: ``evaluate_checkpoint`` (the ``wav2vec2-ee evaluate`` command as a function).
 """
 
-from ..vocab import normalize_transcript
-from .decoder_spec import LexiconDecoderSpec
-from .decoding import (
+from ..ctc.decoder_spec import LexiconDecoderSpec
+from ..ctc.decoding import (
     BeamSearchDecoder,
     LexiconBeamDecoder,
     NBestHypothesis,
@@ -24,19 +23,19 @@ from .decoding import (
     nbest_posterior,
     posterior_from_scores,
 )
-from .engine import forward_exits, iter_exit_logits, length_grouped_batches
-from .evaluate import evaluate_checkpoint
-from .lexicon import lexicon_from_texts, read_lexicon
-from .metrics import (
+from ..ctc.engine import forward_exits, iter_exit_logits, length_grouped_batches
+from ..ctc.lexicon import lexicon_from_texts, read_lexicon
+from ..ctc.metrics import (
     SplitErrors,
     WordErrors,
-    frame_mask,
     mean_frame_entropy,
     mean_max_prob,
     split_errors,
     word_errors,
 )
-from .model import EvaluationModel, load_evaluation_model
+from ..ctc.model import EvaluationModel, load_evaluation_model
+from ..vocab import normalize_transcript
+from .evaluate import evaluate_checkpoint
 
 __all__ = [
     "BeamSearchDecoder",

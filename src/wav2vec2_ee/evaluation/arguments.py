@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..ctc.decoder_spec import LexiconDecoderSpec
 from ..device import check_runtime_options
 from ..errors import UserError
-from .decoder_spec import LexiconDecoderSpec
 
 EXIT_STATS = ("entropy", "posterior")
 DECODERS = ("greedy", "beam")

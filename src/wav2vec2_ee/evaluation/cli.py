@@ -13,13 +13,12 @@ import logging
 
 from transformers import HfArgumentParser
 
+from ..command_line import HelpFormatter, add_output_dir, finish_parser, output_dir_of, parsing_flags
 from ..device import DeviceArguments
 from .arguments import EvaluationArguments
 
 
 def build_parser() -> HfArgumentParser:
-    from ..cli import HelpFormatter, add_output_dir, finish_parser
-
     parser = HfArgumentParser(
         (EvaluationArguments, DeviceArguments),
         prog="wav2vec2-ee evaluate",
@@ -35,15 +34,13 @@ def build_parser() -> HfArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate the checkpoint and print the split x exit WER table; returns the exit status."""
-    from ..cli import output_dir_of, parsing_flags
-
     with parsing_flags():
         args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
         positional.output_dir = output_dir_of("evaluate", positional)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    from ..results import format_overview_table
     from .evaluate import evaluate_checkpoint
-    from .results import format_overview_table
 
     overview = evaluate_checkpoint(positional.checkpoint, positional.output_dir, args, device)
     print(format_overview_table(overview))

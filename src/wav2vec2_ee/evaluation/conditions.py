@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..data.audio import SAMPLING_RATE, load_audio
+from ..audio import SAMPLING_RATE, load_audio
 from ..data.augment import add_noise, colored_noise, reverberate, room_impulse_response
 from ..data.conditions import add_babble, add_silence, change_tempo, clip, lossy_codec, telephone_band
 from ..errors import UserError
 from ..io import atomic_write_text
+from .evaluate import evaluate_checkpoint
 
 #: One condition: ``(audio, rng, others) -> audio`` (``others``: a few other utterances of the split).
 Condition = Callable[[np.ndarray, np.random.Generator, list[np.ndarray]], np.ndarray]
@@ -141,8 +142,6 @@ def check_conditions(
     wer}}`` (the splits are built into ``output_dir/corpus``, the evaluations go to ``output_dir/eval``).
     ``exits``: the layers (default: the checkpoint's exits; a plain CTC checkpoint's read through its
     final head)."""
-    from .evaluate import evaluate_checkpoint
-
     out = Path(output_dir)
     names = names or list(CONDITION_CHECKS)
     splits = build_condition_splits(corpus, split, out / "corpus", names)

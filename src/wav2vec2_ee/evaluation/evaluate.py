@@ -36,22 +36,19 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Wav2Vec2CTCTokenizer
 
+from ..ctc.decoder_spec import ResolvedLexiconDecoder
+from ..ctc.decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
+from ..ctc.engine import ExitBatch, iter_exit_logits
+from ..ctc.lexicon import write_lexicon
+from ..ctc.metrics import mean_frame_entropy
+from ..ctc.model import EvaluationModel, load_evaluation_model, min_duration_for_ctc
+from ..ctc.ngram import NgramLM
 from ..data import PreparedUtterance, SpeechDataset, load_prepared_split, resolve_splits
 from ..device import DeviceArguments, default_batching
 from ..errors import UserError
 from ..io import exclusive_lock
 from ..options import resolve_options
-from ..vocab import normalize_transcript
-from .arguments import EvaluationArguments
-from .decoder_spec import ResolvedLexiconDecoder
-from .decoding import BeamSearchDecoder, LexiconBeamDecoder, greedy_decode_exits, posterior_from_scores
-from .engine import ExitBatch, iter_exit_logits
-from .lexicon import write_lexicon
-from .metrics import mean_frame_entropy
-from .model import EvaluationModel, load_evaluation_model, min_duration_for_ctc
-from .ngram import NgramLM
-from .plots import plot_wer_by_exit
-from .results import (
+from ..results import (
     SUMMARY_SUFFIX,
     UtteranceResult,
     atomic_write_json,
@@ -60,6 +57,9 @@ from .results import (
     write_overview,
     write_split_files,
 )
+from ..vocab import normalize_transcript
+from .arguments import EvaluationArguments
+from .plots import plot_wer_by_exit
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def decode_split(
     """Decode every evaluated exit of every utterance; returns results in input order and audio seconds.
 
     With ``run.processes != 1`` the batches are run *and decoded* by this process and forked children
-    (:func:`~wav2vec2_ee.evaluation.engine.iter_exit_logits`); the results are the same.
+    (:func:`~wav2vec2_ee.ctc.engine.iter_exit_logits`); the results are the same.
     """
     dataset = SpeechDataset(prepared, em.feature_extractor)
     results: dict[int, UtteranceResult] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from .results import save_figure
+from ..results import save_figure
 
 
 def plot_wer_by_exit(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..command_line import HelpFormatter, finish_parser
 from ..errors import UserError
 
 
@@ -26,7 +27,6 @@ def _to_bool(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter, finish_parser
     from .exporter import DEFAULT_OPSET
 
     parser = argparse.ArgumentParser(

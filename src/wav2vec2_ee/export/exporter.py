@@ -31,8 +31,10 @@ import torch
 
 from ..errors import UserError, require
 from ..io import atomic_write_json
+from ..loading import load_config, load_model
 from ..modeling import Wav2Vec2EEForCTC
 from ..policy_core import SAVED_POLICY, policy_from_saved, read_saved_policy
+from ..vocab import build_processor
 from .runtime import FORMAT, MANIFEST, load_segments, run_onnx_exits
 from .segments import build_segments
 
@@ -238,8 +240,6 @@ def export_model(
         check: run the exported segments on a padded batch and record the largest difference to PyTorch.
         progress: called with one line per file written.
     """
-    from ..vocab import build_processor
-
     require_onnx(int8, check)
     folder = Path(folder)
     say = progress or (lambda line: None)
@@ -307,9 +307,6 @@ def export_checkpoint(
     processor and :func:`export_model` it. Without ``policy``, the checkpoint's saved policy
     (``exit_policy.json`` of ``calibrate --save-policy``) is copied in when it has one."""
     require_onnx(int8, check)  # before anything is read
-    from ..loading import load_config, load_model
-    from ..vocab import build_processor
-
     if policy is None and (Path(checkpoint) / SAVED_POLICY).is_file():
         policy = Path(checkpoint) / SAVED_POLICY
     if policy is not None:  # a bad policy file is refused before the weights are read

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..configuration import Wav2Vec2EEConfig
 from .runtime import OnnxExitStep, OnnxSegments, load_segments, run_onnx_exits
 
 
@@ -82,8 +83,6 @@ class OnnxExitSource:
     def config(self):
         """The exported model's :class:`~wav2vec2_ee.configuration.Wav2Vec2EEConfig` (its ``config.json``)."""
         if self._config is None:
-            from ..configuration import Wav2Vec2EEConfig
-
             self._config = Wav2Vec2EEConfig.from_pretrained(str(self.segments.folder))
         return self._config
 

@@ -4,14 +4,44 @@ lexicon decoders they describe (:class:`~wav2vec2_ee.evaluation.LexiconDecoderSp
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..ctc.decoder_spec import LexiconDecoderSpec
 from ..device import check_runtime_options
 from ..errors import UserError
-from ..evaluation.decoder_spec import LexiconDecoderSpec
 from ..policy_core import POLICIES, POLICY_NAMES
 from .chunking import check_chunking
+
+
+def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> dict[str, list[float]]:
+    """``["entropy=0.1,0.2", "patience=2,3"]`` -> ``{"entropy": [0.1, 0.2], "patience": [2.0, 3.0]}``.
+
+    Bare numbers (``["0.1", "0.2"]``) are accepted when exactly one policy is swept.
+    """
+    out: dict[str, list[float]] = {}
+    bare: list[float] = []
+    for item in items or []:
+        name, sep, values = item.partition("=")
+        try:
+            if sep:
+                if name not in POLICIES or POLICIES[name].parameter is None:
+                    raise UserError(f"--thresholds {item!r}: {name!r} is not a policy with a parameter")
+                out.setdefault(name, []).extend(float(v) for v in values.split(",") if v)
+            else:
+                bare.extend(float(v) for v in item.split(",") if v)
+        except ValueError as err:
+            if "policy" in str(err):
+                raise
+            raise UserError(f"--thresholds {item!r}: expected POLICY=V1,V2,... or numbers") from err
+    if bare:
+        if len(policies) != 1:
+            raise UserError(
+                f"--thresholds {' '.join(items or [])}: with several policies write POLICY=V1,V2 (e.g. entropy=0.2,0.4)"
+            )
+        out.setdefault(policies[0], []).extend(bare)
+    return out
 
 
 @dataclass
@@ -253,8 +283,6 @@ class SweepArguments(ExitTableArguments):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.thresholds:  # out-of-range values fail now, not after the split's exits are computed
-            from .sweep import parse_thresholds  # (sweep imports this module)
-
             tunable = [p for p in dict.fromkeys(self.policies) if p in POLICIES and POLICIES[p].parameter]
             for name, values in parse_thresholds(self.thresholds, tunable).items():
                 for value in values:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ..ctc.model import load_evaluation_model
 from ..device import DeviceArguments, default_batching
 from ..errors import UserError
-from ..evaluation.model import load_evaluation_model
 from ..options import resolve_options
 from ..policy_core import (
     POLICIES,
@@ -117,13 +117,15 @@ class Calibration:
     #: the policy's fitted arguments (the learned model, fitted on the dev split); saved by
     #: :meth:`to_dict` as the policy's :meth:`~wav2vec2_ee.policy_core.ExitPolicy.saved_fields`
     fitted: dict = field(default_factory=dict, repr=False)
+    #: where ``--save-policy`` wrote the policy (``None``: not saved)
+    saved_to: str | None = field(default=None, repr=False)
 
     def build(self) -> ExitPolicy:
         """The calibrated policy."""
         return policy_with_value(self.policy, self.value, self.max_layer, **self.fitted)
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("dev", "test", "fitted")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("dev", "test", "fitted", "saved_to")}
         out["dev"] = self.dev.to_dict()
         out["test"] = None if self.test is None else self.test.to_dict()
         out.update(self.build().saved_fields())
@@ -260,6 +262,17 @@ def split_exit_table(
     return name, table
 
 
+def calibration_report(result: Calibration, checkpoint: str | os.PathLike, as_json: bool = False) -> str:
+    """What ``calibrate`` prints: the human-readable lines, where the policy was saved and the value on
+    the last line (a machine reads it); ``as_json``: one JSON object instead."""
+    if as_json:
+        return json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2)
+    lines = list(format_calibration(result))
+    if result.saved_to is not None:
+        lines.append(f"saved the policy to {result.saved_to}")
+    return "\n".join([*lines, f"{result.value!r}"])
+
+
 def run_calibration(
     checkpoint: str | os.PathLike,
     args: CalibrateArguments | None = None,
@@ -269,7 +282,8 @@ def run_calibration(
     runtime: DeviceArguments | None = None,
     **options,
 ) -> Calibration:
-    """The ``calibrate`` command as a function: prints the lines, then the value (or one JSON object).
+    """The ``calibrate`` command as a function: returns the calibration (``saved_to``: where
+    ``--save-policy`` wrote it); the command prints it (:func:`calibration_report`).
 
     Takes the command's option dataclasses (:mod:`.arguments`), or their fields as keywords
     (:func:`~wav2vec2_ee.options.resolve_options`). With ``output_dir``, also writes
@@ -323,12 +337,5 @@ def run_calibration(
     if args.save_policy:
         saved_to = saved_policy_path(checkpoint, args.output)
         write_saved_policy(saved_to, saved_policy(result, checkpoint))
-    if args.json:
-        print(json.dumps({"checkpoint": str(Path(checkpoint).resolve()), **result.to_dict()}, indent=2))
-    else:
-        for line in format_calibration(result):
-            print(line)
-        if saved_to is not None:
-            print(f"saved the policy to {saved_to}")
-        print(f"{result.value!r}")
+    result.saved_to = None if saved_to is None else str(saved_to)
     return result

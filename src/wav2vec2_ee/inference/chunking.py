@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from ..data.audio import SAMPLING_RATE, AudioError, to_mono_16k
+from ..audio import SAMPLING_RATE, AudioError, to_mono_16k
 from ..errors import UserError
 
 #: The recommended window of ``chunk_seconds`` / ``--chunk-seconds`` for long recordings.
@@ -111,7 +111,7 @@ def file_pieces(
     path: str | os.PathLike, source: str, chunk_seconds: float, stride_seconds: float
 ) -> Iterator[Piece]:
     """The windows of an audio file, read one at a time (at the file's rate, then mixed down to mono
-    and resampled to 16 kHz); an :class:`~wav2vec2_ee.data.audio.AudioError` naming ``source`` when it
+    and resampled to 16 kHz); an :class:`~wav2vec2_ee.audio.AudioError` naming ``source`` when it
     cannot be decoded."""
     try:
         handle = sf.SoundFile(str(path))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from ..command_line import HelpFormatter, add_output_dir, finish_parser, output_dir_of
 from ..device import DeviceArguments
 from ..errors import UserError
 from ..policy_core import POLICIES, check_max_layer, policy_from_flags, wants_saved_policy
@@ -50,8 +51,6 @@ def _raise_user_error(message: str):
 
 
 def _parser(dataclass_types, prog: str, description: str) -> HfArgumentParser:
-    from ..cli import HelpFormatter, finish_parser
-
     parser = HfArgumentParser(
         dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter
     )
@@ -64,7 +63,7 @@ def _check_max_layer(checkpoint: str, max_layer: int | None) -> None:
     from the checkpoint's config before the split's exits are computed (minutes), not after."""
     if max_layer is None or not Path(checkpoint, "config.json").is_file():
         return  # no budget; a missing checkpoint is reported by the loader
-    from ..evaluation.model import checkpoint_has_exits
+    from ..ctc.model import checkpoint_has_exits
     from ..loading import load_config
 
     if checkpoint_has_exits(checkpoint):
@@ -129,11 +128,11 @@ def transcribe_main(argv: list[str] | None = None) -> int:
 
 
 def _transcription_log(args: TranscribeArguments):
-    """``--output``'s :class:`~wav2vec2_ee.evaluation.results.TranscriptionLog` (``None`` without it);
+    """``--output``'s :class:`~wav2vec2_ee.results.TranscriptionLog` (``None`` without it);
     an existing file without ``--resume`` is a usage error."""
     if args.output is None:
         return None
-    from ..evaluation.results import TranscriptionLog
+    from ..results import TranscriptionLog
 
     if os.path.exists(args.output) and not args.resume:
         raise UserError(
@@ -216,8 +215,6 @@ def _print_results(results: list, as_json: bool) -> int:
 
 
 def sweep_parser() -> HfArgumentParser:
-    from ..cli import add_output_dir
-
     parser = _parser(
         (SweepArguments, LexiconArguments, LexiconSourceArguments, ScoringArguments, DeviceArguments),
         "wav2vec2-ee sweep",
@@ -229,16 +226,16 @@ def sweep_parser() -> HfArgumentParser:
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
-    from ..cli import output_dir_of
-
     parsed = sweep_parser().parse_args_into_dataclasses(args=argv)
     args, lexicon, source, scoring, device, positional = parsed
     output_dir = output_dir_of("sweep", positional)
     _logging()
     _check_max_layer(positional.checkpoint, args.max_layer)
-    from .sweep import run_sweep
+    from .sweep import format_points, run_sweep
+    from .table import OperatingPoint
 
-    run_sweep(positional.checkpoint, output_dir, args, lexicon, source, scoring, device)
+    summary = run_sweep(positional.checkpoint, output_dir, args, lexicon, source, scoring, device)
+    print(format_points([OperatingPoint.from_dict(p) for p in summary["points"]], summary["full_depth"]))
     return 0
 
 
@@ -261,8 +258,9 @@ def calibrate_main(argv: list[str] | None = None) -> int:
     args, lexicon, source, scoring, device, positional = parsed
     _logging(quiet=True)
     _check_max_layer(positional.checkpoint, args.max_layer)
-    from .calibrate import run_calibration
+    from .calibrate import calibration_report, run_calibration
 
-    run_calibration(positional.checkpoint, args, lexicon, source, scoring, device)
+    result = run_calibration(positional.checkpoint, args, lexicon, source, scoring, device)
+    print(calibration_report(result, positional.checkpoint, as_json=args.json))
     sys.stdout.flush()
     return 0

@@ -27,6 +27,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..device import synchronize
+from ..export.runtime import OnnxSegments
+from ..export.source import OnnxExitSource
 from ..modeling import Wav2Vec2EEForCTC
 from ..policy_core import ExitPolicy, exit_loop
 from .policies import Decoders, ExitView
@@ -62,11 +64,7 @@ def as_exit_source(source) -> ExitSource:
     """``source`` as an :class:`ExitSource`: a model (``config.exit_layers`` + ``iter_exits``), ONNX
     segments (:class:`~wav2vec2_ee.export.OnnxSegments`, wrapped in an
     :class:`~wav2vec2_ee.export.source.OnnxExitSource`) or an exit source already."""
-    from ..export.runtime import OnnxSegments
-
     if isinstance(source, OnnxSegments):
-        from ..export.source import OnnxExitSource
-
         return OnnxExitSource(source)
     if hasattr(source, "iter_exits") and hasattr(getattr(source, "config", None), "exit_layers"):
         return _ModelSource(source)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserError
-from ..objectives import frame_mask
+from ..labels import frame_mask
 from ..policy_core import FEATURES, LOW_QUANTILE, LearnedWeights, agreement_array
 
 #: What a label of 1 means (recorded with every fitted model).

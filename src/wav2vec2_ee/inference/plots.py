@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from ..evaluation.results import save_figure
 from ..policy_core import (
     POLICIES,
     ConfidenceThreshold,
@@ -15,6 +14,7 @@ from ..policy_core import (
     Patience,
     PosteriorThreshold,
 )
+from ..results import save_figure
 from .table import OperatingPoint
 
 #: The matplotlib marker of each policy's curve (``o`` for the others).

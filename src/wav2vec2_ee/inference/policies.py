@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2CTCTokenizer
 
+from ..ctc.decoding import LexiconBeamDecoder, greedy_decode, nbest_posterior
+from ..ctc.metrics import mean_frame_entropy, mean_max_prob
 from ..errors import UserError
-from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode, nbest_posterior
-from ..evaluation.metrics import mean_frame_entropy, mean_max_prob
 from ..policy_core import FEATURES, ExitPolicy, View
 from ..policy_core import learned_features as host_learned_features
 from ..vocab import normalize_transcript

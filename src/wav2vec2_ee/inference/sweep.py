@@ -36,18 +36,20 @@ from pathlib import Path
 
 import torch
 
+from ..ctc.metrics import word_errors
+from ..ctc.model import load_evaluation_model
 from ..device import DeviceArguments, default_batching
 from ..errors import UserError
-from ..evaluation.metrics import word_errors
-from ..evaluation.model import load_evaluation_model
-from ..evaluation.results import atomic_write_json, atomic_write_text, format_decisions_csv, format_points_csv
+from ..io import atomic_write_json, atomic_write_text
 from ..options import resolve_options
 from ..policy_core import POLICIES, FixedExit, policy_with_value, read_saved_policy
+from ..results import format_decisions_csv, format_points_csv
 from .arguments import (
     LexiconArguments,
     LexiconSourceArguments,
     ScoringArguments,
     SweepArguments,
+    parse_thresholds,
     posterior_spec,
     scoring_spec,
 )
@@ -72,35 +74,6 @@ logger = logging.getLogger(__name__)
 
 TIMING_MODES = ("all", "pareto", "none")
 DEFAULT_SWEEP_POLICIES = ("entropy", "confidence", "patience")
-
-
-def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> dict[str, list[float]]:
-    """``["entropy=0.1,0.2", "patience=2,3"]`` -> ``{"entropy": [0.1, 0.2], "patience": [2.0, 3.0]}``.
-
-    Bare numbers (``["0.1", "0.2"]``) are accepted when exactly one policy is swept.
-    """
-    out: dict[str, list[float]] = {}
-    bare: list[float] = []
-    for item in items or []:
-        name, sep, values = item.partition("=")
-        try:
-            if sep:
-                if name not in POLICIES or POLICIES[name].parameter is None:
-                    raise UserError(f"--thresholds {item!r}: {name!r} is not a policy with a parameter")
-                out.setdefault(name, []).extend(float(v) for v in values.split(",") if v)
-            else:
-                bare.extend(float(v) for v in item.split(",") if v)
-        except ValueError as err:
-            if "policy" in str(err):
-                raise
-            raise UserError(f"--thresholds {item!r}: expected POLICY=V1,V2,... or numbers") from err
-    if bare:
-        if len(policies) != 1:
-            raise UserError(
-                f"--thresholds {' '.join(items or [])}: with several policies write POLICY=V1,V2 (e.g. entropy=0.2,0.4)"
-            )
-        out.setdefault(policies[0], []).extend(bare)
-    return out
 
 
 def sweep_points(
@@ -376,5 +349,4 @@ def _write_sweep(checkpoint, output_dir, args, device, em, name, table, results,
         "files": files,
     }
     atomic_write_json(out / files[1], summary)
-    print(format_points(points, table.full_depth))
     return summary

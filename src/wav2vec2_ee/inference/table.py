@@ -25,15 +25,15 @@ from dataclasses import dataclass, field, fields
 import torch
 from tqdm.auto import tqdm
 
+from ..ctc.decoding import LexiconBeamDecoder, greedy_decode_exits, nbest_posterior
+from ..ctc.engine import iter_exit_logits
+from ..ctc.metrics import mean_frame_entropy, mean_max_prob, word_errors
+from ..ctc.model import EvaluationModel, min_duration_for_ctc
 from ..data import PreparedUtterance, SpeechDataset, resolve_splits
 from ..data import load_prepared_split as prepare_split
 from ..errors import UserError
-from ..evaluation.decoding import LexiconBeamDecoder, greedy_decode_exits, nbest_posterior
-from ..evaluation.engine import iter_exit_logits
-from ..evaluation.metrics import mean_frame_entropy, mean_max_prob, word_errors
-from ..evaluation.model import EvaluationModel, min_duration_for_ctc
-from ..evaluation.results import write_jsonl
 from ..policy_core import POLICIES, ExitPolicy, policy_with_value
+from ..results import write_jsonl
 from ..vocab import normalize_transcript
 from .learned import agreements, log_frames, low_quantile_max_prob, mean_top_margin, non_blank_share
 from .policies import ExitView
@@ -294,6 +294,11 @@ class OperatingPoint:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "fitted"}
         out["exit_counts"] = {str(k): v for k, v in self.exit_counts.items()}
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> OperatingPoint:
+        """The point :meth:`to_dict` wrote (``<split>_sweep.json``'s ``points``)."""
+        return cls(**{**data, "exit_counts": {int(k): v for k, v in data["exit_counts"].items()}})
 
 
 def point_from_exits(table: ExitTable, policy: ExitPolicy, exits: torch.Tensor) -> OperatingPoint:

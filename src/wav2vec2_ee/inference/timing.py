@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..ctc.engine import length_grouped_batches
 from ..data import AudioError, DataCollatorCTCWithPadding, PreparedUtterance, SpeechDataset
 from ..device import forward_precision, model_device, synchronize
-from ..evaluation.engine import length_grouped_batches
 from ..modeling import Wav2Vec2EEForCTC
 from ..policy_core import ExitPolicy
 from .engine import full_forward, run_early_exit

@@ -47,8 +47,11 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2Processor
 
+from ..audio import SAMPLING_RATE, AudioError
+from ..ctc.decoding import LexiconBeamDecoder, ctc_collapse
+from ..ctc.engine import length_grouped_batches
+from ..ctc.model import min_duration_for_ctc
 from ..data import audio_duration, load_audio
-from ..data.audio import SAMPLING_RATE, AudioError
 from ..device import (
     autocast_dtype,
     check_runtime_options,
@@ -57,10 +60,8 @@ from ..device import (
     prepare_for_inference,
 )
 from ..errors import UserError
-from ..evaluation.decoding import LexiconBeamDecoder, ctc_collapse
-from ..evaluation.engine import length_grouped_batches
-from ..evaluation.model import min_duration_for_ctc
 from ..export.runtime import MANIFEST, exported_policy_values
+from ..export.source import OnnxExitSource
 from ..loading import load_model
 from ..modeling import Wav2Vec2EEForCTC
 from ..policy_core import SAVED_POLICY, ExitPolicy, FixedExit, policy_from_saved, read_saved_policy
@@ -237,8 +238,6 @@ class Transcriber:
         each exported segment run by ONNX Runtime (``precision``: ``"float"`` or ``"int8"`` where the
         export has it; default the best there). Without ``policy``, the folder's ``policy.json`` if it
         has one (any saved policy, the learned one included), else the last exit."""
-        from ..export.source import OnnxExitSource
-
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder}: no such export folder")
         source = OnnxExitSource(folder, precision)

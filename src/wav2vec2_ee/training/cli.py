@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..command_line import HelpFormatter, finish_parser, parsing_flags
 from ..errors import UserError
 from .arguments import DataArguments, ModelArguments, ObjectiveArguments, RunArguments
 from .precision import cpu_only_machine
@@ -87,8 +88,6 @@ def check_reporting_extras(report_to) -> None:
 
 def build_parser() -> HfArgumentParser:
     """The parser of ``wav2vec2-ee train`` (our dataclasses and transformers' ``TrainingArguments``)."""
-    from ..cli import HelpFormatter, finish_parser
-
     parser = HfArgumentParser(
         ALL_ARGS,
         prog="wav2vec2-ee train",
@@ -114,8 +113,6 @@ def parse_args(argv: list[str]):
     """Parse ``argv``: an optional leading JSON/YAML file gives defaults, flags override them. A
     ``ValueError`` raised meanwhile (ours, ``HfArgumentParser``'s, ``TrainingArguments``') is about the
     user's flags: it leaves as a :class:`~wav2vec2_ee.errors.UserError`."""
-    from ..cli import parsing_flags
-
     with parsing_flags():
         return _parse_args(argv)
 

@@ -19,16 +19,20 @@ import json
 import logging
 import os
 import shutil
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from safetensors import safe_open
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.conditions import CONDITIONS
 from ..errors import UserError
 from ..io import atomic_write_json, fsync_path, move_into_place
+from .arguments import RunArguments
 
 logger = logging.getLogger(__name__)
 
@@ -382,3 +386,136 @@ def save_final_model(output_dir: str | os.PathLike, write: Callable[[Path], None
         fsync_path(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# complete checkpoints and the one --resume continues
+
+
+def _checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` is not a complete checkpoint, or ``None`` when it is.
+
+    ``Trainer._save_checkpoint`` (transformers 5.x) writes the weights, then optimizer.pt,
+    scheduler.pt and rng_state*.pth, and ``trainer_state.json`` last (``EarlyExitTrainer`` adds a
+    barrier so that, with several processes, every process's files come before it; the skip counts
+    come first, from :class:`~.callbacks.SaveSkipCounts`). A complete
+    checkpoint therefore has a ``trainer_state.json`` that parses and names the folder's step. The
+    other files are checked too, cheaply, in case the file system lost unsynced data: safetensors
+    headers must open and every torch pickle (a zip archive) must have its end-of-archive record.
+    """
+    state_file = ckpt / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME} (the Trainer writes it last)"
+    try:
+        step = json.loads(state_file.read_text(encoding="utf-8")).get("global_step")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return f"{TRAINER_STATE_NAME} is cut short"
+    if str(step) != ckpt.name.split("-")[-1]:
+        return f"{TRAINER_STATE_NAME} names step {step}"
+    weights = sorted(ckpt.glob("*.safetensors"))
+    if not weights and not any(ckpt.glob("pytorch_model*.bin")):
+        return "no model weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as err:  # safetensors raises its own error types
+            return f"{path.name} is unreadable ({err})"
+    for path in [*ckpt.glob("*.pt"), *ckpt.glob("*.pth"), *ckpt.glob("*.bin")]:
+        if not zipfile.is_zipfile(path):
+            return f"{path.name} is cut short"
+    return None
+
+
+def complete_checkpoints(output_dir: str | os.PathLike) -> list[str]:
+    """The ``checkpoint-N`` folders whose save finished (see :func:`_checkpoint_problem`), newest first.
+
+    A crash while saving leaves a partial folder; it is passed over (with a warning).
+    """
+    complete = []
+    for ckpt in reversed(checkpoint_folders(output_dir)):
+        problem = _checkpoint_problem(ckpt)
+        if problem is None:
+            complete.append(str(ckpt))
+        else:
+            logger.warning("%s is incomplete (interrupted save?): %s; passed over", ckpt, problem)
+    return complete
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The newest ``checkpoint-N`` folder whose save finished (see :func:`_checkpoint_problem`).
+
+    A crash while saving leaves a partial folder; it is passed over (with a warning) so the previous
+    checkpoint is used.
+    """
+    complete = complete_checkpoints(output_dir)
+    return complete[0] if complete else None
+
+
+def resume_checkpoint(
+    output_dir: str | os.PathLike, settings: dict, ignore_settings: bool = False
+) -> str | None:
+    """The checkpoint ``--resume`` continues: the newest complete one written with ``settings``.
+
+    Every checkpoint records the settings of its run (``run_settings.json``); they must equal
+    ``settings`` except :data:`~.outputs.LENGTH_KEYS` (a run may be continued for more steps). Newer
+    complete checkpoints of another run (a run started in the same folder with ``--overwrite-output-dir``)
+    are passed over with a warning; when no complete checkpoint is the run's, ``ValueError`` names the
+    settings in which the newest differs. ``ignore_settings`` (``--resume-ignore-settings``): the newest
+    complete checkpoint, whatever its settings. ``None``: no complete checkpoint.
+    """
+    complete = complete_checkpoints(output_dir)
+    if not complete:
+        return None
+    problems: list[tuple[str, str]] = []
+    for ckpt in complete:
+        record = read_settings(ckpt)
+        if record is None:
+            why = "it records no run settings (written by an older version of wav2vec2-ee or another program)"
+        else:
+            differences = settings_differences(record["settings"], settings, ignore=LENGTH_KEYS)
+            if not differences:
+                break
+            why = "it was written with other settings (" + "; ".join(differences) + ")"
+        if ignore_settings:
+            logger.warning("--resume-ignore-settings: resuming %s although %s", ckpt, why)
+            return ckpt
+        problems.append((ckpt, why))
+    else:
+        newest, why = problems[0]
+        raise UserError(
+            f"--resume: {newest} is not this run's: {why}; resume with that run's settings, start a new "
+            "run without --resume, or pass --resume-ignore-settings to continue it with these settings"
+        )
+    for passed, why in problems:
+        logger.warning(
+            "--resume: %s passed over: %s (this run writes its own checkpoint of that step over it)",
+            passed,
+            why,
+        )
+    return ckpt
+
+
+def prepare_output_dir(
+    output_dir: str | os.PathLike, settings: dict, run_args: RunArguments
+) -> tuple[RunFolder, str | None]:
+    """Step 1b: the run's output folder and the checkpoint to resume (``None``: start fresh).
+
+    With ``--resume`` and a checkpoint of this run (:func:`resume_checkpoint`), the run continues it and
+    the checkpoints the folder's ``run_settings.json`` lists stay the run's. Otherwise the run starts
+    fresh, into a folder :func:`~.outputs.check_output_dir` accepts (``--overwrite-output-dir``).
+    Raises ``ValueError`` before any work is done.
+    """
+    checkpoint = None
+    if run_args.resume:
+        checkpoint = resume_checkpoint(output_dir, settings, run_args.resume_ignore_settings)
+    if checkpoint is None:
+        return check_output_dir(output_dir, settings, run_args.overwrite_output_dir), None
+    folder = RunFolder(Path(output_dir), settings)
+    record = read_settings(output_dir)
+    if record is not None and (
+        run_args.resume_ignore_settings
+        or not settings_differences(record["settings"], settings, ignore=LENGTH_KEYS)
+    ):
+        folder.owned = {str(name) for name in record.get("checkpoints", [])}
+    return folder, checkpoint

@@ -18,8 +18,9 @@ from torch import nn
 from transformers import TrainingArguments, Wav2Vec2CTCTokenizer
 
 from ..errors import UserError
+from ..labels import pad_labels
 from ..loading import load_model
-from ..objectives import greedy_pseudo_labels, pad_labels
+from ..objectives import greedy_pseudo_labels
 
 CacheKey = int | tuple[int, float]
 

@@ -24,7 +24,7 @@ import jiwer
 import torch
 import torch.nn.functional as F
 
-from ..objectives import frame_mask
+from ..labels import frame_mask
 
 
 def _masked_frame_mean(values: torch.Tensor, output_lengths: torch.Tensor | None) -> torch.Tensor:

@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from transformers import Wav2Vec2CTCTokenizer
 
 from ..errors import UserError, require
+from ..vocab import TextNormalizer
+from .lexicon import spell
+from .ngram import ArpaLM, kenlm_for
 
 logger = logging.getLogger(__name__)
 
@@ -184,10 +187,6 @@ class BeamSearchDecoder:
         self._delimiter = tokenizer.word_delimiter_token
         self._fused = None
         if kenlm_model is not None:
-            from ..vocab import TextNormalizer
-            from .lexicon import spell
-            from .ngram import ArpaLM
-
             lm = ArpaLM(kenlm_model)
             normalize = TextNormalizer(tokenizer)
             # the model's own words (its spelling, so that KenLM finds them), spelled in the tokenizer's letters
@@ -289,7 +288,7 @@ class LexiconBeamDecoder:
         nbest: hypotheses returned by :meth:`nbest`.
         beam_size / beam_size_token / beam_threshold / word_score / unk_score / sil_score / log_add:
             flashlight's ``LexiconDecoderOptions`` (``beam_size_token`` defaults to the vocabulary size).
-        lm / lm_weight: a word n-gram model (:class:`~wav2vec2_ee.evaluation.ngram.NgramLM` or
+        lm / lm_weight: a word n-gram model (:class:`~wav2vec2_ee.ctc.ngram.NgramLM` or
             ``ArpaLM``) whose natural-log probabilities are added with weight ``lm_weight`` (shallow
             fusion); ``None`` = no language model, as in the seed.
     """
@@ -346,8 +345,6 @@ class LexiconBeamDecoder:
         self.word_dict.set_default_index(self.word_dict.get_index(unk_word))
 
         if lm is not None:
-            from .ngram import kenlm_for
-
             self._lm, to_natural_log = kenlm_for(lm, self.word_dict)
             lm_weight = float(lm_weight) * to_natural_log  # KenLM scores are log10
         else:

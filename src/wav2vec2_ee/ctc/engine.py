@@ -25,8 +25,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..accel.processes import default_processes, run_forked
+from ..audio import SAMPLING_RATE
 from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
-from ..data.audio import SAMPLING_RATE
 from ..device import forward_precision, model_device
 from ..errors import UserError
 from ..modeling import Wav2Vec2EEForCTC

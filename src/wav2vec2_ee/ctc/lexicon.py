@@ -14,8 +14,8 @@ from pathlib import Path
 from transformers import Wav2Vec2CTCTokenizer
 
 from ..errors import UserError
+from ..io import atomic_write_text
 from ..vocab import TextNormalizer
-from .results import atomic_write_text
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Reading audio: soundfile to decode, soxr to resample to 16 kHz, mixed down to mono."""
+"""Reading audio: soundfile to decode, soxr to resample to 16 kHz, mixed down to mono.
+
+numpy, soundfile and soxr only (no torch): the torch-free runtime (:mod:`wav2vec2_ee.lite`) reads audio
+here too. :data:`SAMPLING_RATE` is the package's one definition of the model's input rate.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ import os
 
 import numpy as np
 import soundfile as sf
-import soxr
 
-from ..errors import UserError
-from ..vocab import SAMPLING_RATE
+from .errors import UserError
+
+#: The sampling rate (Hz) of the model's input: the one definition in the package (audio is resampled
+#: to it on reading, the feature extractor declares it, the synthetic corpus is written at it).
+SAMPLING_RATE = 16_000
 
 
 class AudioError(UserError):
@@ -22,6 +28,20 @@ class AudioError(UserError):
         self.reason = reason
 
 
+def resample(array: np.ndarray, sampling_rate: int, source: str = "<array>") -> np.ndarray:
+    """``(samples,)`` float32 audio at ``sampling_rate`` resampled to :data:`SAMPLING_RATE` with soxr (a
+    dependency of the package; the torch-free runtime may run without it, and then names it)."""
+    try:
+        import soxr  # imported here: the lite runtime reads 16 kHz audio without it
+    except ImportError:
+        raise AudioError(
+            source,
+            f"audio at {sampling_rate} Hz; the model needs {SAMPLING_RATE} Hz and resampling needs soxr "
+            f"(pip install soxr), or give {SAMPLING_RATE} Hz audio",
+        ) from None
+    return soxr.resample(array, sampling_rate, SAMPLING_RATE).astype(np.float32, copy=False)
+
+
 def to_mono_16k(array: np.ndarray, sampling_rate: int, source: str = "<array>") -> np.ndarray:
     """``(samples,)`` float32 mono audio at 16 kHz from ``(samples,)`` or ``(samples, channels)``."""
     array = np.asarray(array, dtype=np.float32)
@@ -30,7 +50,7 @@ def to_mono_16k(array: np.ndarray, sampling_rate: int, source: str = "<array>") 
     elif array.ndim != 1:
         raise AudioError(source, f"expected 1 or 2 dimensions (samples[, channels]), got shape {array.shape}")
     if sampling_rate != SAMPLING_RATE:
-        array = soxr.resample(array, sampling_rate, SAMPLING_RATE).astype(np.float32, copy=False)
+        array = resample(array, sampling_rate, source)
     if array.size == 0:
         raise AudioError(source, "the file holds no audio samples")
     if not np.isfinite(array).all():

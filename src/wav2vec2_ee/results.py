@@ -43,9 +43,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import AppendFile, atomic_write_bytes, atomic_write_json, atomic_write_text
-from .metrics import WordErrors, split_errors, word_errors
+from .ctc.metrics import WordErrors, split_errors, word_errors
+from .errors import UserError
+from .io import AppendFile, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

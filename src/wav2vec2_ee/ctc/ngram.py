@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import UserError
-from .results import atomic_write_text
+from ..io import atomic_write_text
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
