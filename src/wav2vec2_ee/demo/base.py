@@ -104,17 +104,8 @@ def _train_spec(preset: BasePreset, out: Path, corpus: Path) -> RunSpec:
     return RunSpec("train", "CTC at the last layer only, from scratch", train)
 
 
-def _model_card(preset: BasePreset, command: str, record: dict) -> str:
-    """The base's ``README.md``."""
-    if record.get("stages"):
-        return _staged_model_card(preset, record)
-    wer = record["wer"]
-    test = format_wer_by_exit({"test (held-out voices)": wer["test"]})
-    train_voices = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer["train_voices"].items())
-    model = preset.model
-    timing = record["timing"]
-    corpus = record["corpus"]
-    return f"""---
+#: The top of the base's model card: its metadata and what it is.
+_CARD_HEADER = """---
 library_name: transformers
 pipeline_tag: automatic-speech-recognition
 tags: [wav2vec2, ctc, wav2vec2-ee, synthetic-speech]
@@ -125,7 +116,20 @@ A small wav2vec2 CTC model (the embedded counterpart of `facebook/wav2vec2-base-
 layer only, no exit heads. `wav2vec2-ee demo` fine-tunes it into an early-exit model. It is a plain
 `Wav2Vec2ForCTC` checkpoint (float16 safetensors): `Wav2Vec2ForCTC.from_pretrained(this_folder)` and
 `pipeline("automatic-speech-recognition", model=this_folder)` read it.
+"""
 
+
+def _model_card(preset: BasePreset, command: str, record: dict) -> str:
+    """The base's ``README.md``."""
+    if record.get("stages"):
+        return _staged_model_card(preset, record)
+    wer = record["wer"]
+    test = format_wer_by_exit({"test (held-out voices)": wer["test"]})
+    train_voices = ", ".join(f"layer {k}: {100 * v:.1f} %" for k, v in wer["train_voices"].items())
+    model = preset.model
+    timing = record["timing"]
+    corpus = record["corpus"]
+    return f"""{_CARD_HEADER}
 ## How it was made
 ```
 {command}
@@ -187,18 +191,7 @@ def _staged_model_card(preset: BasePreset, record: dict) -> str:
             "\n\nUnder recording conditions (`benchmarks/check_conditions.py`, the same test sentences, "
             f"layer {conditions['layer']}):\n```\n" + "\n".join(lines) + "\n```"
         )
-    return f"""---
-library_name: transformers
-pipeline_tag: automatic-speech-recognition
-tags: [wav2vec2, ctc, wav2vec2-ee, synthetic-speech]
----
-# wav2vec2-ee demo base
-
-A small wav2vec2 CTC model (the embedded counterpart of `facebook/wav2vec2-base-960h`): CTC at its last
-layer only, no exit heads. `wav2vec2-ee demo` fine-tunes it into an early-exit model. It is a plain
-`Wav2Vec2ForCTC` checkpoint (float16 safetensors): `Wav2Vec2ForCTC.from_pretrained(this_folder)` and
-`pipeline("automatic-speech-recognition", model=this_folder)` read it.
-
+    return f"""{_CARD_HEADER}
 ## How it was made: in stages
 It was trained from scratch by `wav2vec2-ee demo --build-base` (stage 0), then continued by
 `wav2vec2-ee demo --build-base --continue` (a warm restart from the previous stage's weights, one new
