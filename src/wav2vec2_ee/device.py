@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import platform
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -154,9 +156,6 @@ def cpu_description() -> str:
     """This machine's CPU in one line, for every reported number: model name (family/model where the
     name is generic), cores, and the vector extensions PyTorch uses (e.g. ``AMD EPYC (family 25 model 17),
     2 cores, AVX512, AVX512_BF16``)."""
-    import os
-    import platform
-
     name, family, model = platform.processor() or platform.machine(), None, None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ new one, never a half-written one; and :func:`exclusive_lock`, which keeps two r
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -75,8 +76,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented UTF-8 JSON to ``path`` atomically."""
-    import json
-
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 

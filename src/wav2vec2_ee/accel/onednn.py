@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import torch
 import torch.nn.functional as F
@@ -85,8 +86,6 @@ def onednn_linear_is_faster(
     On an AMD EPYC with AVX-512 (Zen 5) oneDNN reached 2.2x MKL's AVX2 path; on an AVX2-only EPYC
     (family 25) it was slower (69 vs 79 GFLOPS for 640 x 192 x 768), so the swap is decided per machine.
     """
-    import time
-
     x, w, b = (
         torch.randn(rows, in_features),
         torch.randn(out_features, in_features),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -249,8 +250,6 @@ def kenlm_for(lm: NgramLM | ArpaLM, word_dict):
     An :class:`ArpaLM` is loaded from its file; an :class:`NgramLM` estimated in memory is written to a
     temporary ARPA file first. Raises ``ValueError`` naming the file when KenLM cannot read it.
     """
-    import tempfile
-
     from flashlight.lib.text.decoder.kenlm import KenLM
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,8 +200,6 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
         level=logging.INFO if args.verbose else logging.WARNING,
     )
     if not args.verbose:
-        import warnings
-
         import transformers
 
         transformers.logging.set_verbosity_warning()

@@ -6,6 +6,7 @@ wav2vec2-ee train configs/finetune_kd.json [--any-flag value ...]
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -74,8 +75,6 @@ REPORTING_EXTRAS = {"tensorboard": ("tensorboard", "tensorboard")}
 def check_reporting_extras(report_to) -> None:
     """Refuse a ``--report-to`` integration whose package is not installed, naming the extra to install
     (instead of the Trainer's traceback when it starts logging)."""
-    import importlib.util
-
     wanted = [report_to] if isinstance(report_to, str) else list(report_to or [])
     for name in wanted:
         if name in REPORTING_EXTRAS:
