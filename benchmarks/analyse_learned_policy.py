@@ -36,7 +36,9 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -54,6 +56,9 @@ from wav2vec2_ee.inference.table import (
 )
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.policy_core import POLICIES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse_shared_utterances  # noqa: E402
 
 
 def run_variant(
@@ -267,11 +272,21 @@ def main() -> None:
     roles = [("dev", args.dev_split), ("test", args.test_split)]
     if args.train_split:
         roles.append(("train", args.train_split))
+    prepared = {}
     for role, split in roles:
         _, utts = load_prepared_split(em, args.data, split, progress=False)
         if role == "train":
             pick = torch.randperm(len(utts), generator=torch.Generator().manual_seed(args.seed))
             utts = [utts[i] for i in pick[: args.train_utterances].tolist()]
+        prepared[role] = utts
+    # fitted and thresholded on dev (and train), reported on test: never on its own test data
+    for role, split in roles[:1] + roles[2:]:
+        refuse_shared_utterances(
+            args.data,
+            (f"--{role}-split {split}", prepared[role]),
+            (f"--test-split {args.test_split}", prepared["test"]),
+        )
+    for role, utts in prepared.items():
         tables[role] = compute_exit_table(em, utts, None, args.batch_size, progress=False)
         if args.probe_dims:
             pooled[role] = pooled_hidden_states(em, utts, args.batch_size)

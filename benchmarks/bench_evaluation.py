@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,10 +48,13 @@ import torch
 from wav2vec2_ee.configuration import Wav2Vec2EEConfig
 from wav2vec2_ee.data import load_audio
 from wav2vec2_ee.evaluation import evaluate_checkpoint, normalize_transcript
-from wav2vec2_ee.results import parse_split_results
 from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+from wav2vec2_ee.results import parse_split_results
 from wav2vec2_ee.vocab import build_processor
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse, refuse_counts_below_one, refuse_nothing_measured  # noqa: E402
 
 WORDS = [
     "zero",
@@ -114,15 +118,22 @@ def make_data(root: Path, n: int, min_s: float, max_s: float, seed: int = 0) -> 
     return root
 
 
+def librispeech_items(data: Path, split: str) -> list[tuple[Path, str]]:
+    """``(flac file, utterance id)`` of every transcript line of the LibriSpeech-layout ``data/split``
+    (what the seed's loop read; none for a manifest or another layout)."""
+    return [
+        (trans.parent / f"{line.split(' ', 1)[0]}.flac", line.split(" ", 1)[0])
+        for trans in sorted((data / split).glob("*/*/*.trans.txt"))
+        for line in trans.read_text().splitlines()
+        if line.strip()
+    ]
+
+
 def seed_loop(checkpoint: Path, data: Path, split: str) -> tuple[dict[str, list[str]], float]:
     """The seed's evaluation: batch size 1, every exit decoded separately with the processor."""
     processor = build_processor(checkpoint)
     model = load_model(str(checkpoint)).eval()  # plain transformers modules (PyTorch's BLAS), as the seed
-    items = [
-        (trans.parent / f"{line.split(' ', 1)[0]}.flac", line.split(" ", 1)[0])
-        for trans in sorted((data / split).glob("*/*/*.trans.txt"))
-        for line in trans.read_text().splitlines()
-    ]
+    items = librispeech_items(data, split)
     hyps: dict[str, list[str]] = {}
     seconds = 0.0
     layers = model.config.exit_layers
@@ -196,6 +207,7 @@ def main() -> None:
         help="ours: precision of the forward pass (evaluate --dtype; the seed loop stays float32)",
     )
     args = parser.parse_args()
+    check_data(parser, args)
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,8 +215,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.checkpoint:
-            if not args.data:
-                parser.error("--checkpoint needs --data (a LibriSpeech-layout folder)")
             model, data = Path(args.checkpoint), Path(args.data)
             described = f"{args.checkpoint} on {args.data}/{args.split}"
         else:
@@ -229,6 +239,7 @@ def main() -> None:
             )
             our_times.append((time.perf_counter() - wall, cpu_seconds() - cpu))
 
+    check_measured(seed_hyps, our_hyps)
     (seed_wall, seed_cpu), (our_wall, our_cpu) = min(seed_times), min(our_times)
     print(
         f"machine: {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f}), torch "
@@ -264,6 +275,33 @@ def main() -> None:
                 for k in range(len(hyps[ids[0]]))
             ]
             print(f"WER (%) by exit, {name}: " + " / ".join(f"{w:.2f}" for w in wers))
+
+
+def check_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--checkpoint`` and ``--data`` go together, and ``--data`` must hold LibriSpeech-layout
+    transcripts of ``--split`` (the seed loop reads nothing else: with a manifest it measured nothing)."""
+    if args.checkpoint and not args.data:
+        parser.error("--checkpoint needs --data (a LibriSpeech-layout folder)")
+    if args.data and not args.checkpoint:
+        parser.error("--data needs --checkpoint (without it, the random model runs on synthetic data)")
+    if args.data and not librispeech_items(Path(args.data), args.split):
+        parser.error(
+            f"--data {args.data}: no LibriSpeech-layout transcripts in {Path(args.data, args.split)}"
+            "/*/*/*.trans.txt (the seed loop reads LibriSpeech folders only, not a manifest)"
+        )
+    refuse_counts_below_one(parser, args, "utterances", "rounds", "batch_size")
+
+
+def check_measured(seed_hyps: dict[str, list[str]], our_hyps: dict[str, list[str]]) -> None:
+    """Refuse ratios of nothing, or of different work: both pipelines must have measured the same
+    utterances, at least one."""
+    refuse_nothing_measured(len(seed_hyps), "utterances", "the seed loop read none")
+    if set(seed_hyps) != set(our_hyps):
+        only_seed, only_ours = sorted(set(seed_hyps) - set(our_hyps)), sorted(set(our_hyps) - set(seed_hyps))
+        refuse(
+            f"the seed loop and ours measured different utterances ({len(seed_hyps)} and {len(our_hyps)}; "
+            f"only the seed loop's: {only_seed[:3]}, only ours: {only_ours[:3]}): no speedup to compare"
+        )
 
 
 def cpu_seconds() -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ from wav2vec2_ee.inference.table import compute_exit_table, load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.vocab import build_processor, normalize_transcript
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse_counts_below_one, refuse_shared_utterances  # noqa: E402
 
 
 def run(source, batches, policy, decoders) -> tuple[float, dict[str, str], dict[str, int]]:
@@ -58,6 +62,7 @@ def main() -> None:
         "--threads", type=int, default=None, help="threads of every backend (default: torch's)"
     )
     args = parser.parse_args()
+    refuse_counts_below_one(parser, args, "repeats", "batch_size")
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -65,9 +70,13 @@ def main() -> None:
     em = load_evaluation_model(args.checkpoint, device="cpu")  # with the CPU layer, as the commands
     decoders = Decoders(em.tokenizer)
     _, dev_utts = load_prepared_split(em, args.data, args.dev_split, progress=False)
+    _, test_utts = load_prepared_split(em, args.data, args.test_split, progress=False)
+    # calibrated on dev, reported on test: never on its own test data (a manifest is one split)
+    refuse_shared_utterances(
+        args.data, (f"--dev-split {args.dev_split}", dev_utts), (f"--test-split {args.test_split}", test_utts)
+    )
     dev = compute_exit_table(em, dev_utts, progress=False)
     threshold = calibrate_table(dev, "entropy").value
-    _, test_utts = load_prepared_split(em, args.data, args.test_split, progress=False)
     refs = {u.id: normalize_transcript(u.text) for u in test_utts}
     batches = load_batches(test_utts, em.feature_extractor, args.batch_size)
     audio = sum(u.duration for u in test_utts)

@@ -32,12 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
 
 from wav2vec2_ee.evaluation import LexiconDecoderSpec, load_evaluation_model
-from wav2vec2_ee.results import atomic_write_json
 from wav2vec2_ee.inference import (
     Decoders,
     FixedExit,
@@ -49,6 +49,10 @@ from wav2vec2_ee.inference import (
 from wav2vec2_ee.inference.calibrate import apply_to_table, calibrate_table
 from wav2vec2_ee.inference.table import compute_exit_table, load_prepared_split, oracle_wer_at
 from wav2vec2_ee.inference.timing import load_batches, measure_wall_times
+from wav2vec2_ee.results import atomic_write_json
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse, refuse_counts_below_one, refuse_shared_utterances  # noqa: E402
 
 TARGET_DEPTH, TARGET_WALL = 0.65, 0.70
 
@@ -85,6 +89,7 @@ def main() -> None:
     parser.add_argument("--lm-beam-size", type=int, default=500)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = parser.parse_args()
+    refuse_counts_below_one(parser, args, "repeats", "batch_size")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,14 +116,21 @@ def main() -> None:
     if "posterior" in args.policies:
         posterior = LexiconDecoderSpec(lexicon_from=lexicon_from).resolve(args.data, em.tokenizer)
 
-    tables, prepared = {}, {}
+    tables, prepared, names = {}, {}, {}
     for role, split in (("dev", args.dev_split), ("test", args.test_split)):
-        name, utts = load_prepared_split(em, args.data, split, progress=False)
+        names[role], prepared[role] = load_prepared_split(em, args.data, split, progress=False)
+    # calibrated on dev, reported on test: never on its own test data (a manifest is one split)
+    refuse_shared_utterances(
+        args.data,
+        (f"--dev-split {args.dev_split}", prepared["dev"]),
+        (f"--test-split {args.test_split}", prepared["test"]),
+    )
+    for role, utts in prepared.items():
+        name = names[role]
         lexicon_decoder = posterior.build(name, [u.text for u in utts]) if posterior is not None else None
         tables[role] = compute_exit_table(
             em, utts, lexicon_decoder, args.batch_size, progress=False, scoring_decoder=scoring
         )
-        prepared[role] = utts
     dev, test = tables["dev"], tables["test"]
 
     chosen = {}
@@ -130,6 +142,10 @@ def main() -> None:
             continue
         apply_to_table(cal, test)
         chosen[name] = cal
+    if not chosen:
+        refuse(
+            f"measured nothing: none of the policies {args.policies} could be calibrated on {args.dev_split}"
+        )
 
     # timing on the test split: full forward, the engine at full depth, each calibrated policy, the oracle
     decoders = Decoders(em.tokenizer)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,12 +29,15 @@ import jiwer
 import numpy as np
 
 from wav2vec2_ee.evaluation import load_evaluation_model
-from wav2vec2_ee.export.exporter import export_model
+from wav2vec2_ee.export.exporter import export_model, record_files
 from wav2vec2_ee.export.runtime import OnnxSegments, load_segments, read_manifest
 from wav2vec2_ee.inference.table import load_prepared_split
 from wav2vec2_ee.inference.timing import load_batches
 from wav2vec2_ee.loading import load_model
 from wav2vec2_ee.vocab import build_processor, normalize_transcript
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse_counts_below_one, refuse_shared_utterances  # noqa: E402
 
 VARIANTS = ("float", "dyn", "dyn_pc", "dyn_conv", "dyn_pos", "static")
 POS_CONV = "/pos_conv_embed/conv/Conv"
@@ -117,6 +121,7 @@ def make_variant(name: str, base: Path, work: Path, feeds) -> Path:
                 op_types_to_quantize=["MatMul", "Gemm"],
                 per_channel=name == "dyn_pc",
             )
+    record_files(out)  # the variant's files replace the export's on purpose: recorded again
     return out
 
 
@@ -155,18 +160,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calibration", type=int, default=64, help="dev utterances for static calibration")
     args = parser.parse_args()
+    refuse_counts_below_one(parser, args, "repeats", "threads", "calibration")
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
     if unknown or "float" not in names:
         raise SystemExit(f"--variants: choose from {VARIANTS}, float included (got {names})")
     logging.disable(logging.WARNING)
+    em = load_evaluation_model(args.checkpoint, device="cpu")
+    _, test = load_prepared_split(em, args.data, "test", progress=False)
+    _, dev = load_prepared_split(em, args.data, "dev", progress=False)
+    if "static" in names:  # its activation scales come from dev: never from the test data it is timed on
+        refuse_shared_utterances(args.data, ("dev (static calibration)", dev), ("test", test))
     work = Path(args.work)
     base = work / "export"
     shutil.rmtree(base, ignore_errors=True)
     export_model(load_model(args.checkpoint).eval(), base, processor=build_processor(args.checkpoint))
-    em = load_evaluation_model(args.checkpoint, device="cpu")
-    _, test = load_prepared_split(em, args.data, "test", progress=False)
-    _, dev = load_prepared_split(em, args.data, "dev", progress=False)
     refs = {u.id: normalize_transcript(u.text) for u in test}
     batches = load_batches(test, em.feature_extractor, 16)
     audio = sum(u.duration for u in test)

@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,9 @@ from transformers import TrainerCallback, Wav2Vec2Config, Wav2Vec2ForCTC
 from wav2vec2_ee import Wav2Vec2EEConfig, Wav2Vec2EEForCTC, build_objective
 from wav2vec2_ee.device import cpu_description
 from wav2vec2_ee.training.trainer import TeacherLabels
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _guards import refuse_counts_below_one  # noqa: E402
 
 CPU_CONFIG = dict(
     vocab_size=32,
@@ -292,6 +296,7 @@ def main() -> None:
     parser.add_argument("--warmup-steps", type=int, default=10, help="--base-recipe: untimed first steps")
     parser.add_argument("--max-train-samples", type=int, default=4000, help="--base-recipe: utterances read")
     args = parser.parse_args()
+    refuse_counts_below_one(parser, args, "steps", "rounds", "batch", "recipe_steps", "max_train_samples")
     if args.base_recipe:
         bench_base_recipe(args)
     else:

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from wav2vec2_ee.configuration import Wav2Vec2EEConfig
-from wav2vec2_ee.evaluation import evaluate_checkpoint, load_evaluation_model
 from wav2vec2_ee.ctc.engine import forward_exits
-from wav2vec2_ee.results import parse_split_results
+from wav2vec2_ee.evaluation import evaluate_checkpoint, load_evaluation_model
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
+from wav2vec2_ee.results import parse_split_results
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_evaluation import make_data  # noqa: E402

@@ -258,6 +258,11 @@ def test_the_lock_is_released_on_errors_and_held_while_running(assets, tmp_path,
     common = dict(checkpoint=assets["ee"], output_dir=out, data=assets["data"], splits=["test-other"])
     with pytest.raises(ValueError, match="exits at layers"):
         run_quiet(**common, exits=[7])
+    assert not out.exists()  # a refused run leaves no folder it created (issue 29, row 15)
+    out.mkdir()
+    (out / ".evaluate.lock").touch()  # an earlier run's lock file: the refused run keeps it, unlocked
+    with pytest.raises(ValueError, match="exits at layers"):
+        run_quiet(**common, exits=[7])
     with exclusive_lock(out / ".evaluate.lock", "still locked"):  # released by the failed run
         pass
 

@@ -216,6 +216,14 @@ def test_under_an_fp16_grad_scaler_zero_steps_are_skipped_and_overflow_is_the_sc
         (["--data", "/no/such/folder"], ["--data", "/no/such/folder", "no such folder"]),
         (["--max-steps", "ten"], ["--max-steps", "invalid int value"]),
         (["--no-such-flag", "1"], ["--no-such-flag"]),
+        # issue 29 row 13: a run that would train no step (the Trainer trained one, or none, and saved it)
+        (["--max-steps", "0"], ["--max-steps 0", "no step to train"]),
+        (
+            ["--max-steps", "-5", "--num-train-epochs", "0"],
+            ["--max-steps -5", "--num-train-epochs 0", "no step"],
+        ),
+        (["--num-train-epochs", "0"], ["--max-steps -1", "--num-train-epochs 0", "no step to train"]),
+        (["--num-train-epochs", "-2"], ["--max-steps -1", "--num-train-epochs -2", "no step to train"]),
     ],
     ids=lambda v: "_".join(v) if isinstance(v, list) and v[0].startswith("-") else None,
 )
@@ -230,3 +238,14 @@ def test_bad_arguments_give_one_line_naming_them(model_json, tmp_path, capsys, e
     for word in expected:
         assert word in lines[0], (word, lines[0])
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_the_step_counts_of_transformers_stay_accepted():
+    """--max-steps -1 (the default: train --num-train-epochs) with epochs above 0, and a positive
+    --max-steps whatever the epochs (it wins), are runs with steps."""
+    from wav2vec2_ee.training.run import check_training_length
+
+    for max_steps, epochs in ((-1, 3.0), (-1, 0.5), (5, 0.0), (1, 3)):
+        check_training_length(max_steps, epochs)
+    with pytest.raises(ValueError, match="--num-train-epochs inf"):
+        check_training_length(-1, float("inf"))

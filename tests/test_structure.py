@@ -219,7 +219,9 @@ def test_the_package_imports_downward_without_cycles():
     assert cycles == [], cycles
 
 
-@pytest.mark.parametrize("module", ["wav2vec2_ee.lite", "wav2vec2_ee.policy_core", "wav2vec2_ee.audio"])
+@pytest.mark.parametrize(
+    "module", ["wav2vec2_ee.lite", "wav2vec2_ee.policy_core", "wav2vec2_ee.audio", "wav2vec2_ee.batching"]
+)
 def test_the_torch_free_modules_import_without_torch(module):
     import subprocess
     import sys

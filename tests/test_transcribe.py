@@ -123,17 +123,20 @@ def test_output_is_written_as_files_finish_and_resume_skips_them(files, tmp_path
     kept = _rows(out)
     assert len(kept) == (1 if suffix == ".csv" else 2)  # the partial line is not a row
     assert str(bad) in {r["source"] for r in kept}  # refused from its header: written first
-    assert cli_main([*argv, "--resume"]) == 0  # the failed file is not retried: a finished row
+    done = [r for r in kept if r["error"] is None]
+    assert cli_main([*argv, "--resume"]) == 1  # the failed file is retried (issue 29 row 7): fails again
     captured = capsys.readouterr()
-    assert f"resuming: {len(kept)} file(s)" in captured.err
+    assert f"resuming: {len(done)} file(s)" in captured.err and "1 that failed retried" in captured.err
     redone = [line.split("\t")[0] for line in captured.out.strip().splitlines()]
-    assert not set(redone) & {r["source"] for r in kept}  # finished files were skipped
+    assert not set(redone) & {r["source"] for r in done}  # finished files were skipped
     final = _rows(out)
     assert sorted(r["source"] for r in final) == sorted(r["source"] for r in rows)  # each once
     text = out.read_text()
     assert text.endswith("\n") and (suffix == ".csv" or all(json.loads(line) for line in text.splitlines()))
-    # --resume with nothing left: no work, exit 0
-    assert cli_main([*argv, "--resume"]) == 0
+    assert len(text.splitlines()) == len(final) + (suffix == ".csv")  # the retried row replaced the old one
+    # --resume with only the failed file left: it alone is retried
+    assert cli_main([*argv, "--resume"]) == 1
+    assert "resuming: 3 file(s)" in capsys.readouterr().err
 
 
 def test_append_file_cuts_a_partial_last_line(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 
 import numpy as np
 import soundfile as sf
@@ -58,19 +59,47 @@ def to_mono_16k(array: np.ndarray, sampling_rate: int, source: str = "<array>") 
     return array
 
 
+#: What a path that is not a regular file is, by ``stat``'s file type (what :func:`check_regular_file` says).
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def check_regular_file(path: str | os.PathLike, source: str | None = None) -> None:
+    """Raise an :class:`AudioError` unless ``path`` is an existing regular file (a link to one counts).
+
+    Only regular files are read: opening a named pipe (FIFO) blocks until something writes to it, and a
+    device or a socket is no recording; such a path is refused from its ``stat`` alone, never opened.
+    """
+    source = source or str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioError(source, "no such file") from None
+    except OSError as err:
+        raise AudioError(source, f"cannot read the file ({err.strerror or err})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise AudioError(source, f"{kind}, not a regular file: only regular files are read as audio")
+
+
 def load_audio(path: str | os.PathLike | bytes, source: str | None = None) -> np.ndarray:
     """Decode an audio file (path or encoded bytes) to ``(samples,)`` float32 mono 16 kHz.
 
     Raises:
-        AudioError: naming the file and the problem (missing, unreadable, empty, not audio).
+        AudioError: naming the file and the problem (missing, not a regular file, unreadable, empty,
+            not audio).
     """
     if isinstance(path, bytes):
         source = source or "<bytes>"
         handle = io.BytesIO(path)
     else:
         source = source or str(path)
-        if not os.path.exists(path):
-            raise AudioError(source, "no such file")
+        check_regular_file(path, source)
         handle = path
     try:
         array, sr = sf.read(handle, dtype="float32", always_2d=False)
@@ -83,10 +112,9 @@ def audio_duration(path: str | os.PathLike) -> float:
     """Duration in seconds from the file header (no decoding).
 
     The header can be sound while the data is not (a truncated FLAC): such files fail later, in
-    :func:`load_audio`.
+    :func:`load_audio`. Only a regular file is opened (:func:`check_regular_file`).
     """
-    if not os.path.exists(path):
-        raise AudioError(str(path), "no such file")
+    check_regular_file(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:

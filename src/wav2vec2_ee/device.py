@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .accel import optimize_for_cpu_inference
+from .batching import check_batching, check_count
 from .errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -106,14 +107,10 @@ def check_runtime_options(
     """A ``ValueError`` naming the option and its accepted range for ``--num-threads`` (an integer
     >= 1), ``--batch-size`` (an integer >= 1) or ``--max-batch-seconds`` (a number > 0) out of range;
     ``None`` is "the default". Called by the option dataclasses' ``__post_init__``, so the message names
-    the flag rather than the ``RuntimeError`` of ``torch.set_num_threads`` or an empty batch."""
-    for flag, value in (("--num-threads", num_threads), ("--batch-size", batch_size)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise UserError(f"{flag} must be an integer >= 1, got {value}")
-    if max_batch_seconds is not None and not float(max_batch_seconds) > 0:  # nan fails too
-        raise UserError(
-            f"--max-batch-seconds must be a number > 0 (seconds of padded audio per batch), got {max_batch_seconds}"
-        )
+    the flag rather than the ``RuntimeError`` of ``torch.set_num_threads`` or an empty batch. The
+    batching checks are :func:`~wav2vec2_ee.batching.check_batching` (the lite runtime's too)."""
+    check_count("--num-threads", num_threads)
+    check_batching(batch_size, max_batch_seconds)
 
 
 def default_batching(

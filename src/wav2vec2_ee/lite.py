@@ -6,11 +6,14 @@
 
     $ python -m wav2vec2_ee.lite exported/ a.wav b.flac [--policy entropy --threshold 0.4]
 
-What :class:`~wav2vec2_ee.inference.Transcriber` does with PyTorch, in numpy: the audio is read
-(:func:`read_audio`), normalised as the exported feature extractor says (zero mean, unit variance per
-utterance when ``do_normalize``), padded into a batch with its attention mask, and run segment by
-segment (:func:`~wav2vec2_ee.export.runtime.run_onnx_exits`); after each exit the exit policy decides
-which utterances stop; those leave the batch and later blocks run on the rest only, and blocks beyond
+What :class:`~wav2vec2_ee.inference.Transcriber` does with PyTorch, in numpy: inputs are grouped into
+batches of similar length bounded as ``transcribe``'s are (``batch_size`` utterances and
+``max_batch_seconds`` of padded audio: :func:`~wav2vec2_ee.batching.length_grouped_batches`; durations
+from the file headers), a batch's audio is read when that batch runs (:func:`read_audio`; only regular
+files), normalised as the exported feature extractor says (zero mean, unit variance per utterance when
+``do_normalize``), padded into a batch with its attention mask, and run segment by segment
+(:func:`~wav2vec2_ee.export.runtime.run_onnx_exits`); after each exit the exit policy decides which
+utterances stop; those leave the batch and later blocks run on the rest only, and blocks beyond
 the deepest allowed exit never run (the engine's loop, :func:`~wav2vec2_ee.policy_core.exit_loop`).
 Answers are greedy CTC transcripts from ``vocab.json`` (repeats collapsed, blank dropped, the word
 delimiter a space), normalised as the PyTorch engine's are.
@@ -40,6 +43,7 @@ import numpy as np
 
 from . import audio as audio_io
 from . import policy_core
+from .batching import DEFAULT_MAX_BATCH_SECONDS, check_batching, length_grouped_batches
 from .errors import UserError
 from .export.runtime import OnnxSegments, exported_policy_values, load_segments, run_onnx_exits
 from .policy_core import (
@@ -416,6 +420,31 @@ def _as_lite_error() -> Iterator[None]:
         raise LiteError(str(err)) from err
 
 
+@dataclass
+class _Input:
+    """One input of :meth:`LiteTranscriber.transcribe`: a file (read when its batch runs) or an array
+    (16 kHz mono already), and its duration in seconds (the file's header)."""
+
+    source: str
+    seconds: float
+    path: str | os.PathLike | None = None
+    array: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, index: int, item, sampling_rate: int) -> _Input:
+        """The input ``item`` (a path, or an array at ``sampling_rate``), its duration measured; a
+        :class:`LiteError` naming it when it cannot be used (missing, not a regular file, no audio)."""
+        if isinstance(item, np.ndarray):
+            array = to_mono(item, sampling_rate, f"<array {index}>")
+            return cls(f"<array {index}>", len(array) / audio_io.SAMPLING_RATE, array=array)
+        with _as_lite_error():
+            return cls(str(item), audio_io.audio_duration(item), path=item)
+
+    def read(self) -> np.ndarray:
+        """The ``(samples,)`` float32 16 kHz waveform (a file decoded now)."""
+        return self.array if self.array is not None else read_audio(self.path)  # type: ignore[arg-type]
+
+
 class LiteTranscriber:
     """Transcribe with an exported folder, torch-free (see the module docstring).
 
@@ -425,7 +454,10 @@ class LiteTranscriber:
             ``max_layer``, :func:`build_policy`), or ``None``: the folder's ``policy.json`` if it has one,
             else the last exit (under ``max_layer`` when given).
         precision: ``"float"`` or ``"int8"`` (default: int8 where the folder has it).
-        batch_size: utterances per batch (sorted by length, so padding stays small).
+        batch_size: utterances per batch (grouped by length, so padding stays small).
+        max_batch_seconds: seconds of padded audio per batch (``batch_size`` times the longest), as
+            ``transcribe``'s ``--max-batch-seconds``: memory stays bounded whatever ``batch_size`` is; a
+            longer input runs alone. ``None``: no bound.
         num_threads: onnxruntime intra-op threads per session.
         providers: onnxruntime execution providers (default: CPU).
     """
@@ -439,17 +471,22 @@ class LiteTranscriber:
         max_layer: int | None = None,
         precision: str | None = None,
         batch_size: int = 8,
+        max_batch_seconds: float | None = DEFAULT_MAX_BATCH_SECONDS,
         num_threads: int | None = None,
         providers: Sequence[str] | None = None,
     ):
+        with _refused():
+            check_batching(batch_size, max_batch_seconds)
         self.folder = Path(folder)
-        self.segments = load_segments(self.folder, precision, providers=providers, num_threads=num_threads)
+        with _refused():  # a folder that does not verify (export.runtime), as a LiteError
+            self.segments = load_segments(
+                self.folder, precision, providers=providers, num_threads=num_threads
+            )
         self.features = FeatureSettings.from_folder(self.folder)
         self.vocabulary = Vocabulary(self.folder)
         self.policy = self._policy(policy, value, max_layer)
-        if batch_size < 1:
-            raise LiteError(f"batch_size must be >= 1, got {batch_size}")
-        self.batch_size = batch_size
+        self.batch_size = int(batch_size)
+        self.max_batch_seconds = None if max_batch_seconds is None else float(max_batch_seconds)
 
     def _policy(
         self, policy: ExitPolicy | str | None, value: float | int | None, max_layer: int | None
@@ -471,27 +508,20 @@ class LiteTranscriber:
 
     def transcribe(self, audio, sampling_rate: int | None = None) -> LiteResult | list[LiteResult]:
         """Transcribe a path, an array (mono, at the model's rate unless ``sampling_rate`` says), or a list
-        of them (a list in, a list out, in input order)."""
+        of them (a list in, a list out, in input order). Every input is checked first (files from their
+        headers); a batch's files are decoded when it runs (see the class's batch bounds)."""
         single = isinstance(audio, (str, os.PathLike, np.ndarray))
         items = [audio] if single else list(audio)
-        rate = self.features.sampling_rate
-        arrays, sources = [], []
-        for i, item in enumerate(items):
-            if isinstance(item, np.ndarray):
-                arrays.append(to_mono(item, sampling_rate or rate, f"<array {i}>"))
-                sources.append(f"<array {i}>")
-            else:
-                arrays.append(read_audio(item))
-                sources.append(str(item))
-        results: list[LiteResult | None] = [None] * len(arrays)
-        order = sorted(range(len(arrays)), key=lambda i: len(arrays[i]))
+        rate = sampling_rate or self.features.sampling_rate
+        inputs = [_Input.of(i, item, rate) for i, item in enumerate(items)]
+        results: list[LiteResult | None] = [None] * len(inputs)
         layers = self.segments.exit_layers
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            values, mask = self.features.batch([arrays[i] for i in chunk])
+        durations = [x.seconds for x in inputs]
+        for batch in length_grouped_batches(durations, self.batch_size, self.max_batch_seconds):
+            values, mask = self.features.batch([inputs[i].read() for i in batch])
             answers = run_lite_early_exit(self.segments, values, mask, self.policy, self.vocabulary)
-            for i, (k, text) in zip(chunk, answers):
-                results[i] = LiteResult(text, k, layers[k], sources[i])
+            for i, (k, text) in zip(batch, answers):
+                results[i] = LiteResult(text, k, layers[k], inputs[i].source)
         return results[0] if single else results  # type: ignore[return-value]
 
 
@@ -522,7 +552,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layer", type=int, default=None, help="fixed: the exit layer")
     parser.add_argument("--max-layer", type=int, default=None, help="never compute beyond this exit layer")
     parser.add_argument("--precision", choices=("float", "int8"), default=None)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="utterances per batch (grouped by length)")
+    parser.add_argument(
+        "--max-batch-seconds",
+        type=float,
+        default=DEFAULT_MAX_BATCH_SECONDS,
+        help="seconds of padded audio per batch (bounds memory, as transcribe's)",
+    )
     parser.add_argument("--num-threads", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="JSON lines: path, text, exit_layer")
     args = parser.parse_args(argv)
@@ -536,6 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             policy,
             precision=args.precision,
             batch_size=args.batch_size,
+            max_batch_seconds=args.max_batch_seconds,
             num_threads=args.num_threads,
         )
         results = transcriber.transcribe(args.audio)

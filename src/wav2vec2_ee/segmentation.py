@@ -27,6 +27,7 @@ server share it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,8 +35,8 @@ from importlib import resources
 
 import numpy as np
 
-from .audio import SAMPLING_RATE, AudioError, to_mono_16k
-from .errors import MissingExtraError, UserError
+from .audio import SAMPLING_RATE, AudioError, check_regular_file, to_mono_16k
+from .errors import MissingExtraError, UserError, require
 
 #: The detectors by name (``--vad``); ``auto``: Silero where its package is installed, else energy.
 VADS = ("auto", "silero", "energy")
@@ -159,7 +160,7 @@ class SileroVAD:
     _CONTEXT = 64
 
     def __init__(self):
-        ort = _import("onnxruntime", "onnx", "--vad silero")
+        ort = require("onnxruntime", "vad", "--vad silero")
         try:
             model = resources.files("silero_vad").joinpath("data", "silero_vad.onnx")
         except ModuleNotFoundError as err:
@@ -196,16 +197,8 @@ class SileroVAD:
         return out
 
 
-def _import(module: str, extra: str, feature: str):
-    from .errors import require
-
-    return require(module, extra, feature)
-
-
 def silero_available() -> bool:
     """Whether the Silero VAD model (``silero-vad``) and onnxruntime are installed."""
-    import importlib.util
-
     return all(importlib.util.find_spec(m) is not None for m in ("silero_vad", "onnxruntime"))
 
 
@@ -395,6 +388,7 @@ def iter_audio_blocks(
     import soundfile as sf
 
     source = source or str(path)
+    check_regular_file(path, source)
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:

@@ -1,7 +1,8 @@
 """Batched inference for evaluation: length-grouped batches, one encoder pass gives every exit.
 
-* :func:`length_grouped_batches` sorts utterances by duration (longest first) and cuts batches of at
-  most ``batch_size`` utterances and ``max_batch_seconds`` of padded audio (memory stays bounded).
+* :func:`~wav2vec2_ee.batching.length_grouped_batches` (torch-free, shared with the lite runtime;
+  importable from here) sorts utterances by duration (longest first) and cuts batches of at most
+  ``batch_size`` utterances and ``max_batch_seconds`` of padded audio (memory stays bounded).
 * :func:`forward_exits` runs the encoder once (:meth:`~wav2vec2_ee.modeling.Wav2Vec2EEForCTC.iter_exits`),
   up to the deepest requested exit, and returns the logits of the requested exits.
 * :func:`iter_exit_logits` streams a :class:`~wav2vec2_ee.data.SpeechDataset` through the model on
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..accel.processes import default_processes, run_forked
 from ..audio import SAMPLING_RATE
+from ..batching import length_grouped_batches
 from ..data import AudioError, DataCollatorCTCWithPadding, SpeechDataset
 from ..device import forward_precision, model_device
 from ..errors import UserError
@@ -34,33 +36,6 @@ from ..modeling import Wav2Vec2EEForCTC
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def length_grouped_batches(
-    durations: Sequence[float], batch_size: int, max_batch_seconds: float | None = None
-) -> list[list[int]]:
-    """Indices grouped into batches of similar length, longest first.
-
-    A batch holds at most ``batch_size`` utterances and, when ``max_batch_seconds`` is set, at most
-    that many seconds of *padded* audio (``len(batch) * longest``); an utterance longer than the cap
-    gets a batch of its own.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(durations)), key=lambda i: (-durations[i], i))
-    batches: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = durations[current[0]] if current else durations[i]
-        too_many = len(current) >= batch_size
-        too_long = max_batch_seconds is not None and (len(current) + 1) * longest > max_batch_seconds
-        if current and (too_many or too_long):
-            batches.append(current)
-            current = []
-        current.append(i)
-    if current:
-        batches.append(current)
-    return batches
 
 
 def forward_exits(

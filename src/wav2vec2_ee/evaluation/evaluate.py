@@ -17,7 +17,9 @@ orchestrator over the pieces that each have one home:
    prints it as a table: :func:`~.results.format_overview_table`).
 
 The output folder is locked for the whole run (``.evaluate.lock``): a second run on it at the same time
-is refused at once rather than the last writer winning.
+is refused at once rather than the last writer winning. A run that fails before it wrote anything (bad
+checkpoint, exits or data) leaves no folder or lock file it created
+(:func:`~wav2vec2_ee.io.locked_output_folder`).
 
 Transcripts are compared lower-cased with white space normalised (the seed lower-cased both sides).
 """
@@ -46,7 +48,7 @@ from ..ctc.ngram import NgramLM
 from ..data import PreparedUtterance, SpeechDataset, load_prepared_split, resolve_splits
 from ..device import DeviceArguments, default_batching
 from ..errors import UserError
-from ..io import exclusive_lock
+from ..io import locked_output_folder
 from ..options import resolve_options
 from ..results import (
     SUMMARY_SUFFIX,
@@ -257,12 +259,13 @@ def evaluate_checkpoint(
         torch.set_num_threads(int(args.num_threads))
     output_dir = Path(output_dir)
     pairs = resolve_splits(args.data, args.splits)
-    output_dir.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{output_dir} is being written by another evaluate run (pid {{pid}}); "
         "wait for it or choose another output folder"
     )
-    with exclusive_lock(output_dir / LOCK_FILE, busy):  # busy: "{pid}" filled in by the lock
+    # a run refused once the folder is locked (a bad checkpoint, exits or split) leaves no folder or
+    # lock file it created; busy: "{pid}" filled in by the lock
+    with locked_output_folder(output_dir, LOCK_FILE, busy):
         return _evaluate_locked(checkpoint, output_dir, args, device, pairs)
 
 

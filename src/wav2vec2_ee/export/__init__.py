@@ -4,6 +4,7 @@
   one block of layers per exit and one head per exit (:mod:`.exporter`, segments in :mod:`.segments`);
 * :func:`load_segments` and :func:`run_onnx_exits`: run a written folder exit by exit with
   ``onnxruntime`` and numpy only (:mod:`.runtime`), as ``Wav2Vec2EEForCTC.iter_exits`` runs the model;
+  the folder is verified first (its manifest, each file's checksum, each segment's inputs and outputs);
 * :class:`OnnxExitSource` (:mod:`.source`, imports torch): a folder as an exit source of the PyTorch
   engine, ``run_early_exit(OnnxExitSource(folder), ...)``.
 

@@ -9,6 +9,10 @@ Writes the input stage, one block of layers per exit and one head per exit as ON
 batch and time axes; padded batches give each utterance what it gets alone), with ``export.json``,
 ``config.json``, the tokenizer and feature-extractor files and an optional ``policy.json``
 (:mod:`wav2vec2_ee.export.exporter`), then checks the segments against PyTorch on a padded batch.
+
+The folder appears whole or not at all: it is written beside the output folder and swapped in last, one
+export at a time. An output folder that holds an export or a checkpoint is refused unless
+``--overwrite`` (it is then replaced whole); one holding other files is always refused.
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write int8 (dynamically quantized) blocks and heads; the input stage stays float",
     )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset version")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output folder whole when it holds an export or a checkpoint (refused otherwise)",
+    )
     parser.add_argument(
         "--policy",
         default=None,
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             policy=args.policy,
             check=args.check,
             progress=progress if args.progress else None,
+            overwrite=args.overwrite,
         )
     finally:
         if bars and not args.progress:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..batching import DEFAULT_MAX_BATCH_SECONDS
 from ..ctc.decoder_spec import LexiconDecoderSpec
 from ..device import check_runtime_options
 from ..errors import UserError
@@ -132,7 +133,9 @@ class TranscribeArguments:
         metadata={"help": "print a JSON list of results instead of lines (a failed file has an 'error')"},
     )
     batch_size: int = field(default=16, metadata={"help": "utterances per length-sorted batch"})
-    max_batch_seconds: float = field(default=160.0, metadata={"help": "seconds of padded audio per batch"})
+    max_batch_seconds: float = field(
+        default=DEFAULT_MAX_BATCH_SECONDS, metadata={"help": "seconds of padded audio per batch"}
+    )
     max_seconds: float | None = field(
         default=60.0,
         metadata={
@@ -160,13 +163,17 @@ class TranscribeArguments:
     output: str | None = field(
         default=None,
         metadata={
-            "help": "also write one row per file (text, exit layer, layers computed, seconds, error) to this "
-            ".jsonl or .csv file, appended and synced batch by batch"
+            "help": "also write one row per file (text, exit layer, layers computed, seconds, error, resolved path) "
+            "to this .jsonl or .csv file, appended and synced batch by batch; one run at a time writes it (a lock "
+            "file .NAME.lock beside it)"
         },
     )
     resume: bool = field(
         default=False,
-        metadata={"help": "--output exists: skip the files it already has (a partial last line is redone)"},
+        metadata={
+            "help": "--output exists: skip the files it has transcribed (by resolved path) and retry those whose "
+            "row is an error (a partial last line is redone); only a file that transcribe wrote is continued"
+        },
     )
     progress: bool = field(
         default=True, metadata={"help": "a progress bar on stderr when there is more than one batch"}

@@ -37,10 +37,12 @@ from ..policy_core import (
     SAVED_POLICY,
     SAVED_POLICY_FORMAT,
     SAVED_POLICY_VERSION,
+    WEIGHTS_FINGERPRINT,
     ExitPolicy,
     LayerBudget,
     OracleExit,
     policy_with_value,
+    weights_fingerprint,
     write_saved_policy,
 )
 from .arguments import (
@@ -221,13 +223,19 @@ def format_calibration(c: Calibration) -> list[str]:
 
 def saved_policy(calibration: Calibration, checkpoint: str | os.PathLike | None = None) -> dict:
     """The saved-policy JSON object of a calibration (``exit_policy.json``): format and version, the
-    policy, its value and budget, the dev figures (WER and mean layers at the chosen value, the final
-    exit's and the oracle's), the test figures when a test split was given, and what the policy itself
-    saves (the learned model: features, standardisation, weights and how it was fitted)."""
+    model it was calibrated for (the checkpoint, its exit layers and the
+    :func:`~wav2vec2_ee.policy_core.weights_fingerprint` of its weight files, where it has them: what the
+    readers check it against), the policy, its value and budget, the dev figures (WER and mean layers at
+    the chosen value, the final exit's and the oracle's), the test figures when a test split was given,
+    and what the policy itself saves (the learned model: features, standardisation, weights and how it
+    was fitted)."""
     out = {"format": SAVED_POLICY_FORMAT, "version": SAVED_POLICY_VERSION}
     if checkpoint is not None:
         out["checkpoint"] = str(Path(checkpoint).resolve())
     out["exit_layers"] = sorted(int(k) for k in calibration.dev.exit_counts)
+    fingerprint = weights_fingerprint(checkpoint) if checkpoint is not None else None
+    if fingerprint is not None:
+        out[WEIGHTS_FINGERPRINT] = fingerprint
     out.update(calibration.to_dict())
     return out
 
@@ -328,14 +336,15 @@ def run_calibration(
         result.splits["test"] = test_name
         apply_to_table(result, test)
         tables[test_name] = test
+    saved = saved_policy(result, checkpoint) if output_dir is not None or args.save_policy else None
     if output_dir is not None:
         out = Path(output_dir)
         for name, table in tables.items():
             write_exit_table(table, out / f"{name}_exit_table.jsonl")
-        write_saved_policy(out / f"calibration_{policy}.json", saved_policy(result, checkpoint))
+        write_saved_policy(out / f"calibration_{policy}.json", saved)
     saved_to = None
     if args.save_policy:
         saved_to = saved_policy_path(checkpoint, args.output)
-        write_saved_policy(saved_to, saved_policy(result, checkpoint))
+        write_saved_policy(saved_to, saved)
     result.saved_to = None if saved_to is None else str(saved_to)
     return result

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from ..audio import SAMPLING_RATE, AudioError, to_mono_16k
+from ..audio import SAMPLING_RATE, AudioError, check_regular_file, to_mono_16k
 from ..errors import UserError
 
 #: The recommended window of ``chunk_seconds`` / ``--chunk-seconds`` for long recordings.
@@ -112,7 +112,8 @@ def file_pieces(
 ) -> Iterator[Piece]:
     """The windows of an audio file, read one at a time (at the file's rate, then mixed down to mono
     and resampled to 16 kHz); an :class:`~wav2vec2_ee.audio.AudioError` naming ``source`` when it
-    cannot be decoded."""
+    cannot be decoded or is not a regular file (:func:`~wav2vec2_ee.audio.check_regular_file`)."""
+    check_regular_file(path, source)
     try:
         handle = sf.SoundFile(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:

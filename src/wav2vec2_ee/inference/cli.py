@@ -18,6 +18,7 @@ The learned policy, fitted and thresholded on dev, reported on test only::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -110,35 +111,49 @@ def transcribe_main(argv: list[str] | None = None) -> int:
     error goes to stderr (and into the JSON as ``error``) and the exit status is 1. A path that does not
     exist is a usage error (exit 2, before the model loads).
 
-    ``--output results.jsonl|.csv``: one row per file, appended and synced to disk batch by batch (rows
-    and printed lines then come in the order files finish, not input order); ``--resume`` skips the
-    files the output already has. An existing output without ``--resume`` is a usage error."""
+    ``--output results.jsonl|.csv``: one row per file, keyed by its resolved path (a file named twice,
+    ``.`` and its absolute path, has one row), appended and synced to disk batch by batch (rows and
+    printed lines then come in the order files finish, not input order); one run at a time writes it
+    (a lock file beside it). ``--resume`` skips the files the output has transcribed and retries those
+    whose row is an error. An existing output without ``--resume``, and with it a file that is not an
+    output of this command (a manifest), are usage errors."""
     args, lex, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     missing = [a for a in positional.audio if not os.path.exists(a)]
     if missing:
         raise UserError(f"{', '.join(missing)}: no such file")
     log = _transcription_log(args)
-    transcriber = _transcriber(args, lex, device, positional.checkpoint)
-    if log is None:
-        results = transcriber.transcribe(list(positional.audio), raise_errors=False, progress=args.progress)
-    else:
-        results = _transcribe_into(log, transcriber, list(positional.audio), args)
+    with log.lock() if log is not None else contextlib.nullcontext():
+        if log is not None:
+            _check_output(log, args)
+        transcriber = _transcriber(args, lex, device, positional.checkpoint)
+        if log is None:
+            results = transcriber.transcribe(
+                list(positional.audio), raise_errors=False, progress=args.progress
+            )
+        else:
+            results = _transcribe_into(log, transcriber, list(positional.audio), args)
     return _print_results(results, args.json)
 
 
 def _transcription_log(args: TranscribeArguments):
-    """``--output``'s :class:`~wav2vec2_ee.results.TranscriptionLog` (``None`` without it);
-    an existing file without ``--resume`` is a usage error."""
+    """``--output``'s :class:`~wav2vec2_ee.results.TranscriptionLog` (``None`` without it)."""
     if args.output is None:
         return None
     from ..results import TranscriptionLog
 
+    return TranscriptionLog(args.output)
+
+
+def _check_output(log, args: TranscribeArguments) -> None:
+    """Usage errors of ``--output``, checked holding its lock: an existing file without ``--resume``;
+    with it, a file that this command did not write (:meth:`~wav2vec2_ee.results.TranscriptionLog.check`)."""
     if os.path.exists(args.output) and not args.resume:
         raise UserError(
-            f"--output {args.output} exists: pass --resume to continue it (its files are skipped), or remove it"
+            f"--output {args.output} exists: pass --resume to continue it (its transcribed files are skipped, "
+            "failed ones retried), or remove it"
         )
-    return TranscriptionLog(args.output)
+    log.check()
 
 
 def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: DeviceArguments, checkpoint: str):
@@ -175,18 +190,26 @@ def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: Devic
 
 
 def _transcribe_into(log, transcriber, audio: list[str], args: TranscribeArguments) -> list:
-    """Transcribe batch by batch, each appended to ``log`` (synced) as it finishes; with ``--resume`` the
-    files the log has are skipped."""
-    done = log.finished() if args.resume else set()
-    if done:
-        print(
-            f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped", file=sys.stderr
-        )
+    """Transcribe batch by batch, each appended to ``log`` (synced) as it finishes, each file once (by
+    its resolved path); with ``--resume`` the files the log has transcribed are skipped, those whose row
+    is an error retried. A finished run leaves one row per file (:meth:`~.TranscriptionLog.compact`)."""
+    done: set[str] = set()
+    if args.resume:
+        rows = log.rows()
+        done = log.finished(rows)
+        failed = len(rows) - len(done)
+        if rows:
+            retried = f", {failed} that failed retried" if failed else ""
+            print(
+                f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped{retried}",
+                file=sys.stderr,
+            )
     results = []
     with log:
-        for batch in transcriber.transcribe_batches(audio, skip=done, progress=args.progress):
+        for batch in transcriber.transcribe_batches(audio, skip=done, progress=args.progress, once=True):
             log.write([r.to_dict() for r in batch])
             results.extend(batch)
+    log.compact()
     return results
 
 

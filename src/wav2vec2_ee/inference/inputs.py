@@ -5,6 +5,10 @@ that soundfile reads, :data:`AUDIO_EXTENSIONS`, case-insensitive; sorted), a JSO
 ``audio`` column of the :func:`~wav2vec2_ee.data.read_manifest` format) or a 16 kHz mono waveform
 (a 1-D array or tensor). :func:`expand_inputs` turns a list of them into :class:`AudioItem` s, in
 order; nothing is decoded here.
+
+Only regular files are read (:func:`~wav2vec2_ee.audio.check_regular_file`): a named pipe, socket or
+device found in a folder is an item with its ``error`` set (reported like any unreadable file, never
+opened: reading a named pipe blocks); named explicitly, reading it fails with that reason.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..audio import AudioError, check_regular_file
 from ..data import read_manifest
 from ..data.sources import DataError, report_skipped
 
@@ -46,7 +51,8 @@ class AudioItem:
         source: the path, or ``<array i>`` for the i-th input, an array.
         path: the audio file (``None`` for an array or an error).
         array: the ``(samples,)`` float32 16 kHz waveform of an array input.
-        error: why this input cannot be used (a folder without audio, an unreadable manifest).
+        error: why this input cannot be used (a folder without audio, a named pipe found in a folder,
+            an unreadable manifest).
         seconds: its duration, once measured (the file header, or the array's length).
     """
 
@@ -56,9 +62,23 @@ class AudioItem:
     error: str | None = None
     seconds: float = 0.0
 
+    @property
+    def key(self) -> str:
+        """What identifies the recording across runs: the resolved absolute path of a file (``.`` and an
+        absolute path name the same file; links resolved), ``<array i>`` for an array, and for an
+        input that is an error (a folder, a manifest) its resolved path."""
+        if self.array is not None:
+            return self.source
+        return resolved_path(self.path if self.path is not None else self.source)
 
-def find_audio_files(folder: str | os.PathLike) -> list[str]:
-    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted."""
+
+def resolved_path(path: str | os.PathLike) -> str:
+    """``path`` absolute, normalised, with its links resolved (``os.path.realpath``): one name per file."""
+    return os.path.realpath(path)
+
+
+def _walk_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Paths under ``folder`` with an audio extension, not hidden, sorted (any kind of file)."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs.sort()
@@ -68,6 +88,28 @@ def find_audio_files(folder: str | os.PathLike) -> list[str]:
             if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and not name.startswith(".")
         )
     return found
+
+
+def _is_special(path: str) -> bool:
+    """Whether ``path`` exists but is no regular file (a named pipe, a socket, a device)."""
+    return os.path.exists(path) and not os.path.isfile(path)
+
+
+def find_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted;
+    only what can be read as a file: named pipes, sockets and devices are left out."""
+    return [path for path in _walk_audio_files(folder) if not _is_special(path)]
+
+
+def _file_item(path: str) -> AudioItem:
+    """The item of a file found in a folder: to be read, or, for a named pipe, a socket or a device,
+    an item whose ``error`` says what it is (reported like an unreadable file, never opened)."""
+    if _is_special(path):
+        try:
+            check_regular_file(path)
+        except AudioError as err:
+            return AudioItem(path, error=str(err))
+    return AudioItem(path, path=path)
 
 
 def is_manifest(path: str | os.PathLike) -> bool:
@@ -105,14 +147,15 @@ def check_array_shapes(items: Sequence[AudioInput]) -> None:
 def expand_inputs(items: Sequence[AudioInput]) -> list[AudioItem]:
     """One :class:`AudioItem` per recording, in order: folders walked for audio files, manifests read
     (their bad rows warned about), arrays named ``<array i>`` by their position in ``items``. A folder
-    without audio or an unreadable manifest is an item with ``error`` set."""
+    without audio, a named pipe / socket / device in a folder or an unreadable manifest is an item with
+    ``error`` set."""
     out: list[AudioItem] = []
     for i, item in enumerate(items):
         if _is_array(item):
             out.append(AudioItem(f"<array {i}>", array=np.asarray(item, dtype=np.float32)))
         elif os.path.isdir(item):
-            found = find_audio_files(item)
-            out.extend(AudioItem(path, path=path) for path in found)
+            found = [_file_item(path) for path in _walk_audio_files(item)]
+            out.extend(found)
             if not found:
                 out.append(AudioItem(str(item), error=f"{item}: no audio files in this folder"))
         elif is_manifest(item):

@@ -27,11 +27,12 @@ disk window by window (soundfile ``seek``/``read``), so memory stays bounded for
 computed per window (``layers_computed``, a float) and the number of windows (``chunks``). With
 chunking on, ``max_seconds`` is not applied (long files are chunked, not refused).
 
-Bad inputs: one path or array that cannot be transcribed (missing, not audio, too short for the CNN,
-NaN or infinite samples, longer than ``max_seconds`` without chunking) raises a ``ValueError`` naming
-it; in a list (or a folder, a manifest), each such input gets a :class:`Transcription` whose ``error``
-says why (``text`` empty, ``exit_layer`` ``None``) and the others are transcribed (``raise_errors=True``:
-raise instead). An array that is not 1-D is a caller's mistake and always raises.
+Bad inputs: one path or array that cannot be transcribed (missing, not a regular file: a named pipe is
+never opened, not audio, too short for the CNN, NaN or infinite samples, longer than ``max_seconds``
+without chunking) raises a ``ValueError`` naming it; in a list (or a folder, a manifest), each such
+input gets a :class:`Transcription` whose ``error`` says why (``text`` empty, ``exit_layer`` ``None``)
+and the others are transcribed (``raise_errors=True``: raise instead). An array that is not 1-D is a
+caller's mistake and always raises.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ import torch
 from transformers import Wav2Vec2Processor
 
 from ..audio import SAMPLING_RATE, AudioError
+from ..batching import DEFAULT_MAX_BATCH_SECONDS, length_grouped_batches
 from ..ctc.decoding import LexiconBeamDecoder, ctc_collapse
-from ..ctc.engine import length_grouped_batches
 from ..ctc.model import min_duration_for_ctc
 from ..data import audio_duration, load_audio
 from ..device import (
@@ -62,9 +63,18 @@ from ..device import (
 from ..errors import UserError
 from ..export.runtime import MANIFEST, exported_policy_values
 from ..export.source import OnnxExitSource
-from ..loading import load_model
+from ..loading import load_config, load_model
 from ..modeling import Wav2Vec2EEForCTC
-from ..policy_core import SAVED_POLICY, ExitPolicy, FixedExit, policy_from_saved, read_saved_policy
+from ..policy_core import (
+    SAVED_POLICY,
+    WEIGHTS_FINGERPRINT,
+    ExitPolicy,
+    FixedExit,
+    check_policy_model,
+    policy_from_saved,
+    read_saved_policy,
+    weights_fingerprint,
+)
 from ..vocab import build_processor, normalize_transcript
 from .chunking import (
     DEFAULT_CHUNK_SECONDS,
@@ -121,6 +131,8 @@ class Transcription:
         audio_seconds: duration of the audio (0 when it could not be read).
         error: why this input was not transcribed (``None``: it was); names the input.
         chunks: windows the input was transcribed in (1: one forward pass; 0 when ``error`` is set).
+        path: the input's resolved absolute path (links resolved: ``.`` and an absolute path give the
+            same), what identifies it across runs (``--output``'s rows); ``None`` for an array.
     """
 
     source: str
@@ -132,6 +144,7 @@ class Transcription:
     audio_seconds: float
     error: str | None = None
     chunks: int = 1
+    path: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -144,13 +157,33 @@ class Transcription:
 
 def saved_policy_values(folder: str | os.PathLike) -> dict | None:
     """The policy saved with a checkpoint folder (``exit_policy.json``, ``calibrate --save-policy``) or an
-    exported folder (the ``policy.json`` its ``export.json`` names), as its JSON object; ``None``: none."""
+    exported folder (the ``policy.json`` its ``export.json`` names), as its JSON object; ``None``: none.
+
+    A policy calibrated for another model is refused (:func:`~wav2vec2_ee.policy_core.check_policy_model`):
+    its recorded exit layers differ from the model's, or its weights fingerprint from the checkpoint's
+    (:func:`checkpoint_policy_values`) or from the one the export recorded of its source
+    (:func:`~wav2vec2_ee.export.runtime.exported_policy_values`). Refused, not warned about: the policy is
+    used without being named, and its threshold on other weights is an unknown operating point for every
+    file of the run; naming a policy (``--policy``) or calibrating again is the fix."""
     folder = Path(folder)
     if (folder / SAVED_POLICY).is_file():
-        return read_saved_policy(folder / SAVED_POLICY)
+        return checkpoint_policy_values(folder)
     if (folder / MANIFEST).is_file():
         return exported_policy_values(folder)
     return None
+
+
+def checkpoint_policy_values(folder: str | os.PathLike) -> dict:
+    """A checkpoint's ``exit_policy.json``, read (:func:`~wav2vec2_ee.policy_core.read_saved_policy`) and
+    refused when calibrated for another model: other exit layers than the checkpoint's ``config.json``, or
+    another weights fingerprint (computed only when the policy records one)."""
+    folder = Path(folder)
+    file = folder / SAVED_POLICY
+    values = read_saved_policy(file)
+    exit_layers = list(load_config(str(folder)).exit_layers)
+    fingerprint = weights_fingerprint(folder) if values.get(WEIGHTS_FINGERPRINT) is not None else None
+    check_policy_model(values, exit_layers, fingerprint, str(file))
+    return values
 
 
 def saved_policy(folder: str | os.PathLike) -> ExitPolicy | None:
@@ -194,7 +227,7 @@ class Transcriber:
         processor: Wav2Vec2Processor | None = None,
         lexicon_decoder: LexiconBeamDecoder | None = None,
         batch_size: int = 16,
-        max_batch_seconds: float | None = 160.0,
+        max_batch_seconds: float | None = DEFAULT_MAX_BATCH_SECONDS,
         dtype: str = "float32",
         max_seconds: float | None = DEFAULT_MAX_SECONDS,
         chunk_seconds: float | None = None,
@@ -372,32 +405,41 @@ class Transcriber:
         skip: Collection[str] = (),
         raise_errors: bool = False,
         progress: bool = False,
+        once: bool = False,
     ) -> Iterator[list[Transcription]]:
         """Transcribe like :meth:`transcribe`, yielding results as they are ready: a list per batch
         (the inputs refused from their headers first; then each batch's, longest first; a chunked file
-        alone), so that a caller can save them as it goes. Inputs whose source is in ``skip`` are left
-        out (a resumed run)."""
+        alone), so that a caller can save them as it goes. Inputs whose source or resolved path
+        (:attr:`Transcription.path`) is in ``skip`` are left out (a resumed run); ``once``: a file named
+        more than once (``.`` and its absolute path) is transcribed once."""
         items = input_list(audio)
         check_array_shapes(items)
-        for batch in self._batches(expand_inputs(items), skip, raise_errors, progress):
+        for batch in self._batches(expand_inputs(items), skip, raise_errors, progress, once):
             yield [result for _, result in batch]
 
     def _batches(
-        self, inputs: list[AudioItem], skip: Collection[str], raise_errors: bool, progress: bool
+        self,
+        inputs: list[AudioItem],
+        skip: Collection[str],
+        raise_errors: bool,
+        progress: bool,
+        once: bool = False,
     ) -> Iterator[list[tuple[int, Transcription]]]:
         failed: list[tuple[int, Transcription]] = []
         whole: list[int] = []
         chunked: list[int] = []
         skip = set(skip)
         for i, item in enumerate(inputs):
-            if item.source in skip:
+            if item.source in skip or item.key in skip:
                 continue
+            if once:
+                skip.add(item.key)
             try:
                 self._measure(item)
             except ValueError as err:  # AudioError included: each message names its input
                 if raise_errors:
                     raise
-                failed.append((i, self._failed(item.source, str(err), getattr(err, "seconds", 0.0))))
+                failed.append((i, self._failed(item, str(err), getattr(err, "seconds", 0.0))))
                 continue
             (chunked if self._chunked(item.seconds) else whole).append(i)
         if failed:
@@ -418,11 +460,11 @@ class Transcriber:
                     except ValueError as err:
                         if raise_errors:
                             raise
-                        out.append((i, self._failed(inputs[i].source, str(err), inputs[i].seconds)))
+                        out.append((i, self._failed(inputs[i], str(err), inputs[i].seconds)))
                 if rows:
                     result = self._run(arrays)
                     for j, i in enumerate(rows):
-                        out.append((i, self._answer(inputs[i].source, result, j, len(arrays[j]))))
+                        out.append((i, self._answer(inputs[i], result, j, len(arrays[j]))))
                 bar.update(sum(inputs[whole[j]].seconds for j in batch))
                 yield out
             for i in chunked:
@@ -431,25 +473,26 @@ class Transcriber:
                 except ValueError as err:
                     if raise_errors:
                         raise
-                    result = self._failed(inputs[i].source, str(err), inputs[i].seconds)
+                    result = self._failed(inputs[i], str(err), inputs[i].seconds)
                 yield [(i, result)]
         finally:
             bar.close()
 
-    def _answer(self, source: str, out, j: int, samples: int) -> Transcription:
+    def _answer(self, item: AudioItem, out, j: int, samples: int) -> Transcription:
         return Transcription(
-            source=source,
+            source=item.source,
             text=out.transcripts[j],
             exit_layer=out.exit_layer[j],
             layers_computed=out.layers_computed[j],
             num_layers=self.num_layers,
             seconds=out.seconds[j],
             audio_seconds=samples / SAMPLING_RATE,
+            path=_path_of(item),
         )
 
-    def _failed(self, source: str, error: str, audio_seconds: float = 0.0) -> Transcription:
+    def _failed(self, item: AudioItem, error: str, audio_seconds: float = 0.0) -> Transcription:
         return Transcription(
-            source=source,
+            source=item.source,
             text="",
             exit_layer=None,
             layers_computed=0,
@@ -458,6 +501,7 @@ class Transcriber:
             audio_seconds=audio_seconds,
             error=error,
             chunks=0,
+            path=_path_of(item),
         )
 
     # ----------------------------------------------------------------------------------------------
@@ -519,12 +563,19 @@ class Transcriber:
             seconds=joined.seconds,
             audio_seconds=joined.samples / SAMPLING_RATE,
             chunks=len(joined.layers),
+            path=_path_of(item),
         )
 
     def __call__(
         self, audio: AudioInput | Sequence[AudioInput], raise_errors: bool | None = None
     ) -> Transcription | list[Transcription]:
         return self.transcribe(audio, raise_errors)
+
+
+def _path_of(item: AudioItem) -> str | None:
+    """:attr:`Transcription.path` of an input: its resolved path (:attr:`~.inputs.AudioItem.key`), ``None``
+    for an array."""
+    return None if item.array is not None else item.key
 
 
 @dataclass

@@ -49,13 +49,16 @@ is one JSON object::
     {"format": "wav2vec2-ee-exit-policy", "version": 1,
      "policy": "entropy", "parameter": "threshold", "value": 0.4, "max_layer": null,
      "exit_layers": [4, 8, 12],      # optional: the exit layers of the model it was calibrated on
+     "weights_fingerprint": "sha256:...",  # optional: weights_fingerprint() of that model's checkpoint
      "model": {...},                 # the learned policy only: LearnedWeights.to_dict()
      ...}                            # anything else (dev and test figures): kept, not read
 
 Files of older versions have no ``format`` / ``version`` (read as version 1); any other ``format`` or
 ``version`` is refused. Readers ignore fields they do not know, so a later version can add optional
-fields (e.g. ``weights_fingerprint``: the weights the policy was calibrated for) without a format break;
-a change that readers must understand raises ``version``.
+fields without a format break (``weights_fingerprint`` was one); a change that readers must understand
+raises ``version``. Where a saved policy meets a model (``transcribe``, ``Transcriber``, ``export
+--policy``, an export's ``policy.json`` in both runtimes), :func:`check_policy_model` refuses it when its
+recorded exit layers or weights fingerprint are another model's.
 """
 
 from __future__ import annotations
@@ -96,12 +99,16 @@ from .saved import (
     SAVED_POLICY,
     SAVED_POLICY_FORMAT,
     SAVED_POLICY_VERSION,
+    WEIGHTS_FINGERPRINT,
     SavedPolicy,
+    check_policy_model,
     check_saved_policy,
+    file_sha256,
     load_saved_policy,
     policy_from_saved,
     read_saved_policy,
     saved_policy_header,
+    weights_fingerprint,
     write_saved_policy,
 )
 from .values import is_integer, is_number
@@ -131,13 +138,16 @@ __all__ = [
     "ThresholdPolicy",
     "VALUE_FLAGS",
     "View",
+    "WEIGHTS_FINGERPRINT",
     "agreement",
     "agreement_array",
     "build_policy",
     "check_max_layer",
     "check_max_layer_value",
+    "check_policy_model",
     "check_saved_policy",
     "exit_loop",
+    "file_sha256",
     "is_integer",
     "is_number",
     "learned_features",
@@ -150,6 +160,7 @@ __all__ = [
     "read_saved_policy",
     "saved_policy_header",
     "wants_saved_policy",
+    "weights_fingerprint",
     "word_edit_distance",
     "write_saved_policy",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import pickle
 import statistics
 from collections.abc import Callable
@@ -96,6 +97,24 @@ def check_arguments(
         )
     if run_args.time_budget is not None and run_args.time_budget <= 0:
         raise UserError(f"--time-budget must be a positive number of seconds, got {run_args.time_budget}")
+    check_training_length(training_args.max_steps, training_args.num_train_epochs)
+
+
+def check_training_length(max_steps: int, num_train_epochs: float) -> None:
+    """Refuse a run that would train no step (a ``UserError`` naming the flags): ``--max-steps 0``, or no
+    step count (``--max-steps`` negative: transformers' "train ``--num-train-epochs``", -1 by default)
+    with ``--num-train-epochs`` that is not a finite number above 0. The Trainer would train one step,
+    or none, and save a model that learned nothing."""
+    if max_steps == 0:
+        raise UserError(
+            "--max-steps 0: no step to train; give a positive --max-steps, or -1 (the default) to train "
+            "--num-train-epochs"
+        )
+    if max_steps < 0 and not (math.isfinite(num_train_epochs) and num_train_epochs > 0):
+        raise UserError(
+            f"--max-steps {max_steps} (train --num-train-epochs) with --num-train-epochs {num_train_epochs:g}: "
+            "no step to train; give --num-train-epochs above 0 or a positive --max-steps"
+        )
 
 
 def speed_perturbation(factors: list[float] | None, seed: int) -> SpeedPerturbation | None:
