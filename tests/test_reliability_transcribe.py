@@ -27,7 +27,7 @@ from wav2vec2_ee.evaluation import evaluate_checkpoint
 from wav2vec2_ee.inference.chunking import file_pieces
 from wav2vec2_ee.inference.inputs import find_audio_files
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
-from wav2vec2_ee.results import TRANSCRIPTION_FIELDS, TranscriptionLog
+from wav2vec2_ee.transcripts import TRANSCRIPTION_FIELDS, TranscriptionLog
 
 from conftest import sharpened_model, tiny_config
 from helpers_audio import write_empty, write_good

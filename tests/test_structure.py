@@ -181,7 +181,7 @@ LAZY_IMPORTS = {
     "evaluation.cli": {"results", "evaluation.evaluate"},
     "export.cli": {"export.exporter"},
     "export": {"export", "export.exporter", "export.source"},
-    "inference.cli": {"ctc.model", "loading", "results", "inference.transcriber", "inference.sweep", "inference.table",
+    "inference.cli": {"ctc.model", "loading", "transcripts", "inference.transcriber", "inference.sweep", "inference.table",
                       "inference.calibrate"},
 }  # fmt: skip
 
@@ -220,7 +220,16 @@ def test_the_package_imports_downward_without_cycles():
 
 
 @pytest.mark.parametrize(
-    "module", ["wav2vec2_ee.lite", "wav2vec2_ee.policy_core", "wav2vec2_ee.audio", "wav2vec2_ee.batching"]
+    "module",
+    [
+        "wav2vec2_ee.lite",
+        "wav2vec2_ee.policy_core",
+        "wav2vec2_ee.audio",
+        "wav2vec2_ee.batching",
+        "wav2vec2_ee.segmentation",
+        "wav2vec2_ee.timestamps",
+        "wav2vec2_ee.transcripts",
+    ],
 )
 def test_the_torch_free_modules_import_without_torch(module):
     import subprocess

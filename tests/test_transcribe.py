@@ -20,7 +20,7 @@ from wav2vec2_ee.inference import Transcriber, build_policy, chunking
 from wav2vec2_ee.inference.inputs import find_audio_files
 from wav2vec2_ee.io import AppendFile
 from wav2vec2_ee.modeling import Wav2Vec2EEForCTC
-from wav2vec2_ee.results import TranscriptionLog
+from wav2vec2_ee.transcripts import TranscriptionLog
 
 from conftest import tiny_config
 from helpers_audio import write_good, write_not_audio

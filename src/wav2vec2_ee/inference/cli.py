@@ -137,17 +137,17 @@ def transcribe_main(argv: list[str] | None = None) -> int:
 
 
 def _transcription_log(args: TranscribeArguments):
-    """``--output``'s :class:`~wav2vec2_ee.results.TranscriptionLog` (``None`` without it)."""
+    """``--output``'s :class:`~wav2vec2_ee.transcripts.TranscriptionLog` (``None`` without it)."""
     if args.output is None:
         return None
-    from ..results import TranscriptionLog
+    from ..transcripts import TranscriptionLog
 
     return TranscriptionLog(args.output)
 
 
 def _check_output(log, args: TranscribeArguments) -> None:
     """Usage errors of ``--output``, checked holding its lock: an existing file without ``--resume``;
-    with it, a file that this command did not write (:meth:`~wav2vec2_ee.results.TranscriptionLog.check`)."""
+    with it, a file that this command did not write (:meth:`~wav2vec2_ee.transcripts.TranscriptionLog.check`)."""
     if os.path.exists(args.output) and not args.resume:
         raise UserError(
             f"--output {args.output} exists: pass --resume to continue it (its transcribed files are skipped, "
