@@ -182,6 +182,7 @@ def _staged_model_card(preset: BasePreset, record: dict) -> str:
             f"{st['final_loss']} | {_percent(wer.get('test'))} | {_percent(wer.get('other_synthesizer'))} |"
         )
     last = stages[-1]
+    notes = "".join(f"\n\nStage {st['stage']}: {st['note']}" for st in stages if st.get("note"))
     test = format_wer_by_exit({"test (held-out voices)": record["wer"]["test"]})
     conditions = record.get("conditions")
     conditions_text = ""
