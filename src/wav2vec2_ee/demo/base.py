@@ -202,7 +202,7 @@ real audio beside noise and reverberation). Each stage's log is in `docs/demo-ba
 
 | stage | command | started from | minutes | steps | s/step | precision | CPU | final loss | test WER, layers 2/4/6/8 | Festival, layer 8 |
 |---|---|---|---|---|---|---|---|---|---|---|
-{chr(10).join(rows)}
+{chr(10).join(rows)}{notes}
 
 - model: {model["num_hidden_layers"]} transformer layers, hidden size {model["hidden_size"]}, \
 {model["num_attention_heads"]} heads, feed-forward {model["intermediate_size"]}, pre-LN; CNN \
