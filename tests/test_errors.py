@@ -230,6 +230,57 @@ def test_export_without_onnx_names_the_onnx_extra(
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
+def test_export_int8_without_onnx_names_the_onnx_extra(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _absent(monkeypatch, "onnx")
+    assert cli_main(["export", str(files["checkpoint"]), str(tmp_path / "out"), "--int8"]) == 2
+    line = _error_line(capsys, "export")
+    assert "ONNX export needs the onnx package" in line and line.endswith("pip install 'wav2vec2-ee[onnx]'")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def exported(files: dict[str, Path]) -> Path:
+    """``files``' checkpoint exported as ONNX segments (float, not checked)."""
+    from wav2vec2_ee.export import export_checkpoint
+
+    folder = files["root"] / "exported"
+    export_checkpoint(files["checkpoint"], folder, check=False)
+    return folder
+
+
+def _a_wav(tmp_path: Path) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp_path / "a.wav"
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(8000)).astype(np.float32), 16_000)
+    return path
+
+
+def test_transcribe_onnxruntime_backend_without_it_names_the_onnx_extra(
+    exported: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _absent(monkeypatch, "onnxruntime")
+    argv = ["transcribe", str(exported), str(_a_wav(tmp_path)), "--backend", "onnxruntime"]
+    assert cli_main(argv) == 2
+    line = _error_line(capsys, "transcribe")
+    assert "needs the onnxruntime package: pip install 'wav2vec2-ee[onnx]'" in line
+
+
+def test_lite_without_onnxruntime_names_the_onnx_extra(
+    exported: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from wav2vec2_ee import lite
+
+    _absent(monkeypatch, "onnxruntime")
+    assert lite.main([str(exported), str(_a_wav(tmp_path))]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("python -m wav2vec2_ee.lite: error: "), err
+    assert "needs the onnxruntime package: pip install 'wav2vec2-ee[onnx]'" in err[0]
+
+
 # --------------------------------------------------------------------------------------------------
 # 7. library code does not print
 

@@ -319,8 +319,8 @@ def test_export_command(checkpoint, tmp_path, capsys) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--policy", "{missing}"], "No such file"),
-        (["--policy", "{bad}"], "not a calibrated policy"),
+        (["--policy-file", "{missing}"], "No such file"),  # --policy until issue 30 (deprecated)
+        (["--policy-file", "{bad}"], "not a calibrated policy"),
         (["--opset", "11"], "--opset must be >= 14"),
         (["--output-dir", "{other}"], "two output folders"),
     ],

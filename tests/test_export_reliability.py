@@ -469,7 +469,9 @@ def test_a_policy_of_another_model_beside_a_checkpoint_is_refused(
     policy = tmp_path / "calibration_fixed.json"
     policy.write_text(json.dumps(_policy(other, list(layers))))
     assert (
-        cli.main(["export", str(checkpoint), str(tmp_path / "out"), "--no-check", "--policy", str(policy)])
+        cli.main(
+            ["export", str(checkpoint), str(tmp_path / "out"), "--no-check", "--policy-file", str(policy)]
+        )
         == 2
     )
     assert message in _one_line(capsys, "wav2vec2-ee export: error: ")

@@ -343,14 +343,55 @@ def test_train_refuses_a_folder_of_other_files_and_never_deletes_their_checkpoin
     assert not (out / "checkpoint-2").exists() and (out / "checkpoint-3" / "trainer_state.json").is_file()
     assert load_model(out).config.exit_layers == [2, 4]  # the files of the same names were overwritten
 
-    # the folder is now a run of ours: the same run again needs no flag, and still keeps the user's
-    assert cli_main(argv) == 0
+    # the folder is now a finished run of ours: the same command again is refused (issue 30), with
+    # --overwrite-output-dir it trains again, and still keeps the user's
+    assert cli_main(argv) == 2
+    assert f"--output-dir {out} holds a finished run" in _error_lines(capsys.readouterr().err)[0]
+    assert cli_main([*argv, "--overwrite-output-dir"]) == 0
     assert sorted(p.name for p in out.glob("checkpoint-*")) == [
         "checkpoint-1",
         "checkpoint-100",
         "checkpoint-3",
     ]
     assert (out / "checkpoint-1" / "notes.txt").is_file() and (out / "checkpoint-100" / "notes.txt").is_file()
+
+
+def test_train_refuses_to_train_again_over_a_finished_run(tmp_path, capsys, caplog):
+    """Rerunning the same command over a finished run (its final model and run_summary.json) is refused
+    with one line naming the folder; --overwrite-output-dir trains again; --resume continues."""
+    corpus = tmp_path / "corpus"
+    write_librispeech(corpus, "train", good_items(4, seconds=0.5))
+    model_json = write_model_json(tmp_path / "tiny.json")
+    out = tmp_path / "run"
+    argv = ["train", "--model", str(model_json), "--data", str(corpus), "--train-splits", "train",
+            "--output-dir", str(out), "--max-steps", "2", "--save-steps", "1",
+            "--per-device-train-batch-size", "4", "--report-to", "none", "--disable-tqdm", "true"]  # fmt: skip
+    assert cli_main(argv) == 0
+    (out / "eval").mkdir()
+    (out / "eval" / "wer_results.txt").write_text("split: test\nlayer_2 WER: 0.5\n\n")
+    capsys.readouterr()
+    before = _tree(out)
+
+    assert cli_main(argv) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert len(err) == 1 and err[0] == (
+        f"wav2vec2-ee train: error: --output-dir {out} holds a finished run (its final model and "
+        "run_summary.json): pass --overwrite-output-dir to train it again there, or choose another folder"
+    )
+    assert _tree(out) == before  # nothing written
+
+    # --resume of the finished run continues its last checkpoint (nothing left to train)
+    assert cli_main([*argv, "--resume"]) == 0
+    # an unfinished run (no run_summary.json: killed before the end) starts again without a flag
+    (out / "run_summary.json").unlink()
+    assert cli_main([*argv, "--resume"]) == 0 and (out / "run_summary.json").is_file()
+    (out / "run_summary.json").unlink()
+    assert cli_main(argv) == 0
+
+    with caplog.at_level(logging.WARNING):
+        assert cli_main([*argv, "--overwrite-output-dir"]) == 0
+    assert any("over its finished run; its folders eval are kept" in r.getMessage() for r in caplog.records)
+    assert (out / "eval" / "wer_results.txt").is_file() and load_model(out).config.exit_layers == [2, 4]
 
 
 def test_rotation_deletes_only_the_runs_own_checkpoints(tmp_path):

@@ -317,11 +317,18 @@ def test_lite_refuses_a_named_pipe_without_opening_it(exported, tmp_path, capsys
     with fifo(tmp_path / "fifo.wav") as opened:
         with pytest.raises(lite.LiteError, match="a named pipe"):
             lite.LiteTranscriber(exported).transcribe([tmp_path / "a.wav", tmp_path / "fifo.wav"])
-        assert lite.main([str(exported), str(tmp_path / "a.wav"), str(tmp_path / "fifo.wav")]) == 2
+        capsys.readouterr()
+        # issue 30: one unreadable file no longer ends the run (exit 2, nothing for the good file): it is
+        # reported and the others are transcribed (exit 1), as transcribe does
+        assert lite.main([str(exported), str(tmp_path / "a.wav"), str(tmp_path / "fifo.wav")]) == 1
     assert opened == []
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"python -m wav2vec2_ee.lite: error: {tmp_path / 'fifo.wav'}: a named pipe (FIFO), not a regular "
-                   "file: only regular files are read as audio"]  # fmt: skip
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [str(tmp_path / "a.wav")]
+    assert captured.err.strip().splitlines() == [
+        f"python -m wav2vec2_ee.lite: error: {tmp_path / 'fifo.wav'}: a named pipe (FIFO), not a regular "
+        "file: only regular files are read as audio",
+        "python -m wav2vec2_ee.lite: 1 of 2 file(s) could not be transcribed",
+    ]
 
 
 def test_lite_batches_are_bounded_in_seconds_and_decoded_when_they_run(exported, tmp_path, monkeypatch):
@@ -333,17 +340,17 @@ def test_lite_batches_are_bounded_in_seconds_and_decoded_when_they_run(exported,
     transcriber = lite.LiteTranscriber(exported, "fixed", value=4)
     want = [r.text for r in transcriber.transcribe(paths)]
     events: list[tuple[str, float]] = []
-    real_run, real_read = lite.run_lite_early_exit, lite.read_audio
+    real_run, real_read = lite._exit_answers, lite.read_audio
 
-    def run(segments, values, mask, policy, vocabulary):
+    def run(segments, values, mask, policy, vocabulary, with_ids=False):
         events.append(("run", values.shape[0] * values.shape[1] / 16_000))
-        return real_run(segments, values, mask, policy, vocabulary)
+        return real_run(segments, values, mask, policy, vocabulary, with_ids)
 
     def read(path):
         events.append(("read", 0.0))
         return real_read(path)
 
-    monkeypatch.setattr(lite, "run_lite_early_exit", run)
+    monkeypatch.setattr(lite, "_exit_answers", run)  # each batch's run (run_lite_early_exit's engine)
     monkeypatch.setattr(lite, "read_audio", read)
     bounded = lite.LiteTranscriber(exported, "fixed", value=4, batch_size=100_000, max_batch_seconds=1.0)
     assert [r.text for r in bounded.transcribe(paths)] == want  # the same answers

@@ -104,6 +104,21 @@ def test_long_speech_is_cut_into_bounded_pieces_at_quiet_moments():
     assert 12.4 * SR <= pieces[0].end <= 12.7 * SR  # at the quiet moment
 
 
+def test_a_click_after_a_cut_stretch_gives_no_piece():
+    """The continuation of a stretch cut at its quietest moment is kept whatever its length; a click later
+    in the same buffer is still dropped (it became a piece: the short-run filter skipped every run)."""
+    talk = np.concatenate([np.zeros(SR, np.float32)] + [_talk(3.0, seed=s) for s in range(4)])
+    click = np.zeros(4 * SR, np.float32)
+    click[2 * SR : 2 * SR + 400] = 0.5  # 25 ms, 2 s after the speech
+    audio = np.concatenate([talk, click])
+    pieces = split_at_pauses(audio, SplitOptions(vad="energy", max_seconds=8.0))
+    assert len(pieces) == 2 and pieces[0].end == pieces[1].start  # cut once, nothing lost
+    assert pieces[0].start <= SR and talk.size <= pieces[1].end < talk.size + SR  # no piece at the click
+    splitter = PauseSplitter(SplitOptions(vad="energy", max_seconds=8.0))
+    streamed = [p for i in range(0, audio.size, 7_000) for p in splitter.feed(audio[i : i + 7_000])]
+    assert [(p.start, p.end) for p in streamed + splitter.finish()] == [(p.start, p.end) for p in pieces]
+
+
 def test_silence_and_clicks_give_no_piece():
     quiet = np.zeros(5 * SR, np.float32)
     assert split_at_pauses(quiet, SplitOptions(vad="energy")) == []

@@ -106,12 +106,14 @@ def test_output_is_written_as_files_finish_and_resume_skips_them(files, tmp_path
     assert cli_main(argv) == 1  # the bad file fails; the others are transcribed
     capsys.readouterr()
     rows = _rows(out)
-    assert sorted(r["source"] for r in rows) == sorted([*map(str, files["paths"]), str(bad)])
+    # rows in input order (issue 30: they came in processing order, the refused file first)
+    in_order = [*find_audio_files(files["audio"]), str(bad)]
+    assert [r["source"] for r in rows] == in_order
     by_source = {r["source"]: r for r in rows}
     assert "audio" in by_source[str(bad)]["error"] and by_source[str(bad)]["exit_layer"] is None
     good = by_source[str(files["paths"][0])]
     assert good["error"] is None and int(good["exit_layer"]) == 4 and float(good["seconds"]) > 0
-    assert {"text", "layers_computed", "audio_seconds", "chunks"} <= set(good)
+    assert {"text", "layers_computed", "audio_seconds", "chunks", "segments", "latency_seconds"} <= set(good)
 
     # an existing output without --resume is a usage error
     assert cli_main(argv) == 2
@@ -122,21 +124,23 @@ def test_output_is_written_as_files_finish_and_resume_skips_them(files, tmp_path
     out.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])
     kept = _rows(out)
     assert len(kept) == (1 if suffix == ".csv" else 2)  # the partial line is not a row
-    assert str(bad) in {r["source"] for r in kept}  # refused from its header: written first
+    assert [r["source"] for r in kept] == in_order[: len(kept)]  # the first inputs
     done = [r for r in kept if r["error"] is None]
-    assert cli_main([*argv, "--resume"]) == 1  # the failed file is retried (issue 29 row 7): fails again
+    assert cli_main([*argv, "--resume"]) == 1  # the rest, the bad file included: it fails again
     captured = capsys.readouterr()
-    assert f"resuming: {len(done)} file(s)" in captured.err and "1 that failed retried" in captured.err
+    assert f"resuming: {len(done)} file(s)" in captured.err and "retried" not in captured.err
     redone = [line.split("\t")[0] for line in captured.out.strip().splitlines()]
-    assert not set(redone) & {r["source"] for r in done}  # finished files were skipped
+    assert redone == [s for s in in_order[len(kept) :] if s != str(bad)]  # in input order, finished skipped
     final = _rows(out)
-    assert sorted(r["source"] for r in final) == sorted(r["source"] for r in rows)  # each once
+    assert [r["source"] for r in final] == in_order  # each once, in input order
     text = out.read_text()
     assert text.endswith("\n") and (suffix == ".csv" or all(json.loads(line) for line in text.splitlines()))
-    assert len(text.splitlines()) == len(final) + (suffix == ".csv")  # the retried row replaced the old one
-    # --resume with only the failed file left: it alone is retried
+    # --resume with only the failed file left: it alone is retried (issue 29 row 7), its new row replacing
+    # the old one
     assert cli_main([*argv, "--resume"]) == 1
-    assert "resuming: 3 file(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming: 3 file(s)" in err and "1 that failed retried" in err
+    assert len(out.read_text().splitlines()) == len(final) + (suffix == ".csv")
 
 
 def test_append_file_cuts_a_partial_last_line(tmp_path):
@@ -216,13 +220,18 @@ def test_long_files_are_chunked_instead_of_refused(files, capsys):
     assert isinstance(result.layers_computed, float)
     array = sf.read(files["long"], dtype="float32")[0]
     assert windowed.transcribe(array).text == result.text  # an array is windowed the same way
-    with pytest.raises(ValueError, match="longer than the limit of 5 s"):
-        Transcriber(t.model, max_seconds=5).transcribe(str(files["long"]))  # chunking off: refused
+    with pytest.raises(ValueError, match="longer than the limit of 5 s"):  # splitting off: refused (issue 30:
+        # the API splits long inputs at their pauses by default, as the command does; split=None turns it off)
+        Transcriber(t.model, max_seconds=5, split=None).transcribe(str(files["long"]))
     argv = ["transcribe", str(files["checkpoint"]), str(files["long"]), "--max-seconds", "5", "--json"]
     assert cli_main([*argv, "--chunk-seconds", "0"]) == 1  # windowing off: the limit refuses it
     capsys.readouterr()
-    assert cli_main(argv) == 0  # the default: 30 s windows, a 9 s file is one window
-    assert json.loads(capsys.readouterr().out)[0]["chunks"] == 1
+    assert cli_main(argv) == 0  # the default: files beyond 20 s split at their pauses; a 9 s file runs whole
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)[0]["chunks"] == 1
+    # --json keeps its list for one release, and says what replaces it (lite's --json is --format jsonl)
+    assert "--json (one JSON list at the end) is deprecated, use --format jsonl" in printed.err
+    assert cli_main([*argv, "--format", "tsv"]) == 2
     assert cli_main([*argv, "--chunk-seconds", "2"]) == 0
     row = json.loads(capsys.readouterr().out)[0]
     assert row["chunks"] == len(list(chunking.windows(9 * SR, 2 * SR, round(SR / 3)))) == 7  # stride: 2/6 s

@@ -1,7 +1,8 @@
 """Reading audio: soundfile to decode, soxr to resample to 16 kHz, mixed down to mono.
 
 numpy, soundfile and soxr only (no torch): the torch-free runtime (:mod:`wav2vec2_ee.lite`) reads audio
-here too. :data:`SAMPLING_RATE` is the package's one definition of the model's input rate.
+here too. :data:`SAMPLING_RATE` is the package's one definition of the model's input rate. Folders are
+walked for audio files here (:func:`find_audio_files`), for ``transcribe`` and the lite runtime alike.
 """
 
 from __future__ import annotations
@@ -122,3 +123,38 @@ def audio_duration(path: str | os.PathLike) -> float:
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(str(path), "the file holds no audio samples")
     return info.frames / info.samplerate
+
+
+#: File extensions (lower case) walked in folders: the formats soundfile (libsndfile) reads.
+AUDIO_EXTENSIONS = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
+        ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".paf", ".svx", ".8svx", ".sf",
+        ".ircam", ".mat", ".mat4", ".mat5", ".pvf", ".xi", ".htk", ".sds", ".avr", ".sd2", ".mpc",
+    }
+)  # fmt: skip
+
+
+def walk_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Paths under ``folder`` with an audio extension (:data:`AUDIO_EXTENSIONS`, case-insensitive), not
+    hidden, sorted (any kind of file: see :func:`find_audio_files`)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found.extend(
+            os.path.join(root, name)
+            for name in sorted(files)
+            if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and not name.startswith(".")
+        )
+    return found
+
+
+def is_special_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` exists but is no regular file (a named pipe, a socket, a device)."""
+    return os.path.exists(path) and not os.path.isfile(path)
+
+
+def find_audio_files(folder: str | os.PathLike) -> list[str]:
+    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted;
+    only what can be read as a file: named pipes, sockets and devices are left out."""
+    return [path for path in walk_audio_files(folder) if not is_special_file(path)]

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 #: How to build each command's parser without running the command (``--help`` and the consistency test).
+#: Each but ``train``'s is built without importing torch (``tests/test_cli_help.py``).
 PARSERS: dict[str, str] = {
     "train": "wav2vec2_ee.training.cli:build_parser",
     "evaluate": "wav2vec2_ee.evaluation.cli:build_parser",
@@ -47,15 +48,45 @@ PARSERS: dict[str, str] = {
     "sweep": "wav2vec2_ee.inference.cli:sweep_parser",
     "calibrate": "wav2vec2_ee.inference.cli:calibrate_parser",
     "make-corpus": "wav2vec2_ee.corpus.cli:build_parser",
-    "demo": "wav2vec2_ee.demo.cli:build_parser",
+    "demo": "wav2vec2_ee.demo.arguments:build_parser",
     "export": "wav2vec2_ee.export.cli:build_parser",
 }
+
+#: Commands whose parser needs torch (``train``: transformers' ``TrainingArguments``): ``--help`` prints
+#: the text generated from the parser and kept in the package, when it matches the installed versions
+#: (:mod:`wav2vec2_ee.training.help_text`).
+HELP_TEXTS: dict[str, str] = {"train": "wav2vec2_ee.training.help_text:help_text"}
+
+
+def _target(spec: str):
+    module_name, _, func = spec.partition(":")
+    return getattr(importlib.import_module(module_name), func)
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of ``wav2vec2-ee <command>``, built without running the command."""
-    module_name, _, func = PARSERS[command].partition(":")
-    return getattr(importlib.import_module(module_name), func)()
+    return _target(PARSERS[command])()
+
+
+def wants_help(argv: list[str]) -> bool:
+    """Whether a command's arguments ask for its help (``-h`` / ``--help`` before any ``--``)."""
+    for arg in argv:
+        if arg == "--":
+            return False
+        if arg in ("-h", "--help"):
+            return True
+    return False
+
+
+def print_help(command: str) -> None:
+    """``wav2vec2-ee <command> --help``, without importing the command's module: the parser of
+    :data:`PARSERS` (torch-free), or the kept text of :data:`HELP_TEXTS`. Exits with status 0, as
+    argparse does."""
+    if command in HELP_TEXTS:
+        sys.stdout.write(_target(HELP_TEXTS[command])())
+    else:
+        build_parser(command).print_help()
+    raise SystemExit(0)
 
 
 def _usage() -> str:
@@ -175,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = COMMANDS[name][0]
     module_name, _, func = target.partition(":")
+    # --help answers from the parser alone (under a second: no torch); `train CONFIG.json --help` shows
+    # the file's values as the defaults, so its parser is built
+    if wants_help(rest) and not (name == "train" and rest[0].endswith((".json", ".yaml", ".yml"))):
+        print_help(name)
     try:
         module = importlib.import_module(module_name)
         return int(getattr(module, func or "main")(rest) or 0)

@@ -8,8 +8,11 @@ The language (the transformers example scripts' style):
 * long flags are dashed (``--num-threads``); the underscore spelling (``--num_threads``) is accepted
   too, as ``HfArgumentParser`` does, but not shown in ``--help``;
 * one name and unit per idea: ``--num-threads`` (torch CPU threads), ``--num-workers`` (worker
-  processes), ``--splits`` (one or more), ``--output-dir``, ``--time-budget-minutes``,
-  ``--progress / --no-progress``, ``--device`` / ``--dtype``;
+  processes), ``--splits`` (one or more), ``--output-dir`` (a command's output folder, shown required
+  where it is), ``--output`` (a results file), ``--policy`` (an exit policy's name), ``--policy-file``
+  (a saved exit policy's file), ``--lm`` / ``--lm-order`` / ``--lm-weight`` / ``--lm-word-score`` /
+  ``--lm-beam-size`` (the word n-gram model of a lexicon decoder), ``--batch-size`` (16 utterances by
+  default on a CPU), ``--time-budget-minutes``, ``--progress / --no-progress``, ``--device`` / ``--dtype``;
 * every default is printed once, and ``--no-x`` says "do not ..." of ``--x``;
 * the spellings of the previous release keep working for one release, with one line on stderr
   (``wav2vec2-ee sweep: --split is deprecated, use --splits``): :data:`DEPRECATED_FLAGS`.
@@ -24,19 +27,47 @@ from collections.abc import Iterator
 
 from .errors import UserError
 
+
+def _spellings(table: dict[str, str]) -> dict[str, str]:
+    """``table`` with the underscore spelling of each dashed old flag beside it (both are accepted)."""
+    out = dict(table)
+    for old, new in table.items():
+        out.setdefault("--" + old[2:].replace("-", "_"), new)
+    return out
+
+
+#: The word n-gram model of the scored lexicon decoder of ``sweep`` / ``calibrate`` (``--score-lm-*``
+#: until this release): the ``--lm-*`` flags, as in ``evaluate``.
+_SCORE_LM = {
+    "--score-lm-order": "--lm-order",
+    "--score-lm-weight": "--lm-weight",
+    "--score-word-score": "--lm-word-score",
+    "--score-beam-size": "--lm-beam-size",
+}
+
 #: ``command -> {old flag: new flag}``; both spellings of an old flag (dash, underscore) are listed.
 #: ``train --time-budget`` keeps its unit (seconds) for this release; the new flag counts minutes.
 DEPRECATED_FLAGS: dict[str, dict[str, str]] = {
     "train": {"--time-budget": "--time-budget-minutes", "--time_budget": "--time-budget-minutes"},
-    "evaluate": {"--processes": "--num-processes"},
-    "sweep": {"--split": "--splits"},
-    "calibrate": {"--split": "--splits"},
+    "evaluate": _spellings(
+        {
+            "--processes": "--num-processes",
+            "--lexicon-lm": "--lm",
+            "--lexicon-lm-order": "--lm-order",
+            "--lexicon-lm-weight": "--lm-weight",
+            "--lm-alpha": "--kenlm-weight",
+            "--lm-beta": "--kenlm-word-score",
+        }
+    ),
+    "sweep": _spellings({"--split": "--splits", **_SCORE_LM}),
+    "calibrate": _spellings({"--split": "--splits", "--output": "--policy-file", **_SCORE_LM}),
     "make-corpus": {"--workers": "--num-workers"},
     "demo": {
         "--threads": "--num-threads",
         "--time-budget": "--time-budget-minutes",
         "--time_budget": "--time-budget-minutes",
     },
+    "export": {"--policy": "--policy-file"},
 }
 #: Old spellings that stay as they are on the command line (their flag keeps an old unit for one
 #: release), only announced: ``train --time-budget`` (seconds).
@@ -72,7 +103,18 @@ def rewrite_deprecated(command: str, argv: list[str]) -> list[str]:
 
 class HelpFormatter(argparse.HelpFormatter):
     """``--help`` in one style: dashed spellings only, each default shown once (not where the help text
-    already states it, nor ``None`` / ``False``)."""
+    already states it, nor ``None`` / ``False``), and a flag the command requires (``shown_required``,
+    e.g. ``--output-dir``, which a deprecated positional may still give) outside brackets in the usage."""
+
+    def _format_usage(self, usage, actions, groups, prefix):
+        shown = [a for a in actions if getattr(a, "shown_required", False) and not a.required]
+        for action in shown:
+            action.required = True
+        try:
+            return super()._format_usage(usage, actions, groups, prefix)
+        finally:
+            for action in shown:
+                action.required = False
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
@@ -159,8 +201,14 @@ def finish_parser(parser: argparse.ArgumentParser, command: str) -> argparse.Arg
 
 def add_output_dir(parser: argparse.ArgumentParser, help_: str) -> None:
     """``--output-dir`` of a command whose output folder was positional in the previous release (still
-    accepted after the other positionals, with a deprecation line: :func:`output_dir_of`)."""
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=str, default=None, help=help_)
+    accepted after the other positionals, with a deprecation line: :func:`output_dir_of`). The command
+    requires one of them: ``--output-dir`` is shown as required (outside brackets in the usage), and
+    :func:`output_dir_of` refuses neither."""
+    required = f"{help_[:-1]} (required)." if help_.endswith(".") else f"{help_} (required)"
+    action = parser.add_argument(
+        "--output-dir", "--output_dir", dest="output_dir", type=str, default=None, help=required
+    )
+    action.shown_required = True  # type: ignore[attr-defined]
     parser.add_argument("deprecated_output_dir", nargs="?", default=None, help=argparse.SUPPRESS)
 
 

@@ -6,6 +6,10 @@
 * :func:`forward_precision`: the ``--dtype`` of the forward pass (``torch.autocast``; float32 = none);
 * :func:`synchronize`: wait for queued GPU work before reading a clock;
 * :func:`default_batching`: batch sizes that suit the device.
+
+The flags' dataclass (:class:`~wav2vec2_ee.options.DeviceArguments`) and their range checks
+(:func:`~wav2vec2_ee.options.check_runtime_options`) are torch-free, in :mod:`wav2vec2_ee.options`
+(re-exported here), so that ``--help`` builds the parsers without torch.
 """
 
 from __future__ import annotations
@@ -15,20 +19,34 @@ import logging
 import os
 import platform
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .accel import optimize_for_cpu_inference
-from .batching import check_batching, check_count
 from .errors import UserError
+from .options import DTYPE_NAMES, DeviceArguments, check_runtime_options
+
+__all__ = [  # DeviceArguments and check_runtime_options live in the torch-free options.py (--help)
+    "AUTOCAST_DTYPES",
+    "DTYPE_NAMES",
+    "DeviceArguments",
+    "autocast_dtype",
+    "check_runtime_options",
+    "cpu_description",
+    "default_batching",
+    "forward_precision",
+    "model_device",
+    "prepare_for_inference",
+    "resolve_device",
+    "synchronize",
+]
 
 logger = logging.getLogger(__name__)
 
-#: ``--dtype`` choices: the precision of the matrix products (``torch.autocast``); ``float32`` = none.
-AUTOCAST_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTYPE_NAMES = tuple(AUTOCAST_DTYPES)
+#: ``--dtype`` choices (:data:`~wav2vec2_ee.options.DTYPE_NAMES`) -> the precision of the matrix products
+#: (``torch.autocast``); ``float32`` = none.
+AUTOCAST_DTYPES: dict[str, torch.dtype | None] = dict(zip(DTYPE_NAMES, (None, torch.bfloat16, torch.float16)))
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
@@ -99,20 +117,6 @@ def synchronize(device: torch.device | str) -> None:
         torch.mps.synchronize()
 
 
-def check_runtime_options(
-    num_threads: int | None = None,
-    batch_size: int | None = None,
-    max_batch_seconds: float | None = None,
-) -> None:
-    """A ``ValueError`` naming the option and its accepted range for ``--num-threads`` (an integer
-    >= 1), ``--batch-size`` (an integer >= 1) or ``--max-batch-seconds`` (a number > 0) out of range;
-    ``None`` is "the default". Called by the option dataclasses' ``__post_init__``, so the message names
-    the flag rather than the ``RuntimeError`` of ``torch.set_num_threads`` or an empty batch. The
-    batching checks are :func:`~wav2vec2_ee.batching.check_batching` (the lite runtime's too)."""
-    check_count("--num-threads", num_threads)
-    check_batching(batch_size, max_batch_seconds)
-
-
 def default_batching(
     device: torch.device | str,
     batch_size: int | None,
@@ -128,24 +132,6 @@ def default_batching(
     return (
         int(batch_size) if batch_size is not None else default[0],
         float(max_batch_seconds) if max_batch_seconds is not None else default[1],
-    )
-
-
-@dataclass
-class DeviceArguments:
-    """``--device`` and ``--dtype``, shared by ``evaluate``, ``transcribe``, ``sweep``, ``calibrate`` and ``demo``."""
-
-    device: str | None = field(
-        default=None,
-        metadata={"help": "where the model runs: cpu, cuda, cuda:N (default: cuda when available, else cpu)"},
-    )
-    dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "precision of the forward pass's matrix products: float32, or bfloat16 / float16 under "
-            "torch.autocast (faster on GPUs and on CPUs with AMX; transcripts may differ slightly)",
-            "choices": list(DTYPE_NAMES),
-        },
     )
 
 

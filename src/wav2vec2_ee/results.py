@@ -3,7 +3,12 @@
 Files of an evaluation output folder (``<split>`` is the split's name, e.g. ``test-clean``):
 
 * ``wer_results.txt``: per split ``split: <name>``, then ``layer_<l> WER: <float>`` per exit
-  (``predicted WER: <float>`` for checkpoints without exits), then a blank line.
+  (``predicted WER: <float>`` for checkpoints without exits), then a blank line: the WER of the
+  exits' transcripts (greedy, or ``--decoder beam``'s), in the seed's layout. Then the same blocks for
+  each other decoder that ran (the lexicon decoder of ``--exit-stats posterior``, with or without a
+  word n-gram LM), their split lines naming it: ``split: <name>[lexicon]``,
+  ``split: <name>[lexicon+3-gram-LM]`` (:func:`decoder_key`); :func:`parse_wer_results` reads the
+  seed's blocks, or one decoder's.
 * ``<split>_results.txt``: per utterance ``file: <id>``, ``expected: <reference>``, a tab-indented
   ``layer_<l>: <hypothesis>`` line per exit (``predicted: ...``), then a blank line.
 * ``entropy_wer/<split>/entropy_<l>.txt``: per utterance ``<entropy> <wer>``;
@@ -52,6 +57,8 @@ logger = logging.getLogger(__name__)
 
 WER_LINE = re.compile(r"^(?P<label>layer_\d+|predicted) WER: (?P<wer>\S+)$")
 SPLIT_LINE = re.compile(r"^split: (?P<split>.+)$")
+#: The split line of another decoder's block in ``wer_results.txt``: ``split: <name>[<decoder key>]``.
+DECODER_SPLIT_LINE = re.compile(r"^split: (?P<split>.+)\[(?P<decoder>lexicon[^\]\s]*)\]$")
 FILE_LINE = re.compile(r"^file: (?P<file>.*)$")
 EXPECTED_LINE = re.compile(r"^expected: ?(?P<text>.*)$")
 HYPOTHESIS_LINE = re.compile(r"^\t(?P<label>layer_\d+|predicted): ?(?P<text>.*)$")
@@ -69,10 +76,41 @@ POSTERIOR_WER_LINE = re.compile(
 # formatting (the seed's formats)
 
 
-def format_wer_results(results: Mapping[str, Mapping[str, float]]) -> str:
-    """``wer_results.txt``: ``{split: {label: wer}}`` with labels ``layer_<l>`` or ``predicted``."""
+def main_decoder_name(settings: Mapping) -> str:
+    """The decoder of the exits' transcripts of an evaluation (a split's settings): ``greedy``, ``beam``
+    or ``beam + LM`` (``--decoder beam --kenlm``)."""
+    decoder = str(settings.get("decoder", "greedy"))
+    return f"{decoder} + LM" if decoder == "beam" and settings.get("kenlm") else decoder
+
+
+def lexicon_decoder_name(settings: Mapping) -> str:
+    """The lexicon decoder of a split's settings (``--exit-stats posterior``): ``lexicon`` (no LM, as
+    the seed), ``lexicon + 3-gram LM`` (one estimated from transcripts) or ``lexicon + LM`` (a file)."""
+    lm = settings.get("lexicon_lm")
+    if not lm:
+        return "lexicon"
+    order = re.match(r"(\d+)-gram", str(lm))
+    return f"lexicon + {order[1]}-gram LM" if order else "lexicon + LM"
+
+
+def decoder_key(name: str) -> str:
+    """A decoder's name as ``wer_results.txt`` writes it in its blocks' split lines, without spaces:
+    ``lexicon + 3-gram LM`` -> ``lexicon+3-gram-LM``."""
+    return name.replace(" + ", "+").replace(" ", "-")
+
+
+def format_wer_results(
+    results: Mapping[str, Mapping[str, float]],
+    decoders: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+) -> str:
+    """``wer_results.txt``: ``{split: {label: wer}}`` with labels ``layer_<l>`` or ``predicted`` (the
+    seed's blocks), then for each other decoder of ``decoders`` (``{decoder name: {split: {label:
+    wer}}}``) its blocks, ``split: <split>[<decoder key>]``."""
     out = []
-    for split, wers in results.items():
+    blocks = [(split, wers) for split, wers in results.items()]
+    for name, by_split in (decoders or {}).items():
+        blocks += [(f"{split}[{decoder_key(name)}]", wers) for split, wers in by_split.items()]
+    for split, wers in blocks:
         out.append(f"split: {split}\n")
         out += [f"{label} WER: {float(wer)!r}\n" for label, wer in wers.items()]
         out.append("\n")
@@ -111,20 +149,29 @@ def format_posterior_wer_line(reference: str, hypothesis: str, errors: WordError
 # parsing
 
 
-def parse_wer_results(text: str) -> dict[str, dict[str, float]]:
-    """Read ``wer_results.txt`` back: ``{split: {label: wer}}`` (also reads the seed's own files)."""
-    results: dict[str, dict[str, float]] = {}
+def parse_wer_results(text: str, decoder: str | None = None) -> dict[str, dict[str, float]]:
+    """Read ``wer_results.txt`` back: ``{split: {label: wer}}`` of the seed's blocks (also reads the
+    seed's own files), or of another decoder's (``decoder``: its name or key, e.g. ``lexicon``)."""
+    return parse_decoder_wer_results(text).get(decoder_key(decoder) if decoder else None, {})
+
+
+def parse_decoder_wer_results(text: str) -> dict[str | None, dict[str, dict[str, float]]]:
+    """Every table of ``wer_results.txt``: ``{None: the seed's blocks, decoder key: its blocks}``, each
+    ``{split: {label: wer}}``."""
+    tables: dict[str | None, dict[str, dict[str, float]]] = {}
     current: dict[str, float] | None = None
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if m := SPLIT_LINE.match(line):
-            current = results.setdefault(m["split"], {})
+        if m := DECODER_SPLIT_LINE.match(line):
+            current = tables.setdefault(m["decoder"], {}).setdefault(m["split"], {})
+        elif m := SPLIT_LINE.match(line):
+            current = tables.setdefault(None, {}).setdefault(m["split"], {})
         elif (m := WER_LINE.match(line)) and current is not None:
             current[m["label"]] = float(m["wer"])
         else:
             raise UserError(f"wer_results.txt line {lineno}: unexpected {line!r}")
-    return results
+    return tables
 
 
 def parse_split_results(text: str) -> list[dict]:
@@ -323,33 +370,52 @@ def write_overview(
     summaries: Mapping[str, dict],
 ) -> dict:
     """Write ``wer_results.txt`` and ``wer_results.json`` for all ``summaries`` (split name ->
-    ``<split>_summary.json`` content); returns the JSON's content."""
+    ``<split>_summary.json`` content); returns the JSON's content: besides each split's numbers, the
+    decoder of the exits' transcripts (``decoder``: :func:`main_decoder_name`) and, for a split
+    evaluated with the lexicon decoder too (``lexicon_beam``), its name (``lexicon_decoder``:
+    :func:`lexicon_decoder_name`)."""
     wers = {name: {label: s["exits"][label]["wer"] for label in labels} for name, s in summaries.items()}
-    atomic_write_text(output_dir / "wer_results.txt", format_wer_results(wers))
+    splits = {}
+    for name, s in summaries.items():
+        split = {
+            k: s[k]
+            for k in ("utterances", "exits", "lexicon_beam", "mean_entropy", "mean_posterior")
+            if k in s
+        }
+        if "lexicon_beam" in s:
+            split["lexicon_decoder"] = lexicon_decoder_name(s.get("settings", {}))
+        splits[name] = split | {"skipped": len(s.get("skipped", []))}
     overview = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "has_exits": has_exits,
         "layers": list(layers),
         "labels": list(labels),
-        "splits": {
-            name: {
-                k: s[k]
-                for k in ("utterances", "exits", "lexicon_beam", "mean_entropy", "mean_posterior")
-                if k in s
-            }
-            | {"skipped": len(s.get("skipped", []))}
-            for name, s in summaries.items()
-        },
+        "decoder": main_decoder_name(next(iter(summaries.values()), {}).get("settings", {})),
+        "splits": splits,
     }
+    atomic_write_text(output_dir / "wer_results.txt", format_wer_results(wers, decoder_tables(overview)))
     atomic_write_json(output_dir / "wer_results.json", overview)
     return overview
 
 
-def format_table(wers: Mapping[str, Mapping[str, float]], labels: Sequence[str]) -> str:
-    """A split x exit table of WER in percent."""
-    width = max([len("WER (%)")] + [len(n) for n in wers])
+def decoder_tables(overview: Mapping) -> dict[str, dict[str, dict[str, float]]]:
+    """The WER tables of an overview's other decoders: ``{decoder name: {split: {label: wer}}}``, in the
+    order the splits first name them (the lexicon decoder, with its LM if any)."""
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    for name, split in overview["splits"].items():
+        if "lexicon_beam" in split:
+            decoder = split.get("lexicon_decoder", "lexicon")
+            tables.setdefault(decoder, {})[name] = {lb: v["wer"] for lb, v in split["lexicon_beam"].items()}
+    return tables
+
+
+def format_table(wers: Mapping[str, Mapping[str, float]], labels: Sequence[str], title: str = "") -> str:
+    """A split x exit table of WER in percent (``title``: what its first cell says after ``WER (%)``,
+    e.g. the decoder)."""
+    corner = f"WER (%) {title}" if title else "WER (%)"
+    width = max([len(corner)] + [len(n) for n in wers])
     cols = [max(7, len(label)) for label in labels]
-    lines = ["WER (%)".ljust(width) + "".join(f"  {lb:>{c}}" for lb, c in zip(labels, cols))]
+    lines = [corner.ljust(width) + "".join(f"  {lb:>{c}}" for lb, c in zip(labels, cols))]
     for name, by_label in wers.items():
         lines.append(
             name.ljust(width) + "".join(f"  {100 * by_label[lb]:>{c}.2f}" for lb, c in zip(labels, cols))
@@ -359,13 +425,19 @@ def format_table(wers: Mapping[str, Mapping[str, float]], labels: Sequence[str])
 
 def format_overview_table(overview: Mapping) -> str:
     """:func:`format_table` of an overview (``wer_results.json``'s content, what
-    :func:`~.evaluate.evaluate_checkpoint` returns): its splits x its exits."""
+    :func:`~.evaluate.evaluate_checkpoint` returns): its splits x its exits, for the exits' transcripts
+    (greedy or beam), then for each other decoder that ran (:func:`decoder_tables`), each table's first
+    cell naming its decoder when there is more than one."""
     labels = list(overview["labels"])
     wers = {
         name: {label: split["exits"][label]["wer"] for label in labels}
         for name, split in overview["splits"].items()
     }
-    return format_table(wers, labels)
+    others = decoder_tables(overview)
+    tables = [format_table(wers, labels, overview.get("decoder", "greedy") if others else "")]
+    for decoder, by_split in others.items():
+        tables.append(format_table(by_split, labels, decoder))
+    return "\n\n".join(tables)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -161,10 +162,7 @@ class SileroVAD:
 
     def __init__(self):
         ort = require("onnxruntime", "vad", "--vad silero")
-        try:
-            model = resources.files("silero_vad").joinpath("data", "silero_vad.onnx")
-        except ModuleNotFoundError as err:
-            raise MissingExtraError("--vad silero", "silero-vad", "vad") from err
+        model = _silero_model()
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         with resources.as_file(model) as path:
@@ -195,6 +193,19 @@ class SileroVAD:
             self._context = chunk[:, -self._CONTEXT :]
             out[i] = float(np.asarray(prob).reshape(-1)[0])
         return out
+
+
+def _silero_model():
+    """The ONNX model file of the ``silero-vad`` wheel, found without importing the package (its
+    ``__init__`` imports torch: the torch-free runtime must not)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingExtraError("--vad silero", "silero-vad", "vad")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder, "data", "silero_vad.onnx")
+        if path.is_file():
+            return path
+    raise MissingExtraError("--vad silero", "silero-vad", "vad")
 
 
 def silero_available() -> bool:
@@ -312,10 +323,16 @@ class PauseSplitter:
     def _pieces(self, final: bool) -> list[Piece]:
         hops = len(self._probs)
         runs = merge_runs(speech_runs(self._probs, self._on, self._off, self._in_speech), self._min_gap, 1)
-        if runs and runs[0][0] == 0 and self._in_speech:
-            pass  # the continuation of a cut stretch: never dropped for being short
-        else:
-            runs = [r for r in runs if r[1] - r[0] >= self._min_len or (not final and r[1] == hops)]
+        # A stretch cut at its least speech-like moment goes on after the cut: the cut may fall in one of
+        # its merged gaps (probabilities below the hysteresis' lower threshold), so its continuation is the
+        # first run within min_gap of the cut, from the cut on (never dropped for being short).
+        continuing = self._in_speech and bool(runs) and runs[0][0] < self._min_gap
+        if continuing:
+            runs[0] = (0, runs[0][1])
+        elif self._in_speech and not final and hops < self._min_gap:
+            return []  # whether the cut stretch goes on is not known yet: wait for more audio
+        head, rest = (runs[:1], runs[1:]) if continuing else ([], runs)
+        runs = head + [r for r in rest if r[1] - r[0] >= self._min_len or (not final and r[1] == hops)]
         pieces: list[Piece] = []
         keep_from = max(0, hops - self._pad)  # the padding a stretch starting later may need
         for index, (start, end) in enumerate(runs):
@@ -324,7 +341,7 @@ class PauseSplitter:
             ready = parts if closed else parts[:-1]
             for k, (lo, hi) in enumerate(ready):
                 first, last = (
-                    k == 0 and not (index == 0 and start == 0 and self._in_speech),
+                    k == 0 and not (index == 0 and continuing),
                     k == len(parts) - 1,
                 )
                 previous_end = runs[index - 1][1] if index else self._last_run_end - self._first_hop
@@ -332,17 +349,16 @@ class PauseSplitter:
                 left = min(self._pad, max(0, (lo - previous_end) // 2)) if first else 0
                 right = min(self._pad, max(0, (following - hi) // 2)) if last else 0
                 pieces.append(self._piece(lo - left, min(hi + right, hops if not final else hi + right)))
-                if last:
-                    self._last_run_end = self._first_hop + hi
+                self._last_run_end = self._first_hop + hi  # a later stretch pads up to half the pause
             if not closed:
                 start_kept = parts[-1][0]
                 cut_inside = len(parts) > 1
                 keep_from = (
                     start_kept
-                    if cut_inside or (index == 0 and start == 0 and self._in_speech)
+                    if cut_inside or (index == 0 and continuing)
                     else (max(start_kept - self._pad, self._emitted - self._first_hop, 0))
                 )
-                self._drop(keep_from, in_speech=cut_inside or (start == 0 and self._in_speech and index == 0))
+                self._drop(keep_from, in_speech=cut_inside or (index == 0 and continuing))
                 return pieces
         if final:
             return pieces

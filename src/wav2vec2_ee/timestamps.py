@@ -55,6 +55,19 @@ class Segment:
         return {**out, **self.extra}
 
 
+def frame_seconds(conv_stride: Sequence[int], sampling_rate: int = 16_000) -> float:
+    """Seconds per CTC frame of a wav2vec2 model: the product of its CNN's strides (``config.conv_stride``)
+    over the sampling rate (20 ms for wav2vec2-base's ``(5, 2, 2, 2, 2, 2, 2)`` at 16 kHz)."""
+    return float(np.prod([int(s) for s in conv_stride])) / sampling_rate
+
+
+def token_strings(tokens: Sequence[str], pad_token: str, delimiter_token: str | None) -> dict[int, str]:
+    """``id -> text`` of a CTC vocabulary's tokens (``tokens[i]`` is id ``i``'s token), lower case as the
+    transcripts are; the blank (``pad_token``) and the word delimiter are left out (they end or separate
+    words, :func:`word_frames`)."""
+    return {i: t.lower() for i, t in enumerate(tokens) if t not in (pad_token, delimiter_token)}
+
+
 def word_frames(
     ids: Sequence[int] | np.ndarray, blank_id: int, delimiter_id: int | None
 ) -> list[tuple[list[int], int, int]]:

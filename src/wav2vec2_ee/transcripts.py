@@ -1,7 +1,37 @@
-"""``wav2vec2-ee transcribe`` and ``python -m wav2vec2_ee.lite``'s results: the ``--output`` log of one
-row per file, appended as files finish and continued by ``--resume``.
+"""``wav2vec2-ee transcribe`` and ``python -m wav2vec2_ee.lite``'s results: the row of one file, the
+``--output`` log of one row per file (appended in input order as files finish, continued by
+``--resume``), and the ``--format`` each prints them in.
 
-The standard library and the package's torch-free writers only: the PyTorch command and the torch-free
+The row (:data:`ROW_FIELDS`, in this order: :data:`TRANSCRIPTION_FIELDS`, the columns every log has had,
+then :data:`ROW_EXTRA_FIELDS`; ``Transcription.to_dict()`` of the PyTorch transcriber, the same keys from
+the lite runtime; a key a writer lacks is ``None``):
+
+==================  ==================================================================================
+``source``          the input as named (a path; ``<array i>`` for an array)
+``text``            the transcript (lower case, single spaces; the ``decoder``'s); empty on an error
+``exit_layer``      the layer of the exit that answered (split or windowed: the deepest over the
+                    pieces); ``None`` on an error or when no piece had speech
+``layers_computed`` transformer layers run (pieces: their mean weighted by their audio, a float)
+``num_layers``      the model's full depth
+``chunks``          the pieces it ran as (1: whole; split at pauses or windowed: how many; 0: none)
+``seconds``         its share of the compute of the batches it ran in (each batch's time split in
+                    proportion to audio x layers run, plus its own decoder search), so that the column
+                    sums to the run's compute time; audio decoding excluded
+``audio_seconds``   duration of its audio
+``error``           why it was not transcribed (``None``: it was); names the input
+``path``            its resolved absolute path (links resolved): the row's key (:func:`row_key`)
+``latency_seconds`` seconds from the start of its first batch until its answer was ready (what a caller
+                    waiting for this file sees; for a split file, reading and splitting included)
+``decoder``         what gave ``text``: ``greedy`` (best path of the answering exit), ``lexicon``
+                    (lexicon beam search) or ``lexicon-lm`` (with a word n-gram model)
+``segments``        a list, one object per piece run (a whole file: one): ``start`` / ``end`` (seconds
+                    in the recording), ``text``, ``exit_layer``, ``layers`` (run for the piece) and,
+                    with ``--word-timestamps``, ``words`` (``text``, ``start``, ``end`` each, timed
+                    from the CTC alignment: :mod:`wav2vec2_ee.timestamps`); in a CSV log the cell holds
+                    the list as JSON
+==================  ==================================================================================
+
+The standard library and the package's torch-free modules only: the PyTorch command and the torch-free
 runtime write the same rows.
 """
 
@@ -18,13 +48,15 @@ from pathlib import Path
 
 from .errors import UserError
 from .io import AppendFile, atomic_write_text, exclusive_lock
+from .timestamps import Segment, Word, format_srt, format_vtt
 
 logger = logging.getLogger(__name__)
 
 
-#: The columns of a transcription log, in file order (``Transcription.to_dict`` keys). ``path`` (the
-#: resolved path, what identifies a row's recording) is the last: logs written before it was a column
-#: read and resume the same (their rows are keyed by their resolved ``source``).
+#: The first columns of a transcription log, in file order (``Transcription.to_dict`` keys; the module
+#: docstring says what each holds). ``path`` (the resolved path, what identifies a row's recording) is
+#: the last of them: logs written before it was a column read and resume the same (their rows are keyed
+#: by their resolved ``source``).
 TRANSCRIPTION_FIELDS = (
     "source",
     "text",
@@ -37,6 +69,14 @@ TRANSCRIPTION_FIELDS = (
     "error",
     "path",
 )
+
+#: The columns after :data:`TRANSCRIPTION_FIELDS` (issue 30): the time until the answer, the text's
+#: decoder and the segments. Logs written before them read and resume the same (a CSV log keeps its own
+#: header's columns).
+ROW_EXTRA_FIELDS = ("latency_seconds", "decoder", "segments")
+
+#: Every column of a row, in file order: what ``--output`` writes (a new CSV log's header).
+ROW_FIELDS = TRANSCRIPTION_FIELDS + ROW_EXTRA_FIELDS
 
 #: The columns that mark a file as a transcription log: a JSONL log's first row has these keys, a CSV
 #: log's header names these columns (those of every version of the log). ``--output --resume`` refuses
@@ -75,7 +115,7 @@ class TranscriptionLog:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.csv = self.path.suffix.lower() == ".csv"
-        self.columns: tuple[str, ...] = TRANSCRIPTION_FIELDS  # a CSV log's own header, once read
+        self.columns: tuple[str, ...] = ROW_FIELDS  # a CSV log's own header, once read
         self._file: AppendFile | None = None
 
     # ----------------------------------------------------------------------------------------------
@@ -143,7 +183,7 @@ class TranscriptionLog:
 
     def _starts_log(self, fragment: str) -> bool:
         """Whether ``fragment`` is the start of what this command writes first into the log."""
-        first = ",".join(TRANSCRIPTION_FIELDS) if self.csv else _JSONL_ROW_START
+        first = ",".join(ROW_FIELDS) if self.csv else _JSONL_ROW_START
         return first.startswith(fragment) or (not self.csv and fragment.startswith(first))
 
     def _refusal(self, why: str) -> UserError:
@@ -208,7 +248,7 @@ class TranscriptionLog:
         self.check()
         self._file = AppendFile(self.path)
         if self.csv and self._file.empty:
-            self.columns = TRANSCRIPTION_FIELDS
+            self.columns = ROW_FIELDS
             self._file.write(self._format_csv(self.columns))
         return self
 
@@ -221,14 +261,14 @@ class TranscriptionLog:
         """One line of the log: ``record``'s ``keys`` (CSV: one physical line, a line break inside a
         message becomes a space; ``None`` is an empty cell)."""
         if self.csv:
-            return self._format_csv(["" if record.get(k) is None else _one_line(record.get(k)) for k in keys])
+            return self._format_csv(["" if record.get(k) is None else _cell(record.get(k)) for k in keys])
         return json.dumps({k: record.get(k) for k in keys}, ensure_ascii=False) + "\n"
 
     def write(self, records: Sequence[Mapping]) -> None:
         """Append rows (``Transcription.to_dict()``) and sync them to disk."""
         if self._file is None:
             raise RuntimeError("TranscriptionLog.write before open()")
-        keys = self.columns if self.csv else TRANSCRIPTION_FIELDS
+        keys = self.columns if self.csv else ROW_FIELDS
         for record in records:
             self._file.write(self._format_row(record, keys))
         self._file.sync()
@@ -262,3 +302,121 @@ def _one_line(value):
     return (
         value.replace("\r\n", " ").replace("\n", " ").replace("\r", " ") if isinstance(value, str) else value
     )
+
+
+def _cell(value):
+    """A CSV cell: a list or an object (``segments``) as JSON, a string on one line."""
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False)
+    return _one_line(value)
+
+
+# --------------------------------------------------------------------------------------------------
+# rows in input order
+
+
+class InputOrder:
+    """Results that finish in any order released in input order: :meth:`add` the result at ``position``
+    (0, 1, 2, ... of the inputs), get back every result now ready with all those before it (a list,
+    maybe empty). What ``transcribe`` prints and appends to ``--output``: each file's row as soon as it
+    and all before it are done."""
+
+    def __init__(self, start: int = 0):
+        self.next = start
+        self._waiting: dict[int, object] = {}
+
+    def add(self, position: int, result) -> list:
+        self._waiting[position] = result
+        ready = []
+        while self.next in self._waiting:
+            ready.append(self._waiting.pop(self.next))
+            self.next += 1
+        return ready
+
+    @property
+    def pending(self) -> int:
+        """Results held back, waiting for an earlier one."""
+        return len(self._waiting)
+
+
+# --------------------------------------------------------------------------------------------------
+# what transcribe prints (--format)
+
+#: ``transcribe --format`` (and lite's): ``text`` one line per file (its source, exit layer, seconds and
+#: transcript, tab-separated); ``tsv`` a header line then one row per file (:data:`TSV_COLUMNS`);
+#: ``jsonl`` one row (:data:`ROW_FIELDS`) per line; ``srt`` / ``vtt`` subtitles of its segments.
+OUTPUT_FORMATS = ("text", "tsv", "jsonl", "srt", "vtt")
+
+#: Subtitle formats: one document per input (printed for one input, else a file per input).
+SUBTITLE_FORMATS = ("srt", "vtt")
+
+#: The columns of ``--format tsv`` (its header line): the log's, but ``segments`` (``--format jsonl`` has
+#: them).
+TSV_COLUMNS = tuple(f for f in ROW_FIELDS if f != "segments")
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not float(value).is_integer():
+        return f"{value:.{digits}f}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
+def text_line(row: Mapping) -> str:
+    """``--format text``: ``source<TAB>layer L/N<TAB>S s (answer after A s)<TAB>transcript`` (``-`` for
+    the layer of a file without speech), no line break."""
+    layer = "-" if row.get("exit_layer") is None else row["exit_layer"]
+    seconds, latency = float(row.get("seconds") or 0.0), row.get("latency_seconds")
+    timing = f"{seconds:.3f} s" + ("" if latency is None else f" (answer after {float(latency):.3f} s)")
+    return f"{row['source']}\tlayer {layer}/{row.get('num_layers')}\t{timing}\t{row.get('text') or ''}"
+
+
+def tsv_header() -> str:
+    """``--format tsv``'s header line (:data:`TSV_COLUMNS`), no line break."""
+    return "\t".join(TSV_COLUMNS)
+
+
+def tsv_line(row: Mapping) -> str:
+    """One ``--format tsv`` row (empty cells for ``None``; tabs and line breaks in a cell become spaces)."""
+    cells = []
+    for column in TSV_COLUMNS:
+        value = row.get(column)
+        if column in ("seconds", "latency_seconds", "audio_seconds", "layers_computed"):
+            cells.append(_number(value))
+        elif isinstance(value, list | dict):
+            cells.append(json.dumps(value, ensure_ascii=False))
+        else:
+            cells.append("" if value is None else " ".join(str(value).split("\t")).replace("\n", " "))
+    return "\t".join(cells)
+
+
+def jsonl_line(row: Mapping) -> str:
+    """One ``--format jsonl`` line: the row as JSON (:data:`ROW_FIELDS`), no line break."""
+    return json.dumps({k: row.get(k) for k in ROW_FIELDS}, ensure_ascii=False)
+
+
+def row_segments(row: Mapping) -> list[Segment]:
+    """The :class:`~wav2vec2_ee.timestamps.Segment` s of a row (its ``segments``: a list, or JSON text as
+    a CSV log holds it)."""
+    value = row.get("segments") or []
+    if isinstance(value, str):
+        value = json.loads(value)
+    out = []
+    for item in value:
+        words = item.get("words")
+        if words is not None:
+            words = [Word(w["text"], float(w["start"]), float(w["end"])) for w in words]
+        start, end = float(item["start"]), float(item["end"])
+        out.append(
+            Segment(start, end, item.get("text", ""), words, item.get("exit_layer"), item.get("layers"))
+        )
+    return out
+
+
+def subtitles(row: Mapping, fmt: str) -> str:
+    """``--format srt`` or ``vtt``: the row's segments as SubRip or WebVTT (a cue per segment with text)."""
+    if fmt not in SUBTITLE_FORMATS:
+        raise ValueError(f"not a subtitle format: {fmt!r}")
+    segments = row_segments(row)
+    return format_srt(segments) if fmt == "srt" else format_vtt(segments)

@@ -28,9 +28,9 @@ from pathlib import Path
 import soundfile as sf
 from tqdm.auto import tqdm
 
+from ..audio import SAMPLING_RATE
 from ..errors import UserError
 from ..io import atomic_write_json
-from ..vocab import SAMPLING_RATE
 from .espeak import ESpeakSynthesizer, detect_backend
 from .text import UtteranceGenerator, to_transcript
 from .voices import PITCH_RANGE, RATE_RANGE, SPLITS, Speaker, speakers_by_split

@@ -34,8 +34,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..audio import SAMPLING_RATE
 from ..errors import MissingExtraError, UserError
-from ..vocab import SAMPLING_RATE
 
 __all__ = [
     "BackendUnavailableError",

@@ -38,10 +38,9 @@ import numpy as np
 import soundfile as sf
 from tqdm.auto import tqdm
 
-from ..audio import to_mono_16k
+from ..audio import SAMPLING_RATE, to_mono_16k
 from ..errors import UserError
 from ..io import atomic_write_json
-from ..vocab import SAMPLING_RATE
 from .espeak import trim_silence
 from .text import UtteranceGenerator, to_transcript
 

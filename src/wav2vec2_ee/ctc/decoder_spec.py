@@ -3,7 +3,7 @@ language model, resolved once and built into a decoder.
 
 Every command that runs a lexicon decoder (``evaluate --exit-stats posterior``, the ``posterior`` exit
 policy of ``transcribe`` / ``sweep`` / ``calibrate``, the scored transcripts of ``sweep`` /
-``calibrate --score-lm-order``) describes it with a :class:`LexiconDecoderSpec` and gets it from
+``calibrate --lm-order``) describes it with a :class:`LexiconDecoderSpec` and gets it from
 :meth:`LexiconDecoderSpec.resolve` + :meth:`ResolvedLexiconDecoder.build`:
 
 * the lexicon: a ``lexicon`` file, else the words of the ``lexicon_from`` transcripts (splits of
@@ -11,6 +11,10 @@ policy of ``transcribe`` / ``sweep`` / ``calibrate``, the scored transcripts of 
   about);
 * the language model: an ARPA file (``lm``), else a Kneser-Ney model of order ``lm_order`` estimated
   from the ``lexicon_from`` transcripts (never from the evaluated references), else none.
+
+A spec is a plain description (the commands' option dataclasses make one, and ``--help`` builds their
+parsers without torch): this module imports the decoder, the lexicon and the data readers when a spec
+is resolved, not when it is imported.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..data.splits import read_texts
 from ..errors import UserError
-from ..vocab import TextNormalizer
-from .decoding import LexiconBeamDecoder, require_flashlight
-from .lexicon import Lexicon, lexicon_from_texts, read_lexicon
 from .ngram import ArpaLM, NgramLM
+
+if TYPE_CHECKING:
+    from .decoding import LexiconBeamDecoder
+    from .lexicon import Lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +58,13 @@ class LexiconDecoderSpec:
     lm: str | None = None
     lm_order: int = 0
     lm_weight: float = 1.0
-    lm_order_flag: str = "--lexicon-lm-order"
+    lm_order_flag: str = "--lm-order"
 
     def resolve(self, data: str | os.PathLike | None, tokenizer) -> ResolvedLexiconDecoder:
         """Read the lexicon and the language model (once, before any split); a missing flashlight-text
         (the ``lm`` extra) is refused first."""
+        from .decoding import require_flashlight
+
         require_flashlight("the lexicon beam search")
         source = resolve_lexicon(data, tokenizer, self.lexicon, self.lexicon_from, self.source_flag)
         lm, lm_description = resolve_lexicon_lm(
@@ -78,6 +85,8 @@ class ResolvedLexiconDecoder:
 
     def build(self, split: str = "", references: Sequence[str] = ()) -> LexiconBeamDecoder:
         """The decoder for a split (whose ``references`` form the lexicon when no other source was given)."""
+        from .decoding import LexiconBeamDecoder
+
         lexicon = self.source.for_split(split, references, self.tokenizer)
         spec = self.spec
         return LexiconBeamDecoder(
@@ -111,6 +120,8 @@ class LexiconSource:
     description: str
 
     def for_split(self, name: str, references: Sequence[str], tokenizer) -> Lexicon:
+        from .lexicon import lexicon_from_texts
+
         if self.lexicon is not None:
             return self.lexicon
         logger.warning(
@@ -131,6 +142,9 @@ def resolve_lexicon(
     """The lexicon: a ``lexicon`` file, else the words of the ``lexicon_from`` transcripts (named by
     ``flag`` in the description), else (per split) the evaluated split's own references, which is an
     oracle vocabulary."""
+    from ..data.splits import read_texts
+    from .lexicon import lexicon_from_texts, read_lexicon
+
     if lexicon:
         lex = read_lexicon(lexicon, tokenizer)
         description = f"file {Path(lexicon).resolve()}"
@@ -151,7 +165,7 @@ def resolve_lexicon_lm(
     lexicon_lm_order: int,
     lexicon_from: Sequence[str] | None,
     lexicon: Lexicon | None,
-    order_flag: str = "--lexicon-lm-order",
+    order_flag: str = "--lm-order",
 ) -> tuple[NgramLM | ArpaLM | None, str | None]:
     """The lexicon decoder's word n-gram model: an ARPA file, else one of order ``lexicon_lm_order``
     (``order_flag`` in messages) estimated from the ``lexicon_from`` transcripts (never from the
@@ -173,6 +187,9 @@ def resolve_lexicon_lm(
             f"{order_flag} needs --train-splits or --lexicon-from: the language model is estimated from "
             "their transcripts (estimating it from the evaluated references would be an oracle)"
         )
+    from ..data.splits import read_texts
+    from ..vocab import TextNormalizer
+
     normalize = TextNormalizer(tokenizer)
     sentences = [normalize(t).split() for t in read_texts(data, sources)]
     lm = NgramLM([s for s in sentences if s], order=lexicon_lm_order)

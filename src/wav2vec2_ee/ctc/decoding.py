@@ -250,10 +250,13 @@ class BeamSearchDecoder:
 
 @dataclass(frozen=True)
 class NBestHypothesis:
-    """One hypothesis of a lexicon beam search: its words and its total decoder score."""
+    """One hypothesis of a lexicon beam search: its words, its total decoder score and its path (the
+    token id the search aligned with each frame: blank, the word delimiter or a letter; what times its
+    words, :func:`~wav2vec2_ee.timestamps.word_frames`)."""
 
     words: tuple[str, ...]
     score: float
+    path: tuple[int, ...] = ()
 
     @property
     def text(self) -> str:
@@ -344,6 +347,7 @@ class LexiconBeamDecoder:
             self.word_dict.add_entry(unk_word)
         self.word_dict.set_default_index(self.word_dict.get_index(unk_word))
 
+        self.has_lm = lm is not None
         if lm is not None:
             self._lm, to_natural_log = kenlm_for(lm, self.word_dict)
             lm_weight = float(lm_weight) * to_natural_log  # KenLM scores are log10
@@ -392,10 +396,20 @@ class LexiconBeamDecoder:
         if frames == 0:
             return []
         results = self._decoder.decode(emissions.ctypes.data, frames, vocab)[: self.nbest_size]
+        # r.tokens has a token per frame plus the search's silence before the first and after the last
         return [
-            NBestHypothesis(tuple(self.word_dict.get_entry(w) for w in r.words if w >= 0), float(r.score))
+            NBestHypothesis(
+                tuple(self.word_dict.get_entry(w) for w in r.words if w >= 0),
+                float(r.score),
+                tuple(int(t) for t in list(r.tokens)[1 : frames + 1]),
+            )
             for r in results
         ]
+
+    def best(self, logits: torch.Tensor, output_length: int | None = None) -> NBestHypothesis | None:
+        """The best hypothesis of one utterance (``None`` when the search found none)."""
+        hyps = self.nbest(logits, output_length)
+        return hyps[0] if hyps else None
 
     def decode(self, logits: torch.Tensor, output_length: int | None = None) -> str:
         """Best hypothesis of one utterance (``""`` when the search found none)."""

@@ -1,4 +1,11 @@
-"""The options of ``wav2vec2-ee evaluate`` (an ``HfArgumentParser`` dataclass: flags or one JSON file)."""
+"""The options of ``wav2vec2-ee evaluate`` (an ``HfArgumentParser`` dataclass: flags or one JSON file).
+
+Torch-free (``--help`` builds the parser from it). The fields keep the names of the previous release
+(Python keywords, result settings); a renamed flag is the field's alias, its old spelling deprecated
+(:data:`~wav2vec2_ee.command_line.DEPRECATED_FLAGS`): ``--lm`` / ``--lm-order`` / ``--lm-weight`` are
+``lexicon_lm`` / ``lexicon_lm_order`` / ``lexicon_lm_weight``, ``--kenlm-weight`` / ``--kenlm-word-score``
+are ``lm_alpha`` / ``lm_beta``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..ctc.decoder_spec import LexiconDecoderSpec
-from ..device import check_runtime_options
 from ..errors import UserError
+from ..options import check_runtime_options
 
 EXIT_STATS = ("entropy", "posterior")
 DECODERS = ("greedy", "beam")
@@ -40,7 +47,7 @@ class EvaluationArguments:
     batch_size: int | None = field(
         default=None,
         metadata={
-            "help": "utterances per length-grouped batch (default: 8 on CPU, 64 on GPU; results do not depend on it)"
+            "help": "utterances per length-grouped batch (default: 16 on CPU, 64 on GPU; results do not depend on it)"
         },
     )
     max_batch_seconds: float | None = field(
@@ -65,9 +72,21 @@ class EvaluationArguments:
         },
     )
     lm_alpha: float = field(
-        default=0.5, metadata={"help": "language-model weight with --kenlm (on natural-log probabilities)"}
+        default=0.5,
+        metadata={
+            "aliases": ["--kenlm-weight"],
+            "metavar": "WEIGHT",
+            "help": "weight of --kenlm's log-probabilities (natural log) in the beam search",
+        },
     )
-    lm_beta: float = field(default=1.5, metadata={"help": "word insertion bonus with --kenlm"})
+    lm_beta: float = field(
+        default=1.5,
+        metadata={
+            "aliases": ["--kenlm-word-score"],
+            "metavar": "SCORE",
+            "help": "word insertion bonus with --kenlm",
+        },
+    )
     exit_stats: list[str] = field(
         default_factory=list,
         metadata={
@@ -104,18 +123,27 @@ class EvaluationArguments:
     lexicon_lm: str | None = field(
         default=None,
         metadata={
-            "help": "word n-gram language model (ARPA file) for the lexicon decoder (default: none, as the seed)"
+            "aliases": ["--lm"],
+            "metavar": "ARPA",
+            "help": "word n-gram language model (ARPA file) for the lexicon decoder (default: none, as the seed)",
         },
     )
     lexicon_lm_order: int = field(
         default=0,
         metadata={
+            "aliases": ["--lm-order"],
+            "metavar": "N",
             "help": "estimate a Kneser-Ney word n-gram model of this order from the lexicon's transcripts "
-            "(--train-splits / --lexicon-from) for the lexicon decoder; written to posterior_wer/<split>/lm.arpa"
+            "(--train-splits / --lexicon-from) for the lexicon decoder; written to posterior_wer/<split>/lm.arpa",
         },
     )
     lexicon_lm_weight: float = field(
-        default=1.0, metadata={"help": "weight of the language model's log-probabilities (shallow fusion)"}
+        default=1.0,
+        metadata={
+            "aliases": ["--lm-weight"],
+            "metavar": "WEIGHT",
+            "help": "weight of the language model's log-probabilities in the lexicon decoder (shallow fusion)",
+        },
     )
     overwrite: bool = field(
         default=False,
@@ -147,9 +175,7 @@ class EvaluationArguments:
         if self.kenlm and self.decoder != "beam":
             raise UserError("--kenlm needs --decoder beam")
         if "posterior" not in self.exit_stats and (self.lexicon_lm or self.lexicon_lm_order):
-            raise UserError(
-                "--lexicon-lm / --lexicon-lm-order apply to the lexicon decoder: add --exit-stats posterior"
-            )
+            raise UserError("--lm / --lm-order apply to the lexicon decoder: add --exit-stats posterior")
 
     def lexicon_spec(self) -> LexiconDecoderSpec | None:
         """The lexicon decoder of ``--exit-stats posterior`` (``None`` without it)."""

@@ -5,6 +5,12 @@ Examples::
     wav2vec2-ee evaluate runs/ee --output-dir runs/ee/eval --data /data/LibriSpeech --splits test-clean test-other
     wav2vec2-ee evaluate runs/ee --output-dir runs/ee/eval --data /data/LibriSpeech --splits test-clean \\
         --exit-stats entropy posterior --nbest 10 --lexicon lexicon.txt
+    wav2vec2-ee evaluate runs/ee --output-dir runs/ee/eval_lm --data corpus --splits test --exit-stats posterior \\
+        --train-splits train --lm-order 3      # + the lexicon decoder with a word 3-gram LM
+
+It prints a split x exit WER table per decoder that ran (greedy or ``--decoder beam`` first, then the
+lexicon decoder of ``--exit-stats posterior``, with its LM when there is one), the tables that
+``wer_results.txt`` holds. Importing this module does not import torch (``--help``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import logging
 from transformers import HfArgumentParser
 
 from ..command_line import HelpFormatter, add_output_dir, finish_parser, output_dir_of, parsing_flags
-from ..device import DeviceArguments
+from ..options import DeviceArguments
 from .arguments import EvaluationArguments
 
 
@@ -33,7 +39,7 @@ def build_parser() -> HfArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Evaluate the checkpoint and print the split x exit WER table; returns the exit status."""
+    """Evaluate the checkpoint and print the split x exit WER table of each decoder; returns the exit status."""
     with parsing_flags():
         args, device, positional = build_parser().parse_args_into_dataclasses(args=argv)
         positional.output_dir = output_dir_of("evaluate", positional)

@@ -13,8 +13,10 @@ orchestrator over the pieces that each have one home:
    rerun with the same settings skips the split; :mod:`.results`);
 4. write ``wer_results.txt`` / ``.json`` and ``wer_by_exit.png`` for this run's splits and those that
    earlier runs finished in the folder with comparable settings
-   (:func:`~.results.merge_finished_splits`), and return their overview (the ``evaluate`` command
-   prints it as a table: :func:`~.results.format_overview_table`).
+   (:func:`~.results.merge_finished_splits`), each with the WER of every decoder that ran (greedy or
+   beam; the lexicon decoder of ``--exit-stats posterior``, with its LM if any), and return their
+   overview (the ``evaluate`` command prints it as one table per decoder:
+   :func:`~.results.format_overview_table`).
 
 The output folder is locked for the whole run (``.evaluate.lock``): a second run on it at the same time
 is refused at once rather than the last writer winning. A run that fails before it wrote anything (bad
@@ -46,15 +48,16 @@ from ..ctc.metrics import mean_frame_entropy
 from ..ctc.model import EvaluationModel, load_evaluation_model, min_duration_for_ctc
 from ..ctc.ngram import NgramLM
 from ..data import PreparedUtterance, SpeechDataset, load_prepared_split, resolve_splits
-from ..device import DeviceArguments, default_batching
+from ..device import default_batching
 from ..errors import UserError
 from ..io import locked_output_folder
-from ..options import resolve_options
+from ..options import DeviceArguments, resolve_options
 from ..results import (
     SUMMARY_SUFFIX,
     UtteranceResult,
     atomic_write_json,
     completed_summary,
+    decoder_tables,
     merge_finished_splits,
     write_overview,
     write_split_files,
@@ -81,7 +84,7 @@ class SplitRun:
     entropy: bool = False
     lexicon_decoder: LexiconBeamDecoder | None = None
     progress: bool = True
-    batch_size: int = 8
+    batch_size: int = 16
     max_batch_seconds: float | None = 60.0
     num_workers: int = 0
     processes: int | None = 1
@@ -284,7 +287,10 @@ def _evaluate_locked(
     spec = args.lexicon_spec()
     lexicon = spec.resolve(args.data, em.tokenizer) if spec is not None else None
     base_settings = _base_settings(checkpoint, args, em, lexicon)
-    batch_size, max_batch_seconds = default_batching(em.device, args.batch_size, args.max_batch_seconds)
+    # 16 utterances on a CPU, as transcribe and sweep (64 on a GPU)
+    batch_size, max_batch_seconds = default_batching(
+        em.device, args.batch_size, args.max_batch_seconds, cpu=(16, 320.0)
+    )
 
     summaries: dict[str, dict] = {}
     for name, split in pairs:
@@ -305,9 +311,15 @@ def _evaluate_locked(
     summaries = merge_finished_splits(output_dir, base_settings, summaries)
     overview = write_overview(output_dir, checkpoint, em.has_exits, em.layers, em.labels, summaries)
     if args.plot:
+        layer = dict(zip(em.labels, em.layers))
         by_layer = {
-            n: {s["exits"][lb]["layer"]: s["exits"][lb]["wer"] for lb in em.labels}
-            for n, s in summaries.items()
+            n: {layer[lb]: s["exits"][lb]["wer"] for lb in em.labels} for n, s in overview["splits"].items()
         }
-        plot_wer_by_exit(by_layer, output_dir / "wer_by_exit.png", title=Path(checkpoint).name)
+        others = {
+            decoder: {n: {layer[lb]: wer for lb, wer in wers.items()} for n, wers in by_split.items()}
+            for decoder, by_split in decoder_tables(overview).items()
+        }
+        plot_wer_by_exit(
+            by_layer, output_dir / "wer_by_exit.png", Path(checkpoint).name, others, overview["decoder"]
+        )
     return overview

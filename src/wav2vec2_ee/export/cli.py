@@ -1,9 +1,9 @@
-"""`wav2vec2-ee export <checkpoint> <out_dir> [--int8] [--opset N] [--policy FILE]`: ONNX segments.
+"""`wav2vec2-ee export <checkpoint> <out_dir> [--int8] [--opset N] [--policy-file FILE]`: ONNX segments.
 
     wav2vec2-ee export runs/ee-base exported/                 # float segments, config, vocabulary
     wav2vec2-ee export runs/ee-base --output-dir exported/    # the same (the shared --output-dir flag)
     wav2vec2-ee export runs/ee-base exported/ --int8          # + int8 blocks and heads
-    wav2vec2-ee export runs/ee-base exported/ --policy runs/cal/calibration_entropy.json
+    wav2vec2-ee export runs/ee-base exported/ --policy-file runs/cal/calibration_entropy.json
 
 Writes the input stage, one block of layers per exit and one head per exit as ONNX files (dynamic
 batch and time axes; padded batches give each utterance what it gets alone), with ``export.json``,
@@ -13,6 +13,10 @@ batch and time axes; padded batches give each utterance what it gets alone), wit
 The folder appears whole or not at all: it is written beside the output folder and swapped in last, one
 export at a time. An output folder that holds an export or a checkpoint is refused unless
 ``--overwrite`` (it is then replaced whole); one holding other files is always refused.
+
+``--policy-file`` is a saved policy's file (``--policy``, its spelling until this release, is
+deprecated: ``--policy`` names a policy in ``transcribe`` and ``calibrate``). Building the parser
+(``--help``) imports no torch.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import sys
 
 from ..command_line import HelpFormatter, finish_parser
 from ..errors import UserError
+from .runtime import DEFAULT_OPSET
 
 
 def _to_bool(value: str) -> bool:
@@ -31,8 +36,6 @@ def _to_bool(value: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .exporter import DEFAULT_OPSET
-
     parser = argparse.ArgumentParser(
         prog="wav2vec2-ee export",
         description="Export an early-exit checkpoint as ONNX segments: the input stage, a block of layers "
@@ -66,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the output folder whole when it holds an export or a checkpoint (refused otherwise)",
     )
     parser.add_argument(
-        "--policy",
+        "--policy-file",
+        "--policy",  # deprecated (DEPRECATED_FLAGS): hidden in --help
+        dest="policy",
+        metavar="FILE",
         default=None,
         help="a saved exit policy (exit_policy.json or calibration_<policy>.json of `wav2vec2-ee calibrate`), "
         "copied in as policy.json (default: the checkpoint's exit_policy.json when it has one)",

@@ -56,6 +56,7 @@ from ..policy_core import (
 )
 from ..vocab import build_processor
 from .runtime import (
+    DEFAULT_OPSET,
     FORMAT,
     MANIFEST,
     MANIFEST_VERSION,
@@ -67,9 +68,6 @@ from .runtime import (
 from .segments import build_segments
 
 logger = logging.getLogger(__name__)
-
-#: The default ONNX opset (LayerNormalization is a single operator from 17 on).
-DEFAULT_OPSET = 17
 
 
 @dataclass

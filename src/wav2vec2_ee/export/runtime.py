@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, require
 from ..policy_core import WEIGHTS_FINGERPRINT, check_policy_model, file_sha256, is_integer, read_saved_policy
 
 #: The manifest of an exported folder.
@@ -56,6 +56,9 @@ MANIFEST = "export.json"
 FORMAT = "wav2vec2-ee-segments"
 #: The manifest version written and read (2: file checksums and segment signatures; 1 is refused).
 MANIFEST_VERSION = 2
+#: The default ONNX opset of ``wav2vec2-ee export`` (LayerNormalization is a single operator from 17
+#: on); here, beside the format, so that ``export --help`` shows it without importing torch.
+DEFAULT_OPSET = 17
 #: What a refused folder's message ends with.
 REEXPORT = "export the model again (wav2vec2-ee export CHECKPOINT FOLDER --overwrite)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -425,8 +428,11 @@ def load_segments(
             here: the engine calls many small sessions with policy work between them, and threads that
             spin through those gaps take the cores from the main thread (measured on 2 cores: full-depth
             wall 17.5 ms per audio second spinning, 9.0 ms not, ``docs/results.md``).
+
+    Raises:
+        MissingExtraError: onnxruntime is not installed (a one-line error naming the ``onnx`` extra).
     """
-    import onnxruntime as ort
+    ort = require("onnxruntime", "onnx", "running exported ONNX segments")
 
     folder = Path(folder)
     manifest = read_manifest(folder)

@@ -10,7 +10,15 @@ threshold calibration.
 * :mod:`.transcriber`: ``Transcriber(model, policy).transcribe(paths_or_arrays)``.
 * :mod:`.table`, :mod:`.search`, :mod:`.sweep`, :mod:`.calibrate`, :mod:`.timing`: trade-off sweeps
   (simulated WER and layers, measured wall time) and threshold calibration on a dev split.
+
+The torch parts are imported on first use (PEP 562), so that ``transcribe`` / ``sweep`` / ``calibrate
+--help`` build their parsers (:mod:`.arguments`, :mod:`.cli`) without importing torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from ..policy_core import (
     FEATURES,
@@ -32,19 +40,43 @@ from ..policy_core import (
     policy_from_saved,
     policy_with_value,
 )
-from .calibrate import Calibration, calibrate_table, choose_operating_point
-from .engine import EarlyExitResult, full_forward, run_early_exit
-from .learned import LearnedModel, fit_exit_model
-from .policies import Decoders, ExitView, ScheduledExit
-from .table import (
-    ExitTable,
-    OperatingPoint,
-    compute_exit_table,
-    evaluate_policy,
-    oracle_curve,
-    threshold_grid,
-)
-from .transcriber import Transcriber, Transcription
+
+#: name -> its module in this package, imported on first use (each imports torch)
+_LAZY = {
+    **dict.fromkeys(("Calibration", "calibrate_table", "choose_operating_point"), ".calibrate"),
+    **dict.fromkeys(("EarlyExitResult", "full_forward", "run_early_exit"), ".engine"),
+    **dict.fromkeys(("LearnedModel", "fit_exit_model"), ".learned"),
+    **dict.fromkeys(("Decoders", "ExitView", "ScheduledExit"), ".policies"),
+    **dict.fromkeys(
+        ("ExitTable", "OperatingPoint", "compute_exit_table", "evaluate_policy", "oracle_curve", "threshold_grid"),
+        ".table",
+    ),
+    **dict.fromkeys(("Transcriber", "Transcription"), ".transcriber"),
+}  # fmt: skip
+
+if TYPE_CHECKING:
+    from .calibrate import Calibration, calibrate_table, choose_operating_point
+    from .engine import EarlyExitResult, full_forward, run_early_exit
+    from .learned import LearnedModel, fit_exit_model
+    from .policies import Decoders, ExitView, ScheduledExit
+    from .table import (
+        ExitTable,
+        OperatingPoint,
+        compute_exit_table,
+        evaluate_policy,
+        oracle_curve,
+        threshold_grid,
+    )
+    from .transcriber import Transcriber, Transcription
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "FEATURES",

@@ -10,9 +10,11 @@ from typing import Literal
 
 from ..batching import DEFAULT_MAX_BATCH_SECONDS
 from ..ctc.decoder_spec import LexiconDecoderSpec
-from ..device import check_runtime_options
 from ..errors import UserError
+from ..options import check_runtime_options
 from ..policy_core import POLICIES, POLICY_NAMES
+from ..segmentation import VADS, SplitOptions
+from ..transcripts import OUTPUT_FORMATS, SUBTITLE_FORMATS
 from .chunking import check_chunking
 
 
@@ -47,15 +49,20 @@ def parse_thresholds(items: Sequence[str] | None, policies: Sequence[str]) -> di
 
 @dataclass
 class LexiconArguments:
-    """The lexicon beam search of the ``posterior`` policy."""
+    """The lexicon beam search of the ``posterior`` policy (and of ``transcribe --decoder lexicon``)."""
 
     lexicon: str | None = field(
         default=None,
-        metadata={"help": "posterior policy: lexicon file ('WORD W O R D |' lines, or one word per line)"},
+        metadata={
+            "help": "lexicon beam search (posterior policy; transcribe --decoder lexicon): lexicon file "
+            "('WORD W O R D |' lines, or one word per line)"
+        },
     )
     nbest: int = field(default=10, metadata={"help": "posterior policy: hypotheses in the n-best list"})
-    lexicon_beam_size: int = field(default=500, metadata={"help": "posterior policy: lexicon beam size"})
-    word_score: float = field(default=-0.26, metadata={"help": "posterior policy: word score (seed: -0.26)"})
+    lexicon_beam_size: int = field(default=500, metadata={"help": "lexicon beam search: beam size"})
+    word_score: float = field(
+        default=-0.26, metadata={"help": "lexicon beam search: word score (seed: -0.26)"}
+    )
 
 
 @dataclass
@@ -75,17 +82,29 @@ class LexiconSourceArguments:
 class ScoringArguments:
     """Which transcripts the WERs of ``sweep`` / ``calibrate`` score."""
 
+    # the flags are the fields' aliases (--lm-*, as evaluate's); --score-* is deprecated (command_line.py)
     score_lm_order: int = field(
         default=0,
         metadata={
+            "aliases": ["--lm-order"],
+            "metavar": "N",
             "help": "score WER on the transcripts of the lexicon beam search with a Kneser-Ney word n-gram model "
             "of this order from --lexicon-from's transcripts (default 0: greedy transcripts); policies still "
-            "decide from the exit outputs"
+            "decide from the exit outputs",
         },
     )
-    score_lm_weight: float = field(default=1.0, metadata={"help": "LM weight of --score-lm-order"})
-    score_word_score: float = field(default=1.0, metadata={"help": "word score of --score-lm-order"})
-    score_beam_size: int = field(default=500, metadata={"help": "beam size of --score-lm-order"})
+    score_lm_weight: float = field(
+        default=1.0,
+        metadata={"aliases": ["--lm-weight"], "metavar": "WEIGHT", "help": "LM weight of --lm-order"},
+    )
+    score_word_score: float = field(
+        default=1.0,
+        metadata={"aliases": ["--lm-word-score"], "metavar": "SCORE", "help": "word score of --lm-order"},
+    )
+    score_beam_size: int = field(
+        default=500,
+        metadata={"aliases": ["--lm-beam-size"], "metavar": "N", "help": "beam size of --lm-order"},
+    )
 
 
 @dataclass
@@ -130,27 +149,77 @@ class TranscribeArguments:
     )
     json: bool = field(
         default=False,
-        metadata={"help": "print a JSON list of results instead of lines (a failed file has an 'error')"},
+        metadata={
+            "help": "deprecated (use --format jsonl, which prints each row as it is done): print one JSON "
+            "list of results at the end"
+        },
+    )
+    format: Literal["text", "tsv", "jsonl", "srt", "vtt"] = field(
+        default="text",
+        metadata={
+            "help": "what is printed, each file as soon as it and the files before it are done, in input order: "
+            "text (a line per file: path, exit layer, seconds, transcript), tsv (a header line, then the "
+            "--output columns but segments), jsonl (a JSON row per file, its segments included), srt / vtt "
+            "(subtitles of the file's segments: printed for one input, one file per input in --output-dir)"
+        },
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": "--format srt / vtt: write one subtitle file per input here (NAME.srt, NAME.vtt)"},
+    )
+    word_timestamps: bool = field(
+        default=False,
+        metadata={
+            "help": "give each segment its words with their start and end (seconds, from the CTC alignment of "
+            "the --decoder's text): in --format jsonl, --json and the --output rows"
+        },
+    )
+    decoder: Literal["greedy", "lexicon", "lexicon-lm"] = field(
+        default="greedy",
+        metadata={
+            "help": "what gives the text: greedy (the best path of the exit that answered), lexicon (a lexicon "
+            "beam search over those logits: --lexicon or --lexicon-from), lexicon-lm (the same with a word "
+            "n-gram model: --lm, or one estimated from --lexicon-from's transcripts)"
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "utterances per length-sorted batch"})
     max_batch_seconds: float = field(
         default=DEFAULT_MAX_BATCH_SECONDS, metadata={"help": "seconds of padded audio per batch"}
     )
+    max_segment_seconds: float = field(
+        default=20.0,
+        metadata={
+            "help": "a file longer than this is read block by block and split at its pauses (voice activity) "
+            "into pieces of at most this many seconds, batched, each with its own exit (the silence between "
+            "them is not run; its text is theirs joined; memory stays bounded for hour-long files); shorter "
+            "files run whole; 0: off (every file in one forward pass, --max-seconds applies)"
+        },
+    )
+    vad: Literal["auto", "silero", "energy"] = field(
+        default="auto",
+        metadata={
+            "help": "what finds the pauses: silero (Silero VAD, the [vad] extra), energy (frame energy against "
+            "the recording's noise floor, always there), auto (silero where installed, else energy)"
+        },
+    )
+    vad_threshold: float | None = field(
+        default=None,
+        metadata={"help": "speech probability that starts speech (default: the detector's, 0.5 / 0.35)"},
+    )
     max_seconds: float | None = field(
         default=60.0,
         metadata={
-            "help": "refuse (report as failed) a file longer than this many seconds: it would run in one "
-            "forward pass, for minutes and much memory; split long recordings first (a larger value "
-            "lifts the limit)"
+            "help": "with splitting off (--max-segment-seconds 0), refuse (report as failed) a file longer than "
+            "this many seconds: it would run in one forward pass, for minutes and much memory"
         },
     )
-    chunk_seconds: float = field(
-        default=30.0,
+    chunk_seconds: float | None = field(
+        default=None,
         metadata={
-            "help": "transcribe files longer than this in overlapping windows of this many seconds, as "
-            "transformers' pipeline(chunk_length_s=...) does (each window exits on its own, the transcript is "
-            "stitched; memory stays bounded for hour-long files); 0: off, and files longer than "
-            "--max-seconds are refused"
+            "help": "instead of splitting at pauses, transcribe files longer than this in fixed overlapping "
+            "windows of this many seconds, as transformers' pipeline(chunk_length_s=...) does (windows cut "
+            "words and glue the words at a pause together); 0: neither windows nor pauses, every file in one "
+            "forward pass (--max-seconds applies)"
         },
     )
     stride_seconds: float | None = field(
@@ -163,9 +232,9 @@ class TranscribeArguments:
     output: str | None = field(
         default=None,
         metadata={
-            "help": "also write one row per file (text, exit layer, layers computed, seconds, error, resolved path) "
-            "to this .jsonl or .csv file, appended and synced batch by batch; one run at a time writes it (a lock "
-            "file .NAME.lock beside it)"
+            "help": "also write one row per file (text, exit layer, layers computed, seconds, error, resolved path, "
+            "segments) to this .jsonl or .csv file, appended and synced in input order as files are done; one "
+            "run at a time writes it (a lock file .NAME.lock beside it)"
         },
     )
     resume: bool = field(
@@ -188,10 +257,116 @@ class TranscribeArguments:
             raise UserError(f"--max-seconds must be a number > 0, got {self.max_seconds}")
         _check_max_layer_flag(self.max_layer)  # the value flags: policy_from_flags (inference/cli.py)
         check_chunking(self.chunk_seconds, self.stride_seconds)
+        self.split_options()  # --max-segment-seconds, --vad, --vad-threshold checked now
         if self.output is not None and not self.output.lower().endswith((".jsonl", ".csv")):
             raise UserError(f"--output {self.output}: must end in .jsonl or .csv")
         if self.resume and self.output is None:
             raise UserError("--resume needs --output FILE (the results to continue)")
+        if self.format not in OUTPUT_FORMATS:
+            raise UserError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if self.json and self.format != "text":
+            raise UserError(f"--json prints a JSON list: it does not go with --format {self.format}")
+        if self.output_dir is not None and self.format not in SUBTITLE_FORMATS:
+            raise UserError("--output-dir is where --format srt / vtt writes a subtitle file per input")
+
+    def split_options(self) -> SplitOptions | None:
+        """How long files are split at their pauses (``None``: not: --max-segment-seconds 0)."""
+        if not self.max_segment_seconds:
+            return None
+        if self.vad not in VADS:
+            raise UserError(f"--vad must be one of {', '.join(VADS)}, got {self.vad!r}")
+        return SplitOptions(
+            max_seconds=float(self.max_segment_seconds), vad=self.vad, threshold=self.vad_threshold
+        )
+
+
+@dataclass
+class TranscriptDecoderArguments:
+    """Where ``transcribe --decoder lexicon / lexicon-lm`` gets its words and language model (the lexicon
+    file, beam size and word score: :class:`LexiconArguments`)."""
+
+    lexicon_from: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "lexicon beam search (--decoder lexicon / lexicon-lm, the posterior policy): its words are "
+            "those of the transcripts of these manifests or splits of --data (without --lexicon)"
+        },
+    )
+    data: str | None = field(
+        default=None,
+        metadata={
+            "help": "the corpus whose splits --lexicon-from names (LibriSpeech-layout folder, manifest or "
+            "Hugging Face dataset folder)"
+        },
+    )
+    lm: str | None = field(
+        default=None,
+        metadata={
+            "metavar": "ARPA",
+            "help": "--decoder lexicon-lm: a word n-gram language model (ARPA file)",
+        },
+    )
+    lm_order: int | None = field(
+        default=None,
+        metadata={
+            "metavar": "N",
+            "help": "--decoder lexicon-lm without --lm: estimate a Kneser-Ney word n-gram model of this order "
+            "from --lexicon-from's transcripts (default 3)",
+        },
+    )
+    lm_weight: float = field(
+        default=1.0,
+        metadata={
+            "metavar": "WEIGHT",
+            "help": "--decoder lexicon-lm: weight of the language model's log-probabilities (shallow fusion)",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.lm_order is not None and (isinstance(self.lm_order, bool) or int(self.lm_order) < 1):
+            raise UserError(f"--lm-order must be an integer >= 1, got {self.lm_order}")
+
+
+def transcript_spec(
+    lexicon: LexiconArguments, decoder: str, source: TranscriptDecoderArguments
+) -> LexiconDecoderSpec | None:
+    """The lexicon beam search whose best hypothesis ``transcribe --decoder lexicon / lexicon-lm`` prints
+    (``None`` for ``greedy``): the words of ``--lexicon`` or ``--lexicon-from``; with ``lexicon-lm`` an
+    ARPA model (``--lm``) or one of order ``--lm-order`` (3) estimated from ``--lexicon-from``'s
+    transcripts. Usage errors name the flags."""
+    uses_lm = source.lm is not None or source.lm_order is not None
+    if decoder == "greedy":
+        if uses_lm or source.lexicon_from:
+            flags = "--lm / --lm-order" if uses_lm else "--lexicon-from"
+            raise UserError(f"{flags}: apply to the lexicon beam search: add --decoder lexicon or lexicon-lm")
+        return None
+    if not (lexicon.lexicon or source.lexicon_from):
+        raise UserError(
+            f"--decoder {decoder} needs --lexicon FILE or --lexicon-from MANIFESTS_OR_SPLITS: the words it may output"
+        )
+    if decoder == "lexicon" and uses_lm:
+        raise UserError(
+            "--lm / --lm-order need --decoder lexicon-lm (a lexicon beam search with a language model)"
+        )
+    lm_order = 0
+    if decoder == "lexicon-lm" and source.lm is None:
+        if not source.lexicon_from:
+            raise UserError(
+                "--decoder lexicon-lm needs --lm FILE.arpa, or --lexicon-from MANIFESTS_OR_SPLITS whose transcripts "
+                "a word n-gram model is estimated from (--lm-order, default 3)"
+            )
+        lm_order = source.lm_order or 3
+    return LexiconDecoderSpec(
+        lexicon=lexicon.lexicon,
+        lexicon_from=source.lexicon_from,
+        nbest=1,
+        beam_size=lexicon.lexicon_beam_size,
+        word_score=lexicon.word_score,
+        lm=source.lm if decoder == "lexicon-lm" else None,
+        lm_order=lm_order,
+        lm_weight=source.lm_weight,
+        lm_order_flag="--lm-order",
+    )
 
 
 @dataclass
@@ -329,13 +504,17 @@ class CalibrateArguments(ExitTableArguments):
         default=False,
         metadata={
             "help": "save the calibrated policy (value, dev figures; learned: features, standardisation, "
-            "weights) as exit_policy.json in the checkpoint folder (or --output), where transcribe and "
+            "weights) as exit_policy.json in the checkpoint folder (or --policy-file), where transcribe and "
             "Transcriber use it when no policy is named and export copies it as policy.json"
         },
     )
-    output: str | None = field(
+    output: str | None = field(  # the flag is --policy-file (--output: deprecated, command_line.py)
         default=None,
-        metadata={"help": "--save-policy: write to this .json file, or exit_policy.json in this folder"},
+        metadata={
+            "aliases": ["--policy-file"],
+            "metavar": "FILE_OR_DIR",
+            "help": "--save-policy: write to this .json file, or exit_policy.json in this folder",
+        },
     )
     learned_l2: float = field(
         default=1e-3, metadata={"help": "learned policy: L2 penalty on the weights (standardised features)"}
@@ -351,7 +530,7 @@ class CalibrateArguments(ExitTableArguments):
         if not self.learned_l2 >= 0:
             raise UserError(f"--learned-l2 must be >= 0, got {self.learned_l2}")
         if self.output is not None and not self.save_policy:
-            raise UserError("--output is where --save-policy writes: pass --save-policy too")
+            raise UserError("--policy-file is where --save-policy writes: pass --save-policy too")
 
 
 def _one_split(split: str | None, splits: list[str] | None) -> tuple[str | None, list[str] | None]:
@@ -409,11 +588,11 @@ def scoring_spec(
     lexicon: LexiconArguments, source: LexiconSourceArguments, scoring: ScoringArguments
 ) -> LexiconDecoderSpec | None:
     """The lexicon beam search with a word n-gram model whose transcripts ``sweep`` / ``calibrate``
-    score (``--score-lm-order``); ``None`` when greedy transcripts are scored."""
+    score (``--lm-order``); ``None`` when greedy transcripts are scored."""
     if not scoring.score_lm_order:
         return None
     if not source.lexicon_from:
-        raise UserError("--score-lm-order needs --lexicon-from: the language model's training transcripts")
+        raise UserError("--lm-order needs --lexicon-from: the language model's training transcripts")
     return LexiconDecoderSpec(
         lexicon=lexicon.lexicon,
         lexicon_from=source.lexicon_from,
@@ -422,5 +601,5 @@ def scoring_spec(
         word_score=scoring.score_word_score,
         lm_order=scoring.score_lm_order,
         lm_weight=scoring.score_lm_weight,
-        lm_order_flag="--score-lm-order",
+        lm_order_flag="--lm-order",
     )

@@ -297,7 +297,7 @@ def run_calibration(
     (:func:`~wav2vec2_ee.options.resolve_options`). With ``output_dir``, also writes
     ``<split>_exit_table.jsonl`` per split (every number traces back to them) and
     ``calibration_<policy>.json``; with ``save_policy``, the saved policy (:func:`saved_policy`) to
-    :func:`saved_policy_path`. With ``--score-lm-order``, the WERs are those of the lexicon beam
+    :func:`saved_policy_path`. With ``--lm-order``, the WERs are those of the lexicon beam
     search with a word n-gram model (:func:`~.arguments.scoring_spec`).
     """
     args, lexicon, source, scoring, device = resolve_options(

@@ -1,4 +1,6 @@
-"""Long recordings cut into overlapping pieces, and the frames of each piece that are kept.
+"""Long recordings cut into fixed overlapping windows (``--chunk-seconds``, ``Transcriber(chunk_seconds=)``:
+an explicit choice; by default long recordings are split at their pauses, :mod:`wav2vec2_ee.segmentation`),
+and the frames of each window that are kept.
 
 As ``transformers``' ASR pipeline does for CTC (``chunk_length_s`` / ``stride_length_s``): a recording
 longer than ``chunk_seconds`` is cut into windows of ``chunk_seconds``, each with ``stride_seconds``

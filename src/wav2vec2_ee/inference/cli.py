@@ -27,10 +27,20 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from ..command_line import HelpFormatter, add_output_dir, finish_parser, output_dir_of
-from ..device import DeviceArguments
+from ..command_line import HelpFormatter, add_output_dir, deprecation, finish_parser, output_dir_of
 from ..errors import UserError
+from ..io import atomic_write_text
+from ..options import DeviceArguments
 from ..policy_core import POLICIES, check_max_layer, policy_from_flags, wants_saved_policy
+from ..transcripts import (
+    SUBTITLE_FORMATS,
+    TranscriptionLog,
+    jsonl_line,
+    subtitles,
+    text_line,
+    tsv_header,
+    tsv_line,
+)
 from .arguments import (
     CalibrateArguments,
     LexiconArguments,
@@ -38,7 +48,9 @@ from .arguments import (
     ScoringArguments,
     SweepArguments,
     TranscribeArguments,
+    TranscriptDecoderArguments,
     posterior_spec,
+    transcript_spec,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -87,9 +99,11 @@ def _logging(quiet: bool = False) -> None:
 
 def _transcribe_parser() -> HfArgumentParser:
     parser = _parser(
-        (TranscribeArguments, LexiconArguments, DeviceArguments),
+        (TranscribeArguments, LexiconArguments, TranscriptDecoderArguments, DeviceArguments),
         "wav2vec2-ee transcribe",
-        "Transcribe audio files with early exit: layers stop early.",
+        "Transcribe audio files with early exit: layers stop early. A file longer than --max-segment-seconds "
+        "is split at its pauses; each file's result is printed (and appended to --output) as soon as it and "
+        "the files before it are done.",
     )
     parser.add_argument("checkpoint", help="early-exit checkpoint folder")
     parser.add_argument(
@@ -105,43 +119,67 @@ transcribe_parser = _transcribe_parser  # the parser of `wav2vec2-ee transcribe`
 
 
 def transcribe_main(argv: list[str] | None = None) -> int:
-    """Prints one line (or JSON object) per transcribed file. The audio arguments are files, folders
-    (walked for audio files) and JSONL/CSV manifests. A file that cannot be transcribed (not audio, too
-    short, longer than ``--max-seconds`` without ``--chunk-seconds``, ...) does not stop the others: its
-    error goes to stderr (and into the JSON as ``error``) and the exit status is 1. A path that does not
-    exist is a usage error (exit 2, before the model loads).
+    """Prints each file's result in ``--format`` (text: one line per file; tsv, jsonl, srt, vtt), in input
+    order, each as soon as it and the files before it are done. The audio arguments are files, folders
+    (walked for audio files) and JSONL/CSV manifests. A file longer than ``--max-segment-seconds`` is
+    split at its pauses. A file that cannot be transcribed (not audio, too short, ...) does not stop the
+    others: its error goes to stderr (and into its row) and the exit status is 1. A path that does not
+    exist is a usage error (exit 2, before the model loads). Ctrl-C stops with one line saying how many
+    files were written where (exit 130); what was written stays.
 
     ``--output results.jsonl|.csv``: one row per file, keyed by its resolved path (a file named twice,
-    ``.`` and its absolute path, has one row), appended and synced to disk batch by batch (rows and
-    printed lines then come in the order files finish, not input order); one run at a time writes it
-    (a lock file beside it). ``--resume`` skips the files the output has transcribed and retries those
-    whose row is an error. An existing output without ``--resume``, and with it a file that is not an
-    output of this command (a manifest), are usage errors."""
-    args, lex, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
+    ``.`` and its absolute path, has one row), appended in input order and synced to disk as files are
+    done; one run at a time writes it (a lock file beside it). ``--resume`` skips the files the output has
+    transcribed and retries those whose row is an error. An existing output without ``--resume``, and
+    with it a file that is not an output of this command (a manifest), are usage errors."""
+    args, lex, decoding, device, positional = _transcribe_parser().parse_args_into_dataclasses(args=argv)
     _logging(quiet=True)
     missing = [a for a in positional.audio if not os.path.exists(a)]
     if missing:
         raise UserError(f"{', '.join(missing)}: no such file")
-    log = _transcription_log(args)
-    with log.lock() if log is not None else contextlib.nullcontext():
-        if log is not None:
-            _check_output(log, args)
-        transcriber = _transcriber(args, lex, device, positional.checkpoint)
-        if log is None:
-            results = transcriber.transcribe(
-                list(positional.audio), raise_errors=False, progress=args.progress
+    several = len(positional.audio) > 1 or any(_names_several(a) for a in positional.audio)
+    if args.format in SUBTITLE_FORMATS and several and args.output_dir is None:
+        raise UserError(
+            f"--format {args.format} with several inputs writes a subtitle file per input: give --output-dir"
+        )
+    transcript_spec(lex, args.decoder, decoding)  # its usage errors before the model loads
+    if args.json:
+        if args.format != "text":
+            raise UserError(
+                f"--json is the old form of --format jsonl: it does not go with --format {args.format}"
             )
-        else:
-            results = _transcribe_into(log, transcriber, list(positional.audio), args)
-    return _print_results(results, args.json)
+        # the JSON list stays for this release; --format jsonl (as lite) writes each row as it is done
+        deprecation(
+            "transcribe", "--json (one JSON list at the end)", "--format jsonl (one JSON row per file)"
+        )
+    log = _transcription_log(args)
+    printer = _Printer(args)
+    try:
+        with log.lock() if log is not None else contextlib.nullcontext():
+            if log is not None:
+                _check_output(log, args)
+            transcriber = _transcriber(args, lex, decoding, device, positional.checkpoint)
+            if log is None:
+                with transcriber.transcribe_stream(list(positional.audio), progress=args.progress) as stream:
+                    printer.start(stream)
+                    for result in stream:
+                        printer.result(result)
+            else:
+                _transcribe_into(log, transcriber, list(positional.audio), args, printer)
+    except KeyboardInterrupt:
+        return printer.interrupted()
+    return printer.finish()
+
+
+def _names_several(path: str) -> bool:
+    """Whether an audio argument may name several recordings (a folder, a manifest)."""
+    return os.path.isdir(path) or path.lower().endswith((".jsonl", ".csv"))
 
 
 def _transcription_log(args: TranscribeArguments):
     """``--output``'s :class:`~wav2vec2_ee.transcripts.TranscriptionLog` (``None`` without it)."""
     if args.output is None:
         return None
-    from ..transcripts import TranscriptionLog
-
     return TranscriptionLog(args.output)
 
 
@@ -156,9 +194,16 @@ def _check_output(log, args: TranscribeArguments) -> None:
     log.check()
 
 
-def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: DeviceArguments, checkpoint: str):
+def _transcriber(
+    args: TranscribeArguments,
+    lex: LexiconArguments,
+    decoding: TranscriptDecoderArguments,
+    device,
+    checkpoint: str,
+):
     """The :class:`~.transcriber.Transcriber` the flags describe: backend, policy (the named one, or the
-    checkpoint's saved one), batching, and the posterior policy's lexicon decoder."""
+    checkpoint's saved one), batching, splitting at pauses, the posterior policy's lexicon decoder and
+    the text's decoder (``--decoder``)."""
     import torch
 
     from .transcriber import Transcriber, saved_policy_values
@@ -173,6 +218,8 @@ def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: Devic
         max_seconds=args.max_seconds,
         chunk_seconds=args.chunk_seconds,
         stride_seconds=args.stride_seconds,
+        split=args.split_options(),
+        word_timestamps=args.word_timestamps,
     )
     if args.backend == "onnxruntime":
         transcriber = Transcriber.from_export(checkpoint, policy, args.precision, **common)
@@ -180,19 +227,29 @@ def _transcriber(args: TranscribeArguments, lex: LexiconArguments, device: Devic
         transcriber = Transcriber.from_pretrained(
             checkpoint, policy, device=device.device, dtype=device.dtype, **common
         )
+    tokenizer = transcriber.processor.tokenizer
     name = policy.describe()["policy"]  # the named or the saved policy
     if POLICIES.get(name) is not None and POLICIES[name].needs_lexicon:
-        if not lex.lexicon:
-            raise UserError(f"--policy {name} needs --lexicon FILE (the words the beam search may output)")
-        spec = posterior_spec(lex).resolve(None, transcriber.processor.tokenizer)
-        transcriber.decoders.lexicon_decoder = spec.build()
+        if not (lex.lexicon or decoding.lexicon_from):
+            raise UserError(
+                f"--policy {name} needs --lexicon FILE or --lexicon-from MANIFESTS_OR_SPLITS (the words the "
+                "beam search may output)"
+            )
+        spec = posterior_spec(lex, decoding)  # type: ignore[arg-type]
+        transcriber.decoders.lexicon_decoder = spec.resolve(decoding.data, tokenizer).build()
+    spec = transcript_spec(lex, args.decoder, decoding)
+    if spec is not None:
+        transcriber.decoder = spec.resolve(decoding.data, tokenizer).build()
     return transcriber
 
 
-def _transcribe_into(log, transcriber, audio: list[str], args: TranscribeArguments) -> list:
-    """Transcribe batch by batch, each appended to ``log`` (synced) as it finishes, each file once (by
-    its resolved path); with ``--resume`` the files the log has transcribed are skipped, those whose row
-    is an error retried. A finished run leaves one row per file (:meth:`~.TranscriptionLog.compact`)."""
+def _transcribe_into(
+    log, transcriber, audio: list[str], args: TranscribeArguments, printer: _Printer
+) -> None:
+    """Transcribe into ``log``: each file's row appended (synced) and printed as soon as it and the files
+    before it are done, each file once (by its resolved path); with ``--resume`` the files the log has
+    transcribed are skipped, those whose row is an error retried. A finished run leaves one row per file
+    (:meth:`~.TranscriptionLog.compact`)."""
     done: set[str] = set()
     if args.resume:
         rows = log.rows()
@@ -204,33 +261,109 @@ def _transcribe_into(log, transcriber, audio: list[str], args: TranscribeArgumen
                 f"wav2vec2-ee transcribe: resuming: {len(done)} file(s) of {args.output} skipped{retried}",
                 file=sys.stderr,
             )
-    results = []
-    with log:
-        for batch in transcriber.transcribe_batches(audio, skip=done, progress=args.progress, once=True):
-            log.write([r.to_dict() for r in batch])
-            results.extend(batch)
+    printer.log = args.output
+    with log, transcriber.transcribe_stream(audio, skip=done, progress=args.progress, once=True) as stream:
+        printer.start(stream)
+        for result in stream:
+            log.write([result.to_dict()])
+            printer.logged += 1
+            printer.result(result)
     log.compact()
-    return results
 
 
-def _print_results(results: list, as_json: bool) -> int:
-    """One line (or the JSON list) per result on stdout, errors on stderr; the exit status (1: any failed)."""
-    if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
-    else:
-        for r in results:
-            if r.ok:
-                print(f"{r.source}\tlayer {r.exit_layer}/{r.num_layers}\t{r.seconds:.3f} s\t{r.text}")
-    sys.stdout.flush()
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        print(f"wav2vec2-ee transcribe: error: {r.error}", file=sys.stderr)
-    if failed:
+class _Printer:
+    """What ``transcribe`` prints, each result as it comes (in input order): ``--format``'s form on
+    stdout (``--json``: one list at the end; srt / vtt with several inputs: a file per input in
+    ``--output-dir``), errors on stderr; counts what was written for the end's status and for Ctrl-C."""
+
+    def __init__(self, args: TranscribeArguments):
+        self.format = args.format
+        self.as_json = args.json
+        self.output_dir = Path(args.output_dir) if args.output_dir is not None else None
+        self.log: str | None = None  # --output, once it is being written
+        self.logged = 0  # rows appended to it
+        self.stream = None
+        self.results: list = []
+        self.written = 0
+        self._names: set[str] = set()
+
+    def start(self, stream) -> None:
+        self.stream = stream
+        if self.format == "tsv" and not self.as_json:
+            self._out(tsv_header())
+
+    def result(self, result) -> None:
+        self.results.append(result)
+        if not result.ok:
+            print(f"wav2vec2-ee transcribe: error: {result.error}", file=sys.stderr, flush=True)
+        if self.as_json:
+            return
+        row = result.to_dict()
+        if self.format == "text":
+            if result.ok:
+                self._out(text_line(row))
+        elif self.format == "tsv":
+            self._out(tsv_line(row))
+        elif self.format == "jsonl":
+            self._out(jsonl_line(row))
+        elif result.ok:
+            document = subtitles(row, self.format)
+            if self.output_dir is None:
+                self._out(document.rstrip("\n"))
+            else:
+                atomic_write_text(self._subtitle_file(result.source), document)
+        self.written += 1
+
+    def _out(self, line: str) -> None:
+        print(line, flush=True)
+
+    def _subtitle_file(self, source: str) -> Path:
+        """``--output-dir/NAME.srt`` for an input (``NAME-2.srt``, ... when a name repeats in this run)."""
+        stem = Path(source).stem or "audio"
+        name, k = stem, 1
+        while name in self._names:
+            k += 1
+            name = f"{stem}-{k}"
+        self._names.add(name)
+        self.output_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+        return self.output_dir / f"{name}.{self.format}"  # type: ignore[operator]
+
+    def _where(self) -> str:
+        if self.log is not None:
+            return self.log
+        if self.format in SUBTITLE_FORMATS and self.output_dir is not None:
+            return str(self.output_dir)
+        return "stdout"
+
+    def _print_json(self) -> None:
+        print(json.dumps([r.to_dict() for r in self.results], indent=2, ensure_ascii=False), flush=True)
+        self.written = len(self.results)
+
+    def interrupted(self) -> int:
+        """Ctrl-C: what is done kept (``--json``: the list of the files done), one line; exit status 130."""
+        if self.as_json:
+            self._print_json()
+        sys.stdout.flush()
+        total = f" of {self.stream.total}" if self.stream is not None else ""
+        written = self.logged if self.log is not None else self.written
         print(
-            f"wav2vec2-ee transcribe: {len(failed)} of {len(results)} file(s) could not be transcribed",
+            f"wav2vec2-ee transcribe: interrupted: {written}{total} files written to {self._where()}",
             file=sys.stderr,
         )
-    return 1 if failed else 0
+        return 130
+
+    def finish(self) -> int:
+        """The end: ``--json``'s list, the count of failures on stderr; the exit status (1: any failed)."""
+        if self.as_json:
+            self._print_json()
+        sys.stdout.flush()
+        failed = [r for r in self.results if not r.ok]
+        if failed:
+            print(
+                f"wav2vec2-ee transcribe: {len(failed)} of {len(self.results)} file(s) could not be transcribed",
+                file=sys.stderr,
+            )
+        return 1 if failed else 0
 
 
 # --------------------------------------------------------------------------------------------------

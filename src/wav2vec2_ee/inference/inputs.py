@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..audio import AudioError, check_regular_file
+from ..audio import (  # noqa: F401 (AUDIO_EXTENSIONS, find_audio_files: re-exported)
+    AUDIO_EXTENSIONS,
+    AudioError,
+    check_regular_file,
+    find_audio_files,
+    is_special_file,
+    walk_audio_files,
+)
 from ..data import read_manifest
 from ..data.sources import DataError, report_skipped
 
@@ -29,15 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: One input: a path (an audio file, a folder, a manifest) or a ``(samples,)`` 16 kHz mono waveform.
 AudioInput = str | os.PathLike | np.ndarray
-
-#: File extensions (lower case) walked in folders: the formats soundfile (libsndfile) reads.
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
-        ".snd", ".caf", ".w64", ".rf64", ".sph", ".nist", ".voc", ".paf", ".svx", ".8svx", ".sf",
-        ".ircam", ".mat", ".mat4", ".mat5", ".pvf", ".xi", ".htk", ".sds", ".avr", ".sd2", ".mpc",
-    }
-)  # fmt: skip
 
 #: Suffixes of a path read as a manifest (the ``audio`` column, :func:`~wav2vec2_ee.data.read_manifest`).
 MANIFEST_EXTENSIONS = (".jsonl", ".csv")
@@ -77,28 +75,9 @@ def resolved_path(path: str | os.PathLike) -> str:
     return os.path.realpath(path)
 
 
-def _walk_audio_files(folder: str | os.PathLike) -> list[str]:
-    """Paths under ``folder`` with an audio extension, not hidden, sorted (any kind of file)."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        found.extend(
-            os.path.join(root, name)
-            for name in sorted(files)
-            if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS and not name.startswith(".")
-        )
-    return found
-
-
-def _is_special(path: str) -> bool:
-    """Whether ``path`` exists but is no regular file (a named pipe, a socket, a device)."""
-    return os.path.exists(path) and not os.path.isfile(path)
-
-
-def find_audio_files(folder: str | os.PathLike) -> list[str]:
-    """Audio files under ``folder`` (recursively; :data:`AUDIO_EXTENSIONS`, case-insensitive), sorted;
-    only what can be read as a file: named pipes, sockets and devices are left out."""
-    return [path for path in _walk_audio_files(folder) if not _is_special(path)]
+#: The folder walk lives in the torch-free :mod:`wav2vec2_ee.audio` (the lite runtime walks folders too).
+_walk_audio_files = walk_audio_files
+_is_special = is_special_file
 
 
 def _file_item(path: str) -> AudioItem:

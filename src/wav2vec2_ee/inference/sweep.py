@@ -198,7 +198,7 @@ def run_sweep(
     """The ``sweep`` command as a function; returns the content of ``<split>_sweep.json``.
 
     Takes the command's option dataclasses (:mod:`.arguments`), or their fields as keywords
-    (:func:`~wav2vec2_ee.options.resolve_options`). With ``--score-lm-order``, the WERs are those of the
+    (:func:`~wav2vec2_ee.options.resolve_options`). With ``--lm-order``, the WERs are those of the
     lexicon beam search with a word n-gram model (:func:`~.arguments.scoring_spec`); the policies still
     decide from the exit outputs.
     """

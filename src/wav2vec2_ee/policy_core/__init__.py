@@ -57,7 +57,7 @@ Files of older versions have no ``format`` / ``version`` (read as version 1); an
 ``version`` is refused. Readers ignore fields they do not know, so a later version can add optional
 fields without a format break (``weights_fingerprint`` was one); a change that readers must understand
 raises ``version``. Where a saved policy meets a model (``transcribe``, ``Transcriber``, ``export
---policy``, an export's ``policy.json`` in both runtimes), :func:`check_policy_model` refuses it when its
+--policy-file``, an export's ``policy.json`` in both runtimes), :func:`check_policy_model` refuses it when its
 recorded exit layers or weights fingerprint are another model's.
 """
 

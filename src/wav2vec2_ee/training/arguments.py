@@ -254,9 +254,10 @@ class RunArguments:
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
-            "help": "Train into an --output-dir that holds other files than a run of ours with these settings "
-            "(another program's, or a run with other settings). Files of the same names are overwritten; "
-            "folders this run did not write (checkpoint-* included) are never deleted. Without it such a "
+            "help": "Train into an --output-dir that holds other files than an unfinished run of ours with these "
+            "settings (another program's, a run with other settings, or a finished run: its final model and "
+            "run_summary.json, the same command run again). Files of the same names are overwritten; folders "
+            "this run did not write (checkpoint-* and eval/ included) are never deleted. Without it such a "
             "folder is refused."
         },
     )

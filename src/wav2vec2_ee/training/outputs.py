@@ -5,8 +5,9 @@
   ours and lists the ``checkpoint-*`` folders this run (and the runs it resumes) wrote; every checkpoint
   gets its own copy, so ``--resume`` continues only a checkpoint of the same run
   (``training.run.resume_checkpoint``).
-* :func:`check_output_dir`: a fresh run refuses a non-empty folder that is not a run of ours, or one of a
-  run with other settings, unless ``--overwrite-output-dir``.
+* :func:`check_output_dir`: a fresh run refuses a non-empty folder that is not a run of ours, one of a
+  run with other settings, or one of a finished run (its final model and ``run_summary.json``: the same
+  command run again), unless ``--overwrite-output-dir``.
 * :class:`RunFolder`: the checkpoint folders this run owns; ``--save-total-limit`` deletes only those
   (:class:`~.callbacks.RotateOwnCheckpoints`), never a folder this run did not write.
 * :func:`save_final_model`: the final model files appear together or not at all.
@@ -280,10 +281,12 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
     """A fresh run's output folder (no checkpoint to resume): refuse one that holds what is not ours.
 
     Accepted: a missing or empty folder (hidden files and a ``run_settings.json`` alone do not count), a
-    folder of a run of ours with the same settings (its checkpoints stay the run's, so rotation may
-    delete them), and, with ``overwrite``, any folder (files of the same names are overwritten; folders
-    already there are never deleted). Refused with ``ValueError``: a folder of a run with other settings,
-    naming them, and a non-empty folder without our ``run_settings.json``.
+    folder of an unfinished run of ours with the same settings (its checkpoints stay the run's, so
+    rotation may delete them), and, with ``overwrite``, any folder (files of the same names are
+    overwritten; folders already there are never deleted). Refused with ``ValueError``: a folder of a run
+    with other settings, naming them, a folder of a finished run (:func:`is_finished_run`: rerunning the
+    same command would silently train over its model and leave its other files, an ``eval/`` folder,
+    beside the new one), and a non-empty folder without our ``run_settings.json``.
     """
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -310,6 +313,18 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
             "checkpoint-* included, are never deleted)"
         )
     differences = settings_differences(record["settings"], settings)
+    if not differences and is_finished_run(out):
+        if not overwrite:
+            raise UserError(
+                f"--output-dir {out} holds a finished run (its final model and {SUMMARY_NAME}): pass "
+                "--overwrite-output-dir to train it again there, or choose another folder"
+            )
+        kept = [name for name in contents if (out / name).is_dir() and checkpoint_step(out / name) is None]
+        logger.warning(
+            "--overwrite-output-dir: training again in %s over its finished run%s",
+            out,
+            f"; its folders {_listing(kept)} are kept and describe the previous model" if kept else "",
+        )
     if not differences:
         folder.owned = {str(name) for name in record.get("checkpoints", [])}
         return folder
@@ -325,6 +340,17 @@ def check_output_dir(output_dir: str | os.PathLike, settings: dict, overwrite: b
         f"--output-dir {out} holds a run with other settings ({'; '.join(differences)}): --resume continues "
         "that run with its settings; choose another folder, or pass --overwrite-output-dir to start this "
         "run there anyway (its checkpoints are kept, its final model is overwritten)"
+    )
+
+
+def is_finished_run(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a finished run: its final model (``config.json`` beside the weights) and
+    ``run_summary.json`` (written last, :func:`save_final_model`)."""
+    folder = Path(folder)
+    return (
+        (folder / CONFIG_NAME).is_file()
+        and (folder / SUMMARY_NAME).is_file()
+        and any((folder / name).is_file() for name in _WEIGHTS_FIRST)
     )
 
 
