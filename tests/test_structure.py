@@ -177,7 +177,8 @@ def _imports(function_level: bool) -> dict[str, set[str]]:
 #: command runs, not to print its --help; the export package stays importable without torch (the
 #: torch-free runtime imports it) and imports its torch parts on first use; a lexicon decoder's spec is
 #: described by the commands' option dataclasses (--help) and reads and builds with torch when resolved;
-#: train's kept --help text is generated from its parser (torch) only when written or checked.
+#: train's kept --help text is generated from its parser (torch) only when written or checked; serve checks
+#: that its extra's packages are installed (one line naming [serve]) before the modules that import them.
 LAZY_IMPORTS = {
     "ctc.decoder_spec": {"ctc.decoding", "ctc.lexicon", "data.splits", "vocab"},
     "training.help_text": {"training.cli"},
@@ -187,6 +188,7 @@ LAZY_IMPORTS = {
     "export": {"export", "export.exporter", "export.source"},
     "inference.cli": {"ctc.model", "loading", "transcripts", "inference.transcriber", "inference.sweep", "inference.table",
                       "inference.calibrate"},
+    "serving.cli": {"inference.transcriber", "serving.engine", "serving.frontier", "serving.service", "serving.app"},
 }  # fmt: skip
 
 

@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-corpus": ("wav2vec2_ee.corpus.cli", "synthesise the embedded speech corpus with eSpeak NG"),
     "demo": ("wav2vec2_ee.demo.cli", "build the corpus, train, evaluate and print the WER-by-exit table"),
     "export": ("wav2vec2_ee.export.cli", "write a checkpoint as ONNX segments (input stage, blocks, heads)"),
+    "serve": ("wav2vec2_ee.serving.cli", "an OpenAI-compatible transcription server whose exits absorb load"),
 }
 
 
@@ -50,6 +51,7 @@ PARSERS: dict[str, str] = {
     "make-corpus": "wav2vec2_ee.corpus.cli:build_parser",
     "demo": "wav2vec2_ee.demo.arguments:build_parser",
     "export": "wav2vec2_ee.export.cli:build_parser",
+    "serve": "wav2vec2_ee.serving.arguments:build_parser",
 }
 
 #: Commands whose parser needs torch (``train``: transformers' ``TrainingArguments``): ``--help`` prints
