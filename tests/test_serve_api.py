@@ -42,8 +42,9 @@ def assets(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def client(assets):
-    """The default server: the last exit, no calibration, no sampling."""
-    service, app = build(assets["model"], feedback_fraction=0.0, vad="energy")
+    """The last exit, no calibration, no sampling; refusing only when the queue is full (a busy test
+    machine must not make it shed by its latency objective)."""
+    service, app = build(assets["model"], feedback_fraction=0.0, vad="energy", adaptive=False)
     with TestClient(app) as c:
         wait_ready(c)
         c.service = service
@@ -60,6 +61,7 @@ def entropy_client(assets):
         max_layer=3,
         threshold_range=[1.0, 2.5],
         vad="energy",
+        adaptive=False,
     )
     with TestClient(app) as c:
         wait_ready(c)
@@ -101,17 +103,18 @@ def test_concurrent_requests_batch_together_and_each_gets_its_own_transcript(cli
     names = ["a", "b", "c", "d", "long"]
     expected = {n: transcriber(assets).transcribe(str(assets["files"][n])).text for n in names}
     batches_before = client.service.scheduler.batches
-    results: dict[str, str] = {}
+    results: dict[str, set[str]] = {}
 
     def ask(name: str) -> None:
-        results[name] = post(client, assets["files"][name], response_format="json").json()["text"]
+        response = post(client, assets["files"][name], response_format="json")
+        results.setdefault(name, set()).add(response.json().get("text", f"status {response.status_code}"))
 
     threads = [threading.Thread(target=ask, args=(n,)) for n in names for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == expected
+    assert results == {name: {text} for name, text in expected.items()}
     pieces = 4 * 2 + 2 * len(client.service.prepare(assets["files"]["long"].read_bytes(), "x")[0])
     assert (
         client.service.scheduler.batches - batches_before < pieces
@@ -370,13 +373,37 @@ def test_the_command_refuses_in_one_line(assets, capsys, monkeypatch, tmp_path):
     assert "pip install 'wav2vec2-ee[serve]'" in capsys.readouterr().err
 
 
+def test_a_model_that_fails_at_startup_fails_the_probes(assets):
+    service, app = build(assets["model"])
+
+    def broken() -> float:
+        raise RuntimeError("out of memory")
+
+    service.engine.warm_up = broken
+    with TestClient(app) as c:
+        while service.failed is None:
+            threading.Event().wait(0.01)
+        health = c.get("/health")
+        assert health.status_code == 503 and "out of memory" in health.json()["error"]
+        assert c.get("/ready").status_code == 503
+        refused = post(c, assets["files"]["a"])
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "failed"
+
+
 # --------------------------------------------------------------------------------------------------
 # a calibrated, adaptive server
 
 
 def test_a_calibrated_server_serves_its_frontier_and_steps_down_under_load(assets):
     calibration = synthetic_calibration(assets["root"] / "cal")
-    service, app = build(assets["model"], calibration=str(calibration), feedback_fraction=1.0, vad="energy")
+    objective = 30.0  # a busy test machine must not make it shed; observe(10.0) below is over a quarter of it
+    service, app = build(
+        assets["model"],
+        calibration=str(calibration),
+        feedback_fraction=1.0,
+        vad="energy",
+        latency_objective=objective,
+    )
     points = service.points
     assert len(points) >= 3 and points[0].mean_layers > points[-1].mean_layers
     limit = json.loads((calibration / "calibration_entropy.json").read_text())["wer_limit"]

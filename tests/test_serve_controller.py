@@ -99,6 +99,8 @@ def test_shedding_predicts_the_latency_at_the_cheapest_allowed_point():
     # (30 + 5) x 4.5 x 0.01 = 1.575 s > 1 s: refused, retry after the drain time at the current point
     retry = c.shed(30.0, 5.0)
     assert retry == pytest.approx(max(1.0, 30.0 * 12 * 0.01))
+    # time already spent waiting for the server counts: 0.675 s + 0.5 s is over the objective
+    assert c.shed(10.0, 5.0, waited=0.2) is None and c.shed(10.0, 5.0, waited=0.5) is not None
     # the accuracy check forbids the cheap points: the prediction uses the floor
     c.tighten(2)
     assert c.floor == 1 and c.shed(15.0, 5.0) is not None  # 20 x 9.5 x 0.01 = 1.9 s

@@ -107,6 +107,9 @@ def test_the_openai_client_works_unchanged(assets):
                 model="model", file=f, response_format="verbose_json"
             )
         assert verbose.text == expected[1].text and verbose.duration == pytest.approx(24.0, abs=1e-3)
+        assert [s.model_extra["exit_layer"] for s in verbose.segments] == [
+            s.exit_layer for s in expected[1].segments
+        ]
         assert [(s.start, s.end, s.text) for s in verbose.segments] == [
             (s.start, s.end, s.text) for s in expected[1].segments
         ]

@@ -104,6 +104,7 @@ class BodyLimits:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        scope.setdefault("state", {})["received"] = time.monotonic()  # the upload is in: the clock starts
         replayed = False
 
         async def replay():
@@ -241,12 +242,16 @@ def create_app(service: TranscriptionService, api_key: str | None = None, warm_u
 
     @app.get("/health")
     async def health():
-        """Alive (the process answers): the liveness probe."""
+        """Alive (the process answers and its model did not fail): the liveness probe."""
+        if service.failed is not None:
+            return JSONResponse({"status": "failed", "error": service.failed}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/ready")
     async def ready():
         """Model loaded and warm, not draining: the readiness probe (503 otherwise)."""
+        if service.failed is not None:
+            return JSONResponse({"status": "failed", "error": service.failed}, status_code=503)
         if service.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
         if not service.ready.is_set():
@@ -304,6 +309,8 @@ def create_app(service: TranscriptionService, api_key: str | None = None, warm_u
     ):
         """Transcribe an uploaded file (OpenAI's fields; ``max_layer``, ``threshold`` and ``all_exits``
         are this server's own)."""
+        received = getattr(request.state, "received", None)
+        lag = 0.0 if received is None else max(0.0, time.monotonic() - received)  # waiting for the event loop
         service.refuse_if_unavailable()
         if response_format not in RESPONSE_FORMATS:
             raise InputError(
@@ -333,7 +340,9 @@ def create_app(service: TranscriptionService, api_key: str | None = None, warm_u
         name = file.filename or "the upload"
         pieces, duration = await run_in_threadpool(service.prepare, data, name)
         try:
-            result = await service.transcribe(pieces, options, duration, lambda: _disconnect(request))
+            result = await service.transcribe(
+                pieces, options, duration, lambda: _disconnect(request), waited=lag, received=received
+            )
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
         service.metrics.latency.observe(result.latency_seconds)

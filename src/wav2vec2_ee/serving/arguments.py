@@ -73,13 +73,17 @@ class ServeArguments:
         default=2.0,
         metadata={
             "help": "p95 latency objective (seconds): the queue delay is kept well under it by stepping down the "
-            "operating points, and with --calibration a request that even the cheapest point would answer "
-            "later is refused at once (503, Retry-After)"
+            "operating points, and a request that even the cheapest point would answer later is refused at once "
+            "(503, Retry-After)"
         },
     )
     adaptive: bool = field(
         default=True,
-        metadata={"help": "move along the operating points with the load (with --calibration)"},
+        metadata={
+            "help": "move along the operating points with the load (with --calibration) and refuse (503) what "
+            "even the cheapest would answer after --latency-objective; --no-adaptive: serve the first point, "
+            "refuse only when the queue is full"
+        },
     )
     max_operating_points: int = field(
         default=8, metadata={"help": "at most this many points of the calibration's frontier"}
@@ -133,6 +137,13 @@ class ServeArguments:
         default=64,
         metadata={"help": "pieces of audio waiting at most; beyond, requests get 503 with Retry-After"},
     )
+    max_connections: int | None = field(
+        default=None,
+        metadata={
+            "help": "connections and requests in progress at most, beyond which uvicorn answers 503 at once "
+            "(default: 4 x --max-queue, at least 64)"
+        },
+    )
     max_upload_mb: float = field(default=25.0, metadata={"help": "the largest upload (MB; 413 beyond)"})
     max_audio_seconds: float = field(
         default=1200.0,
@@ -150,6 +161,10 @@ class ServeArguments:
     )
     vad: Literal["auto", "silero", "energy"] = field(
         default="auto", metadata={"help": "what finds the pauses (as `transcribe --vad`)"}
+    )
+    vad_threshold: float | None = field(
+        default=None,
+        metadata={"help": "speech probability that starts speech (default: the detector's, 0.5 / 0.35)"},
     )
     num_threads: int | None = field(
         default=None, metadata={"help": "torch CPU threads (default: torch's choice)"}
@@ -189,7 +204,9 @@ class ServeArguments:
     def split_options(self) -> SplitOptions | None:
         if self.max_segment_seconds == 0:
             return None
-        return SplitOptions(max_seconds=self.max_segment_seconds, vad=self.vad)
+        return SplitOptions(
+            max_seconds=float(self.max_segment_seconds), vad=self.vad, threshold=self.vad_threshold
+        )
 
     def resolved_api_key(self) -> str | None:
         key = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV)

@@ -99,9 +99,7 @@ def build_service(args: ServeArguments, device: DeviceArguments, folder: str):
         request_timeout=args.request_timeout,
         feedback_fraction=args.feedback_fraction if len(frontier.points) > 1 else 0.0,
     )
-    controller = ControllerSettings(
-        objective=args.latency_objective, adaptive=args.adaptive and len(frontier.points) > 1
-    )
+    controller = ControllerSettings(objective=args.latency_objective, adaptive=args.adaptive)
     batching = BatchSettings(
         args.batch_size, args.max_batch_seconds, args.max_queue_delay_ms / 1000.0, args.max_queue
     )
@@ -150,7 +148,7 @@ def run(service, frontier, args: ServeArguments, api_key: str | None, sock: sock
         log_level=args.log_level,
         timeout_graceful_shutdown=int(max(1, args.drain_seconds)),
         timeout_keep_alive=5,
-        limit_concurrency=max(64, 4 * args.max_queue),
+        limit_concurrency=args.max_connections or max(64, 4 * args.max_queue),
         access_log=args.log_level == "debug",
     )
     host = f"[{args.host}]" if ":" in args.host else args.host

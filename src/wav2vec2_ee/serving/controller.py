@@ -11,8 +11,9 @@ The server serves one point of a frontier at a time: :class:`ServePoint` s sorte
   down the frontier, a draining one back up. Never beyond :attr:`LoadController.floor`, the cheapest
   point allowed (the last one on the frontier, until the accuracy check tightens it).
 * it sheds load (:meth:`LoadController.shed`): when even the cheapest allowed point would answer a new
-  request later than the latency objective (the queued audio x that point's layers x the measured
-  seconds per audio-second-layer), the request is refused at once (HTTP 503 with ``Retry-After``)
+  request later than the latency objective (what it has waited for the server so far, plus the queued
+  audio x that point's layers x the measured seconds per audio-second-layer), the request is refused
+  at once (HTTP 503 with ``Retry-After``)
   instead of being answered too late; a fixed-depth server (``adaptive=False``) only refuses when its
   bounded queue is full.
 
@@ -225,16 +226,17 @@ class LoadController:
         index = self.floor if index is None else index
         return audio_seconds * self.layers_of(index) * rate
 
-    def shed(self, queued_audio: float, audio: float) -> float | None:
+    def shed(self, queued_audio: float, audio: float, waited: float = 0.0) -> float | None:
         """Whether to refuse a request of ``audio`` seconds with ``queued_audio`` seconds waiting before
-        it: ``None`` to admit it, else the seconds a client should wait before retrying. An adaptive
-        server refuses what even the cheapest allowed point would answer after the objective."""
+        it, which has already waited ``waited`` seconds: ``None`` to admit it, else the seconds a client
+        should wait before retrying. An adaptive server refuses what even the cheapest allowed point
+        would answer after the objective."""
         if not self.settings.adaptive:
             return None
         predicted = self.predicted_seconds(queued_audio + audio)
-        if predicted is None or predicted <= self.settings.objective:
+        if predicted is None or waited + predicted <= self.settings.objective:
             return None
-        return self.retry_after(queued_audio)
+        return max(self.retry_after(queued_audio), waited)
 
     def retry_after(self, queued_audio: float) -> float:
         """Seconds until the queue has drained at the current point (at least 1)."""

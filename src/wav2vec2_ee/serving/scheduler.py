@@ -233,14 +233,16 @@ class Scheduler:
     def _oldest_wait(self, now: float) -> float:
         return max(0.0, now - self._queue[0].enqueued) if self._queue else 0.0
 
-    def submit(self, job: Job) -> None:
-        """Queue every piece of ``job``, or refuse it whole (:class:`Overloaded`)."""
+    def submit(self, job: Job, waited: float = 0.0) -> None:
+        """Queue every piece of ``job``, or refuse it whole (:class:`Overloaded`). ``waited``: seconds the
+        request waited for the server before it came here (a busy event loop is a queue too: it counts
+        as queue delay for the controller and in the predicted latency)."""
         with self._cond:
             if self._stopping:
                 raise Overloaded("the server is shutting down", 5.0, "draining")
             now = self.clock()
             self._drop_cancelled()
-            self.controller.observe(self._oldest_wait(now), now)
+            self.controller.observe(max(self._oldest_wait(now), waited), now)
             # a request longer than the whole queue is still taken when nothing waits
             if self._queue and len(self._queue) + len(job.items) > self.settings.max_queue:
                 raise Overloaded(
@@ -251,11 +253,12 @@ class Scheduler:
             # its longest piece: the pieces of a long recording run in parallel rows, and a long recording
             # is not held to an objective meant for utterances
             longest = max((item.seconds for item in job.items), default=0.0)
-            retry = self.controller.shed(self._queued_audio, longest)
+            retry = self.controller.shed(self._queued_audio, longest, waited)
             if retry is not None:
                 raise Overloaded(
                     f"even the cheapest operating point would answer after the latency objective "
-                    f"({self.controller.settings.objective:g} s) with {self._queued_audio:.1f} s of audio waiting",
+                    f"({self.controller.settings.objective:g} s): {self._queued_audio:.1f} s of audio waiting, "
+                    f"{waited:.2f} s waited for the server",
                     retry,
                     "objective",
                 )

@@ -96,6 +96,8 @@ class TranscriptionService:
         self.ready = threading.Event()
         self.draining = False
         self.warm_up_seconds: float | None = None
+        #: why the service cannot serve (``None``: it can)
+        self.failed: str | None = None
         self.started_at = time.time()
         self._recent: deque[tuple[float, float, float, float]] = deque(
             maxlen=2000
@@ -106,10 +108,16 @@ class TranscriptionService:
     # life
 
     def start(self, warm_up: bool = True) -> None:
-        """Warm the model up (the first batches of a process are slow) and start the worker; then ready."""
-        if warm_up:
-            self.warm_up_seconds = self.engine.warm_up()
-            logger.info("warmed up in %.1f s", self.warm_up_seconds)
+        """Warm the model up (the first batches of a process are slow) and start the worker; then ready.
+        A model that fails here leaves the service failed (``/health`` answers 503: restart it)."""
+        try:
+            if warm_up:
+                self.warm_up_seconds = self.engine.warm_up()
+                logger.info("warmed up in %.1f s", self.warm_up_seconds)
+        except Exception as err:
+            logger.exception("the model failed while warming up")
+            self.failed = f"the model failed while warming up: {type(err).__name__}: {err}"
+            return
         self.scheduler.start()
         self.ready.set()
         self.metrics.ready.set(1)
@@ -190,6 +198,8 @@ class TranscriptionService:
             raise Overloaded(
                 "the server is shutting down: send the request to another replica", 5.0, "draining"
             )
+        if self.failed is not None:
+            raise Overloaded(self.failed, 60.0, "failed")
         if not self.ready.is_set():
             raise Overloaded("the model is warming up", 5.0, "warming_up")
 
@@ -199,11 +209,16 @@ class TranscriptionService:
         options: RequestOptions,
         duration: float,
         disconnected: Callable[[], Awaitable[Any]] | None = None,
+        waited: float = 0.0,
+        received: float | None = None,
     ) -> Result:
         """Queue the pieces, wait for their answers, make the :class:`~.responses.Result`. Raises
         :class:`~.scheduler.Overloaded` (503) when refused, :class:`ClientGone` when ``disconnected()``
-        completes first (the job is cancelled: its queued pieces are dropped)."""
-        started = time.monotonic()
+        completes first (the job is cancelled: its queued pieces are dropped). ``waited``: seconds the
+        request already waited for the server (its event loop, its threads) before it was decoded, part
+        of the latency the controller keeps under the objective; ``received``: when its upload was in
+        (``time.monotonic()``), where its latency starts."""
+        started = time.monotonic() if received is None else received
         self.refuse_if_unavailable()
         sampled = not options.trace and not options.words and self.monitor.sample()
         run_options = RequestOptions(
@@ -219,7 +234,7 @@ class TranscriptionService:
 
         job = Job(pieces, run_options, done)
         try:
-            self.scheduler.submit(job)
+            self.scheduler.submit(job, waited)
         except Overloaded as err:
             self.metrics.shed.labels(err.kind).inc()
             raise
@@ -344,6 +359,7 @@ class TranscriptionService:
             "model": self.settings.model_id,
             "ready": self.ready.is_set(),
             "draining": self.draining,
+            "failed": self.failed,
             "exit_layers": self.exit_layers,
             "num_layers": int(self.engine.num_layers),
             "queue": {
