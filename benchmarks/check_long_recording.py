@@ -5,10 +5,14 @@ of several lengths drawn in turn from ``--pauses``; the speech onset and offset 
 known): clean at 44.1 kHz stereo (the reader resamples and downmixes it), and with pink background
 noise at ``--noise-snr`` dB (16 kHz mono; the noise runs through the pauses too). Then:
 
-- ``one by one``: every utterance file transcribed alone (the reference point);
+- ``one by one``: every utterance transcribed alone (the reference point): the corpus's files for the
+  clean recording, each utterance cut out of the noisy recording (with its file's own silence around it)
+  for a noisy one, so that both ways hear the same noise at the same level;
 - ``split (pad p)``: the long recording through ``Transcriber`` (what ``transcribe`` runs) split at its
   pauses, for every ``--pads`` value (the audio kept around each stretch of speech);
 - ``windows 30 s``: fixed 30 s windows with strides (``--chunk-seconds 30``), for contrast;
+- ``true cuts (pad p)``: the recording cut at the true speech bounds (an oracle splitter) with the
+  default pad and none: what of the gap is the splitter's and what the model's;
 - ``lite``: ``python -m wav2vec2_ee.lite EXPORT`` on the same files (with ``--export``), and its peak
   resident memory on a ``--hour-minutes`` long file made by repeating the noisy recording.
 
@@ -55,6 +59,7 @@ class Recording:
     path: Path
     speech: list[tuple[float, float]]
     reference: str
+    singles: list[str]  # the same utterances one by one (the reference point)
 
 
 def speech_bounds(audio: np.ndarray, floor_db: float = -45.0) -> tuple[int, int]:
@@ -124,18 +129,42 @@ def edge_errors(segments: list[dict], speech: list[tuple[float, float]]) -> dict
     }
 
 
-def build_recordings(args, out: Path) -> tuple[list[Recording], list[str], list[str]]:
-    """The long recordings (files in ``out``), and the utterances' files and references."""
+def cut_utterances(
+    audio: np.ndarray,
+    speech: list[tuple[float, float]],
+    margins: list[tuple[int, int]],
+    folder: Path,
+) -> list[str]:
+    """Each utterance cut out of a long recording with the silence its own file had before and after
+    its speech (``margins``, samples; at most up to the middle of a pause): the same audio, noise and
+    level as in the recording, one file per utterance."""
+    folder.mkdir(exist_ok=True)
+    bounds = [(round(a * SAMPLING_RATE), round(b * SAMPLING_RATE)) for a, b in speech]
+    paths = []
+    for i, ((a, b), (before, after)) in enumerate(zip(bounds, margins)):
+        lo = (bounds[i - 1][1] + a) // 2 if i else 0
+        hi = (b + bounds[i + 1][0]) // 2 if i + 1 < len(bounds) else len(audio)
+        path = folder / f"{i:04d}.wav"
+        sf.write(path, audio[max(lo, a - before) : min(hi, b + after)], SAMPLING_RATE, subtype="PCM_16")
+        paths.append(str(path))
+    return paths
+
+
+def build_recordings(args, out: Path) -> tuple[list[Recording], list[str]]:
+    """The long recordings (files in ``out``) and the utterances' references. Clean: the one-by-one
+    files are the corpus's own; noisy: cut from the noisy recording (:func:`cut_utterances`), so both
+    ways hear the same noise at the same level."""
     utterances = sorted(load_split(args.data, args.split), key=lambda u: u.id)[: args.utterances]
     if not utterances:
         sys.exit(f"{args.data}: no utterances in split {args.split!r}")
     files = [str(u.audio) for u in utterances]
     references = [normalize_transcript(u.text) for u in utterances]
-    trimmed = []
+    trimmed, margins = [], []
     for f in files:
         audio = load_audio(f)
         lo, hi = speech_bounds(audio)
         trimmed.append(audio[lo:hi])
+        margins.append((lo, len(audio) - hi))
     rng = np.random.default_rng(args.seed)
     pauses = [float(p) for p in rng.permutation(np.repeat(args.pauses, len(files) // len(args.pauses) + 1))]
     audio, speech = join_utterances(trimmed, pauses)
@@ -144,28 +173,14 @@ def build_recordings(args, out: Path) -> tuple[list[Recording], list[str], list[
     clean = out / "long_clean_44k_stereo.wav"
     resampled = soxr.resample(audio, SAMPLING_RATE, 44_100).astype(np.float32)
     sf.write(clean, np.stack([resampled, 0.8 * resampled], axis=1), 44_100, subtype="PCM_16")
-    recordings.append(Recording("clean (44.1 kHz stereo)", clean, speech, reference))
+    recordings.append(Recording("clean (44.1 kHz stereo)", clean, speech, reference, files))
     for snr in args.noise_snr:
         path = out / f"long_pink_{snr:g}dB.wav"
-        sf.write(path, add_noise(audio, speech, snr, args.seed + 1), SAMPLING_RATE, subtype="PCM_16")
-        recordings.append(Recording(f"pink noise {snr:g} dB", path, speech, reference))
-    return recordings, files, references
-
-
-def noisy_utterances(files: list[str], snr: float, seed: int, out: Path) -> list[str]:
-    """The one-by-one reference point of a noisy recording: each utterance with the same noise."""
-    folder = out / f"utterances_pink_{snr:g}dB"
-    folder.mkdir(exist_ok=True)
-    paths = []
-    for i, f in enumerate(files):
-        audio = load_audio(f)
-        lo, hi = speech_bounds(audio)
-        path = folder / f"{i:04d}.wav"
-        sf.write(
-            path, add_noise(audio, [(lo / SAMPLING_RATE, hi / SAMPLING_RATE)], snr, seed + i), SAMPLING_RATE
-        )
-        paths.append(str(path))
-    return paths
+        noisy = add_noise(audio, speech, snr, args.seed + 1)
+        sf.write(path, noisy, SAMPLING_RATE, subtype="PCM_16")
+        singles = cut_utterances(noisy, speech, margins, out / f"utterances_pink_{snr:g}dB")
+        recordings.append(Recording(f"pink noise {snr:g} dB", path, speech, reference, singles))
+    return recordings, references
 
 
 def run_lite(export: str, files: list[str], out: Path, name: str) -> tuple[list[dict], float]:
@@ -236,18 +251,15 @@ def main() -> None:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"CPU: {cpu_description()}")
-    recordings, files, references = build_recordings(args, out)
+    recordings, references = build_recordings(args, out)
     seconds = sf.info(recordings[0].path).duration
-    print(f"{len(files)} utterances joined into {seconds / 60:.1f} min (pauses {args.pauses} s)")
+    print(f"{len(references)} utterances joined into {seconds / 60:.1f} min (pauses {args.pauses} s)")
 
     rows: list[dict] = []
     alone = Transcriber.from_pretrained(args.checkpoint, split=None)
-    singles = {"clean (44.1 kHz stereo)": files}
-    for snr in args.noise_snr:
-        singles[f"pink noise {snr:g} dB"] = noisy_utterances(files, snr, args.seed + 1, out)
     for rec in recordings:
         start = time.perf_counter()
-        hyps = [t.text for t in alone.transcribe(singles[rec.name])]
+        hyps = [t.text for t in alone.transcribe(rec.singles)]
         base = {"recording": rec.name, "how": "one by one", "seconds": time.perf_counter() - start}
         rows.append(base | wer_of(references, hyps))
         reference_wer = rows[-1]["wer"]
@@ -263,6 +275,24 @@ def main() -> None:
             if result.segments and kwargs.get("split"):
                 row |= edge_errors([s.to_dict() for s in result.segments], rec.speech)
             rows.append(row)
+        # the splitter's part of the gap: the same recording cut at the true speech bounds (an oracle
+        # splitter) with the default pad and none
+        whole = load_audio(rec.path)
+        for pad in sorted({0.0, SplitOptions().pad}):
+            cuts = [
+                whole[max(0, round((a - pad) * SAMPLING_RATE)) : round((b + pad) * SAMPLING_RATE)]
+                for a, b in rec.speech
+            ]
+            start = time.perf_counter()
+            hyps = [t.text for t in alone.transcribe(cuts)]
+            row = {
+                "recording": rec.name,
+                "how": f"true cuts (pad {pad:g})",
+                "seconds": time.perf_counter() - start,
+            }
+            row |= wer_of(references, hyps)
+            row["vs_one_by_one"] = row["wer"] / reference_wer if reference_wer else float("nan")
+            rows.append(row)
         if args.export:
             lite_rows, wall = run_lite(args.export, [str(rec.path)], out, rec.path.stem)
             row = {"recording": rec.name, "how": "lite (split)", "seconds": wall}
@@ -271,7 +301,7 @@ def main() -> None:
             if lite_rows[0].get("segments"):
                 row |= edge_errors(lite_rows[0]["segments"], rec.speech)
             rows.append(row)
-            singles_rows, wall = run_lite(args.export, singles[rec.name], out, rec.path.stem + "_singles")
+            singles_rows, wall = run_lite(args.export, rec.singles, out, rec.path.stem + "_singles")
             rows.append(
                 {"recording": rec.name, "how": "lite one by one", "seconds": wall}
                 | wer_of(references, [r["text"] for r in singles_rows])
@@ -280,7 +310,10 @@ def main() -> None:
     if args.export and args.hour_minutes > 0:
         memory = lite_hour_peak(args.export, recordings[-1].path, args.hour_minutes, out)
 
-    lines = [f"CPU: {cpu_description()}", f"{len(files)} utterances, {seconds / 60:.1f} min per recording"]
+    lines = [
+        f"CPU: {cpu_description()}",
+        f"{len(references)} utterances, {seconds / 60:.1f} min per recording",
+    ]
     lines.append(
         f"{'recording':24s} {'how':18s} {'WER':>7s} {'CER':>7s} {'x 1-by-1':>8s} {'edges ok':>8s} "
         f"{'p95 off':>7s} {'segs':>5s} {'s':>6s}"

@@ -103,6 +103,23 @@ def test_clipping_hard_and_soft():
         clip(x, "fuzz", 3.0)
 
 
+def test_the_room_and_babble_run_through_the_talkers_silences():
+    """The talker pauses, the room does not: noise and babble are added after the silence, so a lead-in
+    of a noisy recording is noise (a model trained otherwise hears it as words)."""
+    x = _speechlike(0.5)
+    conditions = RecordingConditions(silence_prob=1.0, noise_floor_db=(120.0, 120.0), max_pauses=0)
+    plan = conditions.plan(0, 0)
+    lead = plan.silence[0]
+    out = conditions(x, 0, 0, room=lambda audio: audio + np.float32(0.25), plan=plan)
+    assert out.size == conditions.planned_length(x.size, 0, 0) and lead > 0
+    np.testing.assert_allclose(out[:lead], 0.25, atol=1e-4)  # the room's "noise" covers the lead silence
+    other = np.full(8000, 1.0, np.float32)
+    babbled = RecordingConditions(silence_prob=1.0, babble_prob=1.0, noise_floor_db=(120.0, 120.0))
+    plan = babbled.plan(0, 0)
+    out = babbled(x, 0, 0, other=lambda rng: other, plan=plan)
+    assert np.abs(out[: plan.silence[0]]).max() > 1e-3  # babble underneath the silence too
+
+
 def test_silence_before_after_and_inside_at_the_quiet_moments():
     rng = np.random.default_rng(0)
     # speech, a 0.2 s gap of silence in the middle, speech

@@ -5,10 +5,12 @@ are: spoken faster or slower (tempo, pitch kept), with other speech underneath (
 before, after and inside it over a low noise floor, at another gain with a DC offset, clipped or
 saturated, through a telephone channel (8 kHz, 300-3400 Hz band, G.711 mu-law companding) or a lossy
 codec (Ogg Vorbis or MP3, through ``soundfile``). Each condition is drawn independently with its own
-probability (all 0 by default: off). The chain follows a recording: the talker (tempo), the room
-(babble; then the room's reverberation and noise, :class:`~.augment.NoiseAndReverb`, when given as
-``room``), pauses and the microphone's noise floor, the input stage (gain, DC, clipping) and the
-channel (telephone or codec).
+probability (all 0 by default: off). The chain follows a recording: the talker (tempo, then pauses
+and silence before and after, over the microphone's noise floor), the room (babble; then the room's
+reverberation and noise, :class:`~.augment.NoiseAndReverb`, when given as ``room``), the input stage
+(gain, DC, clipping) and the channel (telephone or codec). The talker pauses, the room does not: babble
+and noise run through the silences too (a model trained on noise over speech only hears a noisy lead-in
+as words; :file:`benchmarks/check_long_recording.py`).
 
 Every random choice is a pure function of ``(seed, epoch, index)``, as for the other augmentations, and
 the choices that change the length (tempo, silence) are drawn before any audio is touched, so
@@ -208,7 +210,7 @@ class RecordingConditions:
 
         Args:
             other: draws another utterance's ``(samples,)`` audio for babble (babble is skipped without it).
-            room: the room's reverberation and noise, applied after babble (e.g. a bound
+            room: the room's reverberation and noise, applied after silence and babble (e.g. a bound
                 :class:`~.augment.NoiseAndReverb`).
             plan: the draws to apply (default :meth:`plan` of ``(epoch, index)``).
         """
@@ -217,13 +219,13 @@ class RecordingConditions:
         out = audio
         if plan.tempo is not None:
             out = change_tempo(out, plan.tempo)
+        if plan.silence is not None:
+            lead, trail, pauses, floor_db = plan.silence
+            out = add_silence(out, lead, trail, pauses, floor_db, rng)
         if plan.babble is not None and other is not None:
             out = add_babble(out, [other(rng) for _ in range(plan.babble[0])], plan.babble[1], rng)
         if room is not None:
             out = room(out)
-        if plan.silence is not None:
-            lead, trail, pauses, floor_db = plan.silence
-            out = add_silence(out, lead, trail, pauses, floor_db, rng)
         if plan.gain is not None or plan.clipping is not None:
             out = out / max(float(np.max(np.abs(out))), 1e-9)  # full scale = the clean peak
             if plan.gain is not None:

@@ -181,6 +181,14 @@ DEMO_TRAINING: dict = {
     "cache_audio": True,
     "train_sampling_strategy": "group_by_length",
     "speed_perturbation": [0.9, 1.0, 1.1],
+    # the recording conditions the base was trained with (its noise and reverberation, the stages'
+    # conditions): fine-tuned on clean, tightly cut utterances only, the exits forget them (a lead-in of
+    # 0.1 s of noise alone raised the last exit's WER from 29.5 % to 39.9 %: check_long_recording.py)
+    "noise_prob": BASE_TRAINING["noise_prob"],
+    "noise_snr_db": BASE_TRAINING["noise_snr_db"],
+    "reverb_prob": BASE_TRAINING["reverb_prob"],
+    "reverb_rt60": BASE_TRAINING["reverb_rt60"],
+    **{k: v for k, v in BASE_STAGE_TRAINING.items() if k.endswith("_prob")},
     # batches in few shapes: oneDNN reuses its CNN convolution kernels (1.25-1.5x faster steps on CPU)
     "pad_to_multiple_of": 1600,
     "per_device_train_batch_size": 8,
