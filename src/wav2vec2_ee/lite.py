@@ -63,7 +63,6 @@ from . import policy_core
 from .batching import DEFAULT_MAX_BATCH_SECONDS, check_batching, length_grouped_batches
 from .errors import UserError
 from .export.runtime import OnnxSegments, exported_policy_values, load_segments, run_onnx_exits
-from .io import atomic_write_text
 from .policy_core import (
     LOW_QUANTILE,
     ExitPolicy,
@@ -87,13 +86,9 @@ from .transcripts import (
     OUTPUT_FORMATS,
     ROW_FIELDS,
     SUBTITLE_FORMATS,
+    FormatWriter,
     InputOrder,
     TranscriptionLog,
-    jsonl_line,
-    subtitles,
-    text_line,
-    tsv_header,
-    tsv_line,
 )
 
 #: The files a feature extractor's settings may be in (transformers 5 nests them in the processor's).
@@ -1253,70 +1248,36 @@ def _resumed(log: TranscriptionLog, args: argparse.Namespace) -> set[str]:
 
 class _Printer:
     """What the command prints, each result as it comes (in input order): ``--format``'s form on stdout
-    (the functions of :mod:`wav2vec2_ee.transcripts`, as ``transcribe``; srt / vtt with several inputs: a
-    file per input in ``--output-dir``), errors on stderr; counts what was written for the end's status
+    (:class:`~wav2vec2_ee.transcripts.FormatWriter`, as ``transcribe``; srt / vtt with several inputs:
+    a file per input in ``--output-dir``), errors on stderr; counts what was written for the end's status
     and for Ctrl-C."""
 
     def __init__(self, fmt: str, output_dir: str | None, log: str | None):
         self.format = fmt
-        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.writer = FormatWriter(fmt, output_dir, show)
         self.log = log
         self.stream: LiteStream | None = None
         self.written = 0
         self.failed = 0
         self.total = 0
-        self._names: set[str] = set()
 
     def start(self, stream: LiteStream) -> None:
         self.stream = stream
-        if self.format == "tsv":
-            self._out(tsv_header())
+        self.writer.start()
 
     def result(self, result: LiteResult) -> None:
         self.total += 1
         if not result.ok:
             self.failed += 1
             say(f"error: {result.error}")
-        row = result.to_dict()
-        if self.format == "text":
-            if result.ok:
-                self._out(text_line(row))
-        elif self.format == "tsv":
-            self._out(tsv_line(row))
-        elif self.format == "jsonl":
-            self._out(jsonl_line(row))
-        elif result.ok:
-            document = subtitles(row, self.format)
-            if self.output_dir is None:
-                self._out(document.rstrip("\n"))
-            else:
-                atomic_write_text(self._subtitle_file(result.source), document)
+        self.writer.write(result.to_dict(), result.source, result.ok)
         self.written += 1
-
-    def _out(self, line: str) -> None:
-        show(line)
-
-    def _subtitle_file(self, source: str) -> Path:
-        """``--output-dir/NAME.srt`` for an input (``NAME-2.srt``, ... when a name repeats in this run)."""
-        stem = Path(source).stem or "audio"
-        name, k = stem, 1
-        while name in self._names:
-            k += 1
-            name = f"{stem}-{k}"
-        self._names.add(name)
-        self.output_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        return self.output_dir / f"{name}.{self.format}"  # type: ignore[operator]
 
     def interrupted(self) -> int:
         """Ctrl-C: one line saying what was written where (it stays); exit status 130."""
         sys.stdout.flush()
         total = f" of {self.stream.total}" if self.stream is not None else ""
-        if self.log is not None:
-            where = f"{self.log} (--resume continues)"
-        elif self.format in SUBTITLE_FORMATS and self.output_dir is not None:
-            where = str(self.output_dir)
-        else:
-            where = "stdout"
+        where = f"{self.log} (--resume continues)" if self.log is not None else self.writer.where()
         say(f"interrupted: {self.written}{total} files written to {where}")
         return 130
 

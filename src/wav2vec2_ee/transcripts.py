@@ -43,7 +43,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .errors import UserError
@@ -420,3 +420,53 @@ def subtitles(row: Mapping, fmt: str) -> str:
         raise ValueError(f"not a subtitle format: {fmt!r}")
     segments = row_segments(row)
     return format_srt(segments) if fmt == "srt" else format_vtt(segments)
+
+
+class FormatWriter:
+    """Each file's row in ``--format``'s form as it comes, for ``transcribe`` and ``lite`` alike: text,
+    tsv (its header first, :meth:`start`) and jsonl as lines given to ``out``; srt / vtt documents given
+    to ``out`` or, with ``output_dir``, written there as a file per input (``NAME.srt``; ``NAME-2.srt``,
+    ... when a name repeats in the run). ``out`` prints (this module does not)."""
+
+    def __init__(self, fmt: str, output_dir: str | os.PathLike | None, out: Callable[[str], None]):
+        self.format = fmt
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self._out = out
+        self._names: set[str] = set()
+
+    def start(self) -> None:
+        if self.format == "tsv":
+            self._out(tsv_header())
+
+    def write(self, row: Mapping, source: str, ok: bool) -> None:
+        """One file's row (``ok``: it was transcribed; text and subtitles show nothing for a failure)."""
+        if self.format == "text":
+            if ok:
+                self._out(text_line(row))
+        elif self.format == "tsv":
+            self._out(tsv_line(row))
+        elif self.format == "jsonl":
+            self._out(jsonl_line(row))
+        elif ok:
+            document = subtitles(row, self.format)
+            if self.output_dir is None:
+                self._out(document.rstrip("\n"))
+            else:
+                atomic_write_text(self._subtitle_file(source), document)
+
+    def where(self) -> str:
+        """Where the rows went: the subtitle folder, or stdout."""
+        if self.format in SUBTITLE_FORMATS and self.output_dir is not None:
+            return str(self.output_dir)
+        return "stdout"
+
+    def _subtitle_file(self, source: str) -> Path:
+        stem = Path(source).stem or "audio"
+        name, k = stem, 1
+        while name in self._names:
+            k += 1
+            name = f"{stem}-{k}"
+        self._names.add(name)
+        assert self.output_dir is not None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return self.output_dir / f"{name}.{self.format}"

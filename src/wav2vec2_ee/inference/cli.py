@@ -29,17 +29,12 @@ from transformers import HfArgumentParser
 
 from ..command_line import HelpFormatter, add_output_dir, deprecation, finish_parser, output_dir_of
 from ..errors import UserError
-from ..io import atomic_write_text
 from ..options import DeviceArguments
 from ..policy_core import POLICIES, check_max_layer, policy_from_flags, wants_saved_policy
 from ..transcripts import (
     SUBTITLE_FORMATS,
+    FormatWriter,
     TranscriptionLog,
-    jsonl_line,
-    subtitles,
-    text_line,
-    tsv_header,
-    tsv_line,
 )
 from .arguments import (
     CalibrateArguments,
@@ -273,24 +268,23 @@ def _transcribe_into(
 
 class _Printer:
     """What ``transcribe`` prints, each result as it comes (in input order): ``--format``'s form on
-    stdout (``--json``: one list at the end; srt / vtt with several inputs: a file per input in
-    ``--output-dir``), errors on stderr; counts what was written for the end's status and for Ctrl-C."""
+    stdout (:class:`~wav2vec2_ee.transcripts.FormatWriter`, as lite; ``--json``: one list at the end;
+    srt / vtt with several inputs: a file per input in ``--output-dir``), errors on stderr; counts what
+    was written for the end's status and for Ctrl-C."""
 
     def __init__(self, args: TranscribeArguments):
-        self.format = args.format
         self.as_json = args.json
-        self.output_dir = Path(args.output_dir) if args.output_dir is not None else None
+        self.writer = FormatWriter(args.format, args.output_dir, self._out)
         self.log: str | None = None  # --output, once it is being written
         self.logged = 0  # rows appended to it
         self.stream = None
         self.results: list = []
         self.written = 0
-        self._names: set[str] = set()
 
     def start(self, stream) -> None:
         self.stream = stream
-        if self.format == "tsv" and not self.as_json:
-            self._out(tsv_header())
+        if not self.as_json:
+            self.writer.start()
 
     def result(self, result) -> None:
         self.results.append(result)
@@ -298,42 +292,15 @@ class _Printer:
             print(f"wav2vec2-ee transcribe: error: {result.error}", file=sys.stderr, flush=True)
         if self.as_json:
             return
-        row = result.to_dict()
-        if self.format == "text":
-            if result.ok:
-                self._out(text_line(row))
-        elif self.format == "tsv":
-            self._out(tsv_line(row))
-        elif self.format == "jsonl":
-            self._out(jsonl_line(row))
-        elif result.ok:
-            document = subtitles(row, self.format)
-            if self.output_dir is None:
-                self._out(document.rstrip("\n"))
-            else:
-                atomic_write_text(self._subtitle_file(result.source), document)
+        self.writer.write(result.to_dict(), result.source, result.ok)
         self.written += 1
 
-    def _out(self, line: str) -> None:
+    @staticmethod
+    def _out(line: str) -> None:
         print(line, flush=True)
 
-    def _subtitle_file(self, source: str) -> Path:
-        """``--output-dir/NAME.srt`` for an input (``NAME-2.srt``, ... when a name repeats in this run)."""
-        stem = Path(source).stem or "audio"
-        name, k = stem, 1
-        while name in self._names:
-            k += 1
-            name = f"{stem}-{k}"
-        self._names.add(name)
-        self.output_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
-        return self.output_dir / f"{name}.{self.format}"  # type: ignore[operator]
-
     def _where(self) -> str:
-        if self.log is not None:
-            return self.log
-        if self.format in SUBTITLE_FORMATS and self.output_dir is not None:
-            return str(self.output_dir)
-        return "stdout"
+        return self.log if self.log is not None else self.writer.where()
 
     def _print_json(self) -> None:
         print(json.dumps([r.to_dict() for r in self.results], indent=2, ensure_ascii=False), flush=True)
