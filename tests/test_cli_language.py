@@ -14,13 +14,13 @@ from wav2vec2_ee.command_line import DEPRECATED_FLAGS, output_dir_of, rewrite_de
 
 #: flag -> (dest, type, nargs, commands that have it, a phrase of its help)
 SHARED = {
-    "--num-threads": ("num_threads", int, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo"}, "torch CPU threads"),
     "--splits": ("splits", str, "+", {"evaluate", "sweep", "calibrate"}, "split"),
-    "--output-dir": ("output_dir", str, None, set(COMMANDS) - {"transcribe"}, ""),
-    "--progress": ("progress", None, "?", set(COMMANDS) - {"transcribe"}, "show"),
+    "--output-dir": ("output_dir", str, None, set(COMMANDS) - {"transcribe", "serve"}, ""),
+    "--progress": ("progress", None, "?", set(COMMANDS) - {"transcribe", "serve"}, "show"),
+    "--num-threads": ("num_threads", int, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo", "serve"}, "torch CPU threads"),
+    "--device": ("device", str, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo", "serve"}, "where the model runs"),
+    "--dtype": ("dtype", str, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo", "serve"}, "precision"),
     "--time-budget-minutes": ("time_budget_minutes", float, None, {"train", "demo"}, "minutes"),
-    "--device": ("device", str, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo"}, "where the model runs"),
-    "--dtype": ("dtype", str, None, {"transcribe", "sweep", "calibrate", "evaluate", "demo"}, "precision"),
     "--batch-size": ("batch_size", int, None, {"transcribe", "sweep", "calibrate", "evaluate"}, "utterances per"),
     "--num-workers": ("num_workers", int, None, {"evaluate", "make-corpus"}, "worker processes"),
 }  # fmt: skip

@@ -154,9 +154,14 @@ def _field_of(error: dict) -> str | None:
     return loc[0] if loc else None
 
 
-def create_app(service: TranscriptionService, api_key: str | None = None, warm_up: bool = True) -> FastAPI:
+def create_app(
+    service: TranscriptionService,
+    api_key: str | None = None,
+    warm_up: bool = True,
+    drain_seconds: float = 30.0,
+) -> FastAPI:
     """The app serving ``service``; the model is warmed up in a thread at startup (``/ready`` answers 503
-    until it is) and the queue is answered before shutdown."""
+    until it is) and what is queued is answered before shutdown (at most ``drain_seconds``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -166,7 +171,7 @@ def create_app(service: TranscriptionService, api_key: str | None = None, warm_u
         finally:
             service.drain()
             await starting
-            await run_in_threadpool(service.stop, 30.0)
+            await run_in_threadpool(service.stop, drain_seconds)
 
     app = FastAPI(
         title="wav2vec2-ee transcription server",

@@ -142,7 +142,7 @@ def run(service, frontier, args: ServeArguments, api_key: str | None, sock: sock
             service.drain()
             super().handle_exit(sig, frame)
 
-    app = create_app(service, api_key, warm_up=args.warm_up)
+    app = create_app(service, api_key, warm_up=args.warm_up, drain_seconds=args.drain_seconds)
     config = uvicorn.Config(
         app,
         log_level=args.log_level,

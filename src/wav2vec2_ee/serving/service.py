@@ -89,6 +89,7 @@ class TranscriptionService:
         self.controller = LoadController(self.points, controller, clock, int(engine.num_layers))
         self.monitor = AccuracyMonitor(self.controller, self.settings.feedback_fraction)
         self.metrics = ServerMetrics(self.exit_layers, self.points)
+        self.metrics.set_point(self.controller.index, self.controller.floor)
         self.scheduler = Scheduler(engine.run, self.controller, batching, self._on_batch, clock)
         split = self.settings.split
         self.detectors = DetectorPool(split.vad) if split is not None else None
@@ -220,7 +221,9 @@ class TranscriptionService:
         (``time.monotonic()``), where its latency starts."""
         started = time.monotonic() if received is None else received
         self.refuse_if_unavailable()
-        sampled = not options.trace and not options.words and self.monitor.sample()
+        # the accuracy check samples requests served at an operating point as it is (no overrides)
+        own = options.trace or options.words or options.threshold is not None or options.max_layer is not None
+        sampled = not own and self.monitor.sample()
         run_options = RequestOptions(
             options.max_layer, options.threshold, options.trace or sampled, options.words
         )
