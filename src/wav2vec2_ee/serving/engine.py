@@ -116,7 +116,6 @@ class BatchPolicy(ExitPolicy):
         self.trace_to = len(self.exit_layers) - 1 if trace_to is None else int(trace_to)
         self.served: list[_Served | None] = [None] * len(self.rows)
         self.exits: list[dict[int, str]] = [{} for _ in self.rows]
-        self.times: dict[int, float] = {}
 
     def deepest_exit(self, exit_layers: Sequence[int]) -> int:
         return max(self.trace_to if row.trace else row.deepest for row in self.rows)
@@ -125,7 +124,6 @@ class BatchPolicy(ExitPolicy):
         view = history[-1]
         k = view.exit_index
         now = time.perf_counter()
-        self.times.setdefault(k, now)
         rows = view.rows.tolist()
         stop = np.zeros(len(rows), dtype=bool)
         groups: dict[int, list[int]] = {}

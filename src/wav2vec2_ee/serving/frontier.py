@@ -4,7 +4,8 @@
 accuracy budget ``max_wer_increase``, the final exit's dev WER, the policy's fitted model) and
 ``<dev split>_exit_table.jsonl`` (every exit's transcript, word errors and statistics for every dev
 utterance). From the table, every decision of the policy is simulated exactly as ``calibrate`` does
-(:func:`~wav2vec2_ee.inference.table.threshold_grid` with every distinct value,
+(:func:`~wav2vec2_ee.inference.table.threshold_grid` with every distinct value, or
+:data:`MAX_CANDIDATES` quantiles of a large split, and the calibrated value;
 :func:`~wav2vec2_ee.inference.table.evaluate_policy`); the points whose dev WER stays within
 ``final-exit WER x (1 + budget)`` and that are on the Pareto front of (mean layers, WER) make the
 frontier, from the most accurate to the cheapest (the calibrated point), thinned to a few
@@ -42,6 +43,9 @@ from ..policy_core import (
 from .controller import ServePoint
 
 logger = logging.getLogger(__name__)
+
+#: Thresholds simulated at most (every distinct decision below that; a quantile grid above).
+MAX_CANDIDATES = 400
 
 #: The fields of an exit table row's exit that are not statistics.
 _EXIT_FIELDS = ("layer", "hypothesis", "errors")
@@ -208,6 +212,10 @@ def load_frontier(
     reference = table.wer_of_exit(len(table.layers) - 1)
     limit = reference * (1.0 + budget) + 1e-12
     grid = threshold_grid(table, saved.policy, None, cap, saved.fitted)
+    if len(grid) > MAX_CANDIDATES:  # a large dev split: a quantile grid (the frontier is thinned anyway)
+        grid = threshold_grid(table, saved.policy, MAX_CANDIDATES, cap, saved.fitted)
+    if saved.value is not None and saved.value not in grid:
+        grid.append(saved.value)  # the calibrated point itself
     simulated = []
     for value in grid:
         policy = policy_with_value(saved.policy, value, cap, **saved.fitted)
