@@ -588,6 +588,33 @@ def test_rerun_skips_complete_splits_and_writes_are_atomic(assets, tmp_path, mon
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_new_weights_in_the_same_folder_are_evaluated_again(assets, tmp_path, monkeypatch):
+    """A rerun skips a complete split only for the same weights: a model trained again into the same
+    folder (a base's next stage) is evaluated, never given the old model's results."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    checkpoint = tmp_path / "ck"
+    shutil.copytree(assets["ee"], checkpoint)
+    common = dict(
+        checkpoint=str(checkpoint), output_dir=tmp_path / "eval", data=assets["data"], splits=["test-other"]
+    )
+    run_quiet(**common)
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a complete split was decoded again")
+
+    monkeypatch.setattr(evaluate_module, "decode_split", fail)
+    run_quiet(**common)  # same weights: skipped
+    weights = load_file(checkpoint / "model.safetensors")
+    name = next(iter(weights))
+    weights[name] = weights[name] + 0.5
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(AssertionError, match="decoded again"):
+        run_quiet(**common)  # other weights, same folder: evaluated again
+
+
 # --------------------------------------------------------------------------------------------------
 # WER correctness with logits we control
 

@@ -52,6 +52,7 @@ from ..device import default_batching
 from ..errors import UserError
 from ..io import locked_output_folder
 from ..options import DeviceArguments, resolve_options
+from ..policy_core.saved import weights_fingerprint
 from ..results import (
     SUMMARY_SUFFIX,
     UtteranceResult,
@@ -178,6 +179,10 @@ def _base_settings(
         "decoder": args.decoder,
         "text": "lower-cased, white space normalised",
     }
+    # the weights themselves: new weights saved into the same folder are evaluated again, not skipped
+    weights = weights_fingerprint(checkpoint)
+    if weights is not None:
+        settings["weights"] = weights
     if em.dtype is not None:  # float32 runs keep the settings (and resume markers) they always had
         settings["dtype"] = str(em.dtype).removeprefix("torch.")
     if args.decoder == "beam":
