@@ -295,6 +295,24 @@ def test_a_full_queue_answers_503_with_retry_after(assets):
         assert 'wav2vec2_ee_shed_requests_total{reason="queue_full"} 1.0' in metrics
 
 
+def test_a_request_the_objective_cannot_be_kept_for_is_refused_before_its_upload_is_read(assets):
+    service, app = build(assets["model"], latency_objective=1.0, warm_up=False)
+    with TestClient(app) as c:
+        wait_ready(c)
+        assert post(c, assets["files"]["a"]).status_code == 200
+        assert service.preparing_audio == 0  # what was admitted is accounted for once queued
+        read = []
+        real = service.prepare
+        service.prepare = lambda data, name: read.append(name) or real(data, name)
+        service.controller.record_batch(seconds=1e4, audio_layers=1.0)  # a model this slow misses 1 s
+        refused = post(c, assets["files"]["b"])
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "objective"
+        assert int(refused.headers["retry-after"]) >= 1 and read == []  # refused unread
+        assert service.preparing_audio == 0
+        assert 'wav2vec2_ee_shed_requests_total{reason="objective"} 1.0' in c.get("/metrics").text
+        assert c.get("/status").json()["loop_lag"] >= 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the other routes
 

@@ -117,6 +117,36 @@ class BodyLimits:
         return await self.app(scope, replay, send)
 
 
+class Admission:
+    """Admits a transcription request before its upload is read, or answers 503 with ``Retry-After`` at
+    once (:meth:`~.service.TranscriptionService.admit`): under overload a refusal costs no reading,
+    parsing or decoding."""
+
+    def __init__(self, app, service: TranscriptionService):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope.get("path") != TRANSCRIPTIONS:
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        try:
+            ticket = self.service.admit(
+                int(declared) if declared is not None and declared.isdigit() else None
+            )
+        except Overloaded as err:
+            return await _overloaded_response(err)(scope, receive, send)
+        scope.setdefault("state", {})["ticket"] = ticket
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.service.queued(ticket)
+
+
+def _overloaded_response(err: Overloaded) -> JSONResponse:
+    retry = str(max(1, math.ceil(err.retry_after)))
+    return error_response(503, err.reason, err.kind, headers={"Retry-After": retry})
+
+
 class RequestMetrics:
     """Counts every response by endpoint (the route, ``other`` for unknown paths) and status."""
 
@@ -166,9 +196,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         starting = asyncio.get_running_loop().run_in_executor(None, service.start, warm_up)
+        watching = asyncio.create_task(service.watch_loop())
         try:
             yield
         finally:
+            watching.cancel()
             service.drain()
             await starting
             await run_in_threadpool(service.stop, drain_seconds)
@@ -210,8 +242,7 @@ def create_app(
 
     @app.exception_handler(Overloaded)
     async def _overloaded(request: Request, exc: Overloaded):
-        retry = str(max(1, math.ceil(exc.retry_after)))
-        return error_response(503, exc.reason, exc.kind, headers={"Retry-After": retry})
+        return _overloaded_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
@@ -346,7 +377,13 @@ def create_app(
         pieces, duration = await run_in_threadpool(service.prepare, data, name)
         try:
             result = await service.transcribe(
-                pieces, options, duration, lambda: _disconnect(request), waited=lag, received=received
+                pieces,
+                options,
+                duration,
+                lambda: _disconnect(request),
+                waited=lag,
+                received=received,
+                ticket=getattr(request.state, "ticket", None),
             )
         except ClientGone:
             return Response(status_code=499)  # nobody reads it
@@ -357,6 +394,7 @@ def create_app(
     routes = {r.path for r in app.routes if hasattr(r, "path")}
     app.add_middleware(BodyLimits, max_bytes=service.settings.max_upload_bytes + 64 * 1024,
                        timeout=service.settings.request_timeout)  # fmt: skip
+    app.add_middleware(Admission, service=service)
     app.add_middleware(RequestMetrics, service=service, routes=routes)
     return app
 

@@ -5,7 +5,7 @@ The server serves one point of a frontier at a time: :class:`ServePoint` s sorte
 (:mod:`.frontier` builds them from a calibration). :class:`LoadController` moves along it:
 
 * it watches the **queue delay** (how long the oldest waiting piece of audio has waited, or waited
-  before its batch started): above ``step_down_at x objective`` it steps one point cheaper (at most one
+  before its batch started, or how far the HTTP side lags behind, whichever is longest): above ``step_down_at x objective`` it steps one point cheaper (at most one
   step per ``down_dwell`` seconds), below ``step_up_at x objective`` for ``up_dwell`` seconds it steps one
   point back towards accuracy. A light load is served at the most accurate point; a growing queue moves
   down the frontier, a draining one back up. Never beyond :attr:`LoadController.floor`, the cheapest

@@ -186,7 +186,8 @@ class BatchReport:
 
 class Scheduler:
     """The queue and its one worker thread (module docstring). ``on_batch(report)`` is called after each
-    batch (metrics); ``clock`` gives seconds."""
+    batch (metrics); ``clock`` gives seconds; ``outside_delay()`` how long requests wait before they
+    reach the queue (the HTTP side's lag), taken as queue delay too."""
 
     #: how often an idle worker tells the controller the queue is empty (seconds)
     IDLE_TICK = 0.25
@@ -198,8 +199,11 @@ class Scheduler:
         settings: BatchSettings | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        outside_delay: Callable[[], float] | None = None,
     ):
         self.run_batch = run_batch
+        #: how long work waits before it reaches this queue (the HTTP event loop's lag): queue delay too
+        self.outside_delay = outside_delay or (lambda: 0.0)
         self.controller = controller
         self.settings = settings or BatchSettings()
         self.on_batch = on_batch
@@ -242,7 +246,7 @@ class Scheduler:
                 raise Overloaded("the server is shutting down", 5.0, "draining")
             now = self.clock()
             self._drop_cancelled()
-            self.controller.observe(max(self._oldest_wait(now), waited), now)
+            self.controller.observe(max(self._oldest_wait(now), waited, self.outside_delay()), now)
             # a request longer than the whole queue is still taken when nothing waits
             if self._queue and len(self._queue) + len(job.items) > self.settings.max_queue:
                 raise Overloaded(
@@ -286,7 +290,7 @@ class Scheduler:
                         return None
                     self._cond.wait(self.IDLE_TICK)
                     if not self._queue:
-                        self.controller.observe(0.0, self.clock())
+                        self.controller.observe(self.outside_delay(), self.clock())
                     continue
                 wait = s.max_queue_delay - self._oldest_wait(self.clock())
                 if len(self._queue) >= s.batch_size or wait <= 0 or self._stopping:
@@ -346,7 +350,7 @@ class Scheduler:
         never the worker)."""
         now = self.clock()
         delays = [now - item.enqueued for item in batch]
-        index = self.controller.observe(max(delays), now)
+        index = self.controller.observe(max(max(delays), self.outside_delay()), now)
         for item in batch:
             item.started = now
         live = [item for item in batch if not item.job.cancelled]

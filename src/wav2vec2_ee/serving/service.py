@@ -12,6 +12,7 @@ The engine is passed in (:class:`~.engine.ServingEngine`, or a fake in tests): a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -33,6 +34,10 @@ from .metrics import ServerMetrics
 from .responses import Result
 from .scheduler import BatchReport, BatchSettings, Job, Overloaded, RequestOptions, Scheduler
 from .uploads import DetectorPool, InputError, decode_upload, split_upload
+
+#: Bytes per second of audio assumed for an upload not yet read (16-bit PCM at 16 kHz: WAV; compressed
+#: files hold more audio per byte, so they are underestimated, never refused for their size)
+BYTES_PER_SECOND = 2 * SAMPLING_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +95,14 @@ class TranscriptionService:
         self.monitor = AccuracyMonitor(self.controller, self.settings.feedback_fraction)
         self.metrics = ServerMetrics(self.exit_layers, self.points)
         self.metrics.set_point(self.controller.index, self.controller.floor)
-        self.scheduler = Scheduler(engine.run, self.controller, batching, self._on_batch, clock)
+        self.scheduler = Scheduler(
+            engine.run, self.controller, batching, self._on_batch, clock, outside_delay=lambda: self.loop_lag
+        )
+        #: the HTTP event loop's lag (seconds, smoothed): requests wait that long before they are read
+        self.loop_lag = 0.0
+        #: requests admitted whose audio is not in the queue yet, and their estimated seconds of audio
+        self._preparing: dict[int, float] = {}
+        self._tickets = itertools.count()
         split = self.settings.split
         self.detectors = DetectorPool(split.vad) if split is not None else None
         self.clock = clock
@@ -193,6 +205,61 @@ class TranscriptionService:
         pieces = split_upload(audio, name, self.settings.split, self.engine.min_seconds, self.detectors)
         return pieces, len(audio) / SAMPLING_RATE
 
+    # ------------------------------------------------------------------------------------------
+    # admission: before an upload is read
+
+    async def watch_loop(self, period: float = 0.05) -> None:
+        """Measure the event loop's lag for as long as it runs (a task of the app's lifespan): a loop
+        busy with HTTP work delays every request before the model queue sees it."""
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(period)
+            lag = max(0.0, time.perf_counter() - started - period)
+            self.loop_lag = 0.7 * self.loop_lag + 0.3 * lag
+
+    @property
+    def preparing_audio(self) -> float:
+        """Estimated seconds of audio admitted but not queued yet (being uploaded, decoded, split)."""
+        return sum(self._preparing.values())
+
+    def admit(self, declared_bytes: int | None) -> int:
+        """Admit a transcription request before its upload is read, or refuse it at once (503): not ready,
+        draining, the queue full, or (adaptive) even the cheapest point answering after the objective,
+        counting the loop's lag and what is admitted but not queued yet (a refusal then costs the server
+        nothing: the upload is not read). Returns a ticket for :meth:`queued`."""
+        self.refuse_if_unavailable()
+        depth = self.scheduler.depth
+        try:
+            if depth >= self.scheduler.settings.max_queue:
+                raise Overloaded(
+                    f"the queue is full ({depth} pieces of audio waiting, at most "
+                    f"{self.scheduler.settings.max_queue})",
+                    self.controller.retry_after(self.scheduler.queued_audio),
+                    "queue_full",
+                )
+            own = (declared_bytes or 0) / BYTES_PER_SECOND
+            waiting = self.scheduler.queued_audio + self.preparing_audio
+            retry = self.controller.shed(waiting, min(own, 30.0), self.loop_lag)
+            if retry is not None:
+                raise Overloaded(
+                    f"even the cheapest operating point would answer after the latency objective "
+                    f"({self.controller.settings.objective:g} s): {waiting:.1f} s of audio ahead, the server "
+                    f"{self.loop_lag:.2f} s behind",
+                    retry,
+                    "objective",
+                )
+        except Overloaded as err:
+            self.metrics.shed.labels(err.kind).inc()
+            raise
+        ticket = next(self._tickets)
+        self._preparing[ticket] = own
+        return ticket
+
+    def queued(self, ticket: int | None) -> None:
+        """The admitted request ``ticket`` is queued (or done): no longer counted as being prepared."""
+        if ticket is not None:
+            self._preparing.pop(ticket, None)
+
     def refuse_if_unavailable(self) -> None:
         if self.draining:
             self.metrics.shed.labels("draining").inc()
@@ -212,13 +279,14 @@ class TranscriptionService:
         disconnected: Callable[[], Awaitable[Any]] | None = None,
         waited: float = 0.0,
         received: float | None = None,
+        ticket: int | None = None,
     ) -> Result:
         """Queue the pieces, wait for their answers, make the :class:`~.responses.Result`. Raises
         :class:`~.scheduler.Overloaded` (503) when refused, :class:`ClientGone` when ``disconnected()``
         completes first (the job is cancelled: its queued pieces are dropped). ``waited``: seconds the
         request already waited for the server (its event loop, its threads) before it was decoded, part
         of the latency the controller keeps under the objective; ``received``: when its upload was in
-        (``time.monotonic()``), where its latency starts."""
+        (``time.monotonic()``), where its latency starts; ``ticket``: its :meth:`admit` ticket."""
         started = time.monotonic() if received is None else received
         self.refuse_if_unavailable()
         # the accuracy check samples requests served at an operating point as it is (no overrides)
@@ -228,6 +296,7 @@ class TranscriptionService:
             options.max_layer, options.threshold, options.trace or sampled, options.words
         )
         if not pieces:
+            self.queued(ticket)
             return Result("", duration, [], self.engine.num_layers)
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
@@ -242,6 +311,7 @@ class TranscriptionService:
             self.metrics.shed.labels(err.kind).inc()
             raise
         finally:
+            self.queued(ticket)
             self._queue_gauges()
         waiter = asyncio.ensure_future(disconnected()) if disconnected is not None else None
         try:
@@ -365,6 +435,8 @@ class TranscriptionService:
             "failed": self.failed,
             "exit_layers": self.exit_layers,
             "num_layers": int(self.engine.num_layers),
+            "loop_lag": round(self.loop_lag, 4),
+            "preparing_audio": round(self.preparing_audio, 3),
             "queue": {
                 "depth": self.scheduler.depth,
                 "audio_seconds": round(self.scheduler.queued_audio, 3),
