@@ -403,11 +403,11 @@ def plot(results: dict, loads: list[float], objective: float, path: Path) -> Non
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode, style in (("full", "o-"), ("adaptive", "s-")):
+    for mode, marker, color in (("full", "o", "tab:blue"), ("adaptive", "s", "tab:orange")):
         rows = [results[mode][str(load)] for load in loads]
-        left.plot(loads, [r["p95"] for r in rows], style, label=f"{mode} p95")
-        left.plot(loads, [r["p50"] for r in rows], style, alpha=0.4, label=f"{mode} p50")
-        right.plot(loads, [r["served_layers"] for r in rows], style, label=mode)
+        left.plot(loads, [r["p95"] for r in rows], marker + "-", color=color, label=f"{mode} p95")
+        left.plot(loads, [r["p50"] for r in rows], marker + ":", color=color, alpha=0.6, label=f"{mode} p50")
+        right.plot(loads, [r["served_layers"] for r in rows], marker + "-", color=color, label=mode)
     left.axhline(objective, color="grey", linestyle="--", label="objective")
     left.set(xlabel="load (x full-depth capacity)", ylabel="latency (s)", yscale="log", title="latency")
     right.set(xlabel="load (x full-depth capacity)", ylabel="mean layers served", title="depth")
