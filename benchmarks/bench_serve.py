@@ -33,7 +33,8 @@ increase within the budget at every load. Calibrated on dev, measured on test: a
 shares utterance ids with the calibration's exit table is refused.
 
     python benchmarks/bench_serve.py --model demo_out/ee --calibration demo_out/cal --data demo_out/corpus \\
-        --split test --output-dir bench_serve_out [--seconds-per-load 60] [--objective 1.0] [--malformed 500]
+        --split test --output-dir bench_serve_out [--seconds-per-load 60] [--objective 1.0] [--malformed 500] \
+        [--server-cpus 1]
     python benchmarks/bench_serve.py --smoke --output-dir /tmp/bench_serve   # a tiny random model, < 2 min
 """
 
@@ -134,12 +135,13 @@ def free_port() -> int:
 class Server:
     """``wav2vec2-ee serve`` in a subprocess on a free loopback port."""
 
-    def __init__(self, model: str, flags: list[str], log: Path):
+    def __init__(self, model: str, flags: list[str], log: Path, cpus: list[int] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log, "w")  # noqa: SIM115 (closed in stop)
         command = [sys.executable, "-m", "wav2vec2_ee", "serve", model, "--port", str(self.port), *flags]
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, preexec_fn=pin)
         deadline = time.monotonic() + 300
         while True:
             if self.proc.poll() is not None:
@@ -479,6 +481,11 @@ def main() -> None:
         "--smoke", action="store_true", help="a tiny random model and synthetic data, < 2 min"
     )
     parser.add_argument("--server-flags", default="", help="more `serve` flags for both servers, one string")
+    parser.add_argument(
+        "--server-cpus", type=int, nargs="+", default=None,
+        help="pin the servers to these CPUs and this load generator to the others (on a small machine the "
+        "generator's own work otherwise delays the server's: e.g. --server-cpus 1 on 2 cores)",
+    )  # fmt: skip
     args = parser.parse_args()
     refuse_counts_below_one(parser, args, "max_utterances", "batch_size")
     out = Path(args.output_dir)
@@ -503,7 +510,17 @@ def main() -> None:
         refuse(f"{len(shared)} utterances of --split {args.split} are in the calibration's dev exit table: "
                "the benchmark would report on its calibration data")  # fmt: skip
     refs = {u.id: u.text for u in utts}
-    print(f"CPU: {cpu_description()}")
+    if args.server_cpus:
+        others = sorted(set(os.sched_getaffinity(0)) - set(args.server_cpus))
+        if not others:
+            parser.error(f"--server-cpus {args.server_cpus} leaves no CPU for the load generator")
+        os.sched_setaffinity(0, others)
+        if not args.num_threads:
+            args.num_threads = len(args.server_cpus)
+    print(
+        f"CPU: {cpu_description()}"
+        + (f"; servers on CPUs {args.server_cpus}, load generator on the others" if args.server_cpus else "")
+    )
     print(f"{args.model}: {len(utts)} utterances of {args.data} {args.split}, "
           f"{sum(len(u.audio) for u in utts) / 2**20:.1f} MB; calibration {args.calibration} (budget +{100 * budget:g} %)")  # fmt: skip
     common = ["--batch-size", str(args.batch_size), "--max-queue", str(args.max_queue), "--log-level", "warning",
@@ -518,7 +535,7 @@ def main() -> None:
     answers: list[Answer] = []
     capacity = None
     for mode, flags in modes.items():
-        server = Server(args.model, flags, out / f"server_{mode}.log")
+        server = Server(args.model, flags, out / f"server_{mode}.log", args.server_cpus)
         try:
             if capacity is None:
                 capacity = asyncio.run(
