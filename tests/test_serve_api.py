@@ -313,6 +313,37 @@ def test_a_request_the_objective_cannot_be_kept_for_is_refused_before_its_upload
         assert c.get("/status").json()["loop_lag"] >= 0
 
 
+def test_a_drain_answers_a_request_admitted_while_its_upload_was_read_and_refuses_new_ones(assets):
+    """SIGTERM between a request's admission and its queueing (its upload still being read) must not
+    turn it into a 503: it is in flight. A request that comes after the drain began is refused."""
+    service, app = build(assets["model"], warm_up=False, vad="energy", adaptive=False)
+    gate, entered = threading.Event(), threading.Event()
+    real = service.prepare
+
+    def held(data, name):  # the upload is read, the drain begins before the audio is queued
+        entered.set()
+        gate.wait(30)
+        return real(data, name)
+
+    service.prepare = held
+    with TestClient(app) as c, released(gate):
+        wait_ready(c)
+        codes = []
+        first = threading.Thread(target=lambda: codes.append(post(c, assets["files"]["a"]).status_code))
+        first.start()
+        assert entered.wait(30)
+        status = c.get("/status").json()
+        assert status["requests_in_flight"] == 1
+        assert "wav2vec2_ee_requests_in_flight 1.0" in c.get("/metrics").text
+        service.drain()
+        refused = post(c, assets["files"]["d"])
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+        gate.set()
+        first.join(30)
+        assert codes == [200]
+        assert c.get("/status").json()["requests_in_flight"] == 0
+
+
 # --------------------------------------------------------------------------------------------------
 # the other routes
 

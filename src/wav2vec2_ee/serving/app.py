@@ -139,7 +139,7 @@ class Admission:
         try:
             return await self.app(scope, receive, send)
         finally:
-            self.service.queued(ticket)
+            self.service.finished(ticket)
 
 
 def _overloaded_response(err: Overloaded) -> JSONResponse:
@@ -347,7 +347,8 @@ def create_app(
         are this server's own)."""
         received = getattr(request.state, "received", None)
         lag = 0.0 if received is None else max(0.0, time.monotonic() - received)  # waiting for the event loop
-        service.refuse_if_unavailable()
+        ticket = getattr(request.state, "ticket", None)
+        service.refuse_if_unavailable(admitted=ticket is not None)
         if response_format not in RESPONSE_FORMATS:
             raise InputError(
                 400,
@@ -383,7 +384,7 @@ def create_app(
                 lambda: _disconnect(request),
                 waited=lag,
                 received=received,
-                ticket=getattr(request.state, "ticket", None),
+                ticket=ticket,
             )
         except ClientGone:
             return Response(status_code=499)  # nobody reads it

@@ -63,6 +63,9 @@ class ServerMetrics:
         self.latency = Histogram(
             p + "request_latency_seconds", "Transcription latency", buckets=_LATENCY_BUCKETS, registry=r
         )
+        self.in_flight = Gauge(
+            p + "requests_in_flight", "Transcription requests admitted and not answered yet", registry=r
+        )
         self.queue_depth = Gauge(p + "queue_depth", "Pieces of audio waiting for the model", registry=r)
         self.queue_audio = Gauge(p + "queue_audio_seconds", "Seconds of audio waiting", registry=r)
         self.queue_delay = Histogram(

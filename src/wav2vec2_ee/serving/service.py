@@ -102,6 +102,8 @@ class TranscriptionService:
         self.loop_lag = 0.0
         #: requests admitted whose audio is not in the queue yet, and their estimated seconds of audio
         self._preparing: dict[int, float] = {}
+        #: requests admitted and not answered yet (what a drain waits for)
+        self._in_flight: set[int] = set()
         self._tickets = itertools.count()
         split = self.settings.split
         self.detectors = DetectorPool(split.vad) if split is not None else None
@@ -253,6 +255,8 @@ class TranscriptionService:
             raise
         ticket = next(self._tickets)
         self._preparing[ticket] = own
+        self._in_flight.add(ticket)
+        self.metrics.in_flight.set(len(self._in_flight))
         return ticket
 
     def queued(self, ticket: int | None) -> None:
@@ -260,8 +264,22 @@ class TranscriptionService:
         if ticket is not None:
             self._preparing.pop(ticket, None)
 
-    def refuse_if_unavailable(self) -> None:
-        if self.draining:
+    def finished(self, ticket: int | None) -> None:
+        """The admitted request ``ticket`` is answered (or failed): no longer in flight."""
+        self.queued(ticket)
+        if ticket is not None:
+            self._in_flight.discard(ticket)
+            self.metrics.in_flight.set(len(self._in_flight))
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests admitted and not answered yet."""
+        return len(self._in_flight)
+
+    def refuse_if_unavailable(self, admitted: bool = False) -> None:
+        """Raise :class:`Overloaded` when the service cannot take a request. ``admitted``: the request was
+        admitted before (its upload was being read when a drain began): it is in flight and answered."""
+        if self.draining and not admitted:
             self.metrics.shed.labels("draining").inc()
             raise Overloaded(
                 "the server is shutting down: send the request to another replica", 5.0, "draining"
@@ -288,7 +306,7 @@ class TranscriptionService:
         of the latency the controller keeps under the objective; ``received``: when its upload was in
         (``time.monotonic()``), where its latency starts; ``ticket``: its :meth:`admit` ticket."""
         started = time.monotonic() if received is None else received
-        self.refuse_if_unavailable()
+        self.refuse_if_unavailable(admitted=ticket is not None)
         # the accuracy check samples requests served at an operating point as it is (no overrides)
         own = options.trace or options.words or options.threshold is not None or options.max_layer is not None
         sampled = not own and self.monitor.sample()
@@ -437,6 +455,7 @@ class TranscriptionService:
             "num_layers": int(self.engine.num_layers),
             "loop_lag": round(self.loop_lag, 4),
             "preparing_audio": round(self.preparing_audio, 3),
+            "requests_in_flight": self.requests_in_flight,
             "queue": {
                 "depth": self.scheduler.depth,
                 "audio_seconds": round(self.scheduler.queued_audio, 3),
