@@ -106,6 +106,33 @@ def test_shedding_predicts_the_latency_at_the_cheapest_allowed_point():
     assert c.floor == 1 and c.shed(15.0, 5.0) is not None  # 20 x 9.5 x 0.01 = 1.9 s
 
 
+def test_the_latency_margin_is_the_95th_percentile_of_how_late_requests_were_answered():
+    clock = Clock()
+    c = controller(clock)
+    c.record_batch(seconds=1.0, audio_layers=100.0)  # 0.01 s per audio-second-layer, 4.5 layers
+    assert c.shed(10.0, 5.0) is None  # 0.675 s predicted, no margin yet
+    for _ in range(c.MARGIN_MIN_SAMPLES - 1):
+        c.record_latency(answered=0.5, predicted=0.1)
+    assert c.margin == 0.0  # too few answers to say
+    # 100 answers, late by 0.00, 0.01, ..., 0.99 s: the 95th percentile is 0.94 s
+    for k in range(c.MARGIN_WINDOW):
+        c.record_latency(answered=0.1 + (k % 100) / 100, predicted=0.1)
+    assert c.margin == pytest.approx(0.94)
+    assert c.shed(0.0, 1.0) is None  # 0.045 + 0.94 <= 1 s
+    assert c.shed(10.0, 5.0) is not None  # 0.675 + 0.94 > 1 s: what used to be admitted is refused now
+    assert c.describe()["latency_margin"] == pytest.approx(0.94)
+    # a cost model that predicts late lets more in, but the margin stays within [-objective / 2, objective]
+    for _ in range(c.MARGIN_WINDOW):
+        c.record_latency(answered=0.0, predicted=5.0)
+    assert c.margin == pytest.approx(-0.5)
+    assert c.shed(25.0, 5.0) is None  # 30 x 4.5 x 0.01 = 1.35 s - 0.5 <= 1 s
+    for _ in range(c.MARGIN_WINDOW):
+        c.record_latency(answered=50.0, predicted=0.0)
+    assert c.margin == pytest.approx(1.0)
+    c.record_latency(float("nan"), 0.1)  # ignored
+    assert c.margin == pytest.approx(1.0)
+
+
 def test_tighten_moves_the_floor_and_the_current_point():
     clock = Clock()
     c = controller(clock)
@@ -192,6 +219,24 @@ def wait(condition, timeout: float = 10.0) -> None:
 def scheduler(engine: FakeEngine, **batching) -> Scheduler:
     c = LoadController(frontier(), ControllerSettings(objective=1000.0))
     return Scheduler(engine.run, c, BatchSettings(**{"max_queue_delay": 0.0, **batching}))
+
+
+def test_the_audio_of_the_running_batch_counts_as_ahead_of_a_new_request():
+    engine = FakeEngine()
+    engine.gate.clear()
+    s = scheduler(engine, batch_size=1)
+    s.controller.seconds_per_audio_layer = 0.01  # cheapest point 4.5 layers: 0.045 s per audio second
+    s.start()
+    s.submit(Job(pieces(16_000 * 10)))  # 10 s running
+    engine.entered.wait(5)
+    assert s.running_audio == pytest.approx(10.0) and s.queued_audio == 0
+    queued = Job(pieces(16_000 * 2))
+    s.submit(queued)
+    assert queued.predicted == pytest.approx((10.0 + 2.0) * 4.5 * 0.01)
+    engine.gate.set()
+    wait(lambda: queued.done)
+    assert s.running_audio == 0
+    s.stop(5)
 
 
 def test_batches_form_from_the_pieces_of_every_queued_request():

@@ -11,11 +11,14 @@ The server serves one point of a frontier at a time: :class:`ServePoint` s sorte
   down the frontier, a draining one back up. Never beyond :attr:`LoadController.floor`, the cheapest
   point allowed (the last one on the frontier, until the accuracy check tightens it).
 * it sheds load (:meth:`LoadController.shed`): when even the cheapest allowed point would answer a new
-  request later than the latency objective (what it has waited for the server so far, plus the queued
-  audio x that point's layers x the measured seconds per audio-second-layer), the request is refused
-  at once (HTTP 503 with ``Retry-After``)
-  instead of being answered too late; a fixed-depth server (``adaptive=False``) only refuses when its
-  bounded queue is full.
+  request later than the latency objective (what it has waited for the server so far, plus the audio
+  ahead of it and its own x that point's layers x the measured seconds per audio-second-layer, plus the
+  latency margin), the request is refused at once (HTTP 503 with ``Retry-After``) instead of being
+  answered too late; a fixed-depth server (``adaptive=False``) only refuses when its bounded queue is
+  full. The **latency margin** is the feedback that makes the objective a p95: the 95th percentile,
+  over the last requests answered, of how much later each was answered than predicted when it was
+  queued (:meth:`LoadController.record_latency`: the batch it waited for, the batch it formed with
+  pieces behind it, the HTTP side: whatever the cost model does not see).
 
 :class:`AccuracyMonitor` is the online feedback (in the spirit of Apparate, Dai et al., SOSP 2024:
 managed exits adjusted from the exits' own feedback): a sampled fraction of requests also runs to the
@@ -121,6 +124,10 @@ class LoadController:
     seconds (``time.monotonic`` by default; tests pass a fake one).
     """
 
+    #: requests the latency margin is the 95th percentile over, and how many it needs first
+    MARGIN_WINDOW = 200
+    MARGIN_MIN_SAMPLES = 20
+
     def __init__(
         self,
         points: Sequence[ServePoint],
@@ -144,6 +151,9 @@ class LoadController:
         self._lock = threading.Lock()
         #: seconds of compute per (audio second x layer run), measured on the batches (EWMA)
         self.seconds_per_audio_layer: float | None = None
+        #: answered minus predicted latency of the last requests (:meth:`record_latency`)
+        self._residuals: deque[float] = deque(maxlen=self.MARGIN_WINDOW)
+        self.margin = 0.0
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -227,16 +237,33 @@ class LoadController:
         return audio_seconds * self.layers_of(index) * rate
 
     def shed(self, queued_audio: float, audio: float, waited: float = 0.0) -> float | None:
-        """Whether to refuse a request of ``audio`` seconds with ``queued_audio`` seconds waiting before
-        it, which has already waited ``waited`` seconds: ``None`` to admit it, else the seconds a client
-        should wait before retrying. An adaptive server refuses what even the cheapest allowed point
-        would answer after the objective."""
+        """Whether to refuse a request of ``audio`` seconds with ``queued_audio`` seconds ahead of it
+        (waiting or in the running batch), which has already waited ``waited`` seconds: ``None`` to
+        admit it, else the seconds a client should wait before retrying. An adaptive server refuses what
+        even the cheapest allowed point would answer after the objective, the latency margin included."""
         if not self.settings.adaptive:
             return None
         predicted = self.predicted_seconds(queued_audio + audio)
-        if predicted is None or waited + predicted <= self.settings.objective:
+        if predicted is None or waited + predicted + self.margin <= self.settings.objective:
             return None
         return max(self.retry_after(queued_audio), waited)
+
+    def record_latency(self, answered: float, predicted: float) -> None:
+        """A request was answered ``answered`` seconds after it was queued, where the cost model had
+        predicted ``predicted`` (:meth:`predicted_seconds` of the audio ahead of it and its own, at the
+        cheapest allowed point). The latency margin becomes the 95th percentile of the last
+        :attr:`MARGIN_WINDOW` differences (once :attr:`MARGIN_MIN_SAMPLES` are in), between
+        ``-objective / 2`` and the objective: a model that predicts early is corrected, one that predicts
+        late lets more in."""
+        if not (math.isfinite(answered) and math.isfinite(predicted)):
+            return
+        with self._lock:
+            self._residuals.append(answered - predicted)
+            if len(self._residuals) >= self.MARGIN_MIN_SAMPLES:
+                ordered = sorted(self._residuals)
+                p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+                objective = self.settings.objective
+                self.margin = min(objective, max(-objective / 2, p95))
 
     def retry_after(self, queued_audio: float) -> float:
         """Seconds until the queue has drained at the current point (at least 1)."""
@@ -254,6 +281,7 @@ class LoadController:
             "objective": self.settings.objective,
             "adaptive": self.settings.adaptive,
             "seconds_per_audio_layer": self.seconds_per_audio_layer,
+            "latency_margin": self.margin,
             "steps": [
                 {"time": s.time, "from": s.old, "to": s.new, "reason": s.reason}
                 for s in list(self.steps)[-10:]

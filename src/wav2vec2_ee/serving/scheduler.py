@@ -103,6 +103,8 @@ class Job:
         self._lock = threading.Lock()
         self.submitted: float | None = None
         self.finished: float | None = None
+        #: seconds from queueing to answer the cost model predicted (``None``: nothing measured yet)
+        self.predicted: float | None = None
 
     @property
     def audio_seconds(self) -> float:
@@ -229,6 +231,11 @@ class Scheduler:
         """Seconds of audio waiting."""
         return self._queued_audio
 
+    @property
+    def running_audio(self) -> float:
+        """Seconds of audio in the batch the worker is running."""
+        return sum(item.seconds for item in self.running_batch)
+
     def oldest_wait(self, now: float | None = None) -> float:
         """How long the oldest waiting piece has waited (0 when none waits)."""
         with self._cond:
@@ -257,7 +264,10 @@ class Scheduler:
             # its longest piece: the pieces of a long recording run in parallel rows, and a long recording
             # is not held to an objective meant for utterances
             longest = max((item.seconds for item in job.items), default=0.0)
-            retry = self.controller.shed(self._queued_audio, longest, waited)
+            ahead = (
+                self._queued_audio + self.running_audio
+            )  # the running batch, whole: it may just have begun
+            retry = self.controller.shed(ahead, longest, waited)
             if retry is not None:
                 raise Overloaded(
                     f"even the cheapest operating point would answer after the latency objective "
@@ -267,6 +277,7 @@ class Scheduler:
                     "objective",
                 )
             job.submitted = now
+            job.predicted = self.controller.predicted_seconds(ahead + longest)
             for item in job.items:
                 item.enqueued = now
                 self._queue.append(item)

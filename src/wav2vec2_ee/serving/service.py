@@ -240,7 +240,7 @@ class TranscriptionService:
                     "queue_full",
                 )
             own = (declared_bytes or 0) / BYTES_PER_SECOND
-            waiting = self.scheduler.queued_audio + self.preparing_audio
+            waiting = self.scheduler.queued_audio + self.scheduler.running_audio + self.preparing_audio
             retry = self.controller.shed(waiting, min(own, 30.0), self.loop_lag)
             if retry is not None:
                 raise Overloaded(
@@ -323,8 +323,9 @@ class TranscriptionService:
             loop.call_soon_threadsafe(lambda: future.done() or future.set_result(job))
 
         job = Job(pieces, run_options, done)
+        queued_at = time.monotonic()
         try:
-            self.scheduler.submit(job, waited)
+            self.scheduler.submit(job, max(waited, queued_at - started))
         except Overloaded as err:
             self.metrics.shed.labels(err.kind).inc()
             raise
@@ -346,6 +347,8 @@ class TranscriptionService:
                 waiter.cancel()
         if job.error is not None:
             raise job.error
+        if job.predicted is not None:  # the latency margin's feedback (controller module docstring)
+            self.controller.record_latency(time.monotonic() - queued_at, job.predicted)
         result = self._result(job, duration, options)
         result.latency_seconds = time.monotonic() - started
         if sampled:
