@@ -84,10 +84,11 @@ from .segmentation import (
 from .timestamps import Segment, Word, frame_seconds, token_strings, words_from_frames
 from .transcripts import (
     OUTPUT_FORMATS,
-    ROW_FIELDS,
     SUBTITLE_FORMATS,
     FormatWriter,
     InputOrder,
+    ResultRow,
+    ResultStream,
     TranscriptionLog,
 )
 
@@ -436,7 +437,7 @@ def policy_from_flags(
 
 
 @dataclass
-class LiteResult:
+class LiteResult(ResultRow):
     """One input's answer: its normalised transcript, the exit that gave it and what it cost; the row of
     ``wav2vec2-ee transcribe``'s ``--output`` (:meth:`to_dict`: the columns of
     :data:`~wav2vec2_ee.transcripts.ROW_FIELDS`; that module describes each).
@@ -480,18 +481,6 @@ class LiteResult:
     latency_seconds: float = 0.0
     decoder: str = "greedy"
     segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the input was transcribed (``error`` is ``None``)."""
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        """The row (:data:`~wav2vec2_ee.transcripts.ROW_FIELDS`, in their order; ``segments``
-        as JSON objects)."""
-        values = {name: getattr(self, name, None) for name in ROW_FIELDS}
-        values["segments"] = [segment.to_dict() for segment in self.segments]
-        return values
 
 
 @dataclass
@@ -679,31 +668,9 @@ def expand_inputs(items: Sequence, sampling_rate: int = audio_io.SAMPLING_RATE) 
     return out
 
 
-class LiteStream:
-    """The results of :meth:`LiteTranscriber.transcribe_stream`, in input order, each as soon as it and
-    every input before it are done (an iterator of :class:`LiteResult`).
-
-    Attributes:
-        total: how many inputs it transcribes (folders expanded, skipped ones left out).
-        done: how many results it has given so far.
-    """
-
-    def __init__(self, total: int, results: Iterator[LiteResult]):
-        self.total = total
-        self.done = 0
-        self._results = results
-
-    def __iter__(self) -> LiteStream:
-        return self
-
-    def __next__(self) -> LiteResult:
-        result = next(self._results)
-        self.done += 1
-        return result
-
-    def close(self) -> None:
-        """Stop (the work not done yet is not done)."""
-        self._results.close()  # type: ignore[attr-defined]
+class LiteStream(ResultStream[LiteResult]):
+    """The results of :meth:`LiteTranscriber.transcribe_stream` (:class:`~wav2vec2_ee.transcripts.ResultStream`
+    of :class:`LiteResult`)."""
 
 
 #: How recordings are split unless told otherwise (``--max-segment-seconds 20``, ``--vad auto``: as

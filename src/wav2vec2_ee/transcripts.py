@@ -45,6 +45,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from .errors import UserError
 from .io import AppendFile, atomic_write_text, exclusive_lock
@@ -88,6 +89,61 @@ TRANSCRIPTION_MARK = frozenset(
 #: How a JSONL log's rows start (``json.dumps`` of a row, ``source`` first): a file holding only a
 #: partial first line (a run killed while writing it) is a log when the line is a prefix of this.
 _JSONL_ROW_START = '{"source": '
+
+
+class ResultRow:
+    """What the two result rows share, the PyTorch transcriber's ``Transcription`` and the lite runtime's
+    ``LiteResult`` (dataclasses that hold the fields of :data:`ROW_FIELDS`; this mixin holds none)."""
+
+    error: str | None
+    segments: list[Segment]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the input was transcribed (``error`` is ``None``)."""
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        """The row: :data:`ROW_FIELDS` in their order, ``segments`` as a list of JSON objects."""
+        values = {name: getattr(self, name, None) for name in ROW_FIELDS}
+        values["segments"] = [segment.to_dict() for segment in self.segments]
+        return values
+
+
+Result = TypeVar("Result", bound=ResultRow)
+
+
+class ResultStream(Generic[Result]):
+    """Results in input order, each as soon as it and every input before it are done (an iterator; a
+    context manager that closes it, so that a caller's error stops the work and its progress bar at once).
+
+    Attributes:
+        total: how many inputs it transcribes (folders and manifests expanded, skipped ones left out).
+        done: how many results it has given so far.
+    """
+
+    def __init__(self, total: int, results: Iterator[Result]):
+        self.total = total
+        self.done = 0
+        self._results = results
+
+    def __iter__(self) -> ResultStream[Result]:
+        return self
+
+    def __next__(self) -> Result:
+        result = next(self._results)
+        self.done += 1
+        return result
+
+    def close(self) -> None:
+        """Stop: the work not done is abandoned, the progress bar closed (a ``with`` block closes it)."""
+        self._results.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> ResultStream[Result]:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def row_key(row: Mapping) -> str:

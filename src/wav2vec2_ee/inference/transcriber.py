@@ -58,7 +58,7 @@ import os
 import sys
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +95,7 @@ from ..policy_core import (
 from ..segmentation import EnergyVAD, SileroVAD, SplitOptions, build_vad, iter_audio_blocks, pieces_of
 from ..segmentation import Piece as SpeechPiece
 from ..timestamps import Segment, Word, frame_seconds, token_strings, word_frames, words_from_frames
-from ..transcripts import InputOrder
+from ..transcripts import InputOrder, ResultRow, ResultStream
 from ..vocab import build_processor, normalize_transcript
 from .chunking import (
     Piece,
@@ -146,7 +146,7 @@ class TooLongError(UserError):
 
 
 @dataclass
-class Transcription:
+class Transcription(ResultRow):
     """The transcript of one input and what it cost (the row of ``transcribe --output``: the fields are
     described in :mod:`wav2vec2_ee.transcripts`).
 
@@ -189,18 +189,6 @@ class Transcription:
     latency_seconds: float = 0.0
     decoder: str = "greedy"
     segments: list[Segment] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether the input was transcribed (``error`` is ``None``)."""
-        return self.error is None
-
-    def to_dict(self) -> dict:
-        """The row (:data:`~wav2vec2_ee.transcripts.ROW_FIELDS`): the fields, ``segments`` as a
-        list of JSON objects."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["segments"] = [segment.to_dict() for segment in self.segments]
-        return out
 
 
 def saved_policy_values(folder: str | os.PathLike) -> dict | None:
@@ -266,38 +254,9 @@ class _Answer:
     logits: torch.Tensor | None = None
 
 
-class TranscriptionStream:
-    """The results of :meth:`Transcriber.transcribe_stream`, in input order, each as soon as it and every
-    input before it are done (an iterator of :class:`Transcription`; a context manager that closes it, so
-    that a caller's error stops the work and its progress bar at once).
-
-    Attributes:
-        total: how many inputs it transcribes (folders and manifests expanded, skipped ones left out).
-        done: how many results it has given so far.
-    """
-
-    def __init__(self, total: int, results: Iterator[Transcription]):
-        self.total = total
-        self.done = 0
-        self._results = results
-
-    def __iter__(self) -> TranscriptionStream:
-        return self
-
-    def __next__(self) -> Transcription:
-        result = next(self._results)
-        self.done += 1
-        return result
-
-    def close(self) -> None:
-        """Stop: the work not done is abandoned, the progress bar closed (a ``with`` block closes it)."""
-        self._results.close()  # type: ignore[attr-defined]
-
-    def __enter__(self) -> TranscriptionStream:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+class TranscriptionStream(ResultStream[Transcription]):
+    """The results of :meth:`Transcriber.transcribe_stream` (:class:`~wav2vec2_ee.transcripts.ResultStream`
+    of :class:`Transcription`)."""
 
 
 class Transcriber:
