@@ -236,6 +236,12 @@ class Scheduler:
         """Seconds of audio in the batch the worker is running."""
         return sum(item.seconds for item in self.running_batch)
 
+    @property
+    def audio_ahead(self) -> float:
+        """Seconds of audio a new request waits behind: the queue and the running batch, whole (it may
+        just have begun)."""
+        return self._queued_audio + self.running_audio
+
     def oldest_wait(self, now: float | None = None) -> float:
         """How long the oldest waiting piece has waited (0 when none waits)."""
         with self._cond:
@@ -264,9 +270,7 @@ class Scheduler:
             # its longest piece: the pieces of a long recording run in parallel rows, and a long recording
             # is not held to an objective meant for utterances
             longest = max((item.seconds for item in job.items), default=0.0)
-            ahead = (
-                self._queued_audio + self.running_audio
-            )  # the running batch, whole: it may just have begun
+            ahead = self.audio_ahead
             retry = self.controller.shed(ahead, longest, waited)
             if retry is not None:
                 raise Overloaded(

@@ -240,7 +240,7 @@ class TranscriptionService:
                     "queue_full",
                 )
             own = (declared_bytes or 0) / BYTES_PER_SECOND
-            waiting = self.scheduler.queued_audio + self.scheduler.running_audio + self.preparing_audio
+            waiting = self.scheduler.audio_ahead + self.preparing_audio
             retry = self.controller.shed(waiting, min(own, 30.0), self.loop_lag)
             if retry is not None:
                 raise Overloaded(
