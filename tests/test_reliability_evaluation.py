@@ -59,7 +59,9 @@ if sys.argv[1] == "poll":
 parent, last = os.getpid(), 40
 
 def task(i):
-    if i == last and os.getpid() != parent:
+    # a child sleeps in the first task it claims: it cannot run out of tasks and end by itself before the
+    # kill (a child whose results the parent drained between its own tasks did, under load: flaky)
+    if os.getpid() != parent:
         time.sleep(600)
     return bytes(200_000)
 
@@ -117,7 +119,7 @@ def test_workers_exit_when_the_parent_is_killed(mechanism, tmp_path):
         assert line, f"the script ended early (exit code {proc.wait()}):\n{stderr.read_text()[-3000:]}"
         children = json.loads(line)
         assert len(children) == 2 and all(_alive(pid) for pid in children), children
-        time.sleep(1.0)  # the children are now sleeping in a task, or blocked writing to the full pipe
+        time.sleep(1.0)  # the children are now sleeping in a task
         assert all(_alive(pid) for pid in children), {pid: _describe(pid) for pid in children}
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=10) == -signal.SIGKILL
