@@ -294,7 +294,10 @@ def test_reproduce_exit_status_says_whether_a_run_failed(
     why), 0 when none did. Training and evaluation are stand-ins: the command's flow is under test."""
     trained = []
 
-    def fake_train(spec: demo.RunSpec, out: Path, overwrite: bool = False, time_budget=None) -> dict:
+    def fake_train(
+        spec: demo.RunSpec, out: Path, overwrite: bool = False, time_budget=None, progress=True
+    ) -> dict:
+        assert progress is False, "--no-progress reaches every run's Trainer"
         if spec.name == failing:
             raise RuntimeError("boom")
         trained.append(spec.name)
@@ -315,13 +318,22 @@ def test_reproduce_exit_status_says_whether_a_run_failed(
     for module in (demo_cli, reproduce):
         monkeypatch.setattr(module, "train_run", fake_train)
         monkeypatch.setattr(module, "evaluate_run", fake_evaluate)
-    monkeypatch.setattr(demo_cli, "build_demo_corpus", lambda preset, corpus: {"seconds": 0.0})
+    monkeypatch.setattr(demo_cli, "build_demo_corpus", lambda preset, corpus, progress=True: {"seconds": 0.0})
     monkeypatch.setattr(demo_cli, "idle_threads", lambda: None)
     from wav2vec2_ee.demo import base
 
     monkeypatch.setattr(base, "base_model_dir", lambda preset, out, base=None: tmp_path / "base")
 
-    argv = ["demo", "--quick", "--reproduce", "--time-budget", "0", "--output-dir", str(tmp_path)]
+    argv = [
+        "demo",
+        "--quick",
+        "--reproduce",
+        "--time-budget",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     status = cli.main(argv)
     printed = capsys.readouterr().out
     table = (tmp_path / "quick" / "reproduce.md").read_text()
@@ -498,3 +510,34 @@ def test_base_compute_curve_reads_a_staged_base_as_one_point_per_stage(tmp_path:
     points = script.read_runs(tmp_path)
     assert [(p["steps"], p["minutes"], p["wer"]) for p in points] == [(1000, 10.0, 0.4), (4000, 30.0, 0.3)]
     assert points[1]["folder"].endswith("stage 1")
+
+
+def test_no_progress_disables_the_trainers_bars_and_does_not_change_what_is_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train_run(progress=False)`` hands the Trainer ``disable_tqdm`` (parsed from the config file it
+    writes, as ``wav2vec2-ee train`` would), and a run finished with bars is reused without them."""
+    from types import SimpleNamespace
+
+    from wav2vec2_ee.demo import runs
+
+    seen = []
+
+    def fake_run_training(*arguments):
+        (training_args,) = [a for a in arguments if hasattr(a, "disable_tqdm")]
+        seen.append(training_args.disable_tqdm)
+        Path(training_args.output_dir).mkdir(exist_ok=True)
+        (Path(training_args.output_dir) / "model.safetensors").write_bytes(b"")  # the finished model
+        state = SimpleNamespace(global_step=2, log_history=[{"train_runtime": 1.0}])
+        return SimpleNamespace(state=state)
+
+    monkeypatch.setattr(runs, "run_training", fake_run_training)
+    spec = runs.RunSpec("tiny", "a stand-in", {"max_steps": 2, "model": "x", "data": str(tmp_path)})
+    first = runs.train_run(spec, tmp_path, progress=True)
+    assert seen == [False] and not first["cached"]
+    again = runs.train_run(spec, tmp_path, progress=False)
+    assert again["cached"] and seen == [False]
+    runs.train_run(spec, tmp_path, overwrite=True, progress=False)
+    assert seen == [False, True]
+    written = json.loads((tmp_path / "configs" / "tiny.json").read_text())
+    assert written["disable_tqdm"] is True

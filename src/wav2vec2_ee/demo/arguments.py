@@ -104,7 +104,11 @@ class DemoArguments:
         metadata={"help": "Greedy decoding only (skip the lexicon-constrained beam search column)."},
     )
     progress: bool = field(
-        default=True, metadata={"help": "Show a progress bar while the corpus is built (on a terminal)."}
+        default=True,
+        metadata={
+            "help": "Show progress bars: the corpus's (on a terminal) and the Trainer's (--no-progress: "
+            "neither, for logs)."
+        },
     )
     verbose: bool = field(default=False, metadata={"help": "Show the library's INFO logs."})
 

@@ -294,6 +294,7 @@ def build_base(
     overwrite: bool = False,
     demo_corpus: Path | None = None,
     continue_from: Path | None = None,
+    progress: bool = True,
 ) -> Path:
     """Build the demo base into ``out`` (``<out>/model`` is the result) and return that folder.
 
@@ -305,17 +306,18 @@ def build_base(
     training is a stage instead (:func:`~.presets.base_stage_config`, ``<out>/stage-<n>``): a warm restart
     from its weights with one new learning-rate cycle of ``train_minutes`` (default
     :data:`~.presets.BASE_STAGE_MINUTES`); the record and the model card list every stage so far.
+    ``progress=False``: no progress bars (corpus or training).
     """
 
     preset = BASE_PRESETS["quick" if quick else "default"]
     _check_engines(preset)  # a missing synthesizer is named now, not after the eSpeak corpus is built
     corpus_dir = out / "corpus"
-    summary = build_corpus(corpus_dir, **preset.corpus, progress=sys.stderr.isatty())
+    summary = build_corpus(corpus_dir, **preset.corpus, progress=progress and sys.stderr.isatty())
     say(
         f"base corpus {corpus_dir}: train {summary.num_utterances['train']} utterances "
         f"({summary.hours['train']:.2f} h)"
     )
-    other_hours = _other_synthesizers(preset, corpus_dir)
+    other_hours = _other_synthesizers(preset, corpus_dir, progress)
     demo_corpus = out.parent / "corpus" if demo_corpus is None else Path(demo_corpus)
     demo = build_corpus(demo_corpus, **PRESETS["quick" if quick else "default"].corpus, progress=False)
     say(f"demo corpus {demo_corpus}: test {demo.num_utterances['test']} utterances of held-out voices")
@@ -332,7 +334,7 @@ def build_base(
             f"stage-{len(stages)}", f"stage {len(stages)}: a warm restart from {continue_from}", config
         )
         minutes = BASE_STAGE_MINUTES if train_minutes is None else train_minutes
-    timing = train_run(spec, out, overwrite=overwrite, time_budget=60.0 * minutes)
+    timing = train_run(spec, out, overwrite=overwrite, time_budget=60.0 * minutes, progress=progress)
     run_dir = out / spec.name
     model_dir = export_plain_ctc(run_dir, out / "model")
     say(f"base model (plain Wav2Vec2ForCTC, float16): {model_dir}")
@@ -424,7 +426,7 @@ def _check_engines(preset: BasePreset) -> None:
     check_voices(voices)
 
 
-def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float]:
+def _other_synthesizers(preset: BasePreset, corpus_dir: Path, progress: bool = True) -> dict[str, float]:
     """Build the preset's splits of other synthesizers into the base corpus; hours per split."""
     hours = {}
     for other in preset.other_synthesizers:
@@ -434,7 +436,7 @@ def _other_synthesizers(preset: BasePreset, corpus_dir: Path) -> dict[str, float
             int(other["num_utterances"]),
             other["voices"],
             seed=int(other.get("seed", 0)),
-            progress=sys.stderr.isatty(),
+            progress=progress and sys.stderr.isatty(),
         )
         hours[other["split"]] = record["hours"]
         say(

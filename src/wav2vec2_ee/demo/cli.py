@@ -240,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
             demo_corpus=corpus,
             continue_from=start_from,
+            progress=args.progress,
         )
         return 0
     if args.continue_base:
@@ -258,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"base model: {base}")
     spec = ee_run(preset, base, corpus, args.max_steps)
     train_budget = _train_budget(args, preset, start)
-    timings["train"] = train_run(spec, out, overwrite=args.overwrite, time_budget=train_budget)
+    timings["train"] = train_run(
+        spec, out, overwrite=args.overwrite, time_budget=train_budget, progress=args.progress
+    )
 
     # 3. evaluation on the held-out voices
     model_dir = out / spec.name
@@ -282,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     _write_summary(preset, out, corpus, spec, {"wer": columns, "timings": timings, "total": total})
 
     if args.reproduce:
-        return run_reproduce(preset, out, corpus, spec, base, overwrite=args.overwrite)
+        return run_reproduce(
+            preset, out, corpus, spec, base, overwrite=args.overwrite, progress=args.progress
+        )
     return 0
 
 

@@ -255,10 +255,12 @@ def _evaluate(
     result.eval_seconds = evaluated["seconds"]
 
 
-def _run_one(spec: RunSpec, out: Path, corpus: Path, preset: DemoPreset, overwrite: bool) -> RunResult:
+def _run_one(
+    spec: RunSpec, out: Path, corpus: Path, preset: DemoPreset, overwrite: bool, progress: bool = True
+) -> RunResult:
     result = RunResult(spec)
     try:
-        result.timing = train_run(spec, out, overwrite=overwrite)
+        result.timing = train_run(spec, out, overwrite=overwrite, progress=progress)
         _evaluate(result, out / spec.name, corpus, preset, overwrite)
     except Exception as err:  # one failed run must not cost the others: it is reported in the table
         logger.error("%s failed:\n%s", spec.name, traceback.format_exc())
@@ -269,7 +271,7 @@ def _run_one(spec: RunSpec, out: Path, corpus: Path, preset: DemoPreset, overwri
 
 
 def _train_all(
-    preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool
+    preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, overwrite: bool, progress: bool = True
 ) -> tuple[list[RunResult], list[RunResult]]:
     """Train and evaluate the EE run, the runs starting from its model and the baselines (finished ones
     are skipped); returns the rows (the EE run first) and the baselines.
@@ -283,15 +285,15 @@ def _train_all(
         f"reproduce: {1 + len(from_ee) + len(baseline_specs)} runs into {runs_dir} "
         "(finished runs are skipped; rerun to resume)"
     )
-    ee_result = _run_one(ee, out, corpus, preset, overwrite)
+    ee_result = _run_one(ee, out, corpus, preset, overwrite, progress)
     ee_steps = (ee_result.timing or {}).get("steps")
     if ee_steps and ee_steps < ee.train["max_steps"]:
         planned = f"{ee.train['max_steps']} steps"
         ee_result.spec = replace(ee, label=ee.label.replace(planned, f"{ee_steps} of {planned}"))
         say(f"reproduce: baselines trained for the EE run's {ee_steps} steps (its time budget)")
         baseline_specs = [replace(b, train={**b.train, "max_steps": ee_steps}) for b in baseline_specs]
-    rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in from_ee]
-    baselines = [_run_one(spec, runs_dir, corpus, preset, overwrite) for spec in baseline_specs]
+    rows = [ee_result] + [_run_one(spec, runs_dir, corpus, preset, overwrite, progress) for spec in from_ee]
+    baselines = [_run_one(spec, runs_dir, corpus, preset, overwrite, progress) for spec in baseline_specs]
     return rows, baselines
 
 
@@ -399,16 +401,23 @@ def _report(
 
 
 def run_reproduce(
-    preset: DemoPreset, out: Path, corpus: Path, ee: RunSpec, base: Path, overwrite: bool = False
+    preset: DemoPreset,
+    out: Path,
+    corpus: Path,
+    ee: RunSpec,
+    base: Path,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> int:
     """Train and evaluate every run of the table (skipping finished ones); write ``reproduce.md`` and
-    ``reproduce.json``. ``base``: the pretrained model ``ee`` fine-tunes.
+    ``reproduce.json``. ``base``: the pretrained model ``ee`` fine-tunes; ``progress=False``: no
+    Trainer progress bars.
 
     Returns 0, or 1 when a run failed (its row says why; rerunning retries only the unfinished runs).
     """
     start = time.perf_counter()
     runs_dir = out / "reproduce"
-    rows, baselines = _train_all(preset, out, corpus, ee, overwrite)
+    rows, baselines = _train_all(preset, out, corpus, ee, overwrite, progress)
     rows.insert(0, _base_row(base, corpus, preset, out, overwrite))
     seconds = time.perf_counter() - start
     text = _report(preset, corpus, rows, baselines, runs_dir, seconds)

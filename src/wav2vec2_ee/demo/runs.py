@@ -59,12 +59,15 @@ def _model_is_complete(run_dir: Path, train_config: dict) -> bool:
         return False
 
 
-def train_run(spec: RunSpec, out: Path, overwrite: bool = False, time_budget: float | None = None) -> dict:
+def train_run(
+    spec: RunSpec, out: Path, overwrite: bool = False, time_budget: float | None = None, progress: bool = True
+) -> dict:
     """Train ``spec`` into ``out/<name>`` with the library's ``run_training`` unless it is already done.
 
     The train config is written to ``out/configs/<name>.json`` first (``wav2vec2-ee train <file>``
     reruns it by hand); ``demo_run.json`` in the run folder, written last, marks the run complete.
-    ``time_budget`` (seconds, ``train --time-budget``) is not part of what makes a finished run reusable.
+    ``time_budget`` (seconds, ``train --time-budget``) and ``progress`` (``False``: the Trainer's
+    ``disable_tqdm``) are not part of what makes a finished run reusable.
     Returns ``{"seconds", "steps", "seconds_per_step", "cached"}``.
     """
     run_dir = out / spec.name
@@ -76,7 +79,9 @@ def train_run(spec: RunSpec, out: Path, overwrite: bool = False, time_budget: fl
         say(f"{spec.name}: already trained in {run_dir} ({record['seconds']:.0f} s), skipped")
         return {**record["timing"], "cached": True}
     config_file = out / "configs" / f"{spec.name}.json"
-    budgeted = {**config, "time_budget": round(time_budget, 1)} if time_budget else config
+    budgeted = {**config, "time_budget": round(time_budget, 1)} if time_budget else dict(config)
+    if not progress:
+        budgeted["disable_tqdm"] = True
     atomic_write_text(config_file, json.dumps(budgeted, indent=2) + "\n")
     say(f"{spec.name}: training ({spec.label}); config {config_file}")
     marker.unlink(missing_ok=True)
