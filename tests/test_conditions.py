@@ -107,17 +107,35 @@ def test_the_room_and_babble_run_through_the_talkers_silences():
     """The talker pauses, the room does not: noise and babble are added after the silence, so a lead-in
     of a noisy recording is noise (a model trained otherwise hears it as words)."""
     x = _speechlike(0.5)
-    conditions = RecordingConditions(silence_prob=1.0, noise_floor_db=(120.0, 120.0), max_pauses=0)
+    conditions = RecordingConditions(silence_prob=1.0, silence_floor_db=(120.0, 120.0), max_pauses=0)
     plan = conditions.plan(0, 0)
     lead = plan.silence[0]
     out = conditions(x, 0, 0, room=lambda audio: audio + np.float32(0.25), plan=plan)
     assert out.size == conditions.planned_length(x.size, 0, 0) and lead > 0
     np.testing.assert_allclose(out[:lead], 0.25, atol=1e-4)  # the room's "noise" covers the lead silence
     other = np.full(8000, 1.0, np.float32)
-    babbled = RecordingConditions(silence_prob=1.0, babble_prob=1.0, noise_floor_db=(120.0, 120.0))
+    babbled = RecordingConditions(silence_prob=1.0, babble_prob=1.0, silence_floor_db=(120.0, 120.0))
     plan = babbled.plan(0, 0)
     out = babbled(x, 0, 0, other=lambda rng: other, plan=plan)
     assert np.abs(out[: plan.silence[0]]).max() > 1e-3  # babble underneath the silence too
+
+
+def test_the_silence_floor_lies_the_drawn_decibels_below_the_speech():
+    """``silence_floor_db`` (``--silence-floor-db``) sets the noise of the lead-in and the tail against the
+    speech's own level: 10 dB below it is a noisy room, 60 dB a quiet one."""
+    x = _speechlike(0.5)
+    speech_db = 10 * np.log10(np.mean(x.astype(np.float64) ** 2))
+    levels = []
+    for floor in (10.0, 60.0):
+        conditions = RecordingConditions(silence_prob=1.0, silence_floor_db=(floor, floor), max_pauses=0)
+        plan = conditions.plan(0, 0)
+        out = conditions(x, 0, 0, plan=plan)
+        lead = out[: plan.silence[0]].astype(np.float64)
+        levels.append(10 * np.log10(np.mean(lead**2)) - speech_db)
+        assert levels[-1] == pytest.approx(-floor, abs=3.0)  # (a short stretch of pink noise varies)
+    assert levels[0] - levels[1] == pytest.approx(50.0, abs=0.01)  # the same noise, 50 dB apart
+    with pytest.raises(ValueError, match="silence_floor_db"):
+        RecordingConditions(silence_prob=1.0, silence_floor_db=(30.0, 10.0))
 
 
 def test_silence_before_after_and_inside_at_the_quiet_moments():
@@ -264,15 +282,20 @@ def test_train_command_with_recording_conditions(tmp_path):
     args = ["train", "--model", str(model_json), "--data", str(corpus), "--train-splits", "train",
             "--output-dir", str(tmp_path / "out"), "--per-device-train-batch-size", "2", "--max-steps", "3",
             "--report-to", "none", "--disable-tqdm", "true"]  # fmt: skip
-    opts = ["--tempo-prob", "0.5", "--tempo-range", "0.9", "1.1", "--silence-prob", "0.5", "--babble-prob",
+    opts = ["--tempo-prob", "0.5", "--tempo-range", "0.9", "1.1", "--silence-prob", "0.5",
+            "--silence-floor-db", "10", "30", "--babble-prob",
             "0.5", "--telephone-prob", "0.5", "--codec-prob", "0.5", "--clipping-prob", "0.5", "--gain-prob", "0.5"]  # fmt: skip
     assert cli_main([*args, *opts]) == 0
     settings = json.loads((tmp_path / "out" / "run_settings.json").read_text())["settings"]
     assert settings["conditions"] == {
         "tempo": 0.5, "babble": 0.5, "silence": 0.5, "gain": 0.5, "clipping": 0.5, "telephone": 0.5,
-        "codec": 0.5, "tempo_range": [0.9, 1.1], "babble_snr_db": [10.0, 25.0],
+        "codec": 0.5, "tempo_range": [0.9, 1.1], "babble_snr_db": [10.0, 25.0], "silence_floor_db": [10.0, 30.0],
     }  # fmt: skip
     assert cli_main([*args, "--overwrite-output-dir", "--codec-prob", "2"]) == 2
+    assert (
+        cli_main([*args, "--overwrite-output-dir", "--silence-prob", "0.5", "--silence-floor-db", "30", "10"])
+        == 2
+    )
 
 
 # ----------------------------------------------------------------------------------------------

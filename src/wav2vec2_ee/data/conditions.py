@@ -96,10 +96,10 @@ class RecordingConditions:
             ``tempo_range`` (``1.25`` = 25 % faster), pitch and formants kept (WSOLA, :func:`change_tempo`).
         babble_prob / babble_snr_db / babble_speakers: 1 to ``babble_speakers`` other utterances (given by
             the caller) summed underneath at a speech-to-babble ratio drawn from ``babble_snr_db``.
-        silence_prob / lead_silence / trail_silence / max_pauses / pause_seconds / noise_floor_db:
+        silence_prob / lead_silence / trail_silence / max_pauses / pause_seconds / silence_floor_db:
             silence before (seconds drawn from ``lead_silence``) and after (``trail_silence``), and up to
             ``max_pauses`` pauses of ``pause_seconds`` inserted at the quietest moments inside, over a
-            noise floor ``noise_floor_db`` below the speech's level.
+            noise floor ``silence_floor_db`` below the speech's level.
         gain_prob / gain_db / dc_offset: a gain in dB and a DC offset (fraction of full scale), applied
             before clipping.
         clipping_prob / clipping_db: driven ``clipping_db`` dB over full scale, then clipped hard
@@ -120,7 +120,7 @@ class RecordingConditions:
     trail_silence: tuple[float, float] = (0.2, 2.0)
     max_pauses: int = 2
     pause_seconds: tuple[float, float] = (0.3, 1.0)
-    noise_floor_db: tuple[float, float] = (40.0, 65.0)
+    silence_floor_db: tuple[float, float] = (40.0, 65.0)
     gain_prob: float = 0.0
     gain_db: tuple[float, float] = (-20.0, 6.0)
     dc_offset: float = 0.05
@@ -143,7 +143,7 @@ class RecordingConditions:
             "lead_silence": (0.0, 30.0),
             "trail_silence": (0.0, 30.0),
             "pause_seconds": (0.0, 10.0),
-            "noise_floor_db": (0.0, 120.0),
+            "silence_floor_db": (0.0, 120.0),
             "gain_db": (-60.0, 40.0),
             "clipping_db": (0.0, 40.0),
             "codec_quality": (0.0, 1.0),
@@ -176,7 +176,7 @@ class RecordingConditions:
             int(rng.uniform(*self.lead_silence) * SAMPLING_RATE),
             int(rng.uniform(*self.trail_silence) * SAMPLING_RATE),
             pause_lengths[:pauses],
-            float(rng.uniform(*self.noise_floor_db)),
+            float(rng.uniform(*self.silence_floor_db)),
         )
         gain = (float(rng.uniform(*self.gain_db)), float(rng.uniform(-self.dc_offset, self.dc_offset)))
         clipping = ("hard" if rng.random() < 0.5 else "soft", float(rng.uniform(*self.clipping_db)))

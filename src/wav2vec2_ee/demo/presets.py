@@ -86,15 +86,25 @@ BASE_TRAINING: dict = {
 #: held-out voices, and dropout's random masks cost ~15 % of a step on a CPU), and the recording
 #: conditions of real audio (:class:`~wav2vec2_ee.data.conditions.RecordingConditions`) beside the noise
 #: and reverberation. ``max_steps`` is an upper bound: the stage's time budget decides.
+#:
+#: From stage 4 on, the conditions the base failed most (stage 3, last layer, x clean WER: pauses 2.8,
+#: reverberation 2.7, babble 1.9, noise 1.8, tempo 1.6-1.8, silence 1.5; 0.1 s of 20 dB noise around each
+#: utterance of a long recording 1.5) come about twice as often (about one training utterance in five is
+#: left clean), and the silence around and inside an utterance lies over a noise floor 10-65 dB below the
+#: speech (was 40-65: a noisy room's lead-in was heard only where noise and silence met, 1.5 % of the
+#: utterances). Stages 1-3 trained with noise and reverberation 0.15, tempo 0.15, babble and silence 0.1.
 BASE_STAGE_TRAINING: dict = {
     "learning_rate": 1e-3,
     "warmup_steps": 300,
     "max_steps": 100000,
     "auto_bf16": True,
     "config_overrides": "hidden_dropout=0.0",
-    "tempo_prob": 0.15,
-    "babble_prob": 0.1,
-    "silence_prob": 0.1,
+    "noise_prob": 0.25,
+    "reverb_prob": 0.25,
+    "tempo_prob": 0.2,
+    "babble_prob": 0.15,
+    "silence_prob": 0.3,
+    "silence_floor_db": [10.0, 65.0],
     "gain_prob": 0.1,
     "clipping_prob": 0.08,
     "telephone_prob": 0.1,
@@ -188,7 +198,7 @@ DEMO_TRAINING: dict = {
     "noise_snr_db": BASE_TRAINING["noise_snr_db"],
     "reverb_prob": BASE_TRAINING["reverb_prob"],
     "reverb_rt60": BASE_TRAINING["reverb_rt60"],
-    **{k: v for k, v in BASE_STAGE_TRAINING.items() if k.endswith("_prob")},
+    **{k: v for k, v in BASE_STAGE_TRAINING.items() if k.endswith("_prob") or k == "silence_floor_db"},
     # batches in few shapes: oneDNN reuses its CNN convolution kernels (1.25-1.5x faster steps on CPU)
     "pad_to_multiple_of": 1600,
     "per_device_train_batch_size": 8,

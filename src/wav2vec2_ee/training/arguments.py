@@ -151,9 +151,16 @@ class DataArguments:
         default=0.0,
         metadata={
             "help": "Probability of adding silence before (0.2-1.5 s) and after (0.2-2 s) a training utterance "
-            "and up to 2 pauses of 0.3-1 s at its quietest points, over a pink noise floor 40-65 dB below "
-            "the speech (default 0: off). A file that is mostly silence is normalised louder: training with "
-            "it teaches the model that level."
+            "and up to 2 pauses of 0.3-1 s at its quietest points, over a pink noise floor --silence-floor-db "
+            "below the speech (default 0: off). A file that is mostly silence is normalised louder: training "
+            "with it teaches the model that level."
+        },
+    )
+    silence_floor_db: list[float] = field(
+        default_factory=lambda: [40.0, 65.0],
+        metadata={
+            "help": "Range of how far below the speech the noise floor of --silence-prob lies, in dB (low high; "
+            "a low value: a noisy room, whose noise alone fills the lead-in, the pauses and the tail)."
         },
     )
     gain_prob: float = field(

@@ -135,6 +135,8 @@ def _conditions_setting(data_args) -> dict | None:
         on["tempo_range"] = data_args.tempo_range
     if "babble" in on:
         on["babble_snr_db"] = data_args.babble_snr_db
+    if "silence" in on:
+        on["silence_floor_db"] = data_args.silence_floor_db
     return on
 
 

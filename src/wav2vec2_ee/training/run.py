@@ -157,6 +157,7 @@ def recording_conditions(data_args: DataArguments, seed: int) -> RecordingCondit
             **probs,
             tempo_range=tuple(data_args.tempo_range),
             babble_snr_db=tuple(data_args.babble_snr_db),
+            silence_floor_db=tuple(data_args.silence_floor_db),
             seed=seed,
         )
     except ValueError as err:
