@@ -8,6 +8,10 @@ prints WER per exit with each condition's ratio to the clean WER at the last exi
 (silence-padded 1.1x, telephone band 2x, others 1.5x). Writes ``conditions.json``, ``conditions.txt``
 and ``conditions.png`` into ``--output-dir``.
 
+The pauses between words need the split's word times (``<split>/words.ctm``): written first when
+missing, by the greedy alignment of ``--word-times-model`` (default: the packaged base, so that every
+model is checked on the same audio).
+
     python benchmarks/check_conditions.py demo_out/ee --data demo_out/corpus --split test \\
         --output-dir demo_out/conditions [--conditions clean telephone ...]
 """
@@ -18,14 +22,17 @@ import argparse
 import json
 from pathlib import Path
 
+from wav2vec2_ee.demo.presets import PACKAGED_BASE
 from wav2vec2_ee.device import cpu_description
 from wav2vec2_ee.evaluation.conditions import (
     CONDITION_CHECKS,
     CONDITION_TARGETS,
     DEFAULT_TARGET,
+    WORD_TIME_CHECKS,
     check_conditions,
     condition_ratios,
 )
+from wav2vec2_ee.inference.word_times import write_word_times
 from wav2vec2_ee.io import atomic_write_text
 
 
@@ -78,10 +85,20 @@ def main() -> None:
     parser.add_argument(
         "--exits", nargs="+", type=int, default=None, help="layers (default: the model's exits)"
     )
+    parser.add_argument(
+        "--word-times-model",
+        default=str(PACKAGED_BASE),
+        help="the CTC model whose greedy alignment writes <split>/words.ctm when it is missing (default: "
+        "the packaged base); 'none': leave the pauses between words out without it",
+    )
     args = parser.parse_args()
     names = args.conditions or list(CONDITION_CHECKS)
     if "clean" not in names:
         names = ["clean", *names]
+    if any(n in WORD_TIME_CHECKS for n in names) and args.word_times_model != "none":
+        print(f"word times: {write_word_times(args.word_times_model, args.data, args.split)}")
+    elif args.conditions is None:
+        names = None  # all there are (those needing word times only where the split has them)
     out = Path(args.output_dir)
     wer = check_conditions(args.checkpoint, args.data, args.split, out, names=names, exits=args.exits)
     text = f"{args.checkpoint} on {args.data} {args.split}; CPU: {cpu_description()}\n{format_table(wer)}"

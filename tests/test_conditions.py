@@ -371,3 +371,152 @@ def test_check_conditions_table_and_plot(tmp_path, monkeypatch, capsys):
     assert "telephone" in table and "2.50x   2.0x  MISSED" in table and "1.05x   1.1x  ok" in table
     assert "conditions.txt" in [p.name for p in out.iterdir()]
     assert "cores" in (out / "conditions.txt").read_text() and "x clean" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# pauses between words (word times: wav2vec2_ee.data.alignments)
+
+
+def _two_words() -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Two "words" of a loud tone, each with a near-silent stop closure inside, and a short quieter gap
+    between them: the gap (its samples returned) is not the quietest moment."""
+    word = np.concatenate([_sine(300, 0.3), np.zeros(960, np.float32), _sine(300, 0.3)])  # closure 60 ms
+    gap = _sine(300, 0.1, amplitude=0.05)
+    return np.concatenate([word, gap, word]), [(word.size, word.size + gap.size)]
+
+
+def _pause_start(out: np.ndarray, samples: int, level: float = 1e-4) -> int:
+    """Where the first run of ``samples`` samples under ``level`` begins."""
+    silent = np.convolve(np.abs(out) < level, np.ones(samples), "valid") >= samples
+    return int(np.flatnonzero(silent)[0])
+
+
+def test_pauses_go_between_words_where_their_times_are_known():
+    from wav2vec2_ee.data.conditions import quiet_points
+
+    audio, gaps = _two_words()
+    rng = np.random.default_rng(0)
+    anywhere = quiet_points(audio, 1, rng)
+    assert not gaps[0][0] <= anywhere[0] < gaps[0][1]  # without word times: a closure inside a word
+    for seed in range(5):
+        (position,) = quiet_points(audio, 2, np.random.default_rng(seed), gaps=gaps)  # one gap: one pause
+        assert gaps[0][0] <= position < gaps[0][1]
+    assert quiet_points(audio, 2, rng, gaps=[]) == []  # one word: nowhere to pause
+    # a pause with no gap left goes to the end: the length is the plan's whatever the gaps
+    out = add_silence(audio, 100, 200, (1600, 3200), None, np.random.default_rng(1), gaps=gaps)
+    assert out.size == audio.size + 100 + 200 + 1600 + 3200
+    assert gaps[0][0] <= _pause_start(out[100:], 1600) < gaps[0][1]
+    assert not out[-(200 + 3200) :].any()  # the second pause joined the trailing silence
+
+
+def test_pauses_follow_the_words_through_a_tempo_change():
+    audio, gaps = _two_words()
+    conditions = RecordingConditions(
+        silence_prob=1.0, tempo_prob=1.0, tempo_range=(0.8, 0.8), lead_silence=(0.0, 0.0),
+        trail_silence=(0.0, 0.0), max_pauses=1, pause_seconds=(0.5, 0.5), silence_floor_db=(120.0, 120.0),
+    )  # fmt: skip
+    hits = 0
+    for index in range(12):
+        plan = conditions.plan(0, index)
+        if not plan.silence[2]:
+            continue  # no pause drawn
+        out = conditions(audio, 0, index, plan=plan, gaps=gaps)
+        a, b = (round(g / 0.8) for g in gaps[0])  # the gap, 1.25x longer at tempo 0.8
+        assert a - 320 <= _pause_start(out, 4000) <= b
+        hits += 1
+    assert hits >= 3
+
+
+def test_read_ctm_and_the_gaps_between_words(tmp_path):
+    from wav2vec2_ee.data import DataError
+    from wav2vec2_ee.data.alignments import load_word_gaps, read_ctm, word_gaps
+
+    ctm = tmp_path / "corpus" / "train" / "words.ctm"
+    ctm.parent.mkdir(parents=True)
+    ctm.write_text(
+        ";; a comment\n1-1-0000 1 0.50 0.25 world\n1-1-0000 1 0.10 0.30 hello\n\n1-1-0001 1 0.2 0.1 one\n"
+    )
+    assert read_ctm(ctm) == {
+        "1-1-0000": [(0.10, 0.40), (0.50, 0.75)],
+        "1-1-0001": [(0.2, pytest.approx(0.3))],
+    }
+    assert word_gaps([(0.10, 0.40), (0.50, 0.75)]) == [(6400, 8000)]
+    assert word_gaps([(0.1, 0.5), (0.5, 0.6)]) == [(8000, 8001)]  # touching words: a one-sample gap
+    assert load_word_gaps(tmp_path / "corpus", ["train", "dev"]) == {
+        "1-1-0000": [(6400, 8000)],
+        "1-1-0001": [],
+    }
+    for line, problem in [("1-1-0000 1 0.5 world", "5 fields"), ("1-1-0000 1 x 0.2 w", "numbers"),
+                          ("1-1-0000 1 0.5 -0.2 w", ">= 0")]:  # fmt: skip
+        ctm.write_text(f"1-1-0009 1 0.0 0.1 ok\n{line}\n")
+        with pytest.raises(DataError, match=rf"words.ctm:2: .*{problem}"):
+            read_ctm(ctm)
+
+
+def test_the_training_dataset_puts_its_pauses_between_the_words(tmp_path):
+    import soundfile as sf
+
+    audio, gaps = _two_words()
+    sf.write(tmp_path / "u0.wav", audio, SR, subtype="FLOAT")
+    items = [PreparedUtterance("u0", str(tmp_path / "u0.wav"), "ab", [5, 6], audio.size / SR)]
+    fe = build_feature_extractor()
+    fe.do_normalize = False
+    conditions = RecordingConditions(
+        silence_prob=1.0, lead_silence=(0.0, 0.0), trail_silence=(0.0, 0.0), max_pauses=1,
+        pause_seconds=(0.5, 0.5), silence_floor_db=(120.0, 120.0),
+    )  # fmt: skip
+    index = next(i for i in range(50) if conditions.plan(0, i).silence[2])
+    for word_gaps, inside in (({"u0": gaps}, True), ({}, False)):
+        dataset = SpeechDataset(items * (index + 1), fe, conditions=conditions, word_gaps=word_gaps)
+        out = dataset[index]["input_values"]
+        assert (gaps[0][0] <= _pause_start(out, 4000) < gaps[0][1]) is inside
+
+
+def test_the_word_pause_check_needs_the_splits_word_times(tmp_path):
+    import soundfile as sf
+
+    from wav2vec2_ee.errors import UserError
+    from wav2vec2_ee.evaluation.conditions import WORD_TIME_CHECKS, build_condition_splits
+
+    corpus = tmp_path / "corpus"
+    write_librispeech(corpus, "test", good_items(2, seconds=0.5))
+    ids = sorted(p.stem for p in (corpus / "test").rglob("*.flac"))
+    built = build_condition_splits(corpus, "test", tmp_path / "cond", None)
+    assert "cond_word_pauses_2x0.8s" not in built and "cond_pauses_2x0.8s" in built  # all there can be
+    with pytest.raises(UserError, match="words.ctm: no word times for word_pauses_2x0.8s"):
+        build_condition_splits(corpus, "test", tmp_path / "cond", list(WORD_TIME_CHECKS))
+    # word times: the pauses go into the gap between the two "words" of each utterance
+    (corpus / "test" / "words.ctm").write_text(
+        "".join(f"{uid} 1 0.00 0.20 a\n{uid} 1 0.30 0.20 b\n" for uid in ids)
+    )
+    (split,) = build_condition_splits(corpus, "test", tmp_path / "cond", ["word_pauses_2x0.8s"])
+    for uid in ids:
+        clean, _ = sf.read(next((corpus / "test").rglob(f"{uid}.flac")), dtype="float32")
+        paused, _ = sf.read(next((tmp_path / "cond" / split).rglob(f"{uid}.flac")), dtype="float32")
+        assert paused.size == clean.size + 2 * int(0.8 * SR)
+        start = _pause_start(paused, int(0.8 * SR) - 400, level=0.01)  # (over a floor 60 dB down)
+        assert int(0.2 * SR) - 400 <= start <= int(0.3 * SR) + 400
+        assert np.abs(paused[-int(0.8 * SR) + 400 :]).max() < 1e-3  # one gap: the second pause at the end
+
+
+def test_word_times_are_written_by_a_models_greedy_alignment(tmp_path):
+    from wav2vec2_ee.data.alignments import read_ctm
+    from wav2vec2_ee.inference.word_times import write_word_times
+    from wav2vec2_ee.vocab import build_processor
+
+    from conftest import sharpened_model
+
+    model_dir = tmp_path / "model"
+    sharpened_model().save_pretrained(model_dir)
+    build_processor(None).save_pretrained(model_dir)
+    write_librispeech(tmp_path / "corpus", "test", good_items(3, seconds=0.5))
+    path = write_word_times(model_dir, tmp_path / "corpus", "test")
+    assert path == tmp_path / "corpus" / "test" / "words.ctm"
+    spans = read_ctm(path)
+    ids = sorted(p.stem for p in (tmp_path / "corpus" / "test").rglob("*.flac"))
+    assert set(spans) <= set(ids) and spans  # utterances in which the model hears words
+    assert all(0 <= a <= b <= 0.65 for s in spans.values() for a, b in s)
+    stamp = path.stat().st_mtime_ns
+    assert (
+        write_word_times(model_dir, tmp_path / "corpus", "test") == path and path.stat().st_mtime_ns == stamp
+    )

@@ -370,6 +370,12 @@ def test_formats(folder, recordings, tmp_path, capsys):
     code, out, _ = _run(capsys, folder, long, *FLAGS, "--format", "vtt")
     assert out.startswith("WEBVTT\n\n") and out.count(" --> ") == len(spoken)
 
+    code, out, _ = _run(capsys, folder, long, *FLAGS, "--format", "ctm")  # word times on by itself
+    words = [line.split() for line in out.splitlines()]
+    assert code == 0 and all(w[:2] == ["d", "1"] for w in words)
+    assert " ".join(w[4] for w in words) == " ".join(s["text"] for s in spoken)
+    assert float(words[0][2]) >= first["start"] - 1e-3 and float(words[-1][2]) <= spoken[-1]["end"]
+
     code, out, err = _run(capsys, folder, recordings / "a.wav", long, *FLAGS, "--format", "vtt")
     assert (code, out) == (2, "") and "--output-dir" in err[-1]
     subtitles = tmp_path / "subtitles"

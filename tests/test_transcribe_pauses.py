@@ -406,3 +406,33 @@ def test_the_decoder_flag_prints_the_lexicon_searchs_text(talk, tmp_path, capsys
         assert cli_main([*base, *flags]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_ctm_gives_each_word_its_time_and_reads_back_as_word_gaps(talk, tmp_path, capsys):
+    """``--format ctm``: a NIST CTM line per word (word times on without ``--word-timestamps``), the ids the
+    files' names, the words those of ``--format jsonl``; :func:`read_ctm` reads it back and the gaps
+    between words lie in the recording's true pauses."""
+    from wav2vec2_ee.data.alignments import read_ctm, word_gaps
+
+    base = [
+        "transcribe",
+        str(talk["checkpoint"]),
+        "--vad",
+        "energy",
+        "--max-segment-seconds",
+        "5",
+        "--no-progress",
+    ]
+    assert cli_main([*base, str(talk["long"]), "--format", "ctm"]) == 0
+    out = capsys.readouterr().out
+    assert all(line.split()[:2] == ["talk", "1"] and len(line.split()) == 5 for line in out.splitlines())
+    assert " ".join(line.split()[4] for line in out.splitlines()) == " ".join(talk["texts"])
+    ctm = tmp_path / "words.ctm"
+    ctm.write_text(out)
+    spans = read_ctm(ctm)["talk"]
+    assert len(spans) == len(" ".join(talk["texts"]).split())
+    assert all(0 <= a <= b <= len(talk["recording"]) / SR for a, b in spans)
+    # each utterance of this model is one word: the gaps between words are the pauses between utterances
+    gaps = word_gaps(spans)
+    for (a, b), (_, end), (start, _) in zip(gaps, talk["bounds"], talk["bounds"][1:]):
+        assert end - 0.3 <= a / SR and b / SR <= start + 0.3

@@ -1138,7 +1138,8 @@ def _parser() -> argparse.ArgumentParser:
         help="what is printed, each file as soon as it and the files before it are done: text (a line per "
         "file: path, exit layer, seconds, transcript), tsv (a header line, then the --output columns but "
         "segments), jsonl (a JSON row per file, its segments included), srt / vtt (subtitles of the file's "
-        "segments: printed for one input, one file per input in --output-dir)",
+        "segments: printed for one input, one file per input in --output-dir), ctm (a NIST CTM line per "
+        "word: id, channel, start, duration, word; turns --word-timestamps on)",
     )
     parser.add_argument("--json", action="store_true", help="deprecated spelling of --format jsonl")
     parser.add_argument(
@@ -1268,7 +1269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         printer = _Printer(fmt, args.output_dir, args.output)
         with log.lock() if log is not None else nullcontext():
             skip = _resumed(log, args) if log is not None else set()
-            transcriber = _transcriber(args)
+            transcriber = _transcriber(args, fmt)
             stream = transcriber.transcribe_stream(args.audio, skip=skip, once=log is not None)
             printer.start(stream)
             with log if log is not None else nullcontext():
@@ -1303,9 +1304,9 @@ def _os_message(err: OSError) -> str:
     return f"{err.filename}: {err.strerror}{hint}"
 
 
-def _transcriber(args: argparse.Namespace) -> LiteTranscriber:
+def _transcriber(args: argparse.Namespace, fmt: str = "text") -> LiteTranscriber:
     """The :class:`LiteTranscriber` of the flags (the policy: :func:`policy_from_flags`, the rules of
-    ``transcribe``)."""
+    ``transcribe``; ``--format ctm`` turns the word times on)."""
     split = None
     if args.max_segment_seconds:  # 0: off
         with _as_lite_error():
@@ -1321,7 +1322,7 @@ def _transcriber(args: argparse.Namespace) -> LiteTranscriber:
         num_threads=args.num_threads,
         split=split,
         max_seconds=args.max_seconds,
-        word_timestamps=args.word_timestamps,
+        word_timestamps=args.word_timestamps or fmt == "ctm",
     )
 
 

@@ -400,8 +400,9 @@ class InputOrder:
 
 #: ``transcribe --format`` (and lite's): ``text`` one line per file (its source, exit layer, seconds and
 #: transcript, tab-separated); ``tsv`` a header line then one row per file (:data:`TSV_COLUMNS`);
-#: ``jsonl`` one row (:data:`ROW_FIELDS`) per line; ``srt`` / ``vtt`` subtitles of its segments.
-OUTPUT_FORMATS = ("text", "tsv", "jsonl", "srt", "vtt")
+#: ``jsonl`` one row (:data:`ROW_FIELDS`) per line; ``srt`` / ``vtt`` subtitles of its segments; ``ctm``
+#: a NIST CTM line per word (:func:`ctm_lines`; word times are turned on for it).
+OUTPUT_FORMATS = ("text", "tsv", "jsonl", "srt", "vtt", "ctm")
 
 #: Subtitle formats: one document per input (printed for one input, else a file per input).
 SUBTITLE_FORMATS = ("srt", "vtt")
@@ -470,6 +471,21 @@ def row_segments(row: Mapping) -> list[Segment]:
     return out
 
 
+def ctm_lines(row: Mapping) -> list[str]:
+    """``--format ctm``: a NIST CTM line per word of the row, ``<id> 1 <start> <duration> <word>`` (seconds,
+    3 decimals; the id is the file's name without its extension, as LibriSpeech names utterances), the
+    format of sclite, Kaldi and forced aligners (:func:`~wav2vec2_ee.data.alignments.read_ctm` reads
+    it). A ``ValueError`` when the row's segments have no word times."""
+    utt = "_".join((Path(str(row["source"])).stem or "audio").split())
+    lines = []
+    for segment in row_segments(row):
+        if segment.text and segment.words is None:
+            raise ValueError(f"{row['source']}: --format ctm needs word times (--word-timestamps)")
+        for word in segment.words or []:
+            lines.append(f"{utt} 1 {word.start:.3f} {max(word.end - word.start, 0.0):.3f} {word.text}")
+    return lines
+
+
 def subtitles(row: Mapping, fmt: str) -> str:
     """``--format srt`` or ``vtt``: the row's segments as SubRip or WebVTT (a cue per segment with text)."""
     if fmt not in SUBTITLE_FORMATS:
@@ -503,6 +519,9 @@ class FormatWriter:
             self._out(tsv_line(row))
         elif self.format == "jsonl":
             self._out(jsonl_line(row))
+        elif self.format == "ctm":
+            for line in ctm_lines(row) if ok else []:
+                self._out(line)
         elif ok:
             document = subtitles(row, self.format)
             if self.output_dir is None:

@@ -29,7 +29,7 @@ at pauses before they reach the model (the transcription commands).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,6 +204,7 @@ class RecordingConditions:
         other: Callable[[np.random.Generator], np.ndarray] | None = None,
         room: Callable[[np.ndarray], np.ndarray] | None = None,
         plan: ConditionPlan | None = None,
+        gaps: Sequence[tuple[int, int]] | None = None,
     ) -> np.ndarray:
         """``(samples,)`` float32 audio of utterance ``index`` in ``epoch`` under its drawn conditions
         (``audio`` itself when none is drawn and ``room`` is ``None``).
@@ -213,15 +214,19 @@ class RecordingConditions:
             room: the room's reverberation and noise, applied after silence and babble (e.g. a bound
                 :class:`~.augment.NoiseAndReverb`).
             plan: the draws to apply (default :meth:`plan` of ``(epoch, index)``).
+            gaps: ``(start, end)`` samples of ``audio`` between its words, where known: the pauses go
+                there (:func:`add_silence`; a tempo change moves them with the audio).
         """
         plan = self.plan(epoch, index) if plan is None else plan
         rng = np.random.default_rng(plan.seed)
         out = audio
         if plan.tempo is not None:
             out = change_tempo(out, plan.tempo)
+            if gaps is not None:
+                gaps = scale_positions(gaps, out.size / max(audio.size, 1))
         if plan.silence is not None:
             lead, trail, pauses, floor_db = plan.silence
-            out = add_silence(out, lead, trail, pauses, floor_db, rng)
+            out = add_silence(out, lead, trail, pauses, floor_db, rng, gaps=gaps)
         if plan.babble is not None and other is not None:
             out = add_babble(out, [other(rng) for _ in range(plan.babble[0])], plan.babble[1], rng)
         if room is not None:
@@ -241,6 +246,12 @@ class RecordingConditions:
 
 # ----------------------------------------------------------------------------------------------
 # the conditions, as pure functions of (samples,) float32 audio
+
+
+def scale_positions(spans: Sequence[tuple[int, int]], ratio: float) -> list[tuple[int, int]]:
+    """Sample ``(start, end)`` spans of an audio whose length changed by ``ratio`` (new / old): where the
+    same moments lie now (speed and tempo changes stretch time evenly)."""
+    return [(int(round(a * ratio)), int(round(b * ratio))) for a, b in spans]
 
 
 def tempo_length(samples: int, factor: float) -> int:
@@ -309,9 +320,37 @@ def add_babble(
     return (audio + babble * np.sqrt(power / babble_power / 10 ** (snr_db / 10))).astype(np.float32)
 
 
-def quiet_points(audio: np.ndarray, count: int, rng: np.random.Generator, hop: int = 320) -> list[int]:
-    """``count`` sample positions inside the middle 80 % of ``audio`` at its quietest 20 ms frames (the
-    gaps between words, where a talker pauses), in increasing order."""
+def quiet_points(
+    audio: np.ndarray,
+    count: int,
+    rng: np.random.Generator,
+    hop: int = 320,
+    gaps: Sequence[tuple[int, int]] | None = None,
+) -> list[int]:
+    """Up to ``count`` sample positions where a talker could pause, in increasing order.
+
+    With ``gaps`` (``(start, end)`` samples between consecutive words, e.g. from a word alignment:
+    :func:`~.alignments.word_gaps`): one position in each of ``count`` gaps drawn at random, at the gap's
+    quietest ``hop`` frame (its middle when it is shorter than a frame); fewer when there are fewer gaps
+    (a one-word utterance has none). Without: ``count`` positions at the quietest 20 ms frames of the
+    middle 80 % of ``audio`` (in synthetic speech these are as often a stop's closure inside a word as a
+    gap between words).
+    """
+    if gaps is not None:
+        usable = [(max(int(a), 0), min(int(b), audio.size)) for a, b in gaps]
+        usable = [(a, b) for a, b in usable if b > a]
+        if count <= 0 or not usable:
+            return []
+        chosen = rng.choice(len(usable), size=min(count, len(usable)), replace=False)
+        positions = []
+        for a, b in (usable[int(i)] for i in chosen):
+            frames = (b - a) // hop
+            if frames < 1:
+                positions.append((a + b) // 2)
+                continue
+            energy = np.square(audio[a : a + frames * hop].reshape(frames, hop)).mean(axis=1)
+            positions.append(a + int(np.argmin(energy)) * hop + hop // 2)
+        return sorted(positions)
     frames = audio.size // hop
     if count <= 0 or frames < 5:
         return sorted(int(p) for p in rng.integers(0, max(audio.size, 1), size=max(count, 0)))
@@ -329,12 +368,17 @@ def add_silence(
     pauses: tuple[int, ...],
     floor_db: float | None,
     rng: np.random.Generator,
+    gaps: Sequence[tuple[int, int]] | None = None,
 ) -> np.ndarray:
     """``lead`` samples of silence before ``audio``, ``trail`` after, pauses of the given lengths at its
-    quietest points (:func:`quiet_points`), and pink noise ``floor_db`` dB below the speech's level over
-    the whole result (the recording's noise floor; ``None``: digital silence)."""
+    :func:`quiet_points` (between words where ``gaps`` gives the word gaps; a pause with no gap left
+    goes to the end, so the length is always ``audio.size + lead + trail + sum(pauses)``), and pink noise
+    ``floor_db`` dB below the speech's level over the whole result (the recording's noise floor;
+    ``None``: digital silence)."""
+    positions = quiet_points(audio, len(pauses), rng, gaps=gaps)
+    trail += sum(pauses[len(positions) :])
     pieces, last = [np.zeros(lead, np.float32)], 0
-    for position, length in zip(quiet_points(audio, len(pauses), rng), pauses):
+    for position, length in zip(positions, pauses):
         pieces += [audio[last:position], np.zeros(length, np.float32)]
         last = position
     pieces += [audio[last:], np.zeros(trail, np.float32)]

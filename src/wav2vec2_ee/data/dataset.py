@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -20,7 +20,7 @@ from ..audio import SAMPLING_RATE, AudioError, audio_duration, load_audio
 from ..labels import pad_labels
 from ..vocab import TextNormalizer
 from .augment import NoiseAndReverb, SpeedPerturbation
-from .conditions import ConditionPlan, RecordingConditions
+from .conditions import ConditionPlan, RecordingConditions, scale_positions
 from .sources import BadItemError, Utterance, report_skipped, strict_error
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,9 @@ class SpeechDataset(Dataset):
     recording conditions of :class:`~.conditions.RecordingConditions` are drawn per ``(epoch, index)``
     (the room's noise and reverberation in their place in its chain; babble from other utterances of
     this dataset); a tempo that would leave too few CTC frames is not applied, and
-    :meth:`lengths_in_epoch` includes the lengths the conditions give.
+    :meth:`lengths_in_epoch` includes the lengths the conditions give. ``word_gaps`` (``{utterance id:
+    [(start, end) samples between words]}``, :func:`~.alignments.load_word_gaps`) puts the conditions'
+    pauses between words (where an utterance has none listed: at its quietest moments).
     """
 
     def __init__(
@@ -211,8 +213,10 @@ class SpeechDataset(Dataset):
         frames_for_samples: Callable[[int], int] | None = None,
         noise_and_reverb: NoiseAndReverb | None = None,
         conditions: RecordingConditions | None = None,
+        word_gaps: Mapping[str, Sequence[tuple[int, int]]] | None = None,
     ):
         self.utterances = list(utterances)
+        self.word_gaps = dict(word_gaps or {})
         self.conditions = conditions if conditions and conditions.enabled else None
         self.noise_and_reverb = noise_and_reverb if noise_and_reverb and noise_and_reverb.enabled else None
         self.feature_extractor = feature_extractor
@@ -337,7 +341,10 @@ class SpeechDataset(Dataset):
             if self.speed_perturbation is not None:
                 item["input_values"], item["speed"] = self._perturb(values, labels, i, epoch)
             if self.conditions is not None or self.noise_and_reverb is not None:
-                item["input_values"] = self._augment(item["input_values"], i, epoch)
+                gaps = self.word_gaps.get(self.utterances[i].id)
+                if gaps is not None and item["input_values"].size != values.size:
+                    gaps = scale_positions(gaps, item["input_values"].size / max(values.size, 1))
+                item["input_values"] = self._augment(item["input_values"], i, epoch, gaps)
             if skipped:
                 item["skipped_audio"] = skipped
             return item
@@ -350,9 +357,12 @@ class SpeechDataset(Dataset):
         except AudioError:
             return np.zeros(1, np.float32)
 
-    def _augment(self, values: np.ndarray, index: int, epoch: int) -> np.ndarray:
-        """The noise and reverberation, then the recording conditions, normalised again (when the
-        feature extractor normalises) if anything changed the audio."""
+    def _augment(
+        self, values: np.ndarray, index: int, epoch: int, gaps: Sequence[tuple[int, int]] | None = None
+    ) -> np.ndarray:
+        """The noise and reverberation, then the recording conditions (pauses in ``gaps``, the word gaps
+        in samples of ``values``, where known), normalised again (when the feature extractor
+        normalises) if anything changed the audio."""
         room = None
         if self.noise_and_reverb is not None:
             room = lambda audio: self.noise_and_reverb(audio, epoch, index)  # noqa: E731
@@ -360,7 +370,9 @@ class SpeechDataset(Dataset):
             augmented = room(values)
         else:
             plan = self._plan(epoch, index, values.size)
-            augmented = self.conditions(values, epoch, index, other=self._other_audio, room=room, plan=plan)
+            augmented = self.conditions(
+                values, epoch, index, other=self._other_audio, room=room, plan=plan, gaps=gaps
+            )
         if augmented is values or not self.feature_extractor.do_normalize:
             return augmented
         return ((augmented - augmented.mean()) / np.sqrt(augmented.var() + 1e-7)).astype(np.float32)

@@ -30,7 +30,8 @@ from ..corpus.external import build_external_split, check_voices, voice_by_name,
 from ..data import read_texts
 from ..device import cpu_description
 from ..errors import UserError
-from ..evaluation.conditions import check_conditions
+from ..evaluation.conditions import WORD_TIME_CHECKS, check_conditions
+from ..inference.word_times import write_word_times
 from ..io import atomic_write_text
 from ..loading import load_model
 from .presets import (
@@ -466,8 +467,11 @@ def record_conditions(
     """Evaluate the base in ``model_dir`` at its last layer under the recording conditions of
     :data:`~wav2vec2_ee.evaluation.conditions.CONDITION_CHECKS` (the demo corpus's test split, built into
     ``work_dir``), add them to its ``build_record.json`` (and to its last stage) and rewrite its model
-    card. ``names``: the conditions (default: all). Returns ``{name: wer}``."""
+    card. ``names``: the conditions (default: all; the test split's word times, for the pauses between
+    words, are written first by the packaged base when missing). Returns ``{name: wer}``."""
     top = int(preset.model["num_hidden_layers"])
+    if names is None or any(n in WORD_TIME_CHECKS for n in names):
+        write_word_times(PACKAGED_BASE, demo_corpus, "test")
     wer = check_conditions(model_dir, demo_corpus, "test", work_dir, names=names, exits=[top])
     at_top = {name: by_layer[top] for name, by_layer in wer.items()}
     path = model_dir / "build_record.json"

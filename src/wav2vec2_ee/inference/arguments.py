@@ -154,13 +154,14 @@ class TranscribeArguments:
             "list of results at the end"
         },
     )
-    format: Literal["text", "tsv", "jsonl", "srt", "vtt"] = field(
+    format: Literal["text", "tsv", "jsonl", "srt", "vtt", "ctm"] = field(
         default="text",
         metadata={
             "help": "what is printed, each file as soon as it and the files before it are done, in input order: "
             "text (a line per file: path, exit layer, seconds, transcript), tsv (a header line, then the "
             "--output columns but segments), jsonl (a JSON row per file, its segments included), srt / vtt "
-            "(subtitles of the file's segments: printed for one input, one file per input in --output-dir)"
+            "(subtitles of the file's segments: printed for one input, one file per input in --output-dir), "
+            "ctm (a NIST CTM line per word: id, channel, start, duration, word; turns --word-timestamps on)"
         },
     )
     output_dir: str | None = field(
@@ -264,6 +265,8 @@ class TranscribeArguments:
             raise UserError("--resume needs --output FILE (the results to continue)")
         if self.format not in OUTPUT_FORMATS:
             raise UserError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if self.format == "ctm":
+            self.word_timestamps = True
         if self.json and self.format != "text":
             raise UserError(f"--json prints a JSON list: it does not go with --format {self.format}")
         if self.output_dir is not None and self.format not in SUBTITLE_FORMATS:

@@ -151,8 +151,10 @@ class DataArguments:
         default=0.0,
         metadata={
             "help": "Probability of adding silence before (0.2-1.5 s) and after (0.2-2 s) a training utterance "
-            "and up to 2 pauses of 0.3-1 s at its quietest points, over a pink noise floor --silence-floor-db "
-            "below the speech (default 0: off). A file that is mostly silence is normalised louder: training "
+            "and up to 2 pauses of 0.3-1 s, over a pink noise floor --silence-floor-db below the speech "
+            "(default 0: off). The pauses go between words where the split has its word times (<split>/"
+            "words.ctm, e.g. from `wav2vec2-ee transcribe MODEL <split> --format ctm`), else at the quietest "
+            "moments. A file that is mostly silence is normalised louder: training "
             "with it teaches the model that level."
         },
     )

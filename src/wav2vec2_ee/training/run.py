@@ -15,6 +15,7 @@ from transformers.trainer_utils import TrainOutput
 
 from ..checkpoints import refused_pickle_error
 from ..data import DataError, PreparationReport, SpeechDataset, load_split, prepare_utterances
+from ..data.alignments import load_word_gaps
 from ..data.augment import NoiseAndReverb, SpeedPerturbation
 from ..data.conditions import CONDITIONS, RecordingConditions
 from ..data.dataset import DataCollatorCTCWithPadding
@@ -202,6 +203,9 @@ def build_train_dataset(
         frames_for_samples=frames,
         noise_and_reverb=noise_and_reverb(data_args, training_args.seed),
         conditions=recording_conditions(data_args, training_args.seed),
+        word_gaps=load_word_gaps(data_args.data, data_args.train_splits or [])
+        if data_args.silence_prob
+        else None,
     )
     if training_args.world_size == 1 and training_args.dataloader_num_workers == 0:
         # one process, no loader workers: the next two batches are prepared in a background thread while
