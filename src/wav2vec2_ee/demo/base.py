@@ -306,7 +306,9 @@ def build_base(
     With ``continue_from`` (a base folder: the packaged one for ``--build-base --continue``), the
     training is a stage instead (:func:`~.presets.base_stage_config`, ``<out>/stage-<n>``): a warm restart
     from its weights with one new learning-rate cycle of ``train_minutes`` (default
-    :data:`~.presets.BASE_STAGE_MINUTES`); the record and the model card list every stage so far.
+    :data:`~.presets.BASE_STAGE_MINUTES`); the record and the model card list every stage so far. The
+    word times of the training splits (``words.ctm``, where the stage's pauses go) are written first by
+    that base's greedy alignment where missing.
     ``progress=False``: no progress bars (corpus or training).
     """
 
@@ -331,6 +333,9 @@ def build_base(
     else:
         stages = previous_stages(continue_from)
         config = base_stage_config(preset, Path(continue_from).resolve(), corpus_dir)
+        for split in config["train_splits"]:  # the stage's pauses go between words: their times, once
+            ctm = write_word_times(continue_from, corpus_dir, split)
+            say(f"base corpus {corpus_dir}: word times of {split} in {ctm}")
         spec = RunSpec(
             f"stage-{len(stages)}", f"stage {len(stages)}: a warm restart from {continue_from}", config
         )
