@@ -181,13 +181,15 @@ def test_noise_colours_have_their_spectral_slopes(kind, slope):
     """Power ~ f^slope: the least-squares slope of log power over log frequency (100 Hz - 4 kHz), averaged
     over draws."""
     rng = np.random.default_rng(2)
-    freqs = np.fft.rfftfreq(SR, 1 / SR)
-    band = (freqs >= 100) & (freqs <= 4000)
-    power = np.mean([np.abs(np.fft.rfft(colored_noise(SR, kind, rng))) ** 2 for _ in range(20)], axis=0)
-    fitted = np.polyfit(np.log(freqs[band]), np.log(power[band]), 1)[0]
-    assert fitted == pytest.approx(slope, abs=0.15)
-    noise = colored_noise(SR, kind, rng)
-    assert np.mean(noise**2) == pytest.approx(1.0, rel=1e-3) and abs(noise.mean()) < 1e-3
+    for n in (SR, 16007):  # (16007 is prime: the noise is shaped over a power of two and cut)
+        freqs = np.fft.rfftfreq(n, 1 / SR)
+        band = (freqs >= 100) & (freqs <= 4000)
+        power = np.mean([np.abs(np.fft.rfft(colored_noise(n, kind, rng))) ** 2 for _ in range(20)], axis=0)
+        fitted = np.polyfit(np.log(freqs[band]), np.log(power[band]), 1)[0]
+        assert fitted == pytest.approx(slope, abs=0.15)
+        noise = colored_noise(n, kind, rng)
+        assert noise.shape == (n,) and noise.dtype == np.float32
+        assert np.mean(noise**2) == pytest.approx(1.0, rel=1e-3) and abs(noise.mean()) < 1e-3
 
 
 @pytest.mark.parametrize("rt60", [0.2, 0.5])
