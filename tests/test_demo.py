@@ -51,6 +51,7 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the files it points to
     for path in (
         "corpus/corpus.json",
+        "corpus/train/words.ctm",  # where the training's pauses go (the base's greedy word times)
         "base/model/model.safetensors",
         "base/model/README.md",
         "configs/ee.json",
@@ -72,6 +73,7 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     assert set(summary["wer"]["test lexicon"]) == {str(x) for x in layers}
     assert set(summary["wer"]["test lexicon+3-gram"]) == {str(x) for x in layers}
     assert summary["timings"]["train"]["steps"] == demo.PRESETS["quick"].training["max_steps"]
+    assert summary["timings"]["word_times"]["seconds"] >= 0 and "word times" in printed
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())
     assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")

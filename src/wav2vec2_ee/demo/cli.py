@@ -34,6 +34,7 @@ from ..command_line import parsing_flags
 from ..corpus import build_corpus
 from ..ctc.decoding import require_flashlight
 from ..errors import UserError
+from ..inference.word_times import write_word_times
 from ..io import atomic_write_text
 from .arguments import DemoArguments, build_parser
 from .base import base_model_dir, build_base
@@ -105,6 +106,17 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
         transformers.utils.logging.disable_progress_bar()  # weight loading / saving bars
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
     return preset, out, corpus
+
+
+def _word_times(base: Path, corpus: Path, splits: list[str]) -> dict:
+    """The word times of the training ``splits`` (``words.ctm``) by the base's greedy alignment, where
+    missing; ``{"seconds"}``."""
+    begin = time.perf_counter()
+    for split in splits:
+        say(
+            f"word times of {split} (where the training's pauses go): {write_word_times(base, corpus, split)}"
+        )
+    return {"seconds": round(time.perf_counter() - begin, 1)}
 
 
 def build_demo_corpus(preset: DemoPreset, corpus: Path, progress: bool = True) -> dict:
@@ -188,8 +200,9 @@ def _print_files(timings: dict, total: float, result: dict, model_dir: Path, spl
     """Step 4: where the time went and where the model and the result files are."""
     eval_dir = model_dir / "eval"
     per_step = timings["train"].get("seconds_per_step")
+    times = f", word times {timings['word_times']['seconds']:.0f} s" if "word_times" in timings else ""
     say(
-        f"time: corpus {timings['corpus']['seconds']:.0f} s, training {timings['train']['seconds']:.0f} s "
+        f"time: corpus {timings['corpus']['seconds']:.0f} s{times}, training {timings['train']['seconds']:.0f} s "
         f"({timings['train']['steps']} steps, {per_step:.2f} s/step), evaluation {result['seconds']:.0f} s; "
         f"total {total:.0f} s"
     )
@@ -258,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     base = base_model_dir(preset, out, args.base)
     say(f"base model: {base}")
     spec = ee_run(preset, base, corpus, args.max_steps)
+    if spec.train.get("silence_prob"):  # the training's pauses go between words: the base times them, once
+        timings["word_times"] = _word_times(base, corpus, spec.train["train_splits"])
     train_budget = _train_budget(args, preset, start)
     timings["train"] = train_run(
         spec, out, overwrite=args.overwrite, time_budget=train_budget, progress=args.progress
