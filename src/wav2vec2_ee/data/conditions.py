@@ -98,8 +98,9 @@ class RecordingConditions:
             the caller) summed underneath at a speech-to-babble ratio drawn from ``babble_snr_db``.
         silence_prob / lead_silence / trail_silence / max_pauses / pause_seconds / silence_floor_db:
             silence before (seconds drawn from ``lead_silence``) and after (``trail_silence``), and up to
-            ``max_pauses`` pauses of ``pause_seconds`` inserted at the quietest moments inside, over a
-            noise floor ``silence_floor_db`` below the speech's level.
+            ``max_pauses`` pauses of ``pause_seconds`` inserted between words (the call's ``gaps``) or, with
+            no word times, at the quietest moments inside, over a noise floor ``silence_floor_db`` below
+            the speech's level.
         gain_prob / gain_db / dc_offset: a gain in dB and a DC offset (fraction of full scale), applied
             before clipping.
         clipping_prob / clipping_db: driven ``clipping_db`` dB over full scale, then clipped hard
