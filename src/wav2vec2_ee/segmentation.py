@@ -59,7 +59,7 @@ class SplitOptions:
     max_seconds: float = 20.0
     min_silence: float = 0.3
     min_speech: float = 0.15
-    pad: float = 0.1
+    pad: float = 0.2
     threshold: float | None = None
     vad: str = "auto"
 
