@@ -471,12 +471,13 @@ def row_segments(row: Mapping) -> list[Segment]:
     return out
 
 
-def ctm_lines(row: Mapping) -> list[str]:
+def ctm_lines(row: Mapping, utterance_id: str | None = None) -> list[str]:
     """``--format ctm``: a NIST CTM line per word of the row, ``<id> 1 <start> <duration> <word>`` (seconds,
-    3 decimals; the id is the file's name without its extension, as LibriSpeech names utterances), the
-    format of sclite, Kaldi and forced aligners (:func:`~wav2vec2_ee.data.alignments.read_ctm` reads
-    it). A ``ValueError`` when the row's segments have no word times."""
-    utt = "_".join((Path(str(row["source"])).stem or "audio").split())
+    3 decimals; the id is ``utterance_id``, by default the file's name without its extension, as
+    LibriSpeech names utterances), the format of sclite, Kaldi and forced aligners
+    (:func:`~wav2vec2_ee.data.alignments.read_ctm` reads it). A ``ValueError`` when the row's segments
+    have no word times."""
+    utt = utterance_id or "_".join((Path(str(row["source"])).stem or "audio").split())
     lines = []
     for segment in row_segments(row):
         if segment.text and segment.words is None:

@@ -46,7 +46,7 @@ from .presets import (
     base_stage_config,
     base_train_config,
 )
-from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, show, train_run
+from .runs import RunSpec, evaluate_run, format_wer_by_exit, say, show, train_run, write_training_word_times
 
 
 def base_model_dir(preset: DemoPreset, out: Path, base: str | None = None) -> Path:
@@ -333,9 +333,7 @@ def build_base(
     else:
         stages = previous_stages(continue_from)
         config = base_stage_config(preset, Path(continue_from).resolve(), corpus_dir)
-        for split in config["train_splits"]:  # the stage's pauses go between words: their times, once
-            ctm = write_word_times(continue_from, corpus_dir, split)
-            say(f"base corpus {corpus_dir}: word times of {split} in {ctm}")
+        write_training_word_times(continue_from, corpus_dir, config["train_splits"])
         spec = RunSpec(
             f"stage-{len(stages)}", f"stage {len(stages)}: a warm restart from {continue_from}", config
         )

@@ -34,13 +34,20 @@ from ..command_line import parsing_flags
 from ..corpus import build_corpus
 from ..ctc.decoding import require_flashlight
 from ..errors import UserError
-from ..inference.word_times import write_word_times
 from ..io import atomic_write_text
 from .arguments import DemoArguments, build_parser
 from .base import base_model_dir, build_base
 from .presets import PRESETS, DemoPreset
 from .reproduce import run_reproduce
-from .runs import RunSpec, ee_run, evaluate_run, format_wer_by_exit, say, train_run
+from .runs import (
+    RunSpec,
+    ee_run,
+    evaluate_run,
+    format_wer_by_exit,
+    say,
+    train_run,
+    write_training_word_times,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -106,17 +113,6 @@ def _setup(args: DemoArguments) -> tuple[DemoPreset, Path, Path]:
         transformers.utils.logging.disable_progress_bar()  # weight loading / saving bars
         warnings.filterwarnings("ignore", message=".*pin_memory.*")
     return preset, out, corpus
-
-
-def _word_times(base: Path, corpus: Path, splits: list[str]) -> dict:
-    """The word times of the training ``splits`` (``words.ctm``) by the base's greedy alignment, where
-    missing; ``{"seconds"}``."""
-    begin = time.perf_counter()
-    for split in splits:
-        say(
-            f"word times of {split} (where the training's pauses go): {write_word_times(base, corpus, split)}"
-        )
-    return {"seconds": round(time.perf_counter() - begin, 1)}
 
 
 def build_demo_corpus(preset: DemoPreset, corpus: Path, progress: bool = True) -> dict:
@@ -272,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"base model: {base}")
     spec = ee_run(preset, base, corpus, args.max_steps)
     if spec.train.get("silence_prob"):  # the training's pauses go between words: the base times them, once
-        timings["word_times"] = _word_times(base, corpus, spec.train["train_splits"])
+        timings["word_times"] = write_training_word_times(base, corpus, spec.train["train_splits"])
     train_budget = _train_budget(args, preset, start)
     timings["train"] = train_run(
         spec, out, overwrite=args.overwrite, time_budget=train_budget, progress=args.progress

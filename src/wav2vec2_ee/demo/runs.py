@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..evaluation.evaluate import evaluate_checkpoint
+from ..inference.word_times import write_word_times
 from ..io import atomic_write_text
 from ..training.cli import parse_args
 from ..training.run import run_training
@@ -106,6 +107,16 @@ def train_run(
     cut = f", {planned - steps} fewer than planned to fit the time budget" if steps < planned else ""
     say(f"{spec.name}: {steps} steps in {seconds:.0f} s ({timing['seconds_per_step']:.2f} s/step{cut})")
     return {**timing, "cached": False}
+
+
+def write_training_word_times(base: Path, corpus: Path, splits: list[str]) -> dict:
+    """The word times of the training ``splits`` of ``corpus`` (``words.ctm``, where the training's pauses
+    go) by the greedy alignment of ``base``, where missing; ``{"seconds"}``."""
+    begin = time.perf_counter()
+    for split in splits:
+        say(f"word times of {corpus}/{split} (where the training's pauses go): "
+            f"{write_word_times(base, corpus, split)}")  # fmt: skip
+    return {"seconds": round(time.perf_counter() - begin, 1)}
 
 
 def _wer_by_layer(result: dict, key: str) -> dict[str, dict[int, float]]:

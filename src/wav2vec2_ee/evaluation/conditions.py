@@ -98,7 +98,10 @@ def build_condition_splits(
             f"{ctm}: no word times for {', '.join(wanted)} (write them with `wav2vec2-ee transcribe MODEL "
             f"{source} --format ctm > {ctm}`, or leave the check out)"
         )
-    gaps = {utt: word_gaps(spans) for utt, spans in read_ctm(ctm).items()} if ctm.is_file() else {}
+    gaps, word_times = {}, None
+    if ctm.is_file():
+        gaps = {utt: word_gaps(spans) for utt, spans in read_ctm(ctm).items()}
+        word_times = hashlib.sha256(ctm.read_bytes()).hexdigest()
     files = _transcript_files(source)
     if not files:
         raise FileNotFoundError(f"{source}: no LibriSpeech-layout transcripts (*.trans.txt)")
@@ -119,7 +122,7 @@ def build_condition_splits(
         marker = target / "condition.json"
         record = {"source": str(source.resolve()), "seed": seed, "condition": name, "utterances": len(ids)}
         if name in WORD_TIME_CHECKS:
-            record["word_times"] = hashlib.sha256(ctm.read_bytes()).hexdigest()
+            record["word_times"] = word_times
         splits.append(condition_split(name))
         if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == record:
             continue

@@ -37,6 +37,6 @@ def write_word_times(
     rows = transcriber.transcribe([u.audio for u in utterances], raise_errors=True)
     lines = []
     for utt, row in zip(utterances, rows):
-        lines += [f"{utt.id} {line.split(' ', 1)[1]}" for line in ctm_lines(row.to_dict())]
+        lines += ctm_lines(row.to_dict(), utterance_id=utt.id)
     atomic_write_text(path, "".join(f"{line}\n" for line in lines))
     return path
