@@ -77,6 +77,9 @@ def test_quick_demo_end_to_end(quick_demo: tuple[Path, str]) -> None:
     # the written train config reruns with `wav2vec2-ee train <file>`
     config = json.loads((root / "configs" / "ee.json").read_text())
     assert config["objective"] == "ee" and config["output_dir"] == str(root / "ee")
+    assert config["auto_bf16"]  # bfloat16 where this CPU measures it faster, as the base's stages
+    assert summary["timings"]["train"]["precision"] in ("float32", "bfloat16")
+    assert f"s/step in {summary['timings']['train']['precision']}" in printed
     # fine-tuned from the (smoke-test) pretrained base, with the preset's exits
     assert config["model"] == str(root / "base" / "model") and config["exit_layers"] == layers
     assert "[demo] base model: " in printed

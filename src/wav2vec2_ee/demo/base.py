@@ -376,7 +376,7 @@ def build_base(
                 "minutes": timing["train_runtime"] / 60,
                 "steps": timing["steps"],
                 "seconds_per_step": timing["seconds_per_step"],
-                "precision": "bfloat16" if (run_summary.get("precision") or {}).get("bf16") else "float32",
+                "precision": timing.get("precision", "float32"),
                 "machine": _machine(),
                 "final_loss": final_loss,
                 "wer": wer,

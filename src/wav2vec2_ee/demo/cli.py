@@ -196,10 +196,11 @@ def _print_files(timings: dict, total: float, result: dict, model_dir: Path, spl
     """Step 4: where the time went and where the model and the result files are."""
     eval_dir = model_dir / "eval"
     per_step = timings["train"].get("seconds_per_step")
+    precision = f" in {timings['train']['precision']}" if "precision" in timings["train"] else ""
     times = f", word times {timings['word_times']['seconds']:.0f} s" if "word_times" in timings else ""
     say(
         f"time: corpus {timings['corpus']['seconds']:.0f} s{times}, training {timings['train']['seconds']:.0f} s "
-        f"({timings['train']['steps']} steps, {per_step:.2f} s/step), evaluation {result['seconds']:.0f} s; "
+        f"({timings['train']['steps']} steps, {per_step:.2f} s/step{precision}), evaluation {result['seconds']:.0f} s; "
         f"total {total:.0f} s"
     )
     say(f"model:            {model_dir}")

@@ -211,6 +211,10 @@ DEMO_TRAINING: dict = {
     "max_grad_norm": 5.0,
     "weight_decay": 0.0,
     "seed": 0,
+    # bfloat16 where the CPU has it and it measures faster (the stages' choice): the demo's step, forward
+    # and backward of batch 8 x 1.1 s with the CNN frozen, 0.15-0.17 s against 0.23-0.24 s in float32 on an
+    # AMD EPYC with AVX512_BF16: more steps in the same minutes
+    "auto_bf16": True,
 }
 
 #: Settings common to every demo run (no intermediate checkpoints: a run is the unit of resumption).

@@ -69,7 +69,8 @@ def train_run(
     reruns it by hand); ``demo_run.json`` in the run folder, written last, marks the run complete.
     ``time_budget`` (seconds, ``train --time-budget``) and ``progress`` (``False``: the Trainer's
     ``disable_tqdm``) are not part of what makes a finished run reusable.
-    Returns ``{"seconds", "steps", "seconds_per_step", "cached"}``.
+    Returns ``{"seconds", "train_runtime", "steps", "seconds_per_step", "precision", "cached"}``
+    (``precision``: ``"bfloat16"`` where ``--auto-bf16`` chose it).
     """
     run_dir = out / spec.name
     # the demo owns its run folders: a rerun with other settings retrains there
@@ -96,6 +97,7 @@ def train_run(
         "train_runtime": round(train_seconds, 1),
         "steps": steps,
         "seconds_per_step": round(train_seconds / max(steps, 1), 3),
+        "precision": "bfloat16" if trainer.args.bf16 else "float16" if trainer.args.fp16 else "float32",
     }
     if time_budget:
         timing["time_budget"] = round(time_budget, 1)
@@ -105,7 +107,10 @@ def train_run(
     del trainer
     planned = int(config["max_steps"])
     cut = f", {planned - steps} fewer than planned to fit the time budget" if steps < planned else ""
-    say(f"{spec.name}: {steps} steps in {seconds:.0f} s ({timing['seconds_per_step']:.2f} s/step{cut})")
+    say(
+        f"{spec.name}: {steps} steps in {seconds:.0f} s "
+        f"({timing['seconds_per_step']:.2f} s/step in {timing['precision']}{cut})"
+    )
     return {**timing, "cached": False}
 
 
