@@ -20,6 +20,7 @@ from wav2vec2_ee.data.conditions import (
     change_tempo,
     clip,
     lossy_codec,
+    shift_voice,
     telephone_band,
     tempo_length,
 )
@@ -64,6 +65,26 @@ def test_tempo_changes_the_length_and_keeps_the_pitch(factor):
     assert _peak_hz(y) == pytest.approx(440.0, abs=3.0)  # resampling would give 440 * factor
     assert _power(y[2000:-2000]) == pytest.approx(_power(x), rel=0.1)  # no level loss in the overlap-add
     assert change_tempo(x, 1.0) is x
+
+
+@pytest.mark.parametrize("factor", [0.8, 1.25])
+def test_voice_shift_moves_every_frequency_and_keeps_the_length(factor):
+    # two partials stand for pitch and formant: both move by the factor, the length stays
+    x = _sine(300.0, 1.0) + 0.25 * _sine(2000.0, 1.0)
+    y = shift_voice(x, factor)
+    assert y.size == x.size
+    assert _peak_hz(y) == pytest.approx(300.0 * factor, abs=4.0)
+    upper = np.fft.rfftfreq(y.size, 1 / SR) > 1000  # the second partial
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(y.size)))
+    assert np.fft.rfftfreq(y.size, 1 / SR)[upper][np.argmax(spectrum[upper])] == pytest.approx(
+        2000 * factor, abs=8.0
+    )
+    assert _power(y[2000:-2000]) == pytest.approx(_power(x), rel=0.15)
+    # with a tempo in the same pass: the tempo's length, the voice's pitch
+    z = shift_voice(x, factor, tempo=1.2)
+    assert z.size == tempo_length(x.size, 1.2)
+    assert _peak_hz(z) == pytest.approx(300.0 * factor, abs=4.0)
+    assert np.array_equal(shift_voice(x, 1.0, tempo=0.9), change_tempo(x, 0.9))
 
 
 def test_telephone_band_keeps_the_voice_band_and_removes_the_rest():
@@ -183,6 +204,12 @@ def test_draws_are_deterministic_independent_and_follow_their_probabilities():
         a, b = everything.plan(0, i), no_phone.plan(0, i)
         assert [n for n in a.names if n != "telephone"] == b.names and a.tempo == b.tempo
     assert not RecordingConditions().enabled
+    # a condition added later (the voice) draws after the others: their draws are those of runs before it
+    no_voice = RecordingConditions(**{f"{n}_prob": 0.3 for n in CONDITIONS if n != "voice"}, seed=4)
+    for i in range(50):
+        a, b = everything.plan(0, i), no_voice.plan(0, i)
+        assert a.seed == b.seed and [n for n in a.names if n != "voice"] == b.names and a.silence == b.silence
+        assert a.voice is None or 0.8 <= a.voice <= 1.25
 
 
 @pytest.mark.parametrize(
@@ -282,13 +309,14 @@ def test_train_command_with_recording_conditions(tmp_path):
     args = ["train", "--model", str(model_json), "--data", str(corpus), "--train-splits", "train",
             "--output-dir", str(tmp_path / "out"), "--per-device-train-batch-size", "2", "--max-steps", "3",
             "--report-to", "none", "--disable-tqdm", "true"]  # fmt: skip
-    opts = ["--tempo-prob", "0.5", "--tempo-range", "0.9", "1.1", "--silence-prob", "0.5",
+    opts = ["--voice-prob", "0.5", "--voice-range", "0.9", "1.2",
+            "--tempo-prob", "0.5", "--tempo-range", "0.9", "1.1", "--silence-prob", "0.5",
             "--silence-floor-db", "10", "30", "--babble-prob",
             "0.5", "--telephone-prob", "0.5", "--codec-prob", "0.5", "--clipping-prob", "0.5", "--gain-prob", "0.5"]  # fmt: skip
     assert cli_main([*args, *opts]) == 0
     settings = json.loads((tmp_path / "out" / "run_settings.json").read_text())["settings"]
     assert settings["conditions"] == {
-        "tempo": 0.5, "babble": 0.5, "silence": 0.5, "gain": 0.5, "clipping": 0.5, "telephone": 0.5,
+        "voice": 0.5, "voice_range": [0.9, 1.2], "tempo": 0.5, "babble": 0.5, "silence": 0.5, "gain": 0.5, "clipping": 0.5, "telephone": 0.5,
         "codec": 0.5, "tempo_range": [0.9, 1.1], "babble_snr_db": [10.0, 25.0], "silence_floor_db": [10.0, 30.0],
     }  # fmt: skip
     assert cli_main([*args, "--overwrite-output-dir", "--codec-prob", "2"]) == 2

@@ -1,11 +1,13 @@
 """Recording conditions of real audio that a speech synthesiser never makes, as training augmentation.
 
 :class:`RecordingConditions` turns a clean training utterance into one recorded the way users' files
-are: spoken faster or slower (tempo, pitch kept), with other speech underneath (babble), with silence
+are: by another talker's voice (pitch and formants scaled together, the length kept: a longer or shorter
+vocal tract, as vocal tract length perturbation does), spoken faster or slower (tempo, pitch kept), with
+other speech underneath (babble), with silence
 before, after and inside it over a low noise floor, at another gain with a DC offset, clipped or
 saturated, through a telephone channel (8 kHz, 300-3400 Hz band, G.711 mu-law companding) or a lossy
 codec (Ogg Vorbis or MP3, through ``soundfile``). Each condition is drawn independently with its own
-probability (all 0 by default: off). The chain follows a recording: the talker (tempo, then pauses
+probability (all 0 by default: off). The chain follows a recording: the talker (voice and tempo, then pauses
 and silence before and after, over the microphone's noise floor), the room (babble; then the room's
 reverberation and noise, :class:`~.augment.NoiseAndReverb`, when given as ``room``), the input stage
 (gain, DC, clipping) and the channel (telephone or codec). The talker pauses, the room does not: babble
@@ -41,7 +43,11 @@ from ..errors import UserError
 from .augment import colored_noise
 
 #: The conditions, in the order the chain applies them (the probability fields are ``<name>_prob``).
-CONDITIONS = ("tempo", "babble", "silence", "gain", "clipping", "telephone", "codec")
+CONDITIONS = ("voice", "tempo", "babble", "silence", "gain", "clipping", "telephone", "codec")
+#: The conditions whose draws come first in :meth:`RecordingConditions.plan`, in this order; a condition
+#: added later draws after them (and after the plan's seed), so that the draws of runs made before it
+#: stay what they were.
+_FIRST_DRAWN = ("tempo", "babble", "silence", "gain", "clipping", "telephone", "codec")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class ConditionPlan:
     audio (pause positions, noise, babble offsets).
     """
 
+    voice: float | None = None  # pitch and formant factor (1.2 = 20 % higher)
     tempo: float | None = None
     babble: tuple[int, float] | None = None  # (speakers, SNR dB)
     silence: tuple[int, int, tuple[int, ...], float] | None = None  # (lead, trail, pauses, floor dB)
@@ -92,6 +99,9 @@ class RecordingConditions:
     """Real recording conditions as a training augmentation (every probability 0 = off).
 
     Args:
+        voice_prob / voice_range: another talker's voice: pitch and formants scaled together by a factor
+            drawn from ``voice_range`` (``1.2`` = 20 % higher), the length and tempo kept
+            (:func:`shift_voice`; vocal tract length perturbation on the waveform).
         tempo_prob / tempo_range: play the utterance faster or slower by a factor drawn from
             ``tempo_range`` (``1.25`` = 25 % faster), pitch and formants kept (WSOLA, :func:`change_tempo`).
         babble_prob / babble_snr_db / babble_speakers: 1 to ``babble_speakers`` other utterances (given by
@@ -111,6 +121,8 @@ class RecordingConditions:
         seed: with ``(epoch, index)``, determines every choice.
     """
 
+    voice_prob: float = 0.0
+    voice_range: tuple[float, float] = (0.8, 1.25)
     tempo_prob: float = 0.0
     tempo_range: tuple[float, float] = (0.8, 1.25)
     babble_prob: float = 0.0
@@ -139,6 +151,7 @@ class RecordingConditions:
                 raise UserError(f"{name}_prob must lie in [0, 1], got {value}")
             object.__setattr__(self, f"{name}_prob", value)
         limits = {
+            "voice_range": (0.5, 2.0),
             "tempo_range": (0.5, 2.0),
             "babble_snr_db": (-10.0, 60.0),
             "lead_silence": (0.0, 30.0),
@@ -165,8 +178,8 @@ class RecordingConditions:
         """The draws of utterance ``index`` in ``epoch`` (a fixed number of draws per condition, so that
         turning one condition on or off does not change the others' draws)."""
         rng = np.random.default_rng((int(self.seed), int(epoch), int(index), 2))
-        u = rng.random(len(CONDITIONS))
-        on = {name: bool(u[i] < getattr(self, f"{name}_prob")) for i, name in enumerate(CONDITIONS)}
+        u = rng.random(len(_FIRST_DRAWN))
+        on = {name: bool(u[i] < getattr(self, f"{name}_prob")) for i, name in enumerate(_FIRST_DRAWN)}
         tempo = float(np.exp(rng.uniform(*np.log(self.tempo_range))))
         babble = (int(rng.integers(1, self.babble_speakers + 1)), float(rng.uniform(*self.babble_snr_db)))
         pauses = int(rng.integers(0, self.max_pauses + 1))
@@ -182,7 +195,11 @@ class RecordingConditions:
         gain = (float(rng.uniform(*self.gain_db)), float(rng.uniform(-self.dc_offset, self.dc_offset)))
         clipping = ("hard" if rng.random() < 0.5 else "soft", float(rng.uniform(*self.clipping_db)))
         codec = ("vorbis" if rng.random() < 0.5 else "mp3", float(rng.uniform(*self.codec_quality)))
+        seed = int(rng.integers(2**31))
+        on["voice"] = bool(rng.random() < self.voice_prob)
+        voice = float(np.exp(rng.uniform(*np.log(self.voice_range))))
         return ConditionPlan(
+            voice=voice if on["voice"] else None,
             tempo=tempo if on["tempo"] else None,
             babble=babble if on["babble"] else None,
             silence=silence if on["silence"] else None,
@@ -190,7 +207,7 @@ class RecordingConditions:
             clipping=clipping if on["clipping"] else None,
             telephone=on["telephone"],
             codec=codec if on["codec"] else None,
-            seed=int(rng.integers(2**31)),
+            seed=seed,
         )
 
     def planned_length(self, samples: int, epoch: int, index: int) -> int:
@@ -221,10 +238,12 @@ class RecordingConditions:
         plan = self.plan(epoch, index) if plan is None else plan
         rng = np.random.default_rng(plan.seed)
         out = audio
-        if plan.tempo is not None:
+        if plan.voice is not None:
+            out = shift_voice(out, plan.voice, plan.tempo or 1.0)
+        elif plan.tempo is not None:
             out = change_tempo(out, plan.tempo)
-            if gaps is not None:
-                gaps = scale_positions(gaps, out.size / max(audio.size, 1))
+        if plan.tempo is not None and gaps is not None:
+            gaps = scale_positions(gaps, out.size / max(audio.size, 1))
         if plan.silence is not None:
             lead, trail, pauses, floor_db = plan.silence
             out = add_silence(out, lead, trail, pauses, floor_db, rng, gaps=gaps)
@@ -258,6 +277,18 @@ def scale_positions(spans: Sequence[tuple[int, int]], ratio: float) -> list[tupl
 def tempo_length(samples: int, factor: float) -> int:
     """Length of ``samples`` played ``factor`` times faster by :func:`change_tempo`."""
     return max(1, int(round(samples / factor)))
+
+
+def shift_voice(audio: np.ndarray, factor: float, tempo: float = 1.0) -> np.ndarray:
+    """``audio`` by a voice ``factor`` times higher, pitch and formants together (a vocal tract that much
+    shorter), its length kept: resampled to play ``factor`` times faster (what a speed change does),
+    then slowed back by :func:`change_tempo`, which also applies ``tempo`` in the same pass. Length
+    :func:`tempo_length` of ``tempo``."""
+    samples = tempo_length(audio.size, tempo)
+    if factor == 1.0:
+        return change_tempo(audio, tempo)
+    faster = soxr.resample(audio, SAMPLING_RATE, SAMPLING_RATE / factor).astype(np.float32, copy=False)
+    return _fit_length(change_tempo(faster, tempo / factor), samples)
 
 
 def change_tempo(audio: np.ndarray, factor: float, frame: int = 512, tolerance: int = 160) -> np.ndarray:

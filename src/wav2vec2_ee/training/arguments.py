@@ -126,6 +126,18 @@ class DataArguments:
         default_factory=lambda: [0.15, 0.6],
         metadata={"help": "Range of the reverberation time (RT60) of --reverb-prob, in seconds (low high)."},
     )
+    voice_prob: float = field(
+        default=0.0,
+        metadata={
+            "help": "Probability of another talker's voice: pitch and formants of a training utterance scaled "
+            "together by a factor drawn from --voice-range, its length and tempo kept (vocal tract length "
+            "perturbation on the waveform: resampled, then slowed back by WSOLA) (default 0: off)."
+        },
+    )
+    voice_range: list[float] = field(
+        default_factory=lambda: [0.8, 1.25],
+        metadata={"help": "Range of the pitch and formant factor of --voice-prob (1.25 = 25 %% higher)."},
+    )
     tempo_prob: float = field(
         default=0.0,
         metadata={

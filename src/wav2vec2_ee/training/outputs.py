@@ -131,6 +131,8 @@ def _conditions_setting(data_args) -> dict | None:
     }
     if not on:
         return None
+    if "voice" in on:
+        on["voice_range"] = data_args.voice_range
     if "tempo" in on:
         on["tempo_range"] = data_args.tempo_range
     if "babble" in on:

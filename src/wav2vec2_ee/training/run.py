@@ -156,13 +156,16 @@ def recording_conditions(data_args: DataArguments, seed: int) -> RecordingCondit
     try:
         conditions = RecordingConditions(
             **probs,
+            voice_range=tuple(data_args.voice_range),
             tempo_range=tuple(data_args.tempo_range),
             babble_snr_db=tuple(data_args.babble_snr_db),
             silence_floor_db=tuple(data_args.silence_floor_db),
             seed=seed,
         )
     except ValueError as err:
-        raise UserError(f"recording conditions (--tempo-prob, --silence-prob, ...): {err}") from err
+        raise UserError(
+            f"recording conditions (--voice-prob, --tempo-prob, --silence-prob, ...): {err}"
+        ) from err
     logger.info("training audio recording conditions: %s", conditions)
     return conditions
 
