@@ -536,7 +536,7 @@ def test_no_progress_disables_the_trainers_bars_and_does_not_change_what_is_reus
         Path(training_args.output_dir).mkdir(exist_ok=True)
         (Path(training_args.output_dir) / "model.safetensors").write_bytes(b"")  # the finished model
         state = SimpleNamespace(global_step=2, log_history=[{"train_runtime": 1.0}])
-        return SimpleNamespace(state=state)
+        return SimpleNamespace(state=state, args=training_args)
 
     monkeypatch.setattr(runs, "run_training", fake_run_training)
     spec = runs.RunSpec("tiny", "a stand-in", {"max_steps": 2, "model": "x", "data": str(tmp_path)})
