@@ -492,6 +492,8 @@ def test_a_stage_of_the_base_continues_from_its_weights_and_lists_every_stage(
     assert config["model"] == str((out / "quick" / "base" / "model").resolve())
     assert config["telephone_prob"] == presets.BASE_STAGE_TRAINING["telephone_prob"] and config["auto_bf16"]
     assert config["config_overrides"] == "hidden_dropout=0.0" and config["exit_layers"] == [4]
+    assert config["reverb_rt60"] == presets.BASE_STAGE_TRAINING["reverb_rt60"] == [0.15, 1.0]
+    assert config["tempo_range"] == [0.7, 1.4] and config["voice_prob"] == 0.2
     for split in config["train_splits"]:  # the stage's pauses go between the words of these times
         assert (out / "quick" / "base" / "corpus" / split / "words.ctm").is_file()
     card = (model_dir / "README.md").read_text()
