@@ -238,10 +238,8 @@ class RecordingConditions:
         plan = self.plan(epoch, index) if plan is None else plan
         rng = np.random.default_rng(plan.seed)
         out = audio
-        if plan.voice is not None:
-            out = shift_voice(out, plan.voice, plan.tempo or 1.0)
-        elif plan.tempo is not None:
-            out = change_tempo(out, plan.tempo)
+        if plan.voice is not None or plan.tempo is not None:
+            out = shift_voice(out, plan.voice or 1.0, plan.tempo or 1.0)  # one WSOLA pass for both
         if plan.tempo is not None and gaps is not None:
             gaps = scale_positions(gaps, out.size / max(audio.size, 1))
         if plan.silence is not None:
